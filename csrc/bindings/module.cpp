@@ -1,0 +1,132 @@
+// pybind11 glue: argument marshalling, GIL release around every blocking call, and the mapping of
+// C++ error codes to the exception classes in pccl_py.errors. No logic lives here.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "common/error.hpp"
+#include "common/log.hpp"
+#include "coordinator/master.hpp"
+#include "peer/async_op.hpp"
+#include "peer/communicator.hpp"
+
+namespace py = pybind11;
+using namespace pccl;
+
+namespace {
+
+const char* exception_name(ErrorCode code) {
+    switch (code) {
+        case ErrorCode::kInvalidArgument: return "InvalidArgumentError";
+        case ErrorCode::kPeerLost: return "PeerLostError";
+        case ErrorCode::kTimeout: return "TimeoutError";
+        case ErrorCode::kMasterLost: return "MasterLostError";
+        case ErrorCode::kEvicted: return "EvictedError";
+        case ErrorCode::kMismatch: return "MismatchError";
+        case ErrorCode::kClosed: return "ClosedError";
+        default: return "PCCLError";
+    }
+}
+
+CollectiveSpec make_spec(uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algorithm) {
+    if (dtype < 0 || dtype >= static_cast<int>(DType::kCount)) throw Error(ErrorCode::kInvalidArgument, "unknown dtype code");
+    if (op < 0 || op >= static_cast<int>(ReduceOp::kCount)) throw Error(ErrorCode::kInvalidArgument, "unknown op code");
+    if (algorithm < 0 || algorithm > 2) throw Error(ErrorCode::kInvalidArgument, "unknown algorithm code");
+    CollectiveSpec s;
+    s.src = reinterpret_cast<const uint8_t*>(src);
+    s.dst = reinterpret_cast<uint8_t*>(dst);
+    s.count = count;
+    s.dtype = static_cast<DType>(dtype);
+    s.op = static_cast<ReduceOp>(op);
+    s.tag = tag;
+    s.algorithm = static_cast<Algorithm>(algorithm);
+    return s;
+}
+
+py::dict to_dict(const ReduceResult& r) {
+    py::dict d;
+    d["world_size"] = r.world_size;
+    d["tx_bytes"] = r.tx_bytes;
+    d["rx_bytes"] = r.rx_bytes;
+    d["algorithm"] = r.algorithm == Algorithm::kStar ? "star" : "ring";
+    d["epoch"] = r.epoch;
+    d["retries"] = r.retries;
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "pccl_py C++ core";
+
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const Error& e) {
+            py::object errors = py::module_::import("pccl_py.errors");
+            py::object cls = errors.attr(exception_name(e.code()));
+            PyErr_SetString(cls.ptr(), e.what());
+        }
+    });
+
+    m.def("set_log_level", [](int level) { set_log_level(static_cast<LogLevel>(level)); });
+
+    py::class_<Master>(m, "Master")
+        .def(py::init<std::string, uint16_t>(), py::arg("host"), py::arg("port"))
+        .def("start", &Master::start, py::call_guard<py::gil_scoped_release>())
+        .def("stop", &Master::stop, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("port", &Master::port)
+        .def_property_readonly("host", &Master::host);
+
+    py::class_<AsyncOp>(m, "AsyncOp")
+        .def("done", &AsyncOp::done)
+        .def("wait", [](AsyncOp& op) {
+            ReduceResult r;
+            {
+                py::gil_scoped_release release;
+                r = op.wait();
+            }
+            return to_dict(r);
+        });
+
+    py::class_<Communicator>(m, "Communicator")
+        .def(py::init([](std::string master, uint32_t group, int conns, double timeout, double hb, double join,
+                         std::string listen_host, std::string advertise_host) {
+                 CommConfig c;
+                 c.master_address = std::move(master);
+                 c.group = group;
+                 c.connections = conns;
+                 c.timeout = timeout;
+                 c.heartbeat_timeout = hb;
+                 c.join_timeout = join;
+                 c.listen_host = std::move(listen_host);
+                 c.advertise_host = std::move(advertise_host);
+                 return std::make_unique<Communicator>(std::move(c));
+             }),
+             py::arg("master_address"), py::arg("peer_group"), py::arg("connections_per_peer"), py::arg("timeout"),
+             py::arg("heartbeat_timeout"), py::arg("join_timeout"), py::arg("listen_host"), py::arg("advertise_host"))
+        .def("connect", &Communicator::connect, py::call_guard<py::gil_scoped_release>())
+        .def("update_topology", &Communicator::update_topology, py::call_guard<py::gil_scoped_release>())
+        .def("are_peers_pending", &Communicator::peers_pending)
+        .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("world_size", &Communicator::world_size)
+        .def_property_readonly("rank", &Communicator::rank)
+        .def_property_readonly("epoch", &Communicator::epoch)
+        .def_property_readonly("peer_id", &Communicator::peer_id)
+        .def("check_usable", &Communicator::check_usable)
+        .def("all_reduce",
+             [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo) {
+                 CollectiveSpec s = make_spec(src, dst, count, dtype, op, tag, algo);
+                 ReduceResult r;
+                 {
+                     py::gil_scoped_release release;
+                     r = c.all_reduce(s);
+                 }
+                 return to_dict(r);
+             })
+        .def("all_reduce_async",
+             [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo) {
+                 CollectiveSpec s = make_spec(src, dst, count, dtype, op, tag, algo);
+                 return std::make_unique<AsyncOp>(c, s);
+             },
+             py::keep_alive<0, 1>());
+}

@@ -1,0 +1,218 @@
+#include "collectives/collective.hpp"
+
+#include <cstring>
+
+#include "collectives/ring.hpp"
+#include "collectives/star.hpp"
+
+namespace pccl {
+
+Algorithm choose_algorithm(Algorithm requested, size_t bytes, int world) {
+    if (requested != Algorithm::kAuto) return requested;
+    return bytes <= kStarMaxBytes ? Algorithm::kStar : Algorithm::kRing;
+}
+
+std::shared_ptr<Collective> make_collective(const CollectiveSpec& spec, uint64_t epoch, uint64_t seq, int world,
+                                            int rank, Mesh* mesh) {
+    Algorithm algo = choose_algorithm(spec.algorithm, spec.count * dtype_size(spec.dtype), world);
+    if (algo == Algorithm::kStar) return std::make_shared<StarAllReduce>(spec, epoch, seq, world, rank, mesh);
+    return std::make_shared<RingAllReduce>(spec, epoch, seq, world, rank, mesh);
+}
+
+Collective::Collective(const CollectiveSpec& spec, Algorithm algorithm, uint64_t epoch, uint64_t seq, int world,
+                       int rank, Mesh* mesh)
+    : spec_(spec), algorithm_(algorithm), epoch_(epoch), seq_(seq), world_(world), rank_(rank), mesh_(mesh) {
+    esize_ = dtype_size(spec.dtype);
+    bytes_ = spec.count * esize_;
+    desc_ = OpDescriptor{static_cast<uint8_t>(spec.dtype), static_cast<uint8_t>(spec.op),
+                         static_cast<uint8_t>(algorithm), 0, spec.count};
+    work_.reset(new uint8_t[bytes_ ? bytes_ : 1]);
+    done_from_.assign(static_cast<size_t>(world), 0);
+}
+
+size_t Collective::chunk_offset(int c) const {
+    size_t base = spec_.count / world_, rem = spec_.count % world_;
+    size_t uc = static_cast<size_t>(c);
+    return (uc * base + std::min(uc, rem)) * esize_;
+}
+
+size_t Collective::chunk_bytes(int c) const {
+    size_t base = spec_.count / world_, rem = spec_.count % world_;
+    return (base + (static_cast<size_t>(c) < rem ? 1 : 0)) * esize_;
+}
+
+void Collective::init_slots(const std::vector<size_t>& region_bytes) {
+    region_bytes_ = region_bytes;
+    arrived_.resize(region_bytes.size());
+    for (size_t i = 0; i < region_bytes.size(); ++i) arrived_[i].assign(piece_count(region_bytes[i]), 0);
+}
+
+FrameHeader Collective::make_header(FrameType type, uint32_t slot, uint64_t offset, uint32_t length) const {
+    FrameHeader h{};
+    h.magic = kFrameMagic;
+    h.type = static_cast<uint8_t>(type);
+    h.dtype = desc_.dtype;
+    h.op = desc_.op;
+    h.algorithm = desc_.algorithm;
+    h.quant = desc_.quant;
+    h.epoch = epoch_;
+    h.tag = spec_.tag;
+    h.step = slot;
+    h.seq = seq_;
+    h.count = desc_.count;
+    h.offset = offset;
+    h.length = length;
+    return h;
+}
+
+RecvTarget Collective::target_for(int from, const FrameHeader& h) {
+    if (h.descriptor() != desc_) {
+        fail(FailureKind::kMismatch,
+             "peers called all_reduce with different arguments on tag " + std::to_string(spec_.tag) +
+                 " (count, dtype, op or algorithm differ)",
+             -1);
+        return RecvTarget{};  // discard; the op is failing anyway
+    }
+    if (h.type == static_cast<uint8_t>(FrameType::kDone)) return RecvTarget{};
+    auto [base, size] = region(from, h.step);
+    if (base == nullptr || h.step >= arrived_.size() || size != region_bytes_[h.step])
+        throw ProtocolError("frame for slot " + std::to_string(h.step) + " is not expected from rank " + std::to_string(from));
+    if (h.offset % kPieceBytes != 0 || h.offset >= size) throw ProtocolError("frame offset out of range");
+    size_t piece = h.offset / kPieceBytes;
+    if (h.length != piece_len(size, piece)) throw ProtocolError("frame length does not match its piece");
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (arrived_[h.step][piece]) throw ProtocolError("duplicate piece");
+    }
+    return RecvTarget{base + h.offset, shared_from_this()};
+}
+
+void Collective::on_frame(int from, const FrameHeader& h) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (h.type == static_cast<uint8_t>(FrameType::kDone)) {
+        if (from < 0 || from >= world_ || done_from_[from]) throw ProtocolError("duplicate completion notice");
+        done_from_[from] = 1;
+        ++dones_;
+    } else {
+        if (h.descriptor() != desc_) return;  // discarded mismatch payload
+        arrived_[h.step][h.offset / kPieceBytes] = 1;
+        rx_bytes_ += h.length;
+    }
+    cv_.notify_all();
+}
+
+void Collective::sent() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --outstanding_;
+    if (outstanding_ == 0) cv_.notify_all();
+}
+
+void Collective::fail(FailureKind kind, const std::string& why, int suspect_rank) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!failure_.failed) failure_ = FailureInfo{true, kind, why, suspect_rank};
+    cv_.notify_all();
+}
+
+Collective::FailureInfo Collective::failure() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return failure_;
+}
+
+bool Collective::committed() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return committed_;
+}
+
+void Collective::check_interrupt() {
+    if (failure_.failed || frozen_) throw Interrupted{};
+    if (Clock::now() >= deadline_) {
+        failure_ = FailureInfo{true, FailureKind::kTimeout, "the operation did not complete before its timeout", -1};
+        throw Interrupted{};
+    }
+}
+
+void Collective::send_piece(int to, uint32_t slot, const uint8_t* region_base, size_t piece, size_t region_bytes) {
+    size_t off = piece * kPieceBytes;
+    size_t len = piece_len(region_bytes, piece);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        check_interrupt();
+        ++outstanding_;
+        tx_bytes_ += len;
+    }
+    // Consecutive pieces go to consecutive connections: one op keeps all K links busy.
+    mesh_->send(to, static_cast<int>(piece), make_header(FrameType::kData, slot, off, static_cast<uint32_t>(len)),
+                region_base + off, shared_from_this());
+}
+
+void Collective::wait_piece(uint32_t slot, size_t piece) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        if (arrived_[slot][piece]) return;
+        check_interrupt();
+        cv_.wait_until(lock, deadline_);
+    }
+}
+
+void Collective::execute(TimePoint deadline) {
+    deadline_ = deadline;
+    data_phase();
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        check_interrupt();
+        progress_ = OpProgress::kDataDone;
+    }
+    // Completion exchange: one small frame to every member. Nobody publishes a result before everyone
+    // holds it, so a failure from here on can still be resolved to the same outcome everywhere.
+    for (int r = 0; r < world_; ++r) {
+        if (r == rank_) continue;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            check_interrupt();
+            ++outstanding_;
+        }
+        mesh_->send(r, 0, make_header(FrameType::kDone, 0, 0, 0), nullptr, shared_from_this());
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        if (dones_ == world_ - 1 && outstanding_ == 0 && !frozen_) {
+            committed_ = true;
+            return;
+        }
+        check_interrupt();
+        cv_.wait_until(lock, deadline_);
+    }
+}
+
+void Collective::publish() {
+    if (bytes_ && spec_.dst != work_.get()) std::memcpy(spec_.dst, work_.get(), bytes_);
+}
+
+void Collective::wait_sends_drained(TimePoint deadline) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_until(lock, deadline, [&] { return outstanding_ == 0; });
+}
+
+OpProgress Collective::freeze() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    frozen_ = true;
+    cv_.notify_all();
+    return committed_ ? OpProgress::kDataDone : progress_;
+}
+
+void Collective::decide(bool commit, EpochCause cause) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    decision_ = commit ? 1 : 2;
+    decision_cause_ = cause;
+    cv_.notify_all();
+}
+
+bool Collective::wait_decision(TimePoint deadline, bool* commit, EpochCause* cause) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!cv_.wait_until(lock, deadline, [&] { return decision_ != 0; })) return false;
+    *commit = decision_ == 1 && progress_ == OpProgress::kDataDone;
+    *cause = decision_cause_;
+    return true;
+}
+
+}  // namespace pccl

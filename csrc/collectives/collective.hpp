@@ -1,0 +1,141 @@
+// One all-reduce in flight on one peer: its buffers, what has arrived, what is still being sent, and
+// its fate. The I/O thread writes payloads straight into the regions this object names; the calling
+// thread runs the algorithm (ring or star) over them. The caller's input and output are never written
+// before the op commits, so an aborted op leaves them bitwise unchanged (invariant 2).
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/clock.hpp"
+#include "kernels/dtype.hpp"
+#include "protocol/frame.hpp"
+#include "protocol/messages.hpp"
+#include "transport/mesh.hpp"
+
+namespace pccl {
+
+enum class Algorithm : uint8_t { kAuto = 0, kRing = 1, kStar = 2 };
+
+// Below this size (and for any size at world 2... see choose_algorithm) a star beats a ring: it needs
+// two hops instead of 2(n-1).
+constexpr size_t kStarMaxBytes = 64u << 10;
+// Ring chunks travel in pieces of this size so that receiving, reducing and forwarding overlap.
+constexpr size_t kPieceBytes = 256u << 10;
+
+Algorithm choose_algorithm(Algorithm requested, size_t bytes, int world);
+
+struct CollectiveSpec {
+    const uint8_t* src = nullptr;
+    uint8_t* dst = nullptr;
+    size_t count = 0;
+    DType dtype = DType::kFloat32;
+    ReduceOp op = ReduceOp::kSum;
+    Algorithm algorithm = Algorithm::kAuto;
+    uint32_t tag = 0;
+};
+
+// Thrown out of the data phase when the op can no longer finish on its own (failure, freeze, deadline).
+struct Interrupted {};
+
+class Collective : public SendCompletion, public std::enable_shared_from_this<Collective> {
+public:
+    Collective(const CollectiveSpec& spec, Algorithm algorithm, uint64_t epoch, uint64_t seq, int world, int rank,
+               Mesh* mesh);
+    ~Collective() override = default;
+
+    // --- I/O thread side -------------------------------------------------------------------
+    RecvTarget target_for(int from, const FrameHeader& h);  // validates; throws ProtocolError
+    void on_frame(int from, const FrameHeader& h);
+    void sent() override;
+    // Marks the op failed (first reason wins) and wakes the op thread.
+    void fail(FailureKind kind, const std::string& why, int suspect_rank);
+
+    // --- op thread side ---------------------------------------------------------------------
+    // Runs data phase and the completion exchange; returns when every member holds the result.
+    // Throws Interrupted if the op failed, was frozen by a recovery, or passed its deadline.
+    void execute(TimePoint deadline);
+    // Copies the result to the caller's output. Only after a commit.
+    void publish();
+    // Blocks until no frame of this op is queued in the mesh any more (or the mesh is gone).
+    void wait_sends_drained(TimePoint deadline);
+
+    // --- recovery (control thread) ---------------------------------------------------------
+    // Freezes the op: from now on only the master's decision can finish it. Returns its progress.
+    OpProgress freeze();
+    void decide(bool commit, EpochCause cause);
+    // Waits for decide(); returns false on deadline.
+    bool wait_decision(TimePoint deadline, bool* commit, EpochCause* cause);
+
+    struct FailureInfo {
+        bool failed = false;
+        FailureKind kind = FailureKind::kLinkBroken;
+        std::string why;
+        int suspect = -1;
+    };
+    FailureInfo failure();
+    bool committed();
+
+    const OpDescriptor& descriptor() const { return desc_; }
+    uint32_t tag() const { return spec_.tag; }
+    uint64_t seq() const { return seq_; }
+    uint64_t epoch() const { return epoch_; }
+    Algorithm algorithm() const { return algorithm_; }
+    uint64_t tx_bytes() const { return tx_bytes_; }
+    uint64_t rx_bytes() const { return rx_bytes_; }
+
+protected:
+    // Implemented by each algorithm.
+    virtual void data_phase() = 0;
+    // The buffer region slot `slot` of sender `from` writes, or {nullptr, 0} if that pair is not valid.
+    virtual std::pair<uint8_t*, size_t> region(int from, uint32_t slot) = 0;
+
+    void init_slots(const std::vector<size_t>& region_bytes);
+    void send_piece(int to, uint32_t slot, const uint8_t* region_base, size_t piece, size_t region_bytes);
+    void wait_piece(uint32_t slot, size_t piece);
+    static size_t piece_count(size_t bytes) { return (bytes + kPieceBytes - 1) / kPieceBytes; }
+    static size_t piece_len(size_t bytes, size_t piece) {
+        size_t off = piece * kPieceBytes;
+        return std::min(kPieceBytes, bytes - off);
+    }
+    size_t chunk_offset(int c) const;  // bytes
+    size_t chunk_bytes(int c) const;
+
+    CollectiveSpec spec_;
+    Algorithm algorithm_;
+    OpDescriptor desc_;
+    uint64_t epoch_, seq_;
+    int world_, rank_;
+    Mesh* mesh_;
+    size_t esize_, bytes_;
+    std::unique_ptr<uint8_t[]> work_;     // the result being built
+    std::unique_ptr<uint8_t[]> staging_;  // received partials awaiting reduction
+
+private:
+    void check_interrupt();  // with mutex_ held
+    FrameHeader make_header(FrameType type, uint32_t slot, uint64_t offset, uint32_t length) const;
+
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::vector<std::vector<uint8_t>> arrived_;
+    std::vector<size_t> region_bytes_;
+    std::vector<uint8_t> done_from_;
+    int dones_ = 0;
+    int outstanding_ = 0;
+    TimePoint deadline_;
+    FailureInfo failure_;
+    bool frozen_ = false;
+    OpProgress progress_ = OpProgress::kRunning;
+    bool committed_ = false;
+    int decision_ = 0;  // 0 none, 1 commit, 2 abort
+    EpochCause decision_cause_ = EpochCause::kLost;
+    uint64_t tx_bytes_ = 0, rx_bytes_ = 0;
+};
+
+std::shared_ptr<Collective> make_collective(const CollectiveSpec& spec, uint64_t epoch, uint64_t seq, int world,
+                                            int rank, Mesh* mesh);
+
+}  // namespace pccl

@@ -1,0 +1,47 @@
+#include "common/log.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <unistd.h>
+
+namespace pccl {
+namespace {
+
+LogLevel initial_level() {
+    const char* env = std::getenv("PCCL_LOG_LEVEL");
+    if (env == nullptr) return LogLevel::kWarn;
+    if (!std::strcmp(env, "debug")) return LogLevel::kDebug;
+    if (!std::strcmp(env, "info")) return LogLevel::kInfo;
+    if (!std::strcmp(env, "error")) return LogLevel::kError;
+    if (!std::strcmp(env, "off")) return LogLevel::kOff;
+    return LogLevel::kWarn;
+}
+
+std::atomic<int> g_level{static_cast<int>(initial_level())};
+std::mutex g_mutex;
+
+}  // namespace
+
+void set_log_level(LogLevel level) { g_level = static_cast<int>(level); }
+LogLevel log_level() { return static_cast<LogLevel>(g_level.load()); }
+
+void log_message(LogLevel level, const char* component, const char* fmt, ...) {
+    static const char* names[] = {"DEBUG", "INFO", "WARN", "ERROR", "OFF"};
+    char body[1024];
+    va_list args;
+    va_start(args, fmt);
+    std::vsnprintf(body, sizeof body, fmt, args);
+    va_end(args);
+    auto now = std::chrono::system_clock::now().time_since_epoch();
+    double secs = std::chrono::duration<double>(now).count();
+    std::lock_guard<std::mutex> lock(g_mutex);
+    std::fprintf(stderr, "[pccl %.3f %s %s pid=%d] %s\n", secs, names[static_cast<int>(level)], component,
+                 static_cast<int>(getpid()), body);
+    std::fflush(stderr);
+}
+
+}  // namespace pccl

@@ -1,0 +1,446 @@
+#include "coordinator/master.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include "common/log.hpp"
+
+namespace pccl {
+namespace {
+constexpr double kHandshakeTimeout = 5.0;
+constexpr double kHeartbeatEvery = 0.25;
+constexpr size_t kMaxOutBuffer = 16u << 20;
+
+std::string ids_to_string(const std::vector<uint64_t>& ids) {
+    std::string s;
+    for (auto id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);
+    return s.empty() ? "-" : s;
+}
+
+// A member whose data is not needed for an op cannot exist: decide COMMIT only when every survivor
+// has the complete result (it committed the op, or finished the data phase), else ABORT everywhere.
+std::vector<Decision> decide(const std::map<uint64_t, Status>& statuses) {
+    std::set<std::pair<uint32_t, uint64_t>> keys;
+    for (auto& [_, st] : statuses)
+        for (auto& op : st.ops) keys.insert({op.tag, op.seq});
+    std::vector<Decision> out;
+    for (auto& [tag, seq] : keys) {
+        bool commit = true;
+        for (auto& [_, st] : statuses) {
+            bool ok = false;
+            for (auto& t : st.tags)
+                if (t.tag == tag && t.committed > seq) ok = true;
+            for (auto& op : st.ops)
+                if (op.tag == tag && op.seq == seq && op.progress == OpProgress::kDataDone) ok = true;
+            if (!ok) commit = false;
+        }
+        out.push_back(Decision{tag, seq, static_cast<uint8_t>(commit)});
+    }
+    return out;
+}
+}  // namespace
+
+Master::Master(std::string host, uint16_t port) : host_(std::move(host)), requested_port_(port) {}
+
+Master::~Master() { stop(); }
+
+void Master::bind_if_needed() {
+    if (!listener_.valid()) {
+        listener_ = listen_tcp(host_, requested_port_, &port_, 1024);
+        set_nonblocking(listener_.get(), true);
+        PCCL_INFO("master", "listening on %s:%u", host_.c_str(), port_);
+    }
+}
+
+void Master::start() {
+    bind_if_needed();
+    thread_ = std::thread([this] { serve(); });
+}
+
+void Master::run() {
+    bind_if_needed();
+    serve();
+}
+
+void Master::stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    peers_.clear();
+    listener_.reset();
+}
+
+Master::Peer* Master::find(uint64_t id) {
+    auto it = peers_.find(id);
+    return (it == peers_.end() || it->second->dead) ? nullptr : it->second.get();
+}
+
+Master::Group& Master::group(uint32_t id) {
+    auto& g = groups_[id];
+    g.id = id;
+    return g;
+}
+
+void Master::serve() {
+    std::vector<pollfd> fds;
+    std::vector<uint64_t> ids;
+    while (!stop_) {
+        fds.clear();
+        ids.clear();
+        fds.push_back({listener_.get(), POLLIN, 0});
+        ids.push_back(0);
+        for (auto& [id, p] : peers_) {
+            short ev = POLLIN;
+            if (!p->out.empty()) ev |= POLLOUT;
+            fds.push_back({p->fd.get(), ev, 0});
+            ids.push_back(id);
+        }
+        int n = ::poll(fds.data(), fds.size(), 20);
+        if (n < 0 && errno != EINTR) break;
+        if (fds[0].revents & POLLIN) accept_new();
+        for (size_t i = 1; i < fds.size(); ++i) {
+            Peer* p = find(ids[i]);
+            if (p == nullptr || fds[i].revents == 0) continue;
+            if (fds[i].revents & POLLOUT) flush(*p);
+            if (!p->dead && (fds[i].revents & (POLLIN | POLLHUP | POLLERR))) read_from(*p);
+        }
+        timers();
+        for (auto it = peers_.begin(); it != peers_.end();)
+            it = it->second->dead ? peers_.erase(it) : std::next(it);
+    }
+}
+
+void Master::accept_new() {
+    for (;;) {
+        int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) return;
+        set_nodelay(fd);
+        auto p = std::make_unique<Peer>();
+        p->id = next_id_++;
+        p->fd = Fd(fd);
+        p->remote = peer_ip(fd);
+        p->last_seen = Clock::now();
+        uint64_t id = p->id;
+        peers_[id] = std::move(p);
+    }
+}
+
+void Master::read_from(Peer& p) {
+    uint8_t buf[65536];
+    for (;;) {
+        ssize_t n = ::recv(p.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0) {
+            drop(p, "connection closed", false);
+            return;
+        }
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+            drop(p, std::string("recv failed: ") + std::strerror(errno), false);
+            return;
+        }
+        p.in.append(buf, static_cast<size_t>(n));
+        if (static_cast<size_t>(n) < sizeof buf) break;
+    }
+    p.last_seen = Clock::now();
+    std::vector<uint8_t> body;
+    try {
+        while (!p.dead && p.in.next(body)) {
+            Reader r(body.data(), body.size());
+            auto type = static_cast<MsgType>(r.get_enum(static_cast<uint8_t>(MsgType::kCount), "message type"));
+            handle(p, type, r);
+        }
+    } catch (const ProtocolError& e) {
+        PCCL_WARN("master", "closing connection %llu from %s: %s", (unsigned long long)p.id, p.remote.c_str(), e.what());
+        if (p.state != PeerState::kHandshake) send(p, encode_error(ErrorMsg{std::string("protocol violation: ") + e.what()}));
+        flush(p);
+        drop(p, std::string("protocol violation: ") + e.what(), false);
+    }
+}
+
+void Master::flush(Peer& p) {
+    while (!p.out.empty()) {
+        ssize_t n = ::send(p.fd.get(), p.out.data(), p.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n <= 0) return;
+        p.out.erase(p.out.begin(), p.out.begin() + n);
+    }
+}
+
+void Master::send(Peer& p, const std::vector<uint8_t>& frame) {
+    if (p.dead) return;
+    p.out.insert(p.out.end(), frame.begin(), frame.end());
+    flush(p);
+    if (p.out.size() > kMaxOutBuffer) drop(p, "not reading its control messages", false);
+}
+
+void Master::handle(Peer& p, MsgType type, Reader& r) {
+    auto unexpected = [&] {
+        throw ProtocolError(std::string("message '") + msg_type_name(type) + "' is not allowed in this state");
+    };
+    if (p.state == PeerState::kHandshake) {
+        if (type != MsgType::kHello) unexpected();
+        on_hello(p, decode_hello(r));
+        return;
+    }
+    Group& g = group(p.hello.group);
+    switch (type) {
+        case MsgType::kHeartbeat:
+            r.expect_end();
+            return;
+        case MsgType::kLeave:
+            r.expect_end();
+            drop(p, "left gracefully", true);
+            return;
+        case MsgType::kVote: {
+            auto v = decode_vote(r);
+            if (p.state != PeerState::kMember) unexpected();
+            if (g.voters.empty()) {
+                g.vote_timeout = v.timeout_ms / 1000.0;
+                g.vote_deadline = deadline_after(g.vote_timeout);
+            }
+            g.voters.insert(p.id);
+            check_vote(g);
+            return;
+        }
+        case MsgType::kFailure: {
+            auto f = decode_failure(r);
+            if (p.state != PeerState::kMember) unexpected();
+            on_failure(p, f);
+            return;
+        }
+        case MsgType::kStatus: {
+            auto st = decode_status(r);
+            if (p.state != PeerState::kMember) unexpected();
+            // A status for an epoch that is not being closed is stale (it crossed a newer decision).
+            if (g.recovering && st.epoch == g.epoch && g.awaiting.erase(p.id)) {
+                g.statuses[p.id] = std::move(st);
+                check_recovery(g);
+            }
+            return;
+        }
+        default:
+            unexpected();
+    }
+}
+
+void Master::on_hello(Peer& p, const Hello& h) {
+    p.hello = h;
+    if (p.hello.host.empty() || p.hello.host == "0.0.0.0") p.hello.host = p.remote;
+    Group& g = group(h.group);
+    if (g.members.empty() && !g.recovering) {
+        p.state = PeerState::kMember;
+        g.members.push_back(p.id);
+        g.epoch += 1;
+        send(p, encode_welcome(Welcome{p.id, 1}));
+        PCCL_INFO("master", "peer %llu (%s:%u) joined group %u as its first member; epoch %llu",
+                  (unsigned long long)p.id, p.hello.host.c_str(), h.port, h.group, (unsigned long long)g.epoch);
+        EpochMsg m{g.id, g.epoch, EpochCause::kJoin, {MemberInfo{p.id, p.hello.host, h.port, h.connections}}, {}};
+        send(p, encode_epoch(m));
+        return;
+    }
+    p.state = PeerState::kPending;
+    g.pending.push_back(p.id);
+    send(p, encode_welcome(Welcome{p.id, 0}));
+    PCCL_INFO("master", "peer %llu (%s:%u) is pending admission to group %u (%zu pending)", (unsigned long long)p.id,
+              p.hello.host.c_str(), h.port, h.group, g.pending.size());
+    broadcast_pending(g);
+}
+
+void Master::broadcast_pending(Group& g) {
+    auto frame = encode_pending(static_cast<uint32_t>(g.pending.size()));
+    for (auto id : g.members)
+        if (Peer* m = find(id)) send(*m, frame);
+}
+
+void Master::remove_member(Group& g, uint64_t id) {
+    g.members.erase(std::remove(g.members.begin(), g.members.end(), id), g.members.end());
+    g.pending.erase(std::remove(g.pending.begin(), g.pending.end(), id), g.pending.end());
+    g.admitting.erase(std::remove(g.admitting.begin(), g.admitting.end(), id), g.admitting.end());
+    g.voters.erase(id);
+    g.awaiting.erase(id);
+    g.statuses.erase(id);
+}
+
+void Master::drop(Peer& p, const std::string& reason, bool graceful) {
+    if (p.dead) return;
+    p.dead = true;
+    flush(p);
+    p.fd.reset();
+    if (p.state == PeerState::kHandshake) {
+        PCCL_INFO("master", "connection %llu from %s closed before joining: %s", (unsigned long long)p.id, p.remote.c_str(), reason.c_str());
+        return;
+    }
+    Group& g = group(p.hello.group);
+    bool was_member = std::find(g.members.begin(), g.members.end(), p.id) != g.members.end();
+    bool was_pending = std::find(g.pending.begin(), g.pending.end(), p.id) != g.pending.end();
+    remove_member(g, p.id);
+    PCCL_INFO("master", "peer %llu %s group %u: %s", (unsigned long long)p.id, graceful ? "left" : "lost from",
+              g.id, reason.c_str());
+    if (was_member) start_recovery(g, graceful ? EpochCause::kLeft : EpochCause::kLost, {});
+    else if (was_pending) broadcast_pending(g);
+    else if (g.recovering) check_recovery(g);
+}
+
+void Master::evict(Peer& p, const std::string& reason) {
+    if (p.dead) return;
+    PCCL_INFO("master", "evicting peer %llu: %s", (unsigned long long)p.id, reason.c_str());
+    send(p, encode_evicted(Evicted{reason}));
+    drop(p, "evicted: " + reason, false);
+}
+
+void Master::on_failure(Peer& p, const Failure& f) {
+    Group& g = group(p.hello.group);
+    if (g.recovering || f.epoch != g.epoch) return;  // already being handled, or about an older epoch
+    EpochCause cause = f.kind == FailureKind::kMismatch  ? EpochCause::kMismatch
+                       : f.kind == FailureKind::kTimeout ? EpochCause::kTimeout
+                                                         : EpochCause::kLost;
+    PCCL_INFO("master", "peer %llu reports a failure in epoch %llu of group %u (%s, suspect %llu)",
+              (unsigned long long)p.id, (unsigned long long)f.epoch, g.id, epoch_cause_name(cause),
+              (unsigned long long)f.suspect);
+    if (f.kind == FailureKind::kLinkBroken && f.suspect != 0 && f.suspect != p.id) {
+        Peer* s = find(f.suspect);
+        if (s != nullptr && s->state == PeerState::kMember && s->hello.group == g.id) {
+            evict(*s, "its link to peer " + std::to_string(p.id) + " broke during an operation");
+            return;  // drop() already started the recovery
+        }
+    }
+    start_recovery(g, cause, {});
+}
+
+void Master::start_recovery(Group& g, EpochCause cause, const std::vector<uint64_t>& removed) {
+    for (auto id : removed) remove_member(g, id);
+    if (g.recovering) {
+        if (static_cast<int>(cause) > static_cast<int>(g.cause) && cause != EpochCause::kJoin) g.cause = cause;
+        check_recovery(g);
+        return;
+    }
+    if (g.members.empty()) {
+        // Nobody is left to vote: admit whoever is waiting.
+        if (!g.pending.empty()) {
+            g.recovering = true;
+            g.epoch += 1;
+            g.cause = EpochCause::kJoin;
+            g.admitting = g.pending;
+            g.pending.clear();
+            finish_recovery(g);
+        }
+        return;
+    }
+    g.recovering = true;
+    g.epoch += 1;
+    g.cause = cause;
+    g.statuses.clear();
+    g.awaiting = std::set<uint64_t>(g.members.begin(), g.members.end());
+    double wait = 1.0;
+    for (auto id : g.members)
+        if (Peer* m = find(id)) wait = std::max(wait, m->hello.heartbeat_timeout_ms / 1000.0);
+    g.recovery_deadline = deadline_after(wait);
+    auto frame = encode_recover(Recover{g.epoch});
+    for (auto id : g.members)
+        if (Peer* m = find(id)) send(*m, frame);
+    check_recovery(g);
+}
+
+void Master::check_recovery(Group& g) {
+    if (!g.recovering || !g.awaiting.empty()) return;
+    finish_recovery(g);
+}
+
+void Master::finish_recovery(Group& g) {
+    auto decisions = decide(g.statuses);
+    for (auto id : g.admitting) {
+        if (Peer* p = find(id)) {
+            p->state = PeerState::kMember;
+            g.members.push_back(id);
+        }
+    }
+    uint32_t admitted = static_cast<uint32_t>(g.admitting.size());
+    g.admitting.clear();
+    g.statuses.clear();
+    g.recovering = false;
+    if (g.members.empty()) return;
+    EpochMsg m{g.id, g.epoch, g.cause, {}, decisions};
+    for (auto id : g.members) {
+        Peer* p = find(id);
+        m.members.push_back(MemberInfo{id, p->hello.host, p->hello.port, p->hello.connections});
+    }
+    PCCL_INFO("master", "group %u epoch %llu (%s): members [%s], %zu op decision(s)", g.id,
+              (unsigned long long)g.epoch, epoch_cause_name(g.cause), ids_to_string(g.members).c_str(), decisions.size());
+    auto frame = encode_epoch(m);
+    for (auto id : g.members)
+        if (Peer* p = find(id)) send(*p, frame);
+    if (g.cause == EpochCause::kJoin) {
+        auto result = encode_vote_result(VoteResult{0, admitted, ""});
+        for (auto id : g.voters)
+            if (Peer* p = find(id)) send(*p, result);
+        g.voters.clear();
+        broadcast_pending(g);
+    }
+    check_vote(g);
+}
+
+void Master::check_vote(Group& g) {
+    if (g.voters.empty() || g.recovering) return;
+    for (auto id : g.members)
+        if (!g.voters.count(id)) return;
+    if (!g.pending.empty()) {
+        g.admitting = g.pending;
+        g.pending.clear();
+        start_recovery(g, EpochCause::kJoin, {});
+        return;
+    }
+    auto result = encode_vote_result(VoteResult{0, 0, ""});
+    for (auto id : g.voters)
+        if (Peer* p = find(id)) send(*p, result);
+    g.voters.clear();
+}
+
+void Master::timers() {
+    auto now = Clock::now();
+    bool beat = seconds_since(last_heartbeat_) >= kHeartbeatEvery;
+    if (beat) last_heartbeat_ = now;
+    auto heartbeat = encode_empty(MsgType::kHeartbeat);
+    for (auto& [id, p] : peers_) {
+        if (p->dead) continue;
+        double silent = std::chrono::duration<double>(now - p->last_seen).count();
+        if (p->state == PeerState::kHandshake) {
+            if (silent > kHandshakeTimeout) drop(*p, "no hello within the handshake timeout", false);
+            continue;
+        }
+        double limit = p->hello.heartbeat_timeout_ms / 1000.0;
+        if (silent > limit) {
+            char why[128];
+            std::snprintf(why, sizeof why, "no heartbeat for %.1f s (frozen or unreachable)", silent);
+            evict(*p, why);
+            continue;
+        }
+        if (beat) send(*p, heartbeat);
+    }
+    for (auto& [gid, g] : groups_) {
+        if (g.recovering && now > g.recovery_deadline) {
+            // Members that did not report their op state in time are frozen or cut off.
+            std::vector<uint64_t> silent(g.awaiting.begin(), g.awaiting.end());
+            for (auto id : silent)
+                if (Peer* p = find(id)) evict(*p, "did not answer a recovery request in time");
+            g.awaiting.clear();
+            check_recovery(g);
+        }
+        if (!g.voters.empty() && !g.recovering && now > g.vote_deadline) {
+            std::vector<uint64_t> missing;
+            for (auto id : g.members)
+                if (!g.voters.count(id)) missing.push_back(id);
+            char msg[512];
+            std::snprintf(msg, sizeof msg,
+                          "update_topology() timed out after %.1f s: member(s) %s did not call it; pending peers stay "
+                          "pending, call update_topology() again on every member",
+                          g.vote_timeout, ids_to_string(missing).c_str());
+            auto result = encode_vote_result(VoteResult{1, 0, msg});
+            for (auto id : g.voters)
+                if (Peer* p = find(id)) send(*p, result);
+            g.voters.clear();
+        }
+    }
+}
+
+}  // namespace pccl

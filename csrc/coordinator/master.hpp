@@ -1,0 +1,92 @@
+// The master: admits peers, keeps each peer group's membership and epoch, evicts dead or silent peers,
+// and, when an epoch ends, collects every survivor's view of its in-flight ops and decides their
+// outcome so all survivors agree (invariant 2). It is never on the data path: a steady-state
+// all-reduce does not talk to it.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "protocol/messages.hpp"
+#include "transport/socket.hpp"
+
+namespace pccl {
+
+class Master {
+public:
+    Master(std::string host, uint16_t port);
+    ~Master();
+    void start();  // binds, then serves on a background thread
+    void run();    // binds if needed, then serves on the calling thread until stop()
+    void stop();
+    uint16_t port() const { return port_; }
+    const std::string& host() const { return host_; }
+
+private:
+    enum class PeerState { kHandshake, kPending, kMember };
+    struct Peer {
+        uint64_t id = 0;
+        Fd fd;
+        std::string remote;
+        PeerState state = PeerState::kHandshake;
+        Hello hello;
+        FrameAssembler in;
+        std::vector<uint8_t> out;
+        TimePoint last_seen;
+        bool dead = false;
+    };
+    struct Group {
+        uint32_t id = 0;
+        uint64_t epoch = 0;
+        std::vector<uint64_t> members;  // ring order
+        std::vector<uint64_t> pending;
+        std::set<uint64_t> voters;
+        TimePoint vote_deadline;
+        double vote_timeout = 0;
+        bool recovering = false;
+        EpochCause cause = EpochCause::kJoin;
+        std::set<uint64_t> awaiting;
+        std::map<uint64_t, Status> statuses;
+        std::vector<uint64_t> admitting;
+        TimePoint recovery_deadline;
+    };
+
+    void bind_if_needed();
+    void serve();
+    void accept_new();
+    void read_from(Peer& p);
+    void flush(Peer& p);
+    void send(Peer& p, const std::vector<uint8_t>& frame);
+    void handle(Peer& p, MsgType type, Reader& r);
+    void drop(Peer& p, const std::string& reason, bool graceful);
+    void evict(Peer& p, const std::string& reason);
+    void on_hello(Peer& p, const Hello& h);
+    void on_failure(Peer& p, const Failure& f);
+    void start_recovery(Group& g, EpochCause cause, const std::vector<uint64_t>& removed);
+    void check_recovery(Group& g);
+    void finish_recovery(Group& g);
+    void check_vote(Group& g);
+    void broadcast_pending(Group& g);
+    void timers();
+    Peer* find(uint64_t id);
+    Group& group(uint32_t id);
+    void remove_member(Group& g, uint64_t id);
+
+    std::string host_;
+    uint16_t requested_port_;
+    uint16_t port_ = 0;
+    Fd listener_;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+    uint64_t next_id_ = 1;
+    std::map<uint64_t, std::unique_ptr<Peer>> peers_;  // keyed by connection id (== peer id)
+    std::map<uint32_t, Group> groups_;
+    TimePoint last_heartbeat_;
+};
+
+}  // namespace pccl

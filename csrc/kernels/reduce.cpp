@@ -1,0 +1,149 @@
+#include "kernels/reduce.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/half.hpp"
+
+namespace pccl {
+namespace {
+
+// Signed integer overflow is undefined in C++; wrap through the unsigned type like numpy does.
+template <typename T>
+inline T wrap_add(T a, T b) {
+    using U = std::make_unsigned_t<T>;
+    return static_cast<T>(static_cast<U>(a) + static_cast<U>(b));
+}
+template <typename T>
+inline T wrap_mul(T a, T b) {
+    using U = std::make_unsigned_t<T>;
+    using W = std::conditional_t<(sizeof(U) < sizeof(unsigned)), unsigned, U>;  // avoid int promotion UB
+    return static_cast<T>(static_cast<U>(static_cast<W>(static_cast<U>(a)) * static_cast<W>(static_cast<U>(b))));
+}
+
+template <typename T, ReduceOp OP>
+inline T combine(T a, T b) {
+    if constexpr (std::is_floating_point_v<T>) {
+        if constexpr (OP == ReduceOp::kSum || OP == ReduceOp::kAvg) return a + b;
+        if constexpr (OP == ReduceOp::kProd) return a * b;
+        // NaN propagates, as in numpy.minimum / numpy.maximum.
+        if constexpr (OP == ReduceOp::kMin) return (a < b || std::isnan(a)) ? a : b;
+        if constexpr (OP == ReduceOp::kMax) return (a > b || std::isnan(a)) ? a : b;
+    } else {
+        if constexpr (OP == ReduceOp::kSum || OP == ReduceOp::kAvg) return wrap_add(a, b);
+        if constexpr (OP == ReduceOp::kProd) return wrap_mul(a, b);
+        if constexpr (OP == ReduceOp::kMin) return a < b ? a : b;
+        if constexpr (OP == ReduceOp::kMax) return a > b ? a : b;
+    }
+    return a;
+}
+
+template <typename T, ReduceOp OP>
+void reduce_plain(void* dst, const void* a, const void* b, size_t n) {
+    auto* d = static_cast<T*>(dst);
+    auto* x = static_cast<const T*>(a);
+    auto* y = static_cast<const T*>(b);
+    for (size_t i = 0; i < n; ++i) d[i] = combine<T, OP>(x[i], y[i]);
+}
+
+template <bool BF16, ReduceOp OP>
+void reduce_half(void* dst, const void* a, const void* b, size_t n) {
+    auto* d = static_cast<uint16_t*>(dst);
+    auto* x = static_cast<const uint16_t*>(a);
+    auto* y = static_cast<const uint16_t*>(b);
+    for (size_t i = 0; i < n; ++i) {
+        float fa = BF16 ? bf16_to_float(x[i]) : fp16_to_float(x[i]);
+        float fb = BF16 ? bf16_to_float(y[i]) : fp16_to_float(y[i]);
+        float r = combine<float, OP>(fa, fb);
+        d[i] = BF16 ? float_to_bf16(r) : float_to_fp16(r);
+    }
+}
+
+template <ReduceOp OP>
+void reduce_typed(DType dtype, void* dst, const void* a, const void* b, size_t n) {
+    switch (dtype) {
+        case DType::kInt8: return reduce_plain<int8_t, OP>(dst, a, b, n);
+        case DType::kUInt8: return reduce_plain<uint8_t, OP>(dst, a, b, n);
+        case DType::kInt16: return reduce_plain<int16_t, OP>(dst, a, b, n);
+        case DType::kUInt16: return reduce_plain<uint16_t, OP>(dst, a, b, n);
+        case DType::kInt32: return reduce_plain<int32_t, OP>(dst, a, b, n);
+        case DType::kUInt32: return reduce_plain<uint32_t, OP>(dst, a, b, n);
+        case DType::kInt64: return reduce_plain<int64_t, OP>(dst, a, b, n);
+        case DType::kUInt64: return reduce_plain<uint64_t, OP>(dst, a, b, n);
+        case DType::kFloat16: return reduce_half<false, OP>(dst, a, b, n);
+        case DType::kBFloat16: return reduce_half<true, OP>(dst, a, b, n);
+        case DType::kFloat32: return reduce_plain<float, OP>(dst, a, b, n);
+        case DType::kFloat64: return reduce_plain<double, OP>(dst, a, b, n);
+        case DType::kCount: break;
+    }
+}
+
+template <typename T>
+void divide_plain(void* data, size_t n, size_t world) {
+    auto* p = static_cast<T*>(data);
+    if constexpr (std::is_floating_point_v<T>) {
+        T w = static_cast<T>(world);
+        for (size_t i = 0; i < n; ++i) p[i] = p[i] / w;
+    } else {
+        using W = std::conditional_t<std::is_signed_v<T>, int64_t, uint64_t>;
+        W w = static_cast<W>(world);
+        for (size_t i = 0; i < n; ++i) p[i] = static_cast<T>(static_cast<W>(p[i]) / w);
+    }
+}
+
+template <bool BF16>
+void divide_half(void* data, size_t n, size_t world) {
+    auto* p = static_cast<uint16_t*>(data);
+    float w = static_cast<float>(world);
+    for (size_t i = 0; i < n; ++i) {
+        float v = (BF16 ? bf16_to_float(p[i]) : fp16_to_float(p[i])) / w;
+        p[i] = BF16 ? float_to_bf16(v) : float_to_fp16(v);
+    }
+}
+
+}  // namespace
+
+void reduce(DType dtype, ReduceOp op, void* dst, const void* a, const void* b, size_t count) {
+    switch (op) {
+        case ReduceOp::kSum:
+        case ReduceOp::kAvg: return reduce_typed<ReduceOp::kSum>(dtype, dst, a, b, count);
+        case ReduceOp::kProd: return reduce_typed<ReduceOp::kProd>(dtype, dst, a, b, count);
+        case ReduceOp::kMin: return reduce_typed<ReduceOp::kMin>(dtype, dst, a, b, count);
+        case ReduceOp::kMax: return reduce_typed<ReduceOp::kMax>(dtype, dst, a, b, count);
+        case ReduceOp::kCount: break;
+    }
+}
+
+void divide_by_world(DType dtype, void* data, size_t count, size_t world) {
+    switch (dtype) {
+        case DType::kInt8: return divide_plain<int8_t>(data, count, world);
+        case DType::kUInt8: return divide_plain<uint8_t>(data, count, world);
+        case DType::kInt16: return divide_plain<int16_t>(data, count, world);
+        case DType::kUInt16: return divide_plain<uint16_t>(data, count, world);
+        case DType::kInt32: return divide_plain<int32_t>(data, count, world);
+        case DType::kUInt32: return divide_plain<uint32_t>(data, count, world);
+        case DType::kInt64: return divide_plain<int64_t>(data, count, world);
+        case DType::kUInt64: return divide_plain<uint64_t>(data, count, world);
+        case DType::kFloat16: return divide_half<false>(data, count, world);
+        case DType::kBFloat16: return divide_half<true>(data, count, world);
+        case DType::kFloat32: return divide_plain<float>(data, count, world);
+        case DType::kFloat64: return divide_plain<double>(data, count, world);
+        case DType::kCount: break;
+    }
+}
+
+const char* dtype_name(DType t) {
+    static const char* names[] = {"int8",  "uint8",  "int16",   "uint16",   "int32",   "uint32",
+                                  "int64", "uint64", "float16", "bfloat16", "float32", "float64"};
+    auto i = static_cast<size_t>(t);
+    return i < 12 ? names[i] : "?";
+}
+
+const char* reduce_op_name(ReduceOp op) {
+    static const char* names[] = {"SUM", "AVG", "PROD", "MIN", "MAX"};
+    auto i = static_cast<size_t>(op);
+    return i < 5 ? names[i] : "?";
+}
+
+}  // namespace pccl

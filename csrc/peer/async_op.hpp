@@ -1,0 +1,47 @@
+// A collective running on its own thread, so Python can overlap it with other work. Its place in its
+// tag's order is reserved at submission, so async ops on one tag keep the same order on every peer.
+#pragma once
+#include <atomic>
+#include <exception>
+#include <memory>
+#include <thread>
+
+#include "peer/communicator.hpp"
+
+namespace pccl {
+
+class AsyncOp {
+public:
+    AsyncOp(Communicator& comm, const CollectiveSpec& spec) {
+        comm.check_usable();
+        uint64_t ticket = comm.reserve_turn(spec.tag);
+        thread_ = std::thread([this, &comm, spec, ticket] {
+            try {
+                result_ = comm.all_reduce_in_turn(spec, ticket);
+            } catch (...) {
+                error_ = std::current_exception();
+            }
+            done_ = true;
+        });
+    }
+    ~AsyncOp() {
+        if (thread_.joinable()) thread_.join();
+    }
+    AsyncOp(const AsyncOp&) = delete;
+    AsyncOp& operator=(const AsyncOp&) = delete;
+
+    bool done() const { return done_.load(); }
+    ReduceResult wait() {
+        if (thread_.joinable()) thread_.join();
+        if (error_) std::rethrow_exception(error_);
+        return result_;
+    }
+
+private:
+    std::thread thread_;
+    std::atomic<bool> done_{false};
+    ReduceResult result_;
+    std::exception_ptr error_;
+};
+
+}  // namespace pccl

@@ -1,0 +1,615 @@
+#include "peer/communicator.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include "common/log.hpp"
+
+namespace pccl {
+namespace {
+
+bool is_terminal(int s) { return s >= 3; }  // kEvicted, kMasterLost, kClosed
+
+std::string fmt_seconds(double s) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f s", s);
+    return buf;
+}
+
+}  // namespace
+
+Communicator::Communicator(CommConfig config) : config_(std::move(config)) {
+    auto hp = parse_host_port(config_.master_address);
+    master_host_ = hp.host;
+    master_port_ = hp.port;
+}
+
+Communicator::~Communicator() {
+    try {
+        close();
+    } catch (...) {
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// public API
+
+void Communicator::connect() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (state_ != State::kIdle) {
+            if (state_ == State::kJoining || state_ == State::kMember)
+                throw Error(ErrorCode::kInvalidArgument, "connect() was already called on this communicator");
+            throw_state_error("connect");
+        }
+    }
+    listener_ = std::make_unique<MeshListener>(config_.listen_host);
+    try {
+        master_ = connect_tcp(master_host_, master_port_, deadline_after(std::min(config_.timeout, 30.0)));
+    } catch (const Error& e) {
+        listener_->stop();
+        throw Error(ErrorCode::kMasterLost, "cannot reach the master at " + config_.master_address + " (" + e.what() +
+                                                "); check that pccl-master is running there and the address is right");
+    }
+    Hello h;
+    h.group = config_.group;
+    h.heartbeat_timeout_ms = static_cast<uint32_t>(config_.heartbeat_timeout * 1000);
+    h.host = config_.advertise_host.empty() ? local_ip(master_.get()) : config_.advertise_host;
+    h.port = listener_->port();
+    h.connections = static_cast<uint16_t>(config_.connections);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        state_ = State::kJoining;
+    }
+    send_to_master(encode_hello(h));
+    control_ = std::thread([this] { control_loop(); });
+
+    std::unique_lock<std::mutex> lock(mutex_);
+    bool ok = cv_.wait_until(lock, deadline_after(config_.join_timeout), [&] {
+        return (state_ == State::kMember && ready_) || is_terminal(static_cast<int>(state_));
+    });
+    if (is_terminal(static_cast<int>(state_))) throw_state_error("connect");
+    if (!ok)
+        throw Error(ErrorCode::kTimeout, "not admitted within join_timeout (" + fmt_seconds(config_.join_timeout) +
+                                             "): the members of peer group " + std::to_string(config_.group) +
+                                             " have not called update_topology(); close() and try again later");
+}
+
+void Communicator::check_usable() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (state_ != State::kMember) throw_state_error("use");
+}
+
+void Communicator::update_topology() {
+    uint64_t epoch;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (state_ != State::kMember) throw_state_error("update_topology");
+        vote_result_.reset();
+        epoch = epoch_;
+    }
+    send_to_master(encode_vote(Vote{epoch, static_cast<uint32_t>(config_.timeout * 1000)}));
+    std::unique_lock<std::mutex> lock(mutex_);
+    auto deadline = deadline_after(config_.timeout + config_.heartbeat_timeout + 1.0);
+    cv_.wait_until(lock, deadline, [&] { return vote_result_.has_value() || is_terminal(static_cast<int>(state_)); });
+    if (is_terminal(static_cast<int>(state_))) throw_state_error("update_topology");
+    if (!vote_result_) throw Error(ErrorCode::kTimeout, "update_topology(): the master did not answer in time");
+    if (vote_result_->timed_out) throw Error(ErrorCode::kTimeout, vote_result_->message);
+    bool ok = cv_.wait_until(lock, deadline_after(config_.timeout),
+                             [&] { return ready_ || is_terminal(static_cast<int>(state_)); });
+    if (is_terminal(static_cast<int>(state_))) throw_state_error("update_topology");
+    if (!ok) throw Error(ErrorCode::kTimeout, "update_topology(): the new membership did not become usable in time");
+}
+
+bool Communicator::peers_pending() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (state_ != State::kMember) throw_state_error("are_peers_pending");
+    return pending_ > 0;
+}
+
+int Communicator::world_size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return state_ == State::kMember ? static_cast<int>(members_.size()) : 0;
+}
+
+int Communicator::rank() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return state_ == State::kMember ? rank_ : -1;
+}
+
+uint64_t Communicator::epoch() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return epoch_;
+}
+
+uint64_t Communicator::peer_id() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return peer_id_;
+}
+
+void Communicator::close() {
+    State prev;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        prev = state_;
+        if (prev == State::kClosed && !control_.joinable() && !listener_) return;
+    }
+    if ((prev == State::kJoining || prev == State::kMember) && master_.valid()) {
+        // Leave through the master first, and only then drop the mesh: the master must learn that this
+        // was a graceful leave before any member sees our connections close.
+        leaving_ = true;
+        send_to_master(encode_empty(MsgType::kLeave));
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait_until(lock, deadline_after(2.0), [&] { return is_terminal(static_cast<int>(state_)); });
+    }
+    stop_ = true;
+    if (control_.joinable()) control_.join();
+    std::shared_ptr<Mesh> mesh;
+    std::set<std::shared_ptr<Collective>> ops;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (state_ != State::kEvicted && state_ != State::kMasterLost) {
+            state_ = State::kClosed;
+            terminal_reason_ = "closed";
+        }
+        ready_ = false;
+        mesh = std::move(mesh_);
+        ops = inflight_;
+        cv_.notify_all();
+    }
+    for (auto& op : ops) op->decide(false, EpochCause::kLost);
+    if (mesh) mesh->shutdown();
+    if (listener_) listener_->stop();
+    master_.reset();
+    std::lock_guard<std::mutex> lock(mutex_);
+    state_ = State::kClosed;
+    if (terminal_reason_.empty()) terminal_reason_ = "closed";
+}
+
+void Communicator::throw_state_error(const char* what) {
+    switch (state_) {
+        case State::kIdle:
+            throw Error(ErrorCode::kInvalidArgument, std::string(what) + ": the communicator is not connected; call connect() first");
+        case State::kJoining:
+            throw Error(ErrorCode::kInvalidArgument, std::string(what) + ": this peer has not been admitted yet; wait for connect() to return");
+        case State::kMember:
+            throw Error(ErrorCode::kInvalidArgument, std::string(what) + ": unexpected state");
+        case State::kEvicted:
+            throw Error(ErrorCode::kEvicted, std::string(what) + ": this peer was evicted by the master (" + terminal_reason_ +
+                                                 "); the others continue without it. Create a new Communicator to rejoin as a new peer");
+        case State::kMasterLost:
+            throw Error(ErrorCode::kMasterLost, std::string(what) + ": the master is unreachable (" + terminal_reason_ +
+                                                    "); no membership change or failure can be resolved. Restart the master and create a new Communicator");
+        case State::kClosed:
+            throw Error(ErrorCode::kClosed, std::string(what) + ": the communicator is closed; create a new Communicator to rejoin");
+    }
+    throw Error(ErrorCode::kInvalidArgument, "bad state");
+}
+
+uint64_t Communicator::reserve_turn(uint32_t tag) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return turns_[tag].next++;
+}
+
+void Communicator::release_turn(uint32_t tag) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    turns_[tag].serving++;
+    cv_.notify_all();
+}
+
+ReduceResult Communicator::all_reduce(const CollectiveSpec& spec) {
+    check_usable();
+    return all_reduce_in_turn(spec, reserve_turn(spec.tag));
+}
+
+ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& spec, uint64_t ticket) {
+    {
+        // Ops on one tag run one at a time, in the order they were submitted. Every earlier op is
+        // bounded by its own deadline, so this wait is bounded too.
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [&] { return turns_[spec.tag].serving == ticket; });
+    }
+    struct TurnGuard {
+        Communicator* c;
+        uint32_t tag;
+        ~TurnGuard() { c->release_turn(tag); }
+    } guard{this, spec.tag};
+    for (int attempt = 0;; ++attempt) {
+        bool retry = false;
+        ReduceResult r = run_once(spec, &retry);
+        if (!retry) {
+            r.retries = attempt;
+            return r;
+        }
+        if (attempt >= 100)
+            throw Error(ErrorCode::kPeerLost, "all_reduce was interrupted by 100 consecutive membership changes; giving up");
+    }
+}
+
+ReduceResult Communicator::run_once(const CollectiveSpec& spec, bool* retry) {
+    const auto deadline = deadline_after(config_.timeout);
+    std::shared_ptr<Collective> op;
+    std::shared_ptr<Mesh> mesh;
+    std::shared_ptr<OpRouter> router;
+    ReduceResult result;
+    {
+        std::unique_lock<std::mutex> lock(mutex_);
+        bool ok = cv_.wait_until(lock, deadline, [&] { return ready_ || is_terminal(static_cast<int>(state_)); });
+        if (state_ != State::kMember) throw_state_error("all_reduce");
+        if (!ok)
+            throw Error(ErrorCode::kTimeout, "all_reduce: no usable membership within the timeout (" + fmt_seconds(config_.timeout) +
+                                                 "); the group is still recovering from a failure");
+        result.world_size = static_cast<int>(members_.size());
+        result.epoch = epoch_;
+        uint64_t seq = next_seq_[spec.tag]++;
+        if (members_.size() == 1) {
+            // Alone: the reduction of one contribution is the contribution (AVG divides by 1).
+            size_t bytes = spec.count * dtype_size(spec.dtype);
+            if (bytes && spec.dst != spec.src) std::memcpy(spec.dst, spec.src, bytes);
+            committed_[spec.tag] = seq + 1;
+            result.algorithm = choose_algorithm(spec.algorithm, bytes, 1);
+            return result;
+        }
+        mesh = mesh_;
+        router = router_;
+        op = make_collective(spec, epoch_, seq, static_cast<int>(members_.size()), rank_, mesh.get());
+        inflight_.insert(op);
+    }
+    result.algorithm = op->algorithm();
+    router->add(op);
+    auto finish = [&] {
+        router->remove(op.get());
+        std::lock_guard<std::mutex> lock(mutex_);
+        inflight_.erase(op);
+    };
+    auto succeed = [&] {
+        op->publish();
+        finish();
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (epoch_ == op->epoch()) committed_[spec.tag] = std::max(committed_[spec.tag], op->seq() + 1);
+        result.tx_bytes = op->tx_bytes();
+        result.rx_bytes = op->rx_bytes();
+        return result;
+    };
+    auto abandon = [&](const char* what) {
+        // No decision will come: make sure the I/O thread no longer reads the caller's buffers.
+        mesh->shutdown();
+        finish();
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (state_ != State::kMember) throw_state_error(what);
+    };
+
+    try {
+        op->execute(deadline);
+        return succeed();
+    } catch (const Interrupted&) {
+    }
+
+    {
+        bool terminal;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            terminal = is_terminal(static_cast<int>(state_));
+        }
+        if (terminal) abandon("all_reduce");
+    }
+    auto f = op->failure();
+    if (f.failed) report_failure(op->epoch(), f.kind, f.suspect);
+    bool commit = false;
+    EpochCause cause = EpochCause::kLost;
+    double wait = 2 * config_.heartbeat_timeout + 2.0;
+    if (!op->wait_decision(deadline_after(wait), &commit, &cause)) {
+        abandon("all_reduce");
+        throw Error(ErrorCode::kMasterLost, "all_reduce failed (" + f.why + ") and the master did not resolve it within " +
+                                                fmt_seconds(wait) + "; your buffers are unchanged");
+    }
+    if (commit) return succeed();
+    {
+        bool terminal;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            terminal = is_terminal(static_cast<int>(state_));
+        }
+        if (terminal) abandon("all_reduce");
+    }
+    finish();
+    std::string where = " (tag " + std::to_string(spec.tag) + ", epoch " + std::to_string(op->epoch()) + ")";
+    switch (cause) {
+        case EpochCause::kJoin:
+        case EpochCause::kLeft:
+            *retry = true;  // nobody failed: re-run among the new membership, invisibly to the caller
+            return result;
+        case EpochCause::kTimeout:
+            throw Error(ErrorCode::kTimeout, "all_reduce timed out" + where + (f.why.empty() ? "" : ": " + f.why) +
+                                                 "; it was aborted on every peer and your buffers are unchanged; call it again to retry");
+        case EpochCause::kMismatch:
+            throw Error(ErrorCode::kMismatch, "all_reduce aborted on every peer" + where +
+                                                  ": peers passed different count, dtype, op or algorithm for the same tag; "
+                                                  "make every peer issue identical collectives in the same order");
+        default:
+            throw Error(ErrorCode::kPeerLost, "a peer was lost during all_reduce" + where +
+                                                  "; the op was aborted on every surviving peer and your buffers are unchanged; "
+                                                  "call all_reduce again to retry with the survivors");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// control plane
+
+void Communicator::send_to_master(const std::vector<uint8_t>& frame) {
+    bool ok = false;
+    {
+        std::lock_guard<std::mutex> lock(send_mutex_);
+        try {
+            ok = master_.valid() && send_all(master_.get(), frame.data(), frame.size(), deadline_after(2.0));
+        } catch (const Error&) {
+            ok = false;
+        }
+    }
+    if (!ok && !leaving_) enter_terminal(State::kMasterLost, "cannot send to the master");
+}
+
+void Communicator::report_failure(uint64_t epoch, FailureKind kind, int suspect_rank) {
+    uint64_t suspect = 0;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (failure_reported_epoch_ >= epoch || state_ != State::kMember) return;
+        failure_reported_epoch_ = epoch;
+        if (epoch_ == epoch && suspect_rank >= 0 && suspect_rank < static_cast<int>(members_.size()))
+            suspect = members_[suspect_rank].peer_id;
+    }
+    send_to_master(encode_failure(Failure{epoch, kind, suspect}));
+}
+
+void Communicator::enter_terminal(State state, const std::string& reason) {
+    std::set<std::shared_ptr<Collective>> ops;
+    std::shared_ptr<Mesh> mesh;
+    std::shared_ptr<OpRouter> router;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (is_terminal(static_cast<int>(state_))) return;
+        state_ = state;
+        terminal_reason_ = reason;
+        ops = inflight_;
+        if (state != State::kMasterLost) {
+            // An evicted peer's mesh is dead weight; with only the master gone, running ops may finish.
+            ready_ = false;
+            mesh = std::move(mesh_);
+            router = router_;
+        }
+        cv_.notify_all();
+    }
+    if (state == State::kEvicted) PCCL_WARN("peer", "evicted: %s", reason.c_str());
+    else PCCL_WARN("peer", "master lost: %s", reason.c_str());
+    if (router) router->fail_all(FailureKind::kLinkBroken, reason, -1);
+    for (auto& op : ops) op->decide(false, EpochCause::kLost);
+    if (mesh) mesh->shutdown();
+}
+
+void Communicator::control_loop() {
+    const double hb = config_.heartbeat_timeout;
+    const double beat_every = std::max(0.05, hb / 4);
+    auto last_rx = Clock::now();
+    auto last_tx = Clock::now();
+    FrameAssembler in;
+    std::vector<uint8_t> body;
+    uint8_t buf[65536];
+    while (!stop_) {
+        pollfd p{master_.get(), POLLIN, 0};
+        ::poll(&p, 1, 50);
+        if (p.revents) {
+            bool closed = false;
+            std::string why = "the master closed the connection";
+            for (;;) {
+                ssize_t n = ::recv(master_.get(), buf, sizeof buf, MSG_DONTWAIT);
+                if (n > 0) {
+                    in.append(buf, static_cast<size_t>(n));
+                    last_rx = Clock::now();
+                    if (static_cast<size_t>(n) < sizeof buf) break;
+                    continue;
+                }
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) break;
+                closed = true;
+                if (n < 0) why = std::string("connection to the master failed: ") + std::strerror(errno);
+                break;
+            }
+            try {
+                while (in.next(body)) {
+                    Reader r(body.data(), body.size());
+                    auto type = static_cast<MsgType>(r.get_enum(static_cast<uint8_t>(MsgType::kCount), "message type"));
+                    handle_message(type, r);
+                }
+            } catch (const ProtocolError& e) {
+                PCCL_WARN("peer", "invalid message from the master: %s", e.what());
+                enter_terminal(State::kMasterLost, std::string("the master sent an invalid message: ") + e.what());
+                return;
+            }
+            if (closed) {
+                if (leaving_) {
+                    std::lock_guard<std::mutex> lock(mutex_);
+                    if (!is_terminal(static_cast<int>(state_))) state_ = State::kClosed;
+                    terminal_reason_ = "closed";
+                    cv_.notify_all();
+                } else {
+                    enter_terminal(State::kMasterLost, why);
+                }
+                return;
+            }
+        }
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (is_terminal(static_cast<int>(state_))) return;
+        }
+        if (seconds_since(last_rx) > hb) {
+            enter_terminal(State::kMasterLost, "no message from the master for " + fmt_seconds(seconds_since(last_rx)));
+            return;
+        }
+        if (seconds_since(last_tx) >= beat_every) {
+            send_to_master(encode_empty(MsgType::kHeartbeat));
+            last_tx = Clock::now();
+        }
+    }
+}
+
+void Communicator::handle_message(MsgType type, Reader& r) {
+    switch (type) {
+        case MsgType::kHeartbeat:
+            r.expect_end();
+            return;
+        case MsgType::kWelcome: {
+            auto w = decode_welcome(r);
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (peer_id_ != 0) throw ProtocolError("second welcome");
+            peer_id_ = w.peer_id;
+            listener_->set_identity(config_.group, w.peer_id);
+            return;
+        }
+        case MsgType::kPending: {
+            uint32_t n = decode_pending(r);
+            std::lock_guard<std::mutex> lock(mutex_);
+            pending_ = n;
+            return;
+        }
+        case MsgType::kVoteResult: {
+            auto v = decode_vote_result(r);
+            std::lock_guard<std::mutex> lock(mutex_);
+            vote_result_ = v;
+            cv_.notify_all();
+            return;
+        }
+        case MsgType::kRecover:
+            on_recover(decode_recover(r));
+            return;
+        case MsgType::kEpoch:
+            on_epoch(decode_epoch(r));
+            return;
+        case MsgType::kEvicted: {
+            auto e = decode_evicted(r);
+            enter_terminal(State::kEvicted, e.reason);
+            return;
+        }
+        case MsgType::kError: {
+            auto e = decode_error(r);
+            enter_terminal(State::kMasterLost, "the master refused this peer: " + e.message);
+            return;
+        }
+        default:
+            throw ProtocolError(std::string("unexpected message '") + msg_type_name(type) + "' from the master");
+    }
+}
+
+void Communicator::on_recover(const Recover& m) {
+    std::shared_ptr<Mesh> mesh;
+    std::set<std::shared_ptr<Collective>> ops;
+    std::map<uint32_t, uint64_t> committed;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (state_ != State::kMember) throw ProtocolError("recover request while not a member");
+        if (m.epoch <= epoch_) throw ProtocolError("recover request for an old epoch");
+        ready_ = false;
+        mesh = std::move(mesh_);
+        ops = inflight_;
+        committed = committed_;
+    }
+    // Stop the data plane first: after this no frame can change any op's progress.
+    if (mesh) mesh->shutdown();
+    Status st;
+    st.epoch = m.epoch;
+    for (auto& op : ops) st.ops.push_back(OpReport{op->tag(), op->seq(), op->freeze()});
+    for (auto& [tag, n] : committed) st.tags.push_back(TagReport{tag, n});
+    send_to_master(encode_status(st));
+}
+
+void Communicator::on_epoch(const EpochMsg& m) {
+    std::shared_ptr<Mesh> old_mesh;
+    int my_rank = -1;
+    std::vector<MemberInfo> members;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (m.group != config_.group) throw ProtocolError("epoch for another peer group");
+        if (m.epoch <= epoch_) throw ProtocolError("epoch number went backwards");
+        for (size_t i = 0; i < m.members.size(); ++i)
+            if (m.members[i].peer_id == peer_id_) my_rank = static_cast<int>(i);
+        old_mesh = std::move(mesh_);
+        ready_ = false;
+        for (auto& op : inflight_) {
+            bool commit = false;
+            for (auto& d : m.decisions)
+                if (d.tag == op->tag() && d.seq == op->seq()) commit = d.commit != 0;
+            op->decide(commit, m.cause);
+        }
+        if (my_rank >= 0) {
+            epoch_ = m.epoch;
+            members_ = m.members;
+            rank_ = my_rank;
+            state_ = State::kMember;
+            next_seq_.clear();
+            committed_.clear();
+            uint64_t epoch = m.epoch;
+            router_ = std::make_shared<OpRouter>([this, epoch](int from, const std::string&) {
+                report_failure(epoch, FailureKind::kLinkBroken, from);
+            });
+            members = members_;
+        }
+    }
+    if (old_mesh) old_mesh->shutdown();
+    if (my_rank < 0) {
+        enter_terminal(State::kEvicted, "not part of the new membership");
+        return;
+    }
+    PCCL_DEBUG("peer", "epoch %llu (%s): rank %d of %zu", (unsigned long long)m.epoch, epoch_cause_name(m.cause),
+               my_rank, members.size());
+    listener_->forget_before(m.epoch);
+    build_mesh(m.epoch, members, my_rank);
+}
+
+void Communicator::build_mesh(uint64_t epoch, const std::vector<MemberInfo>& members, int my_rank) {
+    const int n = static_cast<int>(members.size());
+    const uint64_t me = members[my_rank].peer_id;
+    // Bounded well inside the heartbeat timeout, because the control thread is not heartbeating while
+    // it builds.
+    auto deadline = deadline_after(std::max(0.5, config_.heartbeat_timeout / 2));
+    send_to_master(encode_empty(MsgType::kHeartbeat));
+    std::vector<std::vector<Fd>> conns(static_cast<size_t>(n));
+    int suspect = -1;
+    try {
+        for (int j = my_rank + 1; j < n; ++j) {
+            suspect = j;
+            int k = std::min<int>(config_.connections, members[j].connections);
+            for (int i = 0; i < k; ++i) {
+                Handshake hs{kHandshakeMagic, 1, static_cast<uint16_t>(i), config_.group, 0, epoch, me, members[j].peer_id};
+                conns[j].push_back(dial_mesh(members[j].host, members[j].port, hs, deadline));
+            }
+        }
+        for (int j = 0; j < my_rank; ++j) {
+            suspect = j;
+            int k = std::min<int>(config_.connections, members[j].connections);
+            for (int i = 0; i < k; ++i) {
+                Fd fd = listener_->take(epoch, members[j].peer_id, static_cast<uint16_t>(i), deadline);
+                if (!fd.valid()) throw Error(ErrorCode::kTimeout, "member did not connect in time");
+                conns[j].push_back(std::move(fd));
+            }
+        }
+    } catch (const Error& e) {
+        PCCL_WARN("peer", "building the mesh of epoch %llu failed at rank %d: %s", (unsigned long long)epoch, suspect, e.what());
+        report_failure(epoch, FailureKind::kLinkBroken, suspect);
+        return;
+    }
+    std::shared_ptr<OpRouter> router;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (epoch_ != epoch || state_ != State::kMember) return;
+        router = router_;
+    }
+    auto mesh = std::make_shared<Mesh>(epoch, std::move(conns), router, config_.heartbeat_timeout);
+    mesh->start();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (epoch_ != epoch || state_ != State::kMember) return;  // mesh destructor stops it
+    mesh_ = std::move(mesh);
+    ready_ = true;
+    cv_.notify_all();
+}
+
+}  // namespace pccl

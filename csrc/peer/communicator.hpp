@@ -1,0 +1,119 @@
+// A peer: its control connection to the master, the membership epoch it is in, the mesh of that
+// epoch, and the collectives running on it. The control thread owns every epoch transition
+// (freeze -> report -> new membership -> new mesh); caller threads run collectives and only wait.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "collectives/collective.hpp"
+#include "peer/op_router.hpp"
+#include "protocol/messages.hpp"
+#include "transport/mesh.hpp"
+#include "transport/mesh_listener.hpp"
+
+namespace pccl {
+
+struct CommConfig {
+    std::string master_address;  // host:port
+    uint32_t group = 0;
+    int connections = 1;
+    double timeout = 60.0;           // per collective, per master request
+    double heartbeat_timeout = 5.0;  // silence after which a peer (or the master) counts as dead
+    double join_timeout = 600.0;     // how long connect() waits for admission
+    std::string listen_host = "0.0.0.0";
+    std::string advertise_host;  // empty: the address this peer uses to reach the master
+};
+
+struct ReduceResult {
+    int world_size = 0;
+    uint64_t tx_bytes = 0;
+    uint64_t rx_bytes = 0;
+    Algorithm algorithm = Algorithm::kRing;
+    uint64_t epoch = 0;
+    int retries = 0;  // transparent re-runs after a graceful leave or a join
+};
+
+class Communicator {
+public:
+    explicit Communicator(CommConfig config);
+    ~Communicator();
+    Communicator(const Communicator&) = delete;
+    Communicator& operator=(const Communicator&) = delete;
+
+    void connect();
+    void update_topology();
+    bool peers_pending();
+    int world_size();
+    int rank();
+    uint64_t epoch();
+    uint64_t peer_id();
+    void close();
+    // Validates state and arguments before any network traffic; throws Error.
+    ReduceResult all_reduce(const CollectiveSpec& spec);
+    // Reserves this op's place in its tag's order now (in the caller's thread), so async ops on one tag
+    // run in submission order on every peer.
+    uint64_t reserve_turn(uint32_t tag);
+    ReduceResult all_reduce_in_turn(const CollectiveSpec& spec, uint64_t ticket);
+    void check_usable();
+
+private:
+    enum class State { kIdle, kJoining, kMember, kEvicted, kMasterLost, kClosed };
+
+    // control thread
+    void control_loop();
+    void handle_message(MsgType type, Reader& r);
+    void on_epoch(const EpochMsg& m);
+    void on_recover(const Recover& m);
+    void build_mesh(uint64_t epoch, const std::vector<MemberInfo>& members, int my_rank);
+    void enter_terminal(State state, const std::string& reason);
+
+    // shared helpers
+    void send_to_master(const std::vector<uint8_t>& frame);
+    void report_failure(uint64_t epoch, FailureKind kind, int suspect_rank);
+    [[noreturn]] void throw_state_error(const char* what);  // mutex_ held
+    void release_turn(uint32_t tag);
+    ReduceResult run_once(const CollectiveSpec& spec, bool* retry);
+
+    CommConfig config_;
+    std::string master_host_;
+    uint16_t master_port_ = 0;
+    Fd master_;
+    std::mutex send_mutex_;
+    std::unique_ptr<MeshListener> listener_;
+    std::thread control_;
+    std::atomic<bool> stop_{false};
+    std::atomic<bool> leaving_{false};
+
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    State state_ = State::kIdle;
+    std::string terminal_reason_;
+    uint64_t peer_id_ = 0;
+    uint64_t epoch_ = 0;
+    std::vector<MemberInfo> members_;
+    int rank_ = -1;
+    bool ready_ = false;  // mesh of epoch_ is built
+    std::shared_ptr<Mesh> mesh_;
+    std::shared_ptr<OpRouter> router_;
+    std::set<std::shared_ptr<Collective>> inflight_;
+    std::map<uint32_t, uint64_t> next_seq_;
+    std::map<uint32_t, uint64_t> committed_;
+    uint32_t pending_ = 0;
+    std::optional<VoteResult> vote_result_;
+    uint64_t failure_reported_epoch_ = 0;
+    struct Turns {
+        uint64_t next = 0, serving = 0;
+    };
+    std::map<uint32_t, Turns> turns_;
+};
+
+}  // namespace pccl

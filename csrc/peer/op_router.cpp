@@ -1,0 +1,92 @@
+#include "peer/op_router.hpp"
+
+#include <cstring>
+
+namespace pccl {
+namespace {
+constexpr int kEarlyRoute = 1;
+}  // namespace
+
+void OpRouter::deliver(Collective& op, const Early& e) {
+    try {
+        RecvTarget t = op.target_for(e.from, e.header);
+        if (t.dst && e.header.length) std::memcpy(t.dst, e.payload->data(), e.header.length);
+        op.on_frame(e.from, e.header);
+    } catch (const Error& err) {
+        op.fail(FailureKind::kLinkBroken, std::string("protocol violation from a peer: ") + err.what(), e.from);
+    }
+}
+
+void OpRouter::add(const std::shared_ptr<Collective>& op) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Key key{op->tag(), op->seq()};
+    ops_[key] = op;
+    auto it = early_.find(key);
+    if (it == early_.end()) return;
+    for (auto& e : it->second) {
+        early_bytes_ -= e.header.length;
+        deliver(*op, e);
+    }
+    early_.erase(it);
+}
+
+void OpRouter::remove(const Collective* op) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Key key{op->tag(), op->seq()};
+    auto it = ops_.find(key);
+    if (it != ops_.end() && it->second.get() == op) ops_.erase(it);
+    auto& r = retired_[key.first];
+    r = std::max(r, key.second + 1);
+}
+
+void OpRouter::fail_all(FailureKind kind, const std::string& why, int suspect) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [_, op] : ops_) op->fail(kind, why, suspect);
+}
+
+RecvTarget OpRouter::on_header(int from, const FrameHeader& h) {
+    std::shared_ptr<Collective> op;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        Key key{h.tag, h.seq};
+        auto it = ops_.find(key);
+        if (it != ops_.end()) {
+            op = it->second;
+        } else {
+            auto r = retired_.find(h.tag);
+            if (r != retired_.end() && h.seq < r->second)
+                throw ProtocolError("frame for an operation that already finished (tag " + std::to_string(h.tag) +
+                                    ", seq " + std::to_string(h.seq) + ")");
+            if (early_bytes_ + h.length > kMaxEarlyBytes)
+                throw ProtocolError("peer is too far ahead: more than 2 GiB of frames for operations not started here");
+            early_bytes_ += h.length;
+            auto buf = std::make_shared<std::vector<uint8_t>>(h.length);
+            return RecvTarget{buf->data(), buf, kEarlyRoute};
+        }
+    }
+    return op->target_for(from, h);
+}
+
+void OpRouter::on_frame(int from, const FrameHeader& h, RecvTarget& target) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Key key{h.tag, h.seq};
+    auto it = ops_.find(key);
+    if (target.route != kEarlyRoute) {
+        if (it != ops_.end()) it->second->on_frame(from, h);
+        return;
+    }
+    Early e{from, h, std::static_pointer_cast<std::vector<uint8_t>>(target.keep)};
+    if (it != ops_.end()) {
+        early_bytes_ -= h.length;
+        deliver(*it->second, e);
+        return;
+    }
+    early_[key].push_back(std::move(e));
+}
+
+void OpRouter::on_failure(int from, const std::string& reason) {
+    fail_all(FailureKind::kLinkBroken, "connection to rank " + std::to_string(from) + " failed: " + reason, from);
+    hook_(from, reason);
+}
+
+}  // namespace pccl

@@ -1,0 +1,48 @@
+// Routes incoming frames of one epoch's mesh to the collective they belong to, by (tag, seq). Frames
+// that arrive before the local caller has started that collective (a peer is ahead) are held, up to a
+// cap, and handed over when it starts.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "collectives/collective.hpp"
+#include "transport/mesh.hpp"
+
+namespace pccl {
+
+constexpr size_t kMaxEarlyBytes = size_t{2} << 30;
+
+class OpRouter : public MeshHandler {
+public:
+    using FailureHook = std::function<void(int from, const std::string& reason)>;
+    explicit OpRouter(FailureHook hook) : hook_(std::move(hook)) {}
+
+    void add(const std::shared_ptr<Collective>& op);
+    void remove(const Collective* op);
+    void fail_all(FailureKind kind, const std::string& why, int suspect);
+
+    RecvTarget on_header(int from, const FrameHeader& h) override;
+    void on_frame(int from, const FrameHeader& h, RecvTarget& target) override;
+    void on_failure(int from, const std::string& reason) override;
+
+private:
+    using Key = std::pair<uint32_t, uint64_t>;
+    struct Early {
+        int from;
+        FrameHeader header;
+        std::shared_ptr<std::vector<uint8_t>> payload;
+    };
+    static void deliver(Collective& op, const Early& e);
+
+    FailureHook hook_;
+    std::mutex mutex_;
+    std::map<Key, std::shared_ptr<Collective>> ops_;
+    std::map<Key, std::vector<Early>> early_;
+    std::map<uint32_t, uint64_t> retired_;  // per tag: every seq below this is finished
+    size_t early_bytes_ = 0;
+};
+
+}  // namespace pccl

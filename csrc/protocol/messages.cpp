@@ -1,0 +1,295 @@
+#include "protocol/messages.hpp"
+
+namespace pccl {
+namespace {
+
+Writer begin(MsgType type) {
+    Writer w;
+    w.put<uint32_t>(0);  // length, patched by finish()
+    w.put<uint8_t>(static_cast<uint8_t>(type));
+    return w;
+}
+
+std::vector<uint8_t> finish(Writer& w) {
+    auto& b = w.bytes();
+    uint32_t len = static_cast<uint32_t>(b.size() - 4);
+    for (int i = 0; i < 4; ++i) b[i] = static_cast<uint8_t>(len >> (8 * i));
+    return std::move(b);
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_hello(const Hello& m) {
+    Writer w = begin(MsgType::kHello);
+    w.put<uint32_t>(kProtocolMagic);
+    w.put<uint16_t>(kProtocolVersion);
+    w.put<uint32_t>(m.group);
+    w.put<uint32_t>(m.heartbeat_timeout_ms);
+    w.put_string(m.host);
+    w.put<uint16_t>(m.port);
+    w.put<uint16_t>(m.connections);
+    return finish(w);
+}
+
+Hello decode_hello(Reader& r) {
+    if (r.get<uint32_t>() != kProtocolMagic) throw ProtocolError("bad magic in hello (not a pccl_py peer)");
+    auto version = r.get<uint16_t>();
+    if (version != kProtocolVersion)
+        throw ProtocolError("protocol version " + std::to_string(version) + " is not supported (this master speaks " +
+                            std::to_string(kProtocolVersion) + ")");
+    Hello m;
+    m.group = r.get<uint32_t>();
+    m.heartbeat_timeout_ms = r.get<uint32_t>();
+    if (m.heartbeat_timeout_ms < 100 || m.heartbeat_timeout_ms > 3600 * 1000)
+        throw ProtocolError("heartbeat timeout out of range");
+    m.host = r.get_string(kMaxHostLength);
+    m.port = r.get<uint16_t>();
+    m.connections = r.get<uint16_t>();
+    if (m.port == 0) throw ProtocolError("listen port 0 in hello");
+    if (m.connections < 1 || m.connections > 64) throw ProtocolError("connections per peer out of range [1, 64]");
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_welcome(const Welcome& m) {
+    Writer w = begin(MsgType::kWelcome);
+    w.put<uint64_t>(m.peer_id);
+    w.put<uint8_t>(m.admitted);
+    return finish(w);
+}
+
+Welcome decode_welcome(Reader& r) {
+    Welcome m;
+    m.peer_id = r.get<uint64_t>();
+    m.admitted = r.get_enum(2, "admitted flag");
+    if (m.peer_id == 0) throw ProtocolError("peer id 0 in welcome");
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_empty(MsgType type) {
+    Writer w = begin(type);
+    return finish(w);
+}
+
+std::vector<uint8_t> encode_vote(const Vote& m) {
+    Writer w = begin(MsgType::kVote);
+    w.put<uint64_t>(m.epoch);
+    w.put<uint32_t>(m.timeout_ms);
+    return finish(w);
+}
+
+Vote decode_vote(Reader& r) {
+    Vote m;
+    m.epoch = r.get<uint64_t>();
+    m.timeout_ms = r.get<uint32_t>();
+    if (m.timeout_ms == 0 || m.timeout_ms > 24u * 3600 * 1000) throw ProtocolError("vote timeout out of range");
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_vote_result(const VoteResult& m) {
+    Writer w = begin(MsgType::kVoteResult);
+    w.put<uint8_t>(m.timed_out);
+    w.put<uint32_t>(m.admitted);
+    w.put_string(m.message);
+    return finish(w);
+}
+
+VoteResult decode_vote_result(Reader& r) {
+    VoteResult m;
+    m.timed_out = r.get_enum(2, "timed-out flag");
+    m.admitted = r.get_count(kMaxMembers, "admitted");
+    m.message = r.get_string(kMaxTextLength);
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_pending(uint32_t count) {
+    Writer w = begin(MsgType::kPending);
+    w.put<uint32_t>(count);
+    return finish(w);
+}
+
+uint32_t decode_pending(Reader& r) {
+    uint32_t n = r.get_count(kMaxMembers * 16, "pending");
+    r.expect_end();
+    return n;
+}
+
+std::vector<uint8_t> encode_failure(const Failure& m) {
+    Writer w = begin(MsgType::kFailure);
+    w.put<uint64_t>(m.epoch);
+    w.put<uint8_t>(static_cast<uint8_t>(m.kind));
+    w.put<uint64_t>(m.suspect);
+    return finish(w);
+}
+
+Failure decode_failure(Reader& r) {
+    Failure m;
+    m.epoch = r.get<uint64_t>();
+    m.kind = static_cast<FailureKind>(r.get_enum(static_cast<uint8_t>(FailureKind::kCount), "failure kind"));
+    m.suspect = r.get<uint64_t>();
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_recover(const Recover& m) {
+    Writer w = begin(MsgType::kRecover);
+    w.put<uint64_t>(m.epoch);
+    return finish(w);
+}
+
+Recover decode_recover(Reader& r) {
+    Recover m;
+    m.epoch = r.get<uint64_t>();
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_status(const Status& m) {
+    Writer w = begin(MsgType::kStatus);
+    w.put<uint64_t>(m.epoch);
+    w.put<uint32_t>(static_cast<uint32_t>(m.ops.size()));
+    for (auto& op : m.ops) {
+        w.put<uint32_t>(op.tag);
+        w.put<uint64_t>(op.seq);
+        w.put<uint8_t>(static_cast<uint8_t>(op.progress));
+    }
+    w.put<uint32_t>(static_cast<uint32_t>(m.tags.size()));
+    for (auto& t : m.tags) {
+        w.put<uint32_t>(t.tag);
+        w.put<uint64_t>(t.committed);
+    }
+    return finish(w);
+}
+
+Status decode_status(Reader& r) {
+    Status m;
+    m.epoch = r.get<uint64_t>();
+    uint32_t n = r.get_count(kMaxReportedOps, "reported op");
+    m.ops.resize(n);
+    for (auto& op : m.ops) {
+        op.tag = r.get<uint32_t>();
+        op.seq = r.get<uint64_t>();
+        op.progress = static_cast<OpProgress>(r.get_enum(static_cast<uint8_t>(OpProgress::kCount), "op progress"));
+    }
+    uint32_t t = r.get_count(kMaxReportedOps, "reported tag");
+    m.tags.resize(t);
+    for (auto& tr : m.tags) {
+        tr.tag = r.get<uint32_t>();
+        tr.committed = r.get<uint64_t>();
+    }
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_epoch(const EpochMsg& m) {
+    Writer w = begin(MsgType::kEpoch);
+    w.put<uint32_t>(m.group);
+    w.put<uint64_t>(m.epoch);
+    w.put<uint8_t>(static_cast<uint8_t>(m.cause));
+    w.put<uint32_t>(static_cast<uint32_t>(m.members.size()));
+    for (auto& mi : m.members) {
+        w.put<uint64_t>(mi.peer_id);
+        w.put_string(mi.host);
+        w.put<uint16_t>(mi.port);
+        w.put<uint16_t>(mi.connections);
+    }
+    w.put<uint32_t>(static_cast<uint32_t>(m.decisions.size()));
+    for (auto& d : m.decisions) {
+        w.put<uint32_t>(d.tag);
+        w.put<uint64_t>(d.seq);
+        w.put<uint8_t>(d.commit);
+    }
+    return finish(w);
+}
+
+EpochMsg decode_epoch(Reader& r) {
+    EpochMsg m;
+    m.group = r.get<uint32_t>();
+    m.epoch = r.get<uint64_t>();
+    m.cause = static_cast<EpochCause>(r.get_enum(static_cast<uint8_t>(EpochCause::kCount), "epoch cause"));
+    uint32_t n = r.get_count(kMaxMembers, "member");
+    if (n == 0) throw ProtocolError("epoch with no members");
+    m.members.resize(n);
+    for (auto& mi : m.members) {
+        mi.peer_id = r.get<uint64_t>();
+        mi.host = r.get_string(kMaxHostLength);
+        mi.port = r.get<uint16_t>();
+        mi.connections = r.get<uint16_t>();
+        if (mi.peer_id == 0 || mi.port == 0 || mi.connections < 1 || mi.connections > 64)
+            throw ProtocolError("invalid member entry in epoch");
+    }
+    uint32_t d = r.get_count(kMaxReportedOps, "decision");
+    m.decisions.resize(d);
+    for (auto& dec : m.decisions) {
+        dec.tag = r.get<uint32_t>();
+        dec.seq = r.get<uint64_t>();
+        dec.commit = r.get_enum(2, "commit flag");
+    }
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_evicted(const Evicted& m) {
+    Writer w = begin(MsgType::kEvicted);
+    w.put_string(m.reason);
+    return finish(w);
+}
+
+Evicted decode_evicted(Reader& r) {
+    Evicted m;
+    m.reason = r.get_string(kMaxTextLength);
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_error(const ErrorMsg& m) {
+    Writer w = begin(MsgType::kError);
+    w.put_string(m.message);
+    return finish(w);
+}
+
+ErrorMsg decode_error(Reader& r) {
+    ErrorMsg m;
+    m.message = r.get_string(kMaxTextLength);
+    r.expect_end();
+    return m;
+}
+
+const char* msg_type_name(MsgType t) {
+    static const char* names[] = {"?",       "hello",  "welcome", "heartbeat", "vote",    "vote-result", "pending",
+                                  "failure", "recover", "status", "epoch",     "leave",   "evicted",     "error"};
+    auto i = static_cast<size_t>(t);
+    return i < sizeof(names) / sizeof(names[0]) ? names[i] : "?";
+}
+
+const char* epoch_cause_name(EpochCause c) {
+    static const char* names[] = {"join", "left", "lost", "timeout", "mismatch"};
+    auto i = static_cast<size_t>(c);
+    return i < 5 ? names[i] : "?";
+}
+
+bool FrameAssembler::next(std::vector<uint8_t>& body) {
+    size_t avail = buf_.size() - consumed_;
+    if (avail < 4) return false;
+    const uint8_t* p = buf_.data() + consumed_;
+    uint32_t len = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
+    if (len == 0 || len > kMaxControlMessage)
+        throw ProtocolError("control frame length " + std::to_string(len) + " outside [1, " +
+                            std::to_string(kMaxControlMessage) + "]");
+    if (avail < 4 + static_cast<size_t>(len)) return false;
+    body.assign(p + 4, p + 4 + len);
+    consumed_ += 4 + len;
+    if (consumed_ == buf_.size()) {
+        buf_.clear();
+        consumed_ = 0;
+    } else if (consumed_ > (1u << 16)) {
+        buf_.erase(buf_.begin(), buf_.begin() + static_cast<long>(consumed_));
+        consumed_ = 0;
+    }
+    return true;
+}
+
+}  // namespace pccl

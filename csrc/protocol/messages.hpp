@@ -1,0 +1,168 @@
+// Messages between a peer and the master (the control plane). Each message is one length-prefixed
+// frame: u32 body length, then a u8 type and the fields. decode_* validate every field and the
+// master/peer state machines check that the type is allowed in the current state.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "protocol/wire.hpp"
+
+namespace pccl {
+
+constexpr uint32_t kProtocolMagic = 0x4C434350;  // "PCCL"
+constexpr uint16_t kProtocolVersion = 1;
+constexpr uint32_t kMaxControlMessage = 1 << 20;
+constexpr uint32_t kMaxMembers = 4096;
+constexpr uint32_t kMaxReportedOps = 65536;
+constexpr size_t kMaxHostLength = 255;
+constexpr size_t kMaxTextLength = 1024;
+
+enum class MsgType : uint8_t {
+    kHello = 1,       // peer -> master: join request
+    kWelcome,         // master -> peer: your id; admitted or pending
+    kHeartbeat,       // both directions
+    kVote,            // peer -> master: update_topology()
+    kVoteResult,      // master -> peer: the vote ended (admitted N, or timed out)
+    kPending,         // master -> member: number of peers waiting to join
+    kFailure,         // peer -> master: an op failed (suspect, cause)
+    kRecover,         // master -> member: freeze in-flight ops and report their state
+    kStatus,          // member -> master: state of in-flight ops
+    kEpoch,           // master -> member: new membership plus the outcome of every frozen op
+    kLeave,           // peer -> master: graceful leave
+    kEvicted,         // master -> peer: you are no longer a member
+    kError,           // master -> peer: request refused
+    kCount
+};
+
+// Why an epoch changed; it decides how an aborted op surfaces (an error, or a transparent retry).
+enum class EpochCause : uint8_t { kJoin = 0, kLeft, kLost, kTimeout, kMismatch, kCount };
+
+enum class FailureKind : uint8_t { kLinkBroken = 0, kTimeout, kMismatch, kCount };
+
+// Progress of one in-flight op as seen by one member when it was frozen.
+enum class OpProgress : uint8_t { kRunning = 0, kDataDone = 1, kCount };
+
+struct Hello {
+    uint32_t group = 0;
+    uint32_t heartbeat_timeout_ms = 5000;
+    std::string host;  // where other peers reach this peer's listener
+    uint16_t port = 0;
+    uint16_t connections = 1;
+};
+
+struct Welcome {
+    uint64_t peer_id = 0;
+    uint8_t admitted = 0;
+};
+
+struct Vote {
+    uint64_t epoch = 0;
+    uint32_t timeout_ms = 0;
+};
+
+struct VoteResult {
+    uint8_t timed_out = 0;
+    uint32_t admitted = 0;
+    std::string message;
+};
+
+struct Failure {
+    uint64_t epoch = 0;
+    FailureKind kind = FailureKind::kLinkBroken;
+    uint64_t suspect = 0;  // 0: nobody in particular
+};
+
+struct Recover {
+    uint64_t epoch = 0;  // the epoch being closed
+};
+
+struct OpReport {
+    uint32_t tag = 0;
+    uint64_t seq = 0;
+    OpProgress progress = OpProgress::kRunning;
+};
+
+struct TagReport {
+    uint32_t tag = 0;
+    uint64_t committed = 0;  // ops of this tag committed in the closed epoch
+};
+
+struct Status {
+    uint64_t epoch = 0;
+    std::vector<OpReport> ops;
+    std::vector<TagReport> tags;
+};
+
+struct MemberInfo {
+    uint64_t peer_id = 0;
+    std::string host;
+    uint16_t port = 0;
+    uint16_t connections = 1;
+};
+
+struct Decision {
+    uint32_t tag = 0;
+    uint64_t seq = 0;
+    uint8_t commit = 0;
+};
+
+struct EpochMsg {
+    uint32_t group = 0;
+    uint64_t epoch = 0;
+    EpochCause cause = EpochCause::kJoin;
+    std::vector<MemberInfo> members;
+    std::vector<Decision> decisions;
+};
+
+struct Evicted {
+    std::string reason;
+};
+
+struct ErrorMsg {
+    std::string message;
+};
+
+// Encoders return a complete frame (length prefix included).
+std::vector<uint8_t> encode_hello(const Hello& m);
+std::vector<uint8_t> encode_welcome(const Welcome& m);
+std::vector<uint8_t> encode_empty(MsgType type);  // heartbeat, leave
+std::vector<uint8_t> encode_vote(const Vote& m);
+std::vector<uint8_t> encode_vote_result(const VoteResult& m);
+std::vector<uint8_t> encode_pending(uint32_t count);
+std::vector<uint8_t> encode_failure(const Failure& m);
+std::vector<uint8_t> encode_recover(const Recover& m);
+std::vector<uint8_t> encode_status(const Status& m);
+std::vector<uint8_t> encode_epoch(const EpochMsg& m);
+std::vector<uint8_t> encode_evicted(const Evicted& m);
+std::vector<uint8_t> encode_error(const ErrorMsg& m);
+
+// Decoders take the body (after the length prefix, starting at the type byte has been consumed).
+Hello decode_hello(Reader& r);
+Welcome decode_welcome(Reader& r);
+Vote decode_vote(Reader& r);
+VoteResult decode_vote_result(Reader& r);
+uint32_t decode_pending(Reader& r);
+Failure decode_failure(Reader& r);
+Recover decode_recover(Reader& r);
+Status decode_status(Reader& r);
+EpochMsg decode_epoch(Reader& r);
+Evicted decode_evicted(Reader& r);
+ErrorMsg decode_error(Reader& r);
+
+const char* msg_type_name(MsgType t);
+const char* epoch_cause_name(EpochCause c);
+
+// Splits a byte stream into control frames. Used by both sides on non-blocking sockets.
+class FrameAssembler {
+public:
+    void append(const uint8_t* data, size_t len) { buf_.insert(buf_.end(), data, data + len); }
+    // Returns true and fills body when a complete frame is buffered; throws ProtocolError on a bad length.
+    bool next(std::vector<uint8_t>& body);
+
+private:
+    std::vector<uint8_t> buf_;
+    size_t consumed_ = 0;
+};
+
+}  // namespace pccl

@@ -1,0 +1,266 @@
+#include "transport/mesh.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "common/log.hpp"
+
+namespace pccl {
+namespace {
+constexpr size_t kHeaderBytes = sizeof(FrameHeader);
+constexpr size_t kReadBudget = 8u << 20;  // per connection per wakeup, so one busy link cannot starve others
+}  // namespace
+
+Mesh::Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<MeshHandler> handler,
+           double heartbeat_timeout)
+    : epoch_(epoch), handler_(std::move(handler)), heartbeat_timeout_(heartbeat_timeout), conn_index_(conns.size()) {
+    epoll_ = Fd(epoll_create1(EPOLL_CLOEXEC));
+    wake_ = Fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = UINT64_MAX;
+    epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+    auto now = Clock::now();
+    for (size_t r = 0; r < conns.size(); ++r) {
+        for (auto& fd : conns[r]) {
+            auto c = std::make_unique<Conn>();
+            c->fd = std::move(fd);
+            c->rank = static_cast<int>(r);
+            c->id = conns_.size();
+            c->last_rx = c->last_tx = now;
+            set_nonblocking(c->fd.get(), true);
+            set_buffer_sizes(c->fd.get(), 4 << 20);
+            epoll_event e{};
+            e.events = EPOLLIN;
+            e.data.u64 = conns_.size();
+            epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->fd.get(), &e);
+            conn_index_[r].push_back(static_cast<int>(conns_.size()));
+            conns_.push_back(std::move(c));
+        }
+    }
+    discard_.resize(1 << 16);
+}
+
+Mesh::~Mesh() { shutdown(); }
+
+void Mesh::start() {
+    started_ = true;
+    thread_ = std::thread([this] { loop(); });
+}
+
+void Mesh::shutdown() {
+    stop_ = true;
+    uint64_t one = 1;
+    if (wake_.valid()) (void)!::write(wake_.get(), &one, sizeof one);
+    if (thread_.joinable()) thread_.join();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& c : conns_) {
+        c->queue.clear();
+        c->rx_target = RecvTarget{};
+        c->fd.reset();
+    }
+}
+
+void Mesh::send(int rank, int conn_index, const FrameHeader& h, const void* data,
+                std::shared_ptr<SendCompletion> completion) {
+    auto& idx = conn_index_.at(rank);
+    int ci = idx.at(static_cast<size_t>(conn_index) % idx.size());
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        conns_[ci]->queue.push_back(SendReq{h, static_cast<const uint8_t*>(data), 0, std::move(completion)});
+    }
+    uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof one);
+}
+
+void Mesh::update_interest(Conn& c, bool want_write) {
+    if (c.want_write == want_write || !c.fd.valid()) return;
+    c.want_write = want_write;
+    epoll_event e{};
+    e.events = EPOLLIN | (want_write ? EPOLLOUT : 0);
+    e.data.u64 = c.id;
+    epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &e);
+}
+
+void Mesh::fail(Conn& c, const std::string& reason) {
+    if (failed_.exchange(true)) return;
+    PCCL_DEBUG("mesh", "epoch %llu: connection to rank %d failed: %s", (unsigned long long)epoch_, c.rank, reason.c_str());
+    handler_->on_failure(c.rank, reason);
+}
+
+bool Mesh::handle_read(Conn& c) {
+    size_t budget = kReadBudget;
+    while (budget > 0) {
+        if (!c.rx_in_payload) {
+            auto* p = reinterpret_cast<uint8_t*>(&c.rx_header) + c.rx_header_got;
+            ssize_t n = ::recv(c.fd.get(), p, kHeaderBytes - c.rx_header_got, 0);
+            if (n == 0) { fail(c, "connection closed by the remote peer"); return false; }
+            if (n < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
+                fail(c, std::string("recv: ") + std::strerror(errno));
+                return false;
+            }
+            c.last_rx = Clock::now();
+            c.rx_header_got += static_cast<size_t>(n);
+            budget -= std::min(budget, static_cast<size_t>(n));
+            if (c.rx_header_got < kHeaderBytes) continue;
+            c.rx_header_got = 0;
+            try {
+                validate_frame_header(c.rx_header, epoch_);
+                if (c.rx_header.type == static_cast<uint8_t>(FrameType::kKeepalive)) continue;
+                c.rx_target = handler_->on_header(c.rank, c.rx_header);
+            } catch (const Error& e) {
+                fail(c, std::string("protocol violation: ") + e.what());
+                return false;
+            }
+            if (c.rx_header.length == 0) {
+                handler_->on_frame(c.rank, c.rx_header, c.rx_target);
+                c.rx_target = RecvTarget{};
+                continue;
+            }
+            c.rx_in_payload = true;
+            c.rx_payload_got = 0;
+        }
+        size_t want = c.rx_header.length - c.rx_payload_got;
+        uint8_t* dst = c.rx_target.dst ? c.rx_target.dst + c.rx_payload_got : discard_.data();
+        if (!c.rx_target.dst) want = std::min(want, discard_.size());
+        ssize_t n = ::recv(c.fd.get(), dst, want, 0);
+        if (n == 0) { fail(c, "connection closed by the remote peer"); return false; }
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
+            fail(c, std::string("recv: ") + std::strerror(errno));
+            return false;
+        }
+        c.last_rx = Clock::now();
+        c.rx_payload_got += static_cast<size_t>(n);
+        budget -= std::min(budget, static_cast<size_t>(n));
+        if (c.rx_payload_got == c.rx_header.length) {
+            c.rx_in_payload = false;
+            try {
+                handler_->on_frame(c.rank, c.rx_header, c.rx_target);
+            } catch (const Error& e) {
+                fail(c, std::string("protocol violation: ") + e.what());
+                return false;
+            }
+            c.rx_target = RecvTarget{};
+        }
+    }
+    return true;
+}
+
+bool Mesh::handle_write(Conn& c) {
+    for (;;) {
+        SendReq* req;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (c.queue.empty()) {
+                update_interest(c, false);
+                return true;
+            }
+            req = &c.queue.front();  // deque front stays valid while others push_back
+        }
+        size_t total = kHeaderBytes + req->header.length;
+        iovec iov[2];
+        int iovcnt = 0;
+        if (req->sent < kHeaderBytes) {
+            iov[iovcnt++] = {reinterpret_cast<uint8_t*>(&req->header) + req->sent, kHeaderBytes - req->sent};
+            if (req->header.length) iov[iovcnt++] = {const_cast<uint8_t*>(req->data), req->header.length};
+        } else {
+            size_t off = req->sent - kHeaderBytes;
+            iov[iovcnt++] = {const_cast<uint8_t*>(req->data) + off, req->header.length - off};
+        }
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = static_cast<size_t>(iovcnt);
+        ssize_t n = ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                update_interest(c, true);
+                return true;
+            }
+            fail(c, std::string("send: ") + std::strerror(errno));
+            return false;
+        }
+        c.last_tx = Clock::now();
+        req->sent += static_cast<size_t>(n);
+        if (req->sent < total) {
+            update_interest(c, true);
+            return true;
+        }
+        std::shared_ptr<SendCompletion> done;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            done = std::move(c.queue.front().completion);
+            c.queue.pop_front();
+        }
+        if (done) done->sent();
+    }
+}
+
+void Mesh::loop() {
+    const double keepalive_every = heartbeat_timeout_ / 4.0;
+    std::vector<epoll_event> events(64);
+    while (!stop_ && !failed_) {
+        int n = epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()),
+                           static_cast<int>(keepalive_every * 1000 / 2) + 1);
+        if (n < 0 && errno != EINTR) break;
+        bool wake = false;
+        for (int i = 0; i < n && !failed_; ++i) {
+            uint64_t id = events[i].data.u64;
+            if (id == UINT64_MAX) {
+                uint64_t v;
+                (void)!::read(wake_.get(), &v, sizeof v);
+                wake = true;
+                continue;
+            }
+            Conn& c = *conns_[id];
+            if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                if (!handle_read(c)) break;
+            if (events[i].events & EPOLLOUT)
+                if (!handle_write(c)) break;
+        }
+        if (stop_ || failed_) break;
+        if (wake) {
+            for (auto& c : conns_) {
+                bool has;
+                {
+                    std::lock_guard<std::mutex> lock(mutex_);
+                    has = !c->queue.empty();
+                }
+                if (has && !c->want_write && !handle_write(*c)) break;
+            }
+        }
+        // Liveness: a link that delivered nothing for the heartbeat timeout is dead even if TCP
+        // has not noticed; idle links carry a keepalive so the other side can tell the difference.
+        auto now = Clock::now();
+        for (auto& c : conns_) {
+            if (failed_) break;
+            if (std::chrono::duration<double>(now - c->last_rx).count() > heartbeat_timeout_) {
+                fail(*c, "no bytes received for the heartbeat timeout (silent link)");
+                break;
+            }
+            if (std::chrono::duration<double>(now - c->last_tx).count() > keepalive_every) {
+                bool idle;
+                {
+                    std::lock_guard<std::mutex> lock(mutex_);
+                    idle = c->queue.empty();
+                    if (idle) {
+                        FrameHeader h{};
+                        h.magic = kFrameMagic;
+                        h.type = static_cast<uint8_t>(FrameType::kKeepalive);
+                        h.epoch = epoch_;
+                        c->queue.push_back(SendReq{h, nullptr, 0, nullptr});
+                    }
+                }
+                if (idle && !handle_write(*c)) break;
+            }
+        }
+    }
+}
+
+}  // namespace pccl

@@ -1,0 +1,106 @@
+// The data plane of one membership epoch: K TCP connections to every other member, driven by a single
+// epoll thread. Reads land directly in the buffers the handler names (no intermediate copy); writes
+// are queued per connection and drained as the socket accepts them, so one op can keep several
+// connections busy at once. A mesh never outlives its epoch: membership changes build a new one, so
+// bytes of an aborted op can never be mistaken for a later op's.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "protocol/frame.hpp"
+#include "transport/socket.hpp"
+
+namespace pccl {
+
+// Notified on the I/O thread when a queued frame has been fully written.
+class SendCompletion {
+public:
+    virtual ~SendCompletion() = default;
+    virtual void sent() = 0;
+};
+
+// Where the payload of an incoming frame goes. dst == nullptr discards it. keep holds whatever owns
+// the memory until the payload has arrived.
+struct RecvTarget {
+    uint8_t* dst = nullptr;
+    std::shared_ptr<void> keep;
+    int route = 0;  // free for the handler to tell its kinds of target apart
+};
+
+class MeshHandler {
+public:
+    virtual ~MeshHandler() = default;
+    // A validated header arrived from member `from`. Throw ProtocolError to drop the connection.
+    virtual RecvTarget on_header(int from, const FrameHeader& h) = 0;
+    // The payload named by on_header is complete.
+    virtual void on_frame(int from, const FrameHeader& h, RecvTarget& target) = 0;
+    // The first connection failure of this mesh (EOF, error, silence, protocol violation).
+    virtual void on_failure(int from, const std::string& reason) = 0;
+};
+
+class Mesh {
+public:
+    // conns[rank] holds the connections to that member (empty for this peer's own rank).
+    Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<MeshHandler> handler, double heartbeat_timeout);
+    ~Mesh();
+    Mesh(const Mesh&) = delete;
+    Mesh& operator=(const Mesh&) = delete;
+
+    void start();
+    // Queues one frame; data must stay valid until completion->sent() or until shutdown() returns.
+    void send(int rank, int conn_index, const FrameHeader& h, const void* data,
+              std::shared_ptr<SendCompletion> completion);
+    int connections_to(int rank) const { return static_cast<int>(conn_index_[rank].size()); }
+    uint64_t epoch() const { return epoch_; }
+    // Stops the I/O thread and closes every connection; afterwards no buffer is touched. Idempotent.
+    void shutdown();
+    bool failed() const { return failed_.load(); }
+
+private:
+    struct SendReq {
+        FrameHeader header;
+        const uint8_t* data;
+        size_t sent = 0;  // bytes of header + payload written so far
+        std::shared_ptr<SendCompletion> completion;
+    };
+    struct Conn {
+        Fd fd;
+        uint64_t id = 0;  // epoll cookie: index into conns_
+        int rank = -1;
+        std::deque<SendReq> queue;  // guarded by Mesh::mutex_
+        bool want_write = false;    // I/O thread only
+        FrameHeader rx_header{};
+        size_t rx_header_got = 0;
+        size_t rx_payload_got = 0;
+        bool rx_in_payload = false;
+        RecvTarget rx_target;
+        TimePoint last_rx, last_tx;
+    };
+
+    void loop();
+    bool handle_read(Conn& c);
+    bool handle_write(Conn& c);
+    void fail(Conn& c, const std::string& reason);
+    void update_interest(Conn& c, bool want_write);
+
+    uint64_t epoch_;
+    std::shared_ptr<MeshHandler> handler_;
+    double heartbeat_timeout_;
+    std::vector<std::unique_ptr<Conn>> conns_;
+    std::vector<std::vector<int>> conn_index_;  // [rank][k] -> index into conns_
+    Fd epoll_, wake_;
+    std::mutex mutex_;
+    std::thread thread_;
+    std::atomic<bool> stop_{false};
+    std::atomic<bool> failed_{false};
+    bool started_ = false;
+    std::vector<uint8_t> discard_;
+};
+
+}  // namespace pccl

@@ -1,0 +1,27 @@
+"""pccl_py: fault-tolerant all-reduce over TCP among peers that come and go.
+
+Start a :class:`Master`, create a :class:`Communicator` per peer, ``connect()``, and call
+``all_reduce``. See README.md for a tour and docs/architecture.md for how it stays correct.
+"""
+
+from .communicator import AllReduceHandle, Communicator
+from .errors import (
+    ClosedError,
+    EvictedError,
+    InvalidArgumentError,
+    MasterLostError,
+    MismatchError,
+    PCCLError,
+    PeerLostError,
+    TimeoutError,
+)
+from .master import Master, set_log_level
+from .ops import Algorithm, ReduceInfo, ReduceOp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Master", "Communicator", "AllReduceHandle", "ReduceOp", "ReduceInfo", "Algorithm", "set_log_level",
+    "PCCLError", "InvalidArgumentError", "PeerLostError", "TimeoutError", "MasterLostError", "EvictedError",
+    "MismatchError", "ClosedError",
+]

@@ -1,0 +1,181 @@
+"""The peer-side API: join a peer group through a master and all-reduce with its members.
+
+This module only validates arguments and converts types; membership, failure handling and the
+collectives themselves live in the C++ core (csrc/peer, csrc/collectives), which releases the GIL
+whenever it waits on the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from . import _core
+from .buffers import DTYPE_CODES, Buffer, check_output, describe
+from .errors import InvalidArgumentError
+from .ops import Algorithm, ReduceInfo, ReduceOp
+
+_ALGORITHMS = {"auto": Algorithm.AUTO, "ring": Algorithm.RING, "star": Algorithm.STAR}
+
+
+def _algorithm(value: Union[str, Algorithm]) -> Algorithm:
+    if isinstance(value, Algorithm):
+        return value
+    try:
+        return _ALGORITHMS[str(value).lower()]
+    except KeyError:
+        raise InvalidArgumentError(f"algorithm must be one of {', '.join(_ALGORITHMS)}, not {value!r}") from None
+
+
+def _op(value: Union[ReduceOp, int, str]) -> ReduceOp:
+    try:
+        if isinstance(value, str):
+            return ReduceOp[value.upper()]
+        return ReduceOp(value)
+    except (KeyError, ValueError):
+        raise InvalidArgumentError(f"op must be a pccl_py.ReduceOp (SUM, AVG, PROD, MIN, MAX), not {value!r}") from None
+
+
+class AllReduceHandle:
+    """An all-reduce running in the background. Keeps its buffers alive until it is waited for."""
+
+    def __init__(self, core_op: Any, buffers: tuple) -> None:
+        self._op = core_op
+        self._buffers = buffers
+        self._info: Optional[ReduceInfo] = None
+
+    def done(self) -> bool:
+        """True once the op has finished (successfully or not); wait() then returns at once."""
+        return self._op.done()
+
+    def wait(self) -> ReduceInfo:
+        """Blocks (without the GIL) until the op finishes; returns its ReduceInfo or raises its error."""
+        if self._info is None:
+            self._info = ReduceInfo.from_core(self._op.wait())
+            self._buffers = ()
+        return self._info
+
+
+class Communicator:
+    """One peer of a peer group coordinated by a pccl_py master.
+
+    Args:
+        master_address: "host:port" of the master.
+        peer_group: peers only reduce with members of the same group.
+        connections_per_peer: TCP connections to each other member; one large op is striped over them.
+        timeout: seconds a collective (or a master request) may take before it fails with TimeoutError.
+        heartbeat_timeout: seconds of silence after which a peer, a link or the master counts as dead.
+        join_timeout: seconds connect() waits for the members to admit this peer.
+        listen_host: interface for incoming peer connections.
+        advertise_address: host other peers should dial (NAT, relays); default: the address this
+            peer uses to reach the master.
+    """
+
+    def __init__(
+        self,
+        master_address: str,
+        *,
+        peer_group: int = 0,
+        connections_per_peer: int = 1,
+        timeout: float = 60.0,
+        heartbeat_timeout: float = 5.0,
+        join_timeout: float = 600.0,
+        listen_host: str = "0.0.0.0",
+        advertise_address: Optional[str] = None,
+    ) -> None:
+        if not isinstance(master_address, str) or ":" not in master_address:
+            raise InvalidArgumentError(f"master_address must be 'host:port', not {master_address!r}")
+        if not isinstance(peer_group, int) or not 0 <= peer_group < 2**32:
+            raise InvalidArgumentError(f"peer_group must be an int in [0, 2**32), not {peer_group!r}")
+        if not isinstance(connections_per_peer, int) or not 1 <= connections_per_peer <= 64:
+            raise InvalidArgumentError(f"connections_per_peer must be an int in [1, 64], not {connections_per_peer!r}")
+        for name, value, low in (("timeout", timeout, 0.1), ("heartbeat_timeout", heartbeat_timeout, 0.5),
+                                 ("join_timeout", join_timeout, 0.1)):
+            if not isinstance(value, (int, float)) or not low <= value <= 86400:
+                raise InvalidArgumentError(f"{name} must be a number of seconds in [{low}, 86400], not {value!r}")
+        self._core = _core.Communicator(
+            master_address, peer_group, connections_per_peer, float(timeout), float(heartbeat_timeout),
+            float(join_timeout), listen_host, advertise_address or "")
+        self.master_address = master_address
+        self.peer_group = peer_group
+
+    # -- membership -------------------------------------------------------------------------
+    def connect(self) -> "Communicator":
+        """Joins the group; blocks until admitted (the first peer of a group is admitted at once)."""
+        self._core.connect()
+        return self
+
+    def update_topology(self) -> None:
+        """Called by every member: admits pending peers. Returns once the new membership is usable."""
+        self._core.update_topology()
+
+    def are_peers_pending(self) -> bool:
+        """True if peers are waiting for the members to call update_topology()."""
+        return self._core.are_peers_pending()
+
+    @property
+    def world_size(self) -> int:
+        """Number of members in the current epoch (0 when not a member)."""
+        return self._core.world_size
+
+    @property
+    def rank(self) -> int:
+        """This peer's position in the current ring order (-1 when not a member)."""
+        return self._core.rank
+
+    @property
+    def epoch(self) -> int:
+        """Membership epoch; it increases on every join, leave or failure."""
+        return self._core.epoch
+
+    @property
+    def peer_id(self) -> int:
+        """Identifier the master gave this peer (0 before connect())."""
+        return self._core.peer_id
+
+    def close(self) -> None:
+        """Leaves the group gracefully; other members' next ops succeed without error."""
+        self._core.close()
+
+    def __enter__(self) -> "Communicator":
+        if self.peer_id == 0:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- collectives --------------------------------------------------------------------------
+    def _prepare(self, x: Any, out: Any, op: Any, tag: int, algorithm: Any) -> tuple:
+        src = describe(x, "x")
+        if out is None:
+            if not src.writeable:
+                raise InvalidArgumentError("x is read-only and no out= was given; pass a writeable array or out=")
+            dst = src
+        else:
+            dst = describe(out, "out")
+            check_output(src, dst)
+        if not isinstance(tag, int) or not 0 <= tag < 2**32:
+            raise InvalidArgumentError(f"tag must be an int in [0, 2**32), not {tag!r}")
+        args = (src.ptr, dst.ptr, src.count, DTYPE_CODES[src.dtype], int(_op(op)), tag, int(_algorithm(algorithm)))
+        return args, (src, dst)
+
+    def all_reduce(self, x: Any, *, op: ReduceOp = ReduceOp.SUM, out: Any = None, tag: int = 0,
+                   algorithm: Union[str, Algorithm] = "auto") -> ReduceInfo:
+        """Reduces x element-wise across all members; the result is bitwise identical on every peer.
+
+        In place unless out is given. x (and out) are numpy arrays or CPU torch tensors, contiguous,
+        used without copying. On failure x and out are unchanged.
+
+        Raises:
+            PeerLostError: a member died mid-op; retry to run among the survivors.
+            TimeoutError, MasterLostError, EvictedError, MismatchError, InvalidArgumentError, ClosedError.
+        """
+        args, _keep = self._prepare(x, out, op, tag, algorithm)
+        return ReduceInfo.from_core(self._core.all_reduce(*args))
+
+    def all_reduce_async(self, x: Any, *, op: ReduceOp = ReduceOp.SUM, out: Any = None, tag: int = 0,
+                         algorithm: Union[str, Algorithm] = "auto") -> AllReduceHandle:
+        """Starts all_reduce in the background. Ops on one tag run in submission order; use different
+        tags for ops that may run concurrently. Do not touch x or out until wait() returns."""
+        args, keep = self._prepare(x, out, op, tag, algorithm)
+        return AllReduceHandle(self._core.all_reduce_async(*args), keep)

@@ -1,0 +1,62 @@
+"""Exceptions raised by pccl_py.
+
+Every failure surfaces as a subclass of :class:`PCCLError`, one class per thing the caller can do
+something about: retry (PeerLostError), wait or raise a timeout (TimeoutError), restart the master
+(MasterLostError), rejoin (EvictedError), fix the program (InvalidArgumentError, MismatchError).
+The C++ core raises these through explicit error codes, never by parsing messages.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+
+class PCCLError(Exception):
+    """Base class of every pccl_py error."""
+
+
+class InvalidArgumentError(PCCLError, ValueError):
+    """A call was made with bad arguments or in the wrong state; nothing was sent."""
+
+
+class PeerLostError(PCCLError):
+    """A peer died or was evicted during a collective.
+
+    The collective was aborted on every surviving peer and the caller's buffers are unchanged;
+    calling it again runs it among the survivors.
+    """
+
+
+class TimeoutError(PCCLError, builtins.TimeoutError):  # noqa: A001 - deliberately mirrors the builtin
+    """A deadline passed (a collective, update_topology(), or admission in connect())."""
+
+
+class MasterLostError(PCCLError):
+    """The master is unreachable, so no failure or membership change can be resolved."""
+
+
+class EvictedError(PCCLError):
+    """The master removed this peer (it was frozen, silent, or its links broke).
+
+    Create a new Communicator to rejoin as a new peer.
+    """
+
+
+class MismatchError(PCCLError):
+    """Peers issued different collectives (count, dtype, op or algorithm) under the same tag."""
+
+
+class ClosedError(PCCLError):
+    """The communicator was closed."""
+
+
+__all__ = [
+    "PCCLError",
+    "InvalidArgumentError",
+    "PeerLostError",
+    "TimeoutError",
+    "MasterLostError",
+    "EvictedError",
+    "MismatchError",
+    "ClosedError",
+]

@@ -1,0 +1,88 @@
+"""The master process: admission, membership epochs, failure resolution. Never on the data path.
+
+Run it with ``pccl-master --host 0.0.0.0 --port 48148`` or embed it with ``pccl_py.Master``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any, Optional, Sequence
+
+from . import _core
+
+_LEVELS = {"debug": 0, "info": 1, "warn": 2, "error": 3, "off": 4}
+
+
+def set_log_level(level: str) -> None:
+    """Sets the core's stderr log level: debug, info, warn (default), error or off."""
+    _core.set_log_level(_LEVELS[level])
+
+
+class Master:
+    """A master serving in a background thread of this process.
+
+    Args:
+        host: interface to listen on.
+        port: TCP port; 0 picks a free one (read it back from ``address``).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._core = _core.Master(host, int(port))
+        self._started = False
+
+    def start(self) -> "Master":
+        """Binds and starts serving; returns at once."""
+        if not self._started:
+            self._core.start()
+            self._started = True
+        return self
+
+    @property
+    def address(self) -> str:
+        """"host:port" with the real port (valid after start())."""
+        return f"{self._core.host}:{self._core.port}"
+
+    @property
+    def port(self) -> int:
+        return self._core.port
+
+    def stop(self) -> None:
+        """Stops serving and closes every connection (peers then raise MasterLostError)."""
+        self._core.stop()
+        self._started = False
+
+    def __enter__(self) -> "Master":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="pccl-master", description="Run a pccl_py master.")
+    parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=48148, help="TCP port (default 48148; 0 picks one)")
+    parser.add_argument("--log-level", default="info", choices=list(_LEVELS), help="log verbosity (default info)")
+    args = parser.parse_args(argv)
+    set_log_level(args.log_level)
+    master = Master(args.host, args.port)
+    try:
+        master.start()
+    except Exception as exc:  # noqa: BLE001 - report and exit non-zero
+        print(f"pccl-master: {exc}", file=sys.stderr)
+        return 2
+    print(f"pccl-master listening on {master.address}", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(0.5):
+        pass
+    master.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
