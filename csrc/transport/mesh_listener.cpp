@@ -64,11 +64,12 @@ void MeshListener::loop() {
     };
     std::vector<Pending> pending;
     std::vector<pollfd> fds;
+    bool waiting_for_identity = false;
     while (!stop_) {
         fds.clear();
         fds.push_back({listener_.get(), POLLIN, 0});
         for (auto& p : pending) fds.push_back({p.fd.get(), POLLIN, 0});
-        ::poll(fds.data(), fds.size(), 100);
+        ::poll(fds.data(), fds.size(), waiting_for_identity ? 5 : 100);
         if (fds[0].revents & POLLIN) {
             for (;;) {
                 int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
@@ -83,20 +84,23 @@ void MeshListener::loop() {
             }
         }
         auto now = Clock::now();
+        waiting_for_identity = false;
         for (size_t i = 0; i < pending.size();) {
             auto& p = pending[i];
             std::string reject;
             bool done = false;
-            ssize_t n = ::recv(p.fd.get(), reinterpret_cast<uint8_t*>(&p.hs) + p.got, sizeof(Handshake) - p.got, MSG_DONTWAIT);
+            ssize_t n = p.got == sizeof(Handshake) ? 1 : ::recv(p.fd.get(), reinterpret_cast<uint8_t*>(&p.hs) + p.got, sizeof(Handshake) - p.got, MSG_DONTWAIT);
             if (n == 0) reject = "closed during handshake";
-            else if (n > 0) p.got += static_cast<size_t>(n);
+            else if (n > 0 && p.got < sizeof(Handshake)) p.got += static_cast<size_t>(n);
             else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) reject = "error during handshake";
             if (reject.empty() && p.got == sizeof(Handshake)) {
                 std::lock_guard<std::mutex> lock(mutex_);
                 const Handshake& h = p.hs;
+                // Members may dial a newcomer before it has read its own welcome: a complete handshake
+                // waits (within its deadline) until this peer knows its id.
                 if (h.magic != kHandshakeMagic) reject = "bad handshake magic (not a pccl_py peer)";
                 else if (h.version != 1) reject = "unsupported protocol version";
-                else if (peer_id_ == 0) reject = "this peer has not joined yet";
+                else if (peer_id_ == 0) waiting_for_identity = true;
                 else if (h.group != group_) reject = "wrong peer group";
                 else if (h.to_peer != peer_id_) reject = "handshake addressed to another peer";
                 else if (h.conn_index >= 64) reject = "connection index out of range";
