@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "collectives/buffer_pool.hpp"
 #include "collectives/ring.hpp"
 #include "collectives/star.hpp"
 
@@ -26,7 +27,7 @@ Collective::Collective(const CollectiveSpec& spec, Algorithm algorithm, uint64_t
     bytes_ = spec.count * esize_;
     desc_ = OpDescriptor{static_cast<uint8_t>(spec.dtype), static_cast<uint8_t>(spec.op),
                          static_cast<uint8_t>(algorithm), 0, spec.count};
-    work_.reset(new uint8_t[bytes_ ? bytes_ : 1]);
+    work_ = acquire_buffer(bytes_);
     done_from_.assign(static_cast<size_t>(world), 0);
 }
 

@@ -111,8 +111,8 @@ protected:
     int world_, rank_;
     Mesh* mesh_;
     size_t esize_, bytes_;
-    std::unique_ptr<uint8_t[]> work_;     // the result being built
-    std::unique_ptr<uint8_t[]> staging_;  // received partials awaiting reduction
+    std::shared_ptr<uint8_t[]> work_;     // the result being built
+    std::shared_ptr<uint8_t[]> staging_;  // received partials awaiting reduction
 
 private:
     void check_interrupt();  // with mutex_ held

@@ -4,13 +4,13 @@
 
 namespace pccl {
 
-// Slot s < n-1 is reduce-scatter step s (chunk r-s-1 arrives into staging); slot n-1+t is all-gather
-// step t (chunk r-t arrives straight into the result).
+// Slot s < n-1 is reduce-scatter step s and slot n-1+t is all-gather step t. Both land in the result
+// buffer: a reduce-scatter chunk is received where its reduction will live and reduced in place, since
+// each chunk passes through this peer once per phase.
 RingAllReduce::RingAllReduce(const CollectiveSpec& spec, uint64_t epoch, uint64_t seq, int world, int rank, Mesh* mesh)
     : Collective(spec, Algorithm::kRing, epoch, seq, world, rank, mesh) {
     prev_ = mod(rank - 1);
     next_ = mod(rank + 1);
-    staging_.reset(new uint8_t[bytes_ ? bytes_ : 1]);
     std::vector<size_t> sizes;
     for (int s = 0; s < world - 1; ++s) sizes.push_back(chunk_bytes(mod(rank - s - 1)));
     for (int t = 0; t < world - 1; ++t) sizes.push_back(chunk_bytes(mod(rank - t)));
@@ -22,7 +22,7 @@ std::pair<uint8_t*, size_t> RingAllReduce::region(int from, uint32_t slot) {
     uint32_t rs_steps = static_cast<uint32_t>(world_ - 1);
     if (slot < rs_steps) {
         int c = mod(rank_ - static_cast<int>(slot) - 1);
-        return {staging_.get() + chunk_offset(c), chunk_bytes(c)};
+        return {work_.get() + chunk_offset(c), chunk_bytes(c)};
     }
     if (slot < 2 * rs_steps) {
         int c = mod(rank_ - static_cast<int>(slot - rs_steps));
@@ -48,7 +48,7 @@ void RingAllReduce::data_phase() {
         for (size_t j = 0; j < piece_count(len); ++j) {
             wait_piece(static_cast<uint32_t>(s), j);
             size_t po = j * kPieceBytes, pl = piece_len(len, j);
-            reduce(spec_.dtype, spec_.op, acc + po, staging_.get() + off + po, spec_.src + off + po, pl / esize_);
+            reduce(spec_.dtype, spec_.op, acc + po, acc + po, spec_.src + off + po, pl / esize_);
             if (s < n - 2) {
                 send_piece(next_, static_cast<uint32_t>(s + 1), acc, j, len);
             } else {

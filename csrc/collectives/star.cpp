@@ -1,5 +1,6 @@
 #include "collectives/star.hpp"
 
+#include "collectives/buffer_pool.hpp"
 #include "kernels/reduce.hpp"
 
 namespace pccl {
@@ -8,7 +9,7 @@ namespace pccl {
 StarAllReduce::StarAllReduce(const CollectiveSpec& spec, uint64_t epoch, uint64_t seq, int world, int rank, Mesh* mesh)
     : Collective(spec, Algorithm::kStar, epoch, seq, world, rank, mesh) {
     if (rank == 0) {
-        staging_.reset(new uint8_t[bytes_ * static_cast<size_t>(world - 1) + 1]);
+        staging_ = acquire_buffer(bytes_ * static_cast<size_t>(world - 1));
         std::vector<size_t> sizes(static_cast<size_t>(world), bytes_);
         sizes[0] = 0;
         init_slots(sizes);

@@ -1,0 +1,700 @@
+"""All-reduce benchmark for pccl_py: ``python -m pccl_py.bench``.
+
+Why this exists: pccl_py trades some raw speed for fault tolerance (membership epochs, abortable
+ops, a master on the side), and that trade is only acceptable if we know what it costs. This CLI
+measures latency and bandwidth of ``Communicator.all_reduce`` over a sweep of message sizes, in the
+same way nccl-tests does (algbw and busbw), and with ``--compare gloo`` runs
+``torch.distributed``'s gloo backend on the very same processes and sizes so that the ratio between
+the two is measured under identical conditions rather than guessed.
+
+Two ways to run it:
+
+* local (default): this process starts a master and ``--peers N`` worker processes
+  (``python -m pccl_py.bench --worker ...``) on 127.0.0.1, collects their results and prints them.
+* joining (``--master host:port``): this process is one peer of a group of ``--world-size`` peers
+  started the same way on other processes or machines (``--peers`` is ignored). Rank 0 prints.
+
+Method, per size and backend: warmup iterations, then timed iterations. Before every iteration the
+peers align on a cheap barrier (a one-element all-reduce of the same backend); each peer then times
+its own all-reduce, and the per-iteration time reported is that of the SLOWEST peer (the per-peer
+times are combined with an all-reduce MAX over pccl after the timed loop, outside the measurement).
+CPU use is process CPU time (all threads) divided by wall time over the timed operations, averaged
+over peers; 100% is one core. The input is all zeros and reduced in place (SUM), so values never
+overflow or become denormal and both backends do exactly the same arithmetic.
+
+torch is imported only when ``--compare gloo`` is given, and only in the peer processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import math
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+_DTYPES = ["float32", "float64", "float16", "int32", "int64", "int8", "uint8"]
+_DEFAULT_SIZES = [1024 * 4**i for i in range(10)]  # 1 KiB .. 256 MiB by 4x
+_ITER_BUDGET_BYTES = 1 << 30  # big sizes get fewer iterations: iters * size stays under 1 GiB...
+_MIN_AUTO_ITERS = 5  # ...but never fewer than this (unless --iters asks for fewer)
+_MARK = "@@pccl-bench "  # prefix of worker->parent messages on the worker's stdout
+_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+Emit = Callable[[Dict[str, Any]], None]
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run or complete; the message says why."""
+
+
+# ------------------------------------------------------------------------------------------------
+# sizes and formatting
+# ------------------------------------------------------------------------------------------------
+def parse_size(text: str) -> int:
+    """'64MiB' -> 67108864. K/M/G and KiB/MiB/GiB are powers of 1024, KB/MB/GB powers of 1000."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"bad size {text!r}; use e.g. 1024, 4KiB, 64MiB, 1GiB")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"size {text!r} must be positive")
+    return value
+
+
+def parse_sizes(text: str) -> List[int]:
+    sizes = [parse_size(part) for part in text.split(",") if part.strip()]
+    if not sizes:
+        raise ValueError("--sizes is empty")
+    return sizes
+
+
+def fmt_size(n: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.3f} s"
+
+
+# ------------------------------------------------------------------------------------------------
+# the plan: which sizes, how many iterations (identical on every peer: derived from the arguments)
+# ------------------------------------------------------------------------------------------------
+def plan_iters(nbytes: int, iters: int, warmup: int, fixed: bool) -> Tuple[int, int]:
+    """(warmup, timed iterations) for one message size."""
+    if fixed:
+        return warmup, iters
+    timed = max(min(iters, _MIN_AUTO_ITERS), min(iters, _ITER_BUDGET_BYTES // max(nbytes, 1)))
+    return max(1, min(warmup, math.ceil(timed / 4))), timed
+
+
+@dataclass
+class Result:
+    """One (backend, size) measurement; times are the slowest peer's, per timed iteration."""
+
+    backend: str
+    algorithm: str
+    size_bytes: int
+    count: int
+    dtype: str
+    world_size: int
+    warmup: int
+    iters: int
+    times_s: List[float]
+    cpu_util: float  # process CPU time / wall time of the timed ops, averaged over peers (1.0 = one core)
+    median_s: float = 0.0
+    p10_s: float = 0.0
+    p90_s: float = 0.0
+    algbw_GBps: float = 0.0
+    busbw_GBps: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.times_s and not self.median_s:
+            p10, med, p90 = np.percentile(np.asarray(self.times_s, dtype=np.float64), [10, 50, 90])
+            self.median_s, self.p10_s, self.p90_s = float(med), float(p10), float(p90)
+            self.algbw_GBps = self.size_bytes / self.median_s / 1e9
+            n = self.world_size
+            self.busbw_GBps = self.algbw_GBps * (2.0 * (n - 1) / n if n > 0 else 0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# backends, as used inside one peer process
+# ------------------------------------------------------------------------------------------------
+class _Pccl:
+    name = "pccl"
+
+    def __init__(self, comm: Any, dtype: str, algorithm: str) -> None:
+        self.comm = comm
+        self.dtype = dtype
+        self.algorithm = algorithm
+        self._token = np.zeros(1, dtype=np.float32)
+        self.last_algorithm = algorithm
+
+    def alloc(self, count: int) -> Any:
+        return np.zeros(count, dtype=self.dtype)
+
+    def barrier(self) -> None:
+        self.comm.all_reduce(self._token)
+
+    def op(self, x: Any) -> None:
+        self.last_algorithm = self.comm.all_reduce(x, algorithm=self.algorithm).algorithm
+
+    def close(self, graceful: bool = True) -> None:
+        pass
+
+
+class _Gloo:
+    """torch.distributed with the gloo backend, rendezvousing through a TCPStore that rank 0 hosts.
+
+    The store's address is handed to the other peers over pccl, so no extra port must be agreed on.
+    """
+
+    name = "gloo"
+
+    def __init__(self, comm: Any, rank: int, world: int, dtype: str, timeout: float, store_host: str) -> None:
+        from datetime import timedelta
+
+        import torch  # noqa: PLC0415 - imported only for --compare gloo
+        import torch.distributed as dist  # noqa: PLC0415
+
+        self.torch, self.dist = torch, dist
+        self.dtype = getattr(torch, dtype)
+        self.last_algorithm = "gloo"
+        info = np.zeros(5, dtype=np.int64)
+        store = None
+        if rank == 0:
+            store = dist.TCPStore(store_host, 0, world, is_master=True, timeout=timedelta(seconds=timeout),
+                                  wait_for_workers=False)
+            info[:4] = [int(b) for b in socket.inet_aton(socket.gethostbyname(store_host))]
+            info[4] = store.port
+        comm.all_reduce(info)  # SUM: everyone else contributes zeros, so this broadcasts rank 0's info
+        if rank != 0:
+            host = socket.inet_ntoa(bytes(int(b) for b in info[:4]))
+            store = dist.TCPStore(host, int(info[4]), world, is_master=False, timeout=timedelta(seconds=timeout))
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout))
+        self._store = store
+        self._token = torch.zeros(1, dtype=torch.float32)
+
+    def alloc(self, count: int) -> Any:
+        return self.torch.zeros(count, dtype=self.dtype)
+
+    def barrier(self) -> None:
+        self.dist.all_reduce(self._token)
+
+    def op(self, x: Any) -> None:
+        self.dist.all_reduce(x)
+
+    def close(self, graceful: bool = True) -> None:
+        if graceful:
+            self.dist.all_reduce(self._token)  # nobody tears down while another peer still needs the group
+        self.dist.destroy_process_group()
+
+
+def _measure(backend: Any, count: int, warmup: int, iters: int, tick: Callable[[], None]) -> Tuple[np.ndarray, float]:
+    """This peer's per-iteration wall times and its CPU utilisation over the timed ops."""
+    x = backend.alloc(count)
+    for _ in range(warmup):
+        backend.barrier()
+        backend.op(x)
+        tick()
+    times = np.empty(iters, dtype=np.float64)
+    cpu = 0.0
+    for i in range(iters):
+        backend.barrier()
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        backend.op(x)
+        t1 = time.perf_counter()
+        cpu += time.process_time() - c0
+        times[i] = t1 - t0
+        tick()
+    del x
+    wall = float(times.sum())
+    return times, (cpu / wall if wall > 0 else 0.0)
+
+
+def _join(comm: Any, world: int, timeout: float) -> None:
+    """Connects and admits peers until the group has `world` members (every member votes)."""
+    comm.connect()
+    deadline = time.monotonic() + timeout
+    while comm.world_size < world:
+        if time.monotonic() > deadline:
+            raise BenchError(f"only {comm.world_size} of {world} peers joined within {timeout:.0f} s")
+        if comm.are_peers_pending():
+            comm.update_topology()
+        else:
+            time.sleep(0.01)
+    if comm.world_size > world:
+        raise BenchError(f"the group has {comm.world_size} members, more than the {world} expected")
+
+
+def _local_ip_towards(host: str) -> str:
+    """The address of this machine's interface that routes to host (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> Dict[str, Any]:
+    """Runs the whole sweep as one peer; returns the results (identical on every peer)."""
+    import pccl_py  # noqa: PLC0415 - keeps `--help` fast and the parent light
+
+    pccl_py.set_log_level(args.log_level)
+    comm = pccl_py.Communicator(master, connections_per_peer=args.connections, timeout=args.timeout,
+                                join_timeout=args.timeout, listen_host=args.listen_host)
+    backends: List[Any] = []
+    try:
+        emit({"type": "status", "message": f"waiting for {world} peers to join"})
+        _join(comm, world, args.timeout)
+        rank = comm.rank
+        emit({"type": "joined", "rank": rank, "world_size": world})
+        backends.append(_Pccl(comm, args.dtype, args.algorithm))
+        if args.compare == "gloo":
+            if rank == 0:
+                emit({"type": "status", "message": "importing torch, starting gloo"})
+            store_host = "127.0.0.1" if args.listen_host == "127.0.0.1" else _local_ip_towards(master.rsplit(":", 1)[0])
+            backends.append(_Gloo(comm, rank, world, args.dtype, args.timeout, store_host))
+        last_emit = [time.monotonic()]
+
+        def tick() -> None:  # a sign of life for the parent's watchdog during long steps
+            if rank == 0 and time.monotonic() - last_emit[0] > 5.0:
+                last_emit[0] = time.monotonic()
+                emit({"type": "tick"})
+
+        itemsize = np.dtype(args.dtype).itemsize
+        results: List[Result] = []
+        steps = len(args.sizes) * len(backends)
+        step = 0
+        for size in args.sizes:
+            count = max(1, size // itemsize)
+            nbytes = count * itemsize
+            warmup, iters = plan_iters(nbytes, args.iters, args.warmup, args.fixed_iters)
+            for b in backends:  # interleaved per size, so drift on the machine hits both alike
+                step += 1
+                if rank == 0:
+                    emit({"type": "progress", "step": step, "steps": steps, "backend": b.name,
+                          "size_bytes": nbytes, "iters": iters})
+                last_emit[0] = time.monotonic()
+                times, cpu = _measure(b, count, warmup, iters, tick)
+                agg = np.ascontiguousarray(times)
+                comm.all_reduce(agg, op=pccl_py.ReduceOp.MAX)  # slowest peer, per iteration
+                cpu_sum = np.array([cpu], dtype=np.float64)
+                comm.all_reduce(cpu_sum)
+                results.append(Result(b.name, b.last_algorithm, nbytes, count, args.dtype, world, warmup, iters,
+                                      [float(t) for t in agg], float(cpu_sum[0]) / world))
+        for b in reversed(backends):
+            b.close()
+        backends.clear()
+        comm.all_reduce(np.zeros(1, dtype=np.float32))  # everyone is done before anyone leaves
+        return {"rank": rank, "world_size": world, "results": [asdict(r) for r in results]}
+    finally:
+        for b in backends:
+            try:
+                b.close(graceful=False)  # a peer may be gone: no barrier that could only time out
+            except Exception:  # noqa: BLE001 - already failing; the original error matters
+                pass
+        comm.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# local mode: a master in this process, N worker subprocesses
+# ------------------------------------------------------------------------------------------------
+def _set_parent_death_signal(parent_pid: int) -> None:
+    """Linux: die with the parent even if it is SIGKILLed and cannot clean up."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(3)  # the parent died before prctl took effect
+
+
+def _worker_argv(args: argparse.Namespace, master: str, world: int) -> List[str]:
+    argv = [sys.executable, "-m", "pccl_py.bench", "--worker", "--master", master, "--world-size", str(world),
+            "--parent-pid", str(os.getpid()), "--sizes", ",".join(str(s) for s in args.sizes),
+            "--dtype", args.dtype, "--iters", str(args.iters), "--warmup", str(args.warmup),
+            "--connections", str(args.connections), "--algorithm", args.algorithm,
+            "--timeout", str(args.timeout), "--log-level", args.log_level, "--listen-host", args.listen_host]
+    if args.fixed_iters:
+        argv.append("--fixed-iters")
+    if args.compare:
+        argv += ["--compare", args.compare]
+    return argv
+
+
+class _Workers:
+    """The worker subprocesses; each is tracked by PID and killed in close()."""
+
+    def __init__(self) -> None:
+        self.procs: List[subprocess.Popen] = []
+        self.events: "queue.Queue[Tuple[int, Optional[Dict[str, Any]]]]" = queue.Queue()
+
+    def spawn(self, argv: List[str], env: Dict[str, str]) -> None:
+        index = len(self.procs)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None, env=env,
+                                text=True, bufsize=1)
+        self.procs.append(proc)
+        threading.Thread(target=self._read, args=(index, proc), daemon=True).start()
+
+    def _read(self, index: int, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(_MARK):
+                try:
+                    self.events.put((index, json.loads(line[len(_MARK):])))
+                except json.JSONDecodeError:
+                    pass
+            else:
+                sys.stderr.write(f"[peer {index}] {line}")
+        self.events.put((index, None))  # EOF
+
+    def close(self) -> None:
+        alive = [p for p in self.procs if p.poll() is None]
+        for p in alive:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 3.0
+        for p in alive:
+            try:
+                p.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.kill(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    p.wait(timeout=5.0)
+                except subprocess.TimeoutExpired:
+                    sys.stderr.write(f"pccl-bench: worker pid {p.pid} did not exit after SIGKILL\n")
+
+
+class _Progress:
+    """One line on stderr per step (overwritten in place on a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.t0 = time.monotonic()
+        self._dirty = False
+        self._last_status = ""
+
+    def __call__(self, ev: Dict[str, Any]) -> None:
+        if not self.enabled or ev.get("type") not in ("progress", "status"):
+            return
+        elapsed = f"({time.monotonic() - self.t0:5.1f} s elapsed)"
+        if ev["type"] == "status":
+            if ev["message"] == self._last_status:  # every local peer says it once
+                return
+            self._last_status = ev["message"]
+            line = f"{ev['message']} {elapsed}"
+        else:
+            line = (f"[{ev['step']}/{ev['steps']}] {ev['backend']:<4} {fmt_size(ev['size_bytes']):>8} "
+                    f"x{ev['iters']:<3} {elapsed}")
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line)
+            self._dirty = True
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self._dirty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self._dirty = False
+
+
+def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
+    """Starts a master and args.peers workers, waits (boundedly) for their results."""
+    from .master import Master  # noqa: PLC0415
+
+    master = Master("127.0.0.1", 0).start()
+    workers = _Workers()
+    env = dict(os.environ)
+    # The workers must import this very copy of pccl_py.
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if args.compare == "gloo" and "GLOO_SOCKET_IFNAME" not in env and os.path.exists("/sys/class/net/lo"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # same loopback path as pccl's 127.0.0.1
+    stall = 2 * args.timeout + 60  # no message from any worker for this long: give up
+    try:
+        for _ in range(args.peers):
+            workers.spawn(_worker_argv(args, master.address, args.peers), env)
+        results: Dict[int, Dict[str, Any]] = {}
+        finished: set = set()
+        last = time.monotonic()
+        while len(finished) < args.peers:
+            try:
+                index, ev = workers.events.get(timeout=0.5)
+            except queue.Empty:
+                if time.monotonic() - last > stall:
+                    raise BenchError(f"no word from the peers for {stall:.0f} s; giving up") from None
+                continue
+            last = time.monotonic()
+            if ev is None:  # a worker's stdout closed: it is exiting
+                proc = workers.procs[index]
+                try:
+                    rc = proc.wait(timeout=30.0)
+                except subprocess.TimeoutExpired:
+                    raise BenchError(f"peer {index} (pid {proc.pid}) closed its output but did not exit") from None
+                if index not in results:
+                    how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+                    raise BenchError(f"peer {index} (pid {proc.pid}) {how} before reporting results"
+                                     + ("; its error is above" if rc > 0 else ""))
+                finished.add(index)
+            elif ev.get("type") == "result":
+                results[index] = ev["data"]
+            elif ev.get("type") == "error":
+                raise BenchError(f"peer {index} failed: {ev['message']}")
+            else:
+                progress(ev)
+        by_rank = sorted(results.values(), key=lambda r: r["rank"])
+        return by_rank[0]
+    finally:
+        progress.done()
+        workers.close()
+        master.stop()
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    """`--worker`: one peer, reporting to the parent over stdout."""
+    _set_parent_death_signal(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us by PID
+    lock = threading.Lock()
+
+    def emit(ev: Dict[str, Any]) -> None:
+        with lock:
+            sys.stdout.write(_MARK + json.dumps(ev) + "\n")
+            sys.stdout.flush()
+
+    try:
+        data = run_peer(args, args.master, args.world_size, emit)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails with it
+        emit({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
+        return 1
+    emit({"type": "result", "data": data})
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# output
+# ------------------------------------------------------------------------------------------------
+def compare(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """pccl vs gloo per size: busbw ratio and median latency ratio."""
+    by = {(r["backend"], r["size_bytes"]): r for r in results}
+    rows = []
+    for (backend, size), p in by.items():
+        g = by.get(("gloo", size))
+        if backend != "pccl" or g is None:
+            continue
+        rows.append({"size_bytes": size,
+                     "busbw_ratio": p["busbw_GBps"] / g["busbw_GBps"] if g["busbw_GBps"] > 0 else float("nan"),
+                     "latency_ratio": p["median_s"] / g["median_s"] if g["median_s"] > 0 else float("nan")})
+    return rows
+
+
+def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
+    res = data["results"]
+    n = data["world_size"]
+    lines = [f"pccl_py all-reduce benchmark: {n} peers, {args.dtype}, SUM in place, algorithm={args.algorithm}, "
+             f"{args.connections} connection(s) per peer",
+             "time = slowest peer per iteration; algbw = bytes/time; busbw = algbw*2(n-1)/n; "
+             "cpu = process CPU/wall per peer, averaged (100% = one core)", ""]
+    host = data.get("host") or {}
+    if host and host["loadavg_start"][0] > 0.5:
+        lines.insert(2, f"warning: 1-min load average was {host['loadavg_start'][0]:.1f} before the run "
+                        f"({host['cpus']} CPUs): other processes competed for the CPU, numbers are noisy")
+    hdr = (f"{'size':>9}  {'backend':<7} {'algo':<5} {'iters':>5} {'median':>10} {'p10':>10} {'p90':>10} "
+           f"{'algbw GB/s':>11} {'busbw GB/s':>11} {'cpu':>6}")
+    lines += [hdr, "-" * len(hdr)]
+    for r in res:
+        lines.append(f"{fmt_size(r['size_bytes']):>9}  {r['backend']:<7} {r['algorithm']:<5} {r['iters']:>5} "
+                     f"{fmt_time(r['median_s']):>10} {fmt_time(r['p10_s']):>10} {fmt_time(r['p90_s']):>10} "
+                     f"{r['algbw_GBps']:>11.3f} {r['busbw_GBps']:>11.3f} {r['cpu_util'] * 100:>5.0f}%")
+    rows = data.get("comparison") or []
+    if rows:
+        lines += ["", "pccl vs gloo (busbw ratio > 1: pccl faster; latency ratio < 1: pccl faster)",
+                  f"{'size':>9}  {'busbw pccl/gloo':>16} {'latency pccl/gloo':>18}"]
+        slower = []
+        for c in rows:
+            lines.append(f"{fmt_size(c['size_bytes']):>9}  {c['busbw_ratio']:>15.2f}x {c['latency_ratio']:>17.2f}x")
+            if c["latency_ratio"] > 1.0:
+                slower.append(f"{fmt_size(c['size_bytes'])} ({c['latency_ratio']:.2f}x gloo's time, "
+                              f"{(1 - c['busbw_ratio']) * 100:.0f}% less busbw)")
+        lines.append("")
+        lines.append("pccl slower than gloo at: " + ", ".join(slower) if slower else "pccl is not slower than gloo "
+                     "at any size measured")
+    return "\n".join(lines)
+
+
+def write_plot(data: Dict[str, Any], path: str) -> None:
+    import matplotlib  # noqa: PLC0415 - optional dependency, checked before the sweep
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, (ax_bw, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for backend in sorted({r["backend"] for r in data["results"]}):
+        rs = [r for r in data["results"] if r["backend"] == backend]
+        sizes = [r["size_bytes"] for r in rs]
+        ax_bw.plot(sizes, [r["busbw_GBps"] for r in rs], marker="o", label=backend)
+        ax_lat.plot(sizes, [r["median_s"] * 1e6 for r in rs], marker="o", label=backend)
+        ax_lat.fill_between(sizes, [r["p10_s"] * 1e6 for r in rs], [r["p90_s"] * 1e6 for r in rs], alpha=0.2)
+    for ax, ylabel in ((ax_bw, "busbw (GB/s)"), (ax_lat, "median latency (us), p10-p90 shaded")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("message size (bytes)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    ax_lat.set_yscale("log")
+    fig.suptitle(f"all-reduce, {data['world_size']} peers, {data['config']['dtype']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pccl_py.bench",
+        description="Benchmark pccl_py all-reduce over a sweep of sizes, optionally against torch.distributed gloo.",
+        epilog="Example: python -m pccl_py.bench --peers 4 --sizes 1KiB,1MiB,64MiB --compare gloo")
+    p.add_argument("--peers", type=int, default=2, help="local peer processes to start (default 2)")
+    p.add_argument("--master", metavar="HOST:PORT",
+                   help="join this existing master as one peer instead (--peers is then ignored)")
+    p.add_argument("--world-size", type=int, default=2,
+                   help="with --master: number of peers in the group to wait for (default 2)")
+    p.add_argument("--sizes", type=parse_sizes, default=list(_DEFAULT_SIZES),
+                   help="comma-separated message sizes, e.g. 1KiB,1MiB,64MiB (default 1KiB..256MiB by 4x)")
+    p.add_argument("--dtype", default="float32", choices=_DTYPES, help="element type (default float32)")
+    p.add_argument("--iters", type=int, default=50,
+                   help="timed iterations per size (default 50); reduced for big sizes so iters*size "
+                        "stays under 1 GiB (at least 5) unless --fixed-iters")
+    p.add_argument("--warmup", type=int, default=5, help="untimed iterations per size (default 5; reduced with --iters)")
+    p.add_argument("--fixed-iters", action="store_true", help="run exactly --iters/--warmup at every size")
+    p.add_argument("--connections", type=int, default=1, metavar="K", help="TCP connections per peer pair (default 1)")
+    p.add_argument("--algorithm", default="auto", choices=["auto", "ring", "star"], help="pccl algorithm (default auto)")
+    p.add_argument("--compare", choices=["gloo"], help="also run torch.distributed gloo on the same processes and sizes")
+    p.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="plot busbw and latency vs size (needs matplotlib)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds any single collective, join or rendezvous may take (default 120)")
+    p.add_argument("--listen-host", default=None,
+                   help="interface for peer connections (default 127.0.0.1 locally, 0.0.0.0 with --master)")
+    p.add_argument("--log-level", default="error", choices=["debug", "info", "warn", "error", "off"],
+                   help="pccl core log level in the peers (default error)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    return p
+
+
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.peers < 1:
+        parser.error("--peers must be at least 1")
+    if args.world_size < 1:
+        parser.error("--world-size must be at least 1")
+    if args.iters < 1 or args.warmup < 0:
+        parser.error("--iters must be >= 1 and --warmup >= 0")
+    if not 1 <= args.connections <= 64:
+        parser.error("--connections must be in [1, 64]")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    if args.worker and not args.master:
+        parser.error("--worker needs --master")
+    if args.listen_host is None:
+        args.listen_host = "0.0.0.0" if args.master else "127.0.0.1"
+    if args.master and ":" not in args.master:
+        parser.error("--master must be host:port")
+    if args.worker:
+        return
+    if args.compare == "gloo" and importlib.util.find_spec("torch") is None:
+        parser.error("--compare gloo needs torch (pip install 'pccl_py[torch]')")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib, which is not installed (pip install matplotlib); "
+                     "or drop --plot and use --json")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(args, parser)
+    if args.worker:
+        return worker_main(args)
+
+    progress = _Progress(not args.quiet)
+    load_start = list(os.getloadavg())
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _on_term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+        old_term = signal.signal(signal.SIGTERM, _on_term)  # SIGTERM cleans up like Ctrl-C
+    try:
+        if args.master:
+            try:
+                data = run_peer(args, args.master, args.world_size, progress)
+            finally:
+                progress.done()
+            if data["rank"] != 0:
+                print(f"pccl-bench: rank {data['rank']} done; rank 0 prints the results", file=sys.stderr)
+                return 0
+        else:
+            data = run_local(args, progress)
+    except KeyboardInterrupt:
+        print("pccl-bench: interrupted; peers stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a CLI reports and exits non-zero
+        print(f"pccl-bench: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+    data["config"] = {"mode": "join" if args.master else "local", "dtype": args.dtype, "op": "SUM",
+                      "algorithm": args.algorithm, "connections_per_peer": args.connections,
+                      "sizes": args.sizes, "iters": args.iters, "warmup": args.warmup,
+                      "fixed_iters": args.fixed_iters, "compare": args.compare}
+    data["host"] = {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())}
+    data["comparison"] = compare(data["results"])
+    data.pop("rank", None)
+    print(format_report(data, args), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=2)
+    if args.plot:
+        write_plot(data, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

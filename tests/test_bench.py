@@ -1,0 +1,82 @@
+"""The benchmark CLI end to end: real peer processes, tiny sizes, JSON output checked field by field."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import pccl_py
+
+# Run the CLI against the same pccl_py copy this test imports.
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pccl_py.__file__)))
+_FIELDS = ("median_s", "p10_s", "p90_s", "algbw_GBps", "busbw_GBps", "cpu_util")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_PKG_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def _run_bench(tmp_path, *extra: str, timeout: float = 50.0) -> dict:
+    out = tmp_path / "bench.json"
+    env = _env()
+    cmd = [sys.executable, "-m", "pccl_py.bench", "--sizes", "1KiB,64KiB", "--iters", "3", "--peers", "2",
+           "--json", str(out), "--timeout", "20", "--quiet", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert "busbw" in proc.stdout  # the table
+    with open(out) as f:
+        return json.load(f)
+
+
+def _check_results(data: dict, backends: list[str]) -> None:
+    assert data["world_size"] == 2
+    assert data["config"]["dtype"] == "float32"
+    results = data["results"]
+    assert sorted((r["backend"], r["size_bytes"]) for r in results) == sorted(
+        (b, s) for b in backends for s in (1024, 65536))
+    for r in results:
+        assert r["iters"] == 3
+        assert r["count"] == r["size_bytes"] // 4
+        assert len(r["times_s"]) == 3 and all(t > 0 for t in r["times_s"])
+        for name in _FIELDS:
+            assert r[name] > 0, (name, r)
+        assert r["p10_s"] <= r["median_s"] <= r["p90_s"]
+        assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"])  # 2(n-1)/n == 1 for n == 2
+        assert r["algbw_GBps"] == pytest.approx(r["size_bytes"] / r["median_s"] / 1e9)
+
+
+def test_bench_pccl_json(tmp_path):
+    data = _run_bench(tmp_path)
+    _check_results(data, ["pccl"])
+    assert data["comparison"] == []
+    assert {r["algorithm"] for r in data["results"]} <= {"ring", "star"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed: no gloo to compare with")
+def test_bench_compare_gloo_json(tmp_path):
+    data = _run_bench(tmp_path, "--compare", "gloo")
+    _check_results(data, ["pccl", "gloo"])
+    assert [c["size_bytes"] for c in data["comparison"]] == [1024, 65536]
+    for c in data["comparison"]:
+        assert c["busbw_ratio"] > 0 and c["latency_ratio"] > 0
+
+
+def test_bench_plot_without_matplotlib_is_a_clear_error(tmp_path):
+    if importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed, so --plot works")
+    proc = subprocess.run([sys.executable, "-m", "pccl_py.bench", "--plot", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, timeout=30, env=_env())
+    assert proc.returncode == 2
+    assert "matplotlib" in proc.stderr
+
+
+def test_bench_does_not_import_torch_without_compare():
+    code = "import sys, pccl_py.bench as b; b.build_parser().parse_args([]); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30, env=_env())
