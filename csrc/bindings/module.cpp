@@ -90,7 +90,8 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<Communicator>(m, "Communicator")
         .def(py::init([](std::string master, uint32_t group, int conns, double timeout, double hb, double join,
-                         std::string listen_host, std::string advertise_host) {
+                         std::string listen_host, uint16_t listen_port, std::string advertise_host,
+                         uint16_t advertise_port) {
                  CommConfig c;
                  c.master_address = std::move(master);
                  c.group = group;
@@ -99,11 +100,14 @@ PYBIND11_MODULE(_core, m) {
                  c.heartbeat_timeout = hb;
                  c.join_timeout = join;
                  c.listen_host = std::move(listen_host);
+                 c.listen_port = listen_port;
                  c.advertise_host = std::move(advertise_host);
+                 c.advertise_port = advertise_port;
                  return std::make_unique<Communicator>(std::move(c));
              }),
              py::arg("master_address"), py::arg("peer_group"), py::arg("connections_per_peer"), py::arg("timeout"),
-             py::arg("heartbeat_timeout"), py::arg("join_timeout"), py::arg("listen_host"), py::arg("advertise_host"))
+             py::arg("heartbeat_timeout"), py::arg("join_timeout"), py::arg("listen_host"), py::arg("listen_port"),
+             py::arg("advertise_host"), py::arg("advertise_port"))
         .def("connect", &Communicator::connect, py::call_guard<py::gil_scoped_release>())
         .def("update_topology", &Communicator::update_topology, py::call_guard<py::gil_scoped_release>())
         .def("are_peers_pending", &Communicator::peers_pending)

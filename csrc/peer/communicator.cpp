@@ -45,7 +45,7 @@ void Communicator::connect() {
             throw_state_error("connect");
         }
     }
-    listener_ = std::make_unique<MeshListener>(config_.listen_host);
+    listener_ = std::make_unique<MeshListener>(config_.listen_host, config_.listen_port);
     try {
         master_ = connect_tcp(master_host_, master_port_, deadline_after(std::min(config_.timeout, 30.0)));
     } catch (const Error& e) {
@@ -57,7 +57,7 @@ void Communicator::connect() {
     h.group = config_.group;
     h.heartbeat_timeout_ms = static_cast<uint32_t>(config_.heartbeat_timeout * 1000);
     h.host = config_.advertise_host.empty() ? local_ip(master_.get()) : config_.advertise_host;
-    h.port = listener_->port();
+    h.port = config_.advertise_port ? config_.advertise_port : listener_->port();
     h.connections = static_cast<uint16_t>(config_.connections);
     {
         std::lock_guard<std::mutex> lock(mutex_);

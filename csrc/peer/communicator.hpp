@@ -30,7 +30,9 @@ struct CommConfig {
     double heartbeat_timeout = 5.0;  // silence after which a peer (or the master) counts as dead
     double join_timeout = 600.0;     // how long connect() waits for admission
     std::string listen_host = "0.0.0.0";
+    uint16_t listen_port = 0;    // 0: any free port
     std::string advertise_host;  // empty: the address this peer uses to reach the master
+    uint16_t advertise_port = 0; // 0: the listen port (set both to route peers through a relay or NAT)
 };
 
 struct ReduceResult {

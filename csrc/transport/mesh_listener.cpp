@@ -13,8 +13,8 @@ constexpr size_t kMaxParked = 4096;
 constexpr size_t kMaxHandshaking = 1024;
 }  // namespace
 
-MeshListener::MeshListener(const std::string& host) {
-    listener_ = listen_tcp(host, 0, &port_, 1024);
+MeshListener::MeshListener(const std::string& host, uint16_t port) {
+    listener_ = listen_tcp(host, port, &port_, 1024);
     set_nonblocking(listener_.get(), true);
     thread_ = std::thread([this] { loop(); });
 }

@@ -18,7 +18,7 @@ namespace pccl {
 
 class MeshListener {
 public:
-    MeshListener(const std::string& host);
+    MeshListener(const std::string& host, uint16_t port);
     ~MeshListener();
     uint16_t port() const { return port_; }
     // Connections are accepted only once this peer knows who it is.

@@ -35,6 +35,17 @@ def _op(value: Union[ReduceOp, int, str]) -> ReduceOp:
         raise InvalidArgumentError(f"op must be a pccl_py.ReduceOp (SUM, AVG, PROD, MIN, MAX), not {value!r}") from None
 
 
+def _split_advertise(address: Optional[str]) -> tuple[str, int]:
+    if not address:
+        return "", 0
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, 0
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise InvalidArgumentError(f"advertise_address must be 'host' or 'host:port', not {address!r}")
+    return host, int(port)
+
+
 class AllReduceHandle:
     """An all-reduce running in the background. Keeps its buffers alive until it is waited for."""
 
@@ -66,8 +77,10 @@ class Communicator:
         heartbeat_timeout: seconds of silence after which a peer, a link or the master counts as dead.
         join_timeout: seconds connect() waits for the members to admit this peer.
         listen_host: interface for incoming peer connections.
-        advertise_address: host other peers should dial (NAT, relays); default: the address this
-            peer uses to reach the master.
+        listen_port: port for incoming peer connections (0: any free port).
+        advertise_address: "host" or "host:port" other members should dial instead of this peer's
+            own listener (NAT, port forwarding, the WAN emulator's relay); default: the address this
+            peer uses to reach the master, with the listen port.
     """
 
     def __init__(
@@ -80,6 +93,7 @@ class Communicator:
         heartbeat_timeout: float = 5.0,
         join_timeout: float = 600.0,
         listen_host: str = "0.0.0.0",
+        listen_port: int = 0,
         advertise_address: Optional[str] = None,
     ) -> None:
         if not isinstance(master_address, str) or ":" not in master_address:
@@ -92,9 +106,12 @@ class Communicator:
                                  ("join_timeout", join_timeout, 0.1)):
             if not isinstance(value, (int, float)) or not low <= value <= 86400:
                 raise InvalidArgumentError(f"{name} must be a number of seconds in [{low}, 86400], not {value!r}")
+        if not isinstance(listen_port, int) or not 0 <= listen_port <= 65535:
+            raise InvalidArgumentError(f"listen_port must be an int in [0, 65535], not {listen_port!r}")
+        advertise_host, advertise_port = _split_advertise(advertise_address)
         self._core = _core.Communicator(
             master_address, peer_group, connections_per_peer, float(timeout), float(heartbeat_timeout),
-            float(join_timeout), listen_host, advertise_address or "")
+            float(join_timeout), listen_host, listen_port, advertise_host, advertise_port)
         self.master_address = master_address
         self.peer_group = peer_group
 
