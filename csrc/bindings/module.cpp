@@ -27,10 +27,16 @@ const char* exception_name(ErrorCode code) {
     }
 }
 
-CollectiveSpec make_spec(uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algorithm) {
+CollectiveSpec make_spec(uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algorithm,
+                         int quant) {
     if (dtype < 0 || dtype >= static_cast<int>(DType::kCount)) throw Error(ErrorCode::kInvalidArgument, "unknown dtype code");
     if (op < 0 || op >= static_cast<int>(ReduceOp::kCount)) throw Error(ErrorCode::kInvalidArgument, "unknown op code");
     if (algorithm < 0 || algorithm > 2) throw Error(ErrorCode::kInvalidArgument, "unknown algorithm code");
+    if (quant < 0 || quant >= static_cast<int>(Quant::kCount)) throw Error(ErrorCode::kInvalidArgument, "unknown quantization code");
+    if (!quant_supports(static_cast<Quant>(quant), static_cast<DType>(dtype)))
+        throw Error(ErrorCode::kInvalidArgument, std::string("quantization ") + quant_name(static_cast<Quant>(quant)) +
+                                                     " applies to float32 and float64 tensors only, not " +
+                                                     dtype_name(static_cast<DType>(dtype)));
     CollectiveSpec s;
     s.src = reinterpret_cast<const uint8_t*>(src);
     s.dst = reinterpret_cast<uint8_t*>(dst);
@@ -39,6 +45,7 @@ CollectiveSpec make_spec(uintptr_t src, uintptr_t dst, size_t count, int dtype, 
     s.op = static_cast<ReduceOp>(op);
     s.tag = tag;
     s.algorithm = static_cast<Algorithm>(algorithm);
+    s.quant = static_cast<Quant>(quant);
     return s;
 }
 
@@ -118,8 +125,9 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("peer_id", &Communicator::peer_id)
         .def("check_usable", &Communicator::check_usable)
         .def("all_reduce",
-             [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo) {
-                 CollectiveSpec s = make_spec(src, dst, count, dtype, op, tag, algo);
+             [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo,
+                int quant) {
+                 CollectiveSpec s = make_spec(src, dst, count, dtype, op, tag, algo, quant);
                  ReduceResult r;
                  {
                      py::gil_scoped_release release;
@@ -128,8 +136,9 @@ PYBIND11_MODULE(_core, m) {
                  return to_dict(r);
              })
         .def("all_reduce_async",
-             [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo) {
-                 CollectiveSpec s = make_spec(src, dst, count, dtype, op, tag, algo);
+             [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo,
+                int quant) {
+                 CollectiveSpec s = make_spec(src, dst, count, dtype, op, tag, algo, quant);
                  return std::make_unique<AsyncOp>(c, s);
              },
              py::keep_alive<0, 1>());

@@ -8,14 +8,14 @@
 
 namespace pccl {
 
-Algorithm choose_algorithm(Algorithm requested, size_t bytes, int world) {
+Algorithm choose_algorithm(Algorithm requested, size_t bytes) {
     if (requested != Algorithm::kAuto) return requested;
     return bytes <= kStarMaxBytes ? Algorithm::kStar : Algorithm::kRing;
 }
 
 std::shared_ptr<Collective> make_collective(const CollectiveSpec& spec, uint64_t epoch, uint64_t seq, int world,
                                             int rank, Mesh* mesh) {
-    Algorithm algo = choose_algorithm(spec.algorithm, spec.count * dtype_size(spec.dtype), world);
+    Algorithm algo = choose_algorithm(spec.algorithm, spec.count * dtype_size(spec.dtype));
     if (algo == Algorithm::kStar) return std::make_shared<StarAllReduce>(spec, epoch, seq, world, rank, mesh);
     return std::make_shared<RingAllReduce>(spec, epoch, seq, world, rank, mesh);
 }
@@ -26,26 +26,27 @@ Collective::Collective(const CollectiveSpec& spec, Algorithm algorithm, uint64_t
     esize_ = dtype_size(spec.dtype);
     bytes_ = spec.count * esize_;
     desc_ = OpDescriptor{static_cast<uint8_t>(spec.dtype), static_cast<uint8_t>(spec.op),
-                         static_cast<uint8_t>(algorithm), 0, spec.count};
+                         static_cast<uint8_t>(algorithm), static_cast<uint8_t>(spec.quant), spec.count};
+    piece_elems_ = kPieceBytes / esize_;
     work_ = acquire_buffer(bytes_);
     done_from_.assign(static_cast<size_t>(world), 0);
 }
 
-size_t Collective::chunk_offset(int c) const {
+size_t Collective::chunk_first(int c) const {
     size_t base = spec_.count / world_, rem = spec_.count % world_;
     size_t uc = static_cast<size_t>(c);
-    return (uc * base + std::min(uc, rem)) * esize_;
+    return uc * base + std::min(uc, rem);
 }
 
-size_t Collective::chunk_bytes(int c) const {
+size_t Collective::chunk_elems(int c) const {
     size_t base = spec_.count / world_, rem = spec_.count % world_;
-    return (base + (static_cast<size_t>(c) < rem ? 1 : 0)) * esize_;
+    return base + (static_cast<size_t>(c) < rem ? 1 : 0);
 }
 
-void Collective::init_slots(const std::vector<size_t>& region_bytes) {
-    region_bytes_ = region_bytes;
-    arrived_.resize(region_bytes.size());
-    for (size_t i = 0; i < region_bytes.size(); ++i) arrived_[i].assign(piece_count(region_bytes[i]), 0);
+void Collective::init_slots(const std::vector<size_t>& slot_elems) {
+    slot_elems_ = slot_elems;
+    arrived_.resize(slot_elems.size());
+    for (size_t i = 0; i < slot_elems.size(); ++i) arrived_[i].assign(piece_count(slot_elems[i]), 0);
 }
 
 FrameHeader Collective::make_header(FrameType type, uint32_t slot, uint64_t offset, uint32_t length) const {
@@ -75,12 +76,13 @@ RecvTarget Collective::target_for(int from, const FrameHeader& h) {
         return RecvTarget{};  // discard; the op is failing anyway
     }
     if (h.type == static_cast<uint8_t>(FrameType::kDone)) return RecvTarget{};
-    auto [base, size] = region(from, h.step);
-    if (base == nullptr || h.step >= arrived_.size() || size != region_bytes_[h.step])
+    auto [base, elems] = region(from, h.step);
+    if (base == nullptr || h.step >= arrived_.size() || elems != slot_elems_[h.step])
         throw ProtocolError("frame for slot " + std::to_string(h.step) + " is not expected from rank " + std::to_string(from));
-    if (h.offset % kPieceBytes != 0 || h.offset >= size) throw ProtocolError("frame offset out of range");
-    size_t piece = h.offset / kPieceBytes;
-    if (h.length != piece_len(size, piece)) throw ProtocolError("frame length does not match its piece");
+    const size_t stride = wire(piece_elems_);
+    size_t piece = h.offset / stride;
+    if (h.offset % stride != 0 || piece >= arrived_[h.step].size()) throw ProtocolError("frame offset out of range");
+    if (h.length != wire(piece_elems(elems, piece))) throw ProtocolError("frame length does not match its piece");
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (arrived_[h.step][piece]) throw ProtocolError("duplicate piece");
@@ -96,7 +98,7 @@ void Collective::on_frame(int from, const FrameHeader& h) {
         ++dones_;
     } else {
         if (h.descriptor() != desc_) return;  // discarded mismatch payload
-        arrived_[h.step][h.offset / kPieceBytes] = 1;
+        arrived_[h.step][h.offset / wire(piece_elems_)] = 1;
         rx_bytes_ += h.length;
     }
     cv_.notify_all();
@@ -132,9 +134,9 @@ void Collective::check_interrupt() {
     }
 }
 
-void Collective::send_piece(int to, uint32_t slot, const uint8_t* region_base, size_t piece, size_t region_bytes) {
-    size_t off = piece * kPieceBytes;
-    size_t len = piece_len(region_bytes, piece);
+void Collective::send_piece(int to, uint32_t slot, const uint8_t* wire_base, size_t piece, size_t slot_elems) {
+    size_t off = piece * wire(piece_elems_);
+    size_t len = wire(piece_elems(slot_elems, piece));
     {
         std::lock_guard<std::mutex> lock(mutex_);
         check_interrupt();
@@ -143,7 +145,7 @@ void Collective::send_piece(int to, uint32_t slot, const uint8_t* region_base, s
     }
     // Consecutive pieces go to consecutive connections: one op keeps all K links busy.
     mesh_->send(to, static_cast<int>(piece), make_header(FrameType::kData, slot, off, static_cast<uint32_t>(len)),
-                region_base + off, shared_from_this());
+                wire_base + off, shared_from_this());
 }
 
 void Collective::wait_piece(uint32_t slot, size_t piece) {

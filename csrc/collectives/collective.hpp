@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/clock.hpp"
+#include "kernels/codec.hpp"
 #include "kernels/dtype.hpp"
 #include "protocol/frame.hpp"
 #include "protocol/messages.hpp"
@@ -20,13 +21,14 @@ namespace pccl {
 
 enum class Algorithm : uint8_t { kAuto = 0, kRing = 1, kStar = 2 };
 
-// Below this size (and for any size at world 2... see choose_algorithm) a star beats a ring: it needs
-// two hops instead of 2(n-1).
+// Up to this size a star beats a ring: it needs two hops instead of 2(n-1), and bandwidth does not
+// matter yet.
 constexpr size_t kStarMaxBytes = 64u << 10;
-// Ring chunks travel in pieces of this size so that receiving, reducing and forwarding overlap.
+// Ring chunks travel in pieces of this many (unquantized) bytes so that receiving, reducing and
+// forwarding overlap. A multiple of every element size times the q8 block.
 constexpr size_t kPieceBytes = 256u << 10;
 
-Algorithm choose_algorithm(Algorithm requested, size_t bytes, int world);
+Algorithm choose_algorithm(Algorithm requested, size_t bytes);
 
 struct CollectiveSpec {
     const uint8_t* src = nullptr;
@@ -35,6 +37,7 @@ struct CollectiveSpec {
     DType dtype = DType::kFloat32;
     ReduceOp op = ReduceOp::kSum;
     Algorithm algorithm = Algorithm::kAuto;
+    Quant quant = Quant::kNone;
     uint32_t tag = 0;
 };
 
@@ -90,19 +93,24 @@ public:
 protected:
     // Implemented by each algorithm.
     virtual void data_phase() = 0;
-    // The buffer region slot `slot` of sender `from` writes, or {nullptr, 0} if that pair is not valid.
+    // Where the wire bytes of slot `slot` from sender `from` land, and how many elements the slot
+    // holds; {nullptr, 0} if that sender may not fill that slot.
     virtual std::pair<uint8_t*, size_t> region(int from, uint32_t slot) = 0;
 
-    void init_slots(const std::vector<size_t>& region_bytes);
-    void send_piece(int to, uint32_t slot, const uint8_t* region_base, size_t piece, size_t region_bytes);
+    // Geometry. A slot is a run of elements one sender fills; it travels as pieces of piece_elems_
+    // elements, each encoded by the op's codec. Offsets and lengths on the wire are in wire bytes.
+    void init_slots(const std::vector<size_t>& slot_elems);
+    void send_piece(int to, uint32_t slot, const uint8_t* wire_base, size_t piece, size_t slot_elems);
     void wait_piece(uint32_t slot, size_t piece);
-    static size_t piece_count(size_t bytes) { return (bytes + kPieceBytes - 1) / kPieceBytes; }
-    static size_t piece_len(size_t bytes, size_t piece) {
-        size_t off = piece * kPieceBytes;
-        return std::min(kPieceBytes, bytes - off);
-    }
-    size_t chunk_offset(int c) const;  // bytes
-    size_t chunk_bytes(int c) const;
+    size_t piece_count(size_t elems) const { return (elems + piece_elems_ - 1) / piece_elems_; }
+    size_t piece_elems(size_t elems, size_t piece) const { return std::min(piece_elems_, elems - piece * piece_elems_); }
+    size_t piece_first(size_t piece) const { return piece * piece_elems_; }
+    size_t wire(size_t elems) const { return wire_bytes(spec_.quant, spec_.dtype, elems); }
+    size_t chunk_first(int c) const;  // elements
+    size_t chunk_elems(int c) const;
+    uint8_t* elem_ptr(uint8_t* base, size_t first) const { return base + first * esize_; }
+    const uint8_t* elem_ptr(const uint8_t* base, size_t first) const { return base + first * esize_; }
+    bool quantized() const { return spec_.quant != Quant::kNone; }
 
     CollectiveSpec spec_;
     Algorithm algorithm_;
@@ -111,8 +119,10 @@ protected:
     int world_, rank_;
     Mesh* mesh_;
     size_t esize_, bytes_;
+    size_t piece_elems_;
     std::shared_ptr<uint8_t[]> work_;     // the result being built
-    std::shared_ptr<uint8_t[]> staging_;  // received partials awaiting reduction
+    std::shared_ptr<uint8_t[]> staging_;  // received bytes awaiting reduction or decoding
+    std::shared_ptr<uint8_t[]> encoded_;  // quantized bytes this peer sends
 
 private:
     void check_interrupt();  // with mutex_ held
@@ -121,7 +131,7 @@ private:
     std::mutex mutex_;
     std::condition_variable cv_;
     std::vector<std::vector<uint8_t>> arrived_;
-    std::vector<size_t> region_bytes_;
+    std::vector<size_t> slot_elems_;
     std::vector<uint8_t> done_from_;
     int dones_ = 0;
     int outstanding_ = 0;

@@ -1,71 +1,108 @@
 #include "collectives/ring.hpp"
 
+#include "collectives/buffer_pool.hpp"
 #include "kernels/reduce.hpp"
 
 namespace pccl {
 
-// Slot s < n-1 is reduce-scatter step s and slot n-1+t is all-gather step t. Both land in the result
-// buffer: a reduce-scatter chunk is received where its reduction will live and reduced in place, since
-// each chunk passes through this peer once per phase.
+// Slot s < n-1 is reduce-scatter step s (chunk r-s-1 arrives) and slot n-1+t is all-gather step t
+// (chunk r-t arrives). Unquantized, both land in the result buffer: a chunk is received where its
+// reduction will live and reduced in place, since each chunk passes through this peer once per phase.
+// Quantized, they land in staging (reduce-scatter and all-gather halves apart) and are decoded from there.
 RingAllReduce::RingAllReduce(const CollectiveSpec& spec, uint64_t epoch, uint64_t seq, int world, int rank, Mesh* mesh)
     : Collective(spec, Algorithm::kRing, epoch, seq, world, rank, mesh) {
     prev_ = mod(rank - 1);
     next_ = mod(rank + 1);
-    std::vector<size_t> sizes;
-    for (int s = 0; s < world - 1; ++s) sizes.push_back(chunk_bytes(mod(rank - s - 1)));
-    for (int t = 0; t < world - 1; ++t) sizes.push_back(chunk_bytes(mod(rank - t)));
-    init_slots(sizes);
+    std::vector<size_t> slots;
+    for (int s = 0; s < world - 1; ++s) slots.push_back(chunk_elems(mod(rank - s - 1)));
+    for (int t = 0; t < world - 1; ++t) slots.push_back(chunk_elems(mod(rank - t)));
+    init_slots(slots);
+    if (quantized()) {
+        size_t total = 0;
+        for (int c = 0; c < world; ++c) {
+            wire_offset_.push_back(total);
+            total += wire(chunk_elems(c));
+        }
+        wire_total_ = total;
+        staging_ = acquire_buffer(2 * total);
+        encoded_ = acquire_buffer(total);
+    }
 }
 
 std::pair<uint8_t*, size_t> RingAllReduce::region(int from, uint32_t slot) {
     if (from != prev_) return {nullptr, 0};
     uint32_t rs_steps = static_cast<uint32_t>(world_ - 1);
-    if (slot < rs_steps) {
-        int c = mod(rank_ - static_cast<int>(slot) - 1);
-        return {work_.get() + chunk_offset(c), chunk_bytes(c)};
+    bool all_gather = slot >= rs_steps;
+    if (slot >= 2 * rs_steps) return {nullptr, 0};
+    int c = all_gather ? mod(rank_ - static_cast<int>(slot - rs_steps)) : mod(rank_ - static_cast<int>(slot) - 1);
+    if (!quantized()) return {elem_ptr(work_.get(), chunk_first(c)), chunk_elems(c)};
+    return {staging_.get() + (all_gather ? wire_total_ : 0) + wire_offset_[c], chunk_elems(c)};
+}
+
+// Sends piece j of chunk c as slot `slot`: the encoded bytes when quantized (encoding them here, once),
+// else straight from `plain`.
+void RingAllReduce::send_chunk_piece(int c, uint32_t slot, const uint8_t* plain, size_t j, bool encode_now) {
+    size_t elems = chunk_elems(c);
+    if (!quantized()) {
+        send_piece(next_, slot, plain, j, elems);
+        return;
     }
-    if (slot < 2 * rs_steps) {
-        int c = mod(rank_ - static_cast<int>(slot - rs_steps));
-        return {work_.get() + chunk_offset(c), chunk_bytes(c)};
+    uint8_t* enc = encoded_.get() + wire_offset_[c];
+    if (encode_now) {
+        size_t first = piece_first(j);
+        encode(spec_.quant, spec_.dtype, elem_ptr(plain, first), piece_elems(elems, j), enc + wire(first));
     }
-    return {nullptr, 0};
+    send_piece(next_, slot, enc, j, elems);
 }
 
 void RingAllReduce::data_phase() {
     const int n = world_;
     const uint32_t ag0 = static_cast<uint32_t>(n - 1);
     const bool avg = spec_.op == ReduceOp::kAvg;
-    // Step 0 sends this peer's own chunk straight from the caller's input.
     {
-        size_t len = chunk_bytes(rank_);
-        const uint8_t* base = spec_.src + chunk_offset(rank_);
-        for (size_t j = 0; j < piece_count(len); ++j) send_piece(next_, 0, base, j, len);
+        // Step 0 sends this peer's own chunk straight from the caller's input.
+        size_t elems = chunk_elems(rank_);
+        const uint8_t* base = elem_ptr(spec_.src, chunk_first(rank_));
+        for (size_t j = 0; j < piece_count(elems); ++j) send_chunk_piece(rank_, 0, base, j, true);
     }
     for (int s = 0; s < n - 1; ++s) {
         int c = mod(rank_ - s - 1);
-        size_t off = chunk_offset(c), len = chunk_bytes(c);
-        uint8_t* acc = work_.get() + off;
-        for (size_t j = 0; j < piece_count(len); ++j) {
+        size_t elems = chunk_elems(c);
+        uint8_t* acc = elem_ptr(work_.get(), chunk_first(c));
+        const uint8_t* mine = elem_ptr(spec_.src, chunk_first(c));
+        const uint8_t* received = quantized() ? staging_.get() + wire_offset_[c] : nullptr;
+        for (size_t j = 0; j < piece_count(elems); ++j) {
             wait_piece(static_cast<uint32_t>(s), j);
-            size_t po = j * kPieceBytes, pl = piece_len(len, j);
-            reduce(spec_.dtype, spec_.op, acc + po, acc + po, spec_.src + off + po, pl / esize_);
+            size_t first = piece_first(j), len = piece_elems(elems, j);
+            if (quantized()) decode(spec_.quant, spec_.dtype, received + wire(first), len, elem_ptr(acc, first));
+            reduce(spec_.dtype, spec_.op, elem_ptr(acc, first), elem_ptr(acc, first), elem_ptr(mine, first), len);
             if (s < n - 2) {
-                send_piece(next_, static_cast<uint32_t>(s + 1), acc, j, len);
-            } else {
-                // This chunk is now fully reduced and owned by this peer: finalize, then start the
-                // all-gather with it.
-                if (avg) divide_by_world(spec_.dtype, acc + po, pl / esize_, static_cast<size_t>(n));
-                send_piece(next_, ag0, acc, j, len);
+                send_chunk_piece(c, static_cast<uint32_t>(s + 1), acc, j, true);
+                continue;
             }
+            // This chunk is now fully reduced and owned by this peer: finalize it, and when quantized
+            // keep the decoded value of what everyone else will receive, then start the all-gather.
+            if (avg) divide_by_world(spec_.dtype, elem_ptr(acc, first), len, static_cast<size_t>(n));
+            send_chunk_piece(c, ag0, acc, j, true);
+            if (quantized())
+                decode(spec_.quant, spec_.dtype, encoded_.get() + wire_offset_[c] + wire(first), len, elem_ptr(acc, first));
         }
     }
     for (int t = 0; t < n - 1; ++t) {
         int c = mod(rank_ - t);
-        size_t len = chunk_bytes(c);
-        uint8_t* base = work_.get() + chunk_offset(c);
-        for (size_t j = 0; j < piece_count(len); ++j) {
+        size_t elems = chunk_elems(c);
+        uint8_t* base = elem_ptr(work_.get(), chunk_first(c));
+        const uint8_t* received = quantized() ? staging_.get() + wire_total_ + wire_offset_[c] : nullptr;
+        for (size_t j = 0; j < piece_count(elems); ++j) {
             wait_piece(ag0 + static_cast<uint32_t>(t), j);
-            if (t < n - 2) send_piece(next_, ag0 + static_cast<uint32_t>(t + 1), base, j, len);
+            if (quantized()) {
+                size_t first = piece_first(j);
+                decode(spec_.quant, spec_.dtype, received + wire(first), piece_elems(elems, j), elem_ptr(base, first));
+                // Forward the received bytes untouched: re-encoding could drift.
+                if (t < n - 2) send_piece(next_, ag0 + static_cast<uint32_t>(t + 1), received, j, elems);
+            } else if (t < n - 2) {
+                send_piece(next_, ag0 + static_cast<uint32_t>(t + 1), base, j, elems);
+            }
         }
     }
 }

@@ -12,6 +12,10 @@ public:
 protected:
     void data_phase() override;
     std::pair<uint8_t*, size_t> region(int from, uint32_t slot) override;
+
+private:
+    size_t wire_total_ = 0;                // wire bytes of one whole contribution
+    std::shared_ptr<uint8_t[]> scratch_;   // root, quantized: one decoded piece
 };
 
 }  // namespace pccl

@@ -249,7 +249,7 @@ ReduceResult Communicator::run_once(const CollectiveSpec& spec, bool* retry) {
             size_t bytes = spec.count * dtype_size(spec.dtype);
             if (bytes && spec.dst != spec.src) std::memcpy(spec.dst, spec.src, bytes);
             committed_[spec.tag] = seq + 1;
-            result.algorithm = choose_algorithm(spec.algorithm, bytes, 1);
+            result.algorithm = choose_algorithm(spec.algorithm, bytes);
             return result;
         }
         mesh = mesh_;

@@ -15,6 +15,15 @@ from .errors import InvalidArgumentError
 from .ops import Algorithm, ReduceInfo, ReduceOp
 
 _ALGORITHMS = {"auto": Algorithm.AUTO, "ring": Algorithm.RING, "star": Algorithm.STAR}
+# Wire codes, shared with csrc/kernels/codec.hpp.
+_QUANTIZATIONS = {None: 0, "none": 0, "fp16": 1, "bf16": 2, "q8": 3}
+
+
+def _quantization(value: Optional[str]) -> int:
+    try:
+        return _QUANTIZATIONS[value.lower() if isinstance(value, str) else value]
+    except (KeyError, TypeError):
+        raise InvalidArgumentError(f"quantization must be None, 'fp16', 'bf16' or 'q8', not {value!r}") from None
 
 
 def _algorithm(value: Union[str, Algorithm]) -> Algorithm:
@@ -162,7 +171,7 @@ class Communicator:
         self.close()
 
     # -- collectives --------------------------------------------------------------------------
-    def _prepare(self, x: Any, out: Any, op: Any, tag: int, algorithm: Any) -> tuple:
+    def _prepare(self, x: Any, out: Any, op: Any, tag: int, algorithm: Any, quantization: Optional[str]) -> tuple:
         src = describe(x, "x")
         if out is None:
             if not src.writeable:
@@ -173,26 +182,36 @@ class Communicator:
             check_output(src, dst)
         if not isinstance(tag, int) or not 0 <= tag < 2**32:
             raise InvalidArgumentError(f"tag must be an int in [0, 2**32), not {tag!r}")
-        args = (src.ptr, dst.ptr, src.count, DTYPE_CODES[src.dtype], int(_op(op)), tag, int(_algorithm(algorithm)))
+        quant = _quantization(quantization)
+        if quant and src.dtype not in ("float32", "float64"):
+            raise InvalidArgumentError(
+                f"quantization={quantization!r} applies to float32 and float64 tensors only, not {src.dtype}")
+        args = (src.ptr, dst.ptr, src.count, DTYPE_CODES[src.dtype], int(_op(op)), tag, int(_algorithm(algorithm)),
+                quant)
         return args, (src, dst)
 
     def all_reduce(self, x: Any, *, op: ReduceOp = ReduceOp.SUM, out: Any = None, tag: int = 0,
-                   algorithm: Union[str, Algorithm] = "auto") -> ReduceInfo:
+                   algorithm: Union[str, Algorithm] = "auto", quantization: Optional[str] = None) -> ReduceInfo:
         """Reduces x element-wise across all members; the result is bitwise identical on every peer.
 
         In place unless out is given. x (and out) are numpy arrays or CPU torch tensors, contiguous,
         used without copying. On failure x and out are unchanged.
 
+        quantization ("fp16", "bf16" or "q8"; float32/float64 only) shrinks what travels on the wire;
+        each hop encodes once and every peer decodes the same bytes, so results stay bitwise
+        identical across peers. See docs/quantization.md for error bounds and NaN/Inf handling.
+
         Raises:
             PeerLostError: a member died mid-op; retry to run among the survivors.
             TimeoutError, MasterLostError, EvictedError, MismatchError, InvalidArgumentError, ClosedError.
         """
-        args, _keep = self._prepare(x, out, op, tag, algorithm)
+        args, _keep = self._prepare(x, out, op, tag, algorithm, quantization)
         return ReduceInfo.from_core(self._core.all_reduce(*args))
 
     def all_reduce_async(self, x: Any, *, op: ReduceOp = ReduceOp.SUM, out: Any = None, tag: int = 0,
-                         algorithm: Union[str, Algorithm] = "auto") -> AllReduceHandle:
+                         algorithm: Union[str, Algorithm] = "auto",
+                         quantization: Optional[str] = None) -> AllReduceHandle:
         """Starts all_reduce in the background. Ops on one tag run in submission order; use different
         tags for ops that may run concurrently. Do not touch x or out until wait() returns."""
-        args, keep = self._prepare(x, out, op, tag, algorithm)
+        args, keep = self._prepare(x, out, op, tag, algorithm, quantization)
         return AllReduceHandle(self._core.all_reduce_async(*args), keep)

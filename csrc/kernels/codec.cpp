@@ -1,0 +1,125 @@
+#include "kernels/codec.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels/half.hpp"
+
+namespace pccl {
+namespace {
+
+template <typename T, typename Conv>
+void encode_16(const void* src, size_t n, uint8_t* wire, Conv conv) {
+    auto* s = static_cast<const T*>(src);
+    for (size_t i = 0; i < n; ++i) {
+        uint16_t h = conv(static_cast<float>(s[i]));
+        std::memcpy(wire + 2 * i, &h, 2);
+    }
+}
+
+template <typename T, typename Conv>
+void decode_16(const uint8_t* wire, size_t n, void* dst, Conv conv) {
+    auto* d = static_cast<T*>(dst);
+    for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, wire + 2 * i, 2);
+        d[i] = static_cast<T>(conv(h));
+    }
+}
+
+// Min-max 8-bit quantization. A block holding any NaN or infinity cannot be scaled; it is sent with a
+// NaN step and decodes to NaN throughout, so non-finite values are never silently replaced.
+template <typename T>
+void encode_q8(const void* src, size_t n, uint8_t* wire) {
+    auto* s = static_cast<const T*>(src);
+    for (size_t b = 0; b < n; b += kQ8Block) {
+        size_t len = std::min(kQ8Block, n - b);
+        uint8_t* out = wire + (b / kQ8Block) * (kQ8Block + 8);
+        float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+        bool finite = true;
+        for (size_t i = 0; i < len; ++i) {
+            float v = static_cast<float>(s[b + i]);
+            finite &= std::isfinite(v);
+            lo = std::min(lo, v);
+            hi = std::max(hi, v);
+        }
+        float step = finite ? (hi - lo) / 255.0f : std::numeric_limits<float>::quiet_NaN();
+        if (!finite || !std::isfinite(step)) {
+            step = std::numeric_limits<float>::quiet_NaN();
+            lo = 0.0f;
+        }
+        std::memcpy(out, &lo, 4);
+        std::memcpy(out + 4, &step, 4);
+        float inv = step > 0.0f ? 1.0f / step : 0.0f;
+        for (size_t i = 0; i < len; ++i) {
+            float q = (static_cast<float>(s[b + i]) - lo) * inv;
+            q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
+            out[8 + i] = static_cast<uint8_t>(std::nearbyint(q));
+        }
+    }
+}
+
+template <typename T>
+void decode_q8(const uint8_t* wire, size_t n, void* dst) {
+    auto* d = static_cast<T*>(dst);
+    for (size_t b = 0; b < n; b += kQ8Block) {
+        size_t len = std::min(kQ8Block, n - b);
+        const uint8_t* in = wire + (b / kQ8Block) * (kQ8Block + 8);
+        float lo, step;
+        std::memcpy(&lo, in, 4);
+        std::memcpy(&step, in + 4, 4);
+        for (size_t i = 0; i < len; ++i) d[b + i] = static_cast<T>(lo + static_cast<float>(in[8 + i]) * step);
+    }
+}
+
+}  // namespace
+
+const char* quant_name(Quant q) {
+    static const char* names[] = {"none", "fp16", "bf16", "q8"};
+    auto i = static_cast<size_t>(q);
+    return i < 4 ? names[i] : "?";
+}
+
+bool quant_supports(Quant q, DType t) {
+    return q == Quant::kNone || t == DType::kFloat32 || t == DType::kFloat64;
+}
+
+size_t wire_bytes(Quant q, DType t, size_t elems) {
+    switch (q) {
+        case Quant::kNone: return elems * dtype_size(t);
+        case Quant::kFp16:
+        case Quant::kBf16: return elems * 2;
+        case Quant::kQ8: return elems + ((elems + kQ8Block - 1) / kQ8Block) * 8;
+        case Quant::kCount: break;
+    }
+    return 0;
+}
+
+void encode(Quant q, DType t, const void* src, size_t elems, uint8_t* wire) {
+    bool f64 = t == DType::kFloat64;
+    switch (q) {
+        case Quant::kNone: std::memcpy(wire, src, elems * dtype_size(t)); return;
+        case Quant::kFp16:
+            return f64 ? encode_16<double>(src, elems, wire, float_to_fp16) : encode_16<float>(src, elems, wire, float_to_fp16);
+        case Quant::kBf16:
+            return f64 ? encode_16<double>(src, elems, wire, float_to_bf16) : encode_16<float>(src, elems, wire, float_to_bf16);
+        case Quant::kQ8: return f64 ? encode_q8<double>(src, elems, wire) : encode_q8<float>(src, elems, wire);
+        case Quant::kCount: break;
+    }
+}
+
+void decode(Quant q, DType t, const uint8_t* wire, size_t elems, void* dst) {
+    bool f64 = t == DType::kFloat64;
+    switch (q) {
+        case Quant::kNone: std::memcpy(dst, wire, elems * dtype_size(t)); return;
+        case Quant::kFp16:
+            return f64 ? decode_16<double>(wire, elems, dst, fp16_to_float) : decode_16<float>(wire, elems, dst, fp16_to_float);
+        case Quant::kBf16:
+            return f64 ? decode_16<double>(wire, elems, dst, bf16_to_float) : decode_16<float>(wire, elems, dst, bf16_to_float);
+        case Quant::kQ8: return f64 ? decode_q8<double>(wire, elems, dst) : decode_q8<float>(wire, elems, dst);
+        case Quant::kCount: break;
+    }
+}
+
+}  // namespace pccl

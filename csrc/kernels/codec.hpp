@@ -1,0 +1,26 @@
+// Wire quantization: how a run of float32/float64 elements travels. Encoding happens once per hop at
+// the sender; every peer that needs the value decodes the same bytes with the same code, so quantized
+// results stay bitwise identical across peers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/dtype.hpp"
+
+namespace pccl {
+
+enum class Quant : uint8_t { kNone = 0, kFp16 = 1, kBf16 = 2, kQ8 = 3, kCount };
+
+// q8 packs blocks of this many elements as [f32 min][f32 step][one byte per element].
+constexpr size_t kQ8Block = 256;
+
+const char* quant_name(Quant q);
+bool quant_supports(Quant q, DType t);
+
+// Bytes on the wire for `elems` elements. Linear in whole q8 blocks, so a piece that starts on a
+// block boundary has a fixed wire offset.
+size_t wire_bytes(Quant q, DType t, size_t elems);
+void encode(Quant q, DType t, const void* src, size_t elems, uint8_t* wire);
+void decode(Quant q, DType t, const uint8_t* wire, size_t elems, void* dst);
+
+}  // namespace pccl
