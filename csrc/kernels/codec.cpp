@@ -10,7 +10,7 @@ namespace pccl {
 namespace {
 
 template <typename T, typename Conv>
-void encode_16(const void* src, size_t n, uint8_t* wire, Conv conv) {
+PCCL_KERNEL void encode_16(const void* src, size_t n, uint8_t* wire, Conv conv) {
     auto* s = static_cast<const T*>(src);
     for (size_t i = 0; i < n; ++i) {
         uint16_t h = conv(static_cast<float>(s[i]));
@@ -19,7 +19,7 @@ void encode_16(const void* src, size_t n, uint8_t* wire, Conv conv) {
 }
 
 template <typename T, typename Conv>
-void decode_16(const uint8_t* wire, size_t n, void* dst, Conv conv) {
+PCCL_KERNEL void decode_16(const uint8_t* wire, size_t n, void* dst, Conv conv) {
     auto* d = static_cast<T*>(dst);
     for (size_t i = 0; i < n; ++i) {
         uint16_t h;
@@ -31,7 +31,7 @@ void decode_16(const uint8_t* wire, size_t n, void* dst, Conv conv) {
 // Min-max 8-bit quantization. A block holding any NaN or infinity cannot be scaled; it is sent with a
 // NaN step and decodes to NaN throughout, so non-finite values are never silently replaced.
 template <typename T>
-void encode_q8(const void* src, size_t n, uint8_t* wire) {
+PCCL_KERNEL void encode_q8(const void* src, size_t n, uint8_t* wire) {
     auto* s = static_cast<const T*>(src);
     for (size_t b = 0; b < n; b += kQ8Block) {
         size_t len = std::min(kQ8Block, n - b);
@@ -61,7 +61,7 @@ void encode_q8(const void* src, size_t n, uint8_t* wire) {
 }
 
 template <typename T>
-void decode_q8(const uint8_t* wire, size_t n, void* dst) {
+PCCL_KERNEL void decode_q8(const uint8_t* wire, size_t n, void* dst) {
     auto* d = static_cast<T*>(dst);
     for (size_t b = 0; b < n; b += kQ8Block) {
         size_t len = std::min(kQ8Block, n - b);

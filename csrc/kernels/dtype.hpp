@@ -3,6 +3,15 @@
 #include <cstddef>
 #include <cstdint>
 
+// Hot loops are compiled twice, for AVX2 and for the baseline ISA, and the loader picks one at run
+// time (GCC/Clang function multi-versioning). Both versions do the same IEEE operations per element
+// (FMA contraction is off), so peers on different CPUs still get identical bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PCCL_KERNEL __attribute__((target_clones("avx2", "default")))
+#else
+#define PCCL_KERNEL
+#endif
+
 namespace pccl {
 
 enum class DType : uint8_t {

@@ -40,7 +40,7 @@ inline T combine(T a, T b) {
 }
 
 template <typename T, ReduceOp OP>
-void reduce_plain(void* dst, const void* a, const void* b, size_t n) {
+PCCL_KERNEL void reduce_plain(void* dst, const void* a, const void* b, size_t n) {
     auto* d = static_cast<T*>(dst);
     auto* x = static_cast<const T*>(a);
     auto* y = static_cast<const T*>(b);
@@ -48,7 +48,7 @@ void reduce_plain(void* dst, const void* a, const void* b, size_t n) {
 }
 
 template <bool BF16, ReduceOp OP>
-void reduce_half(void* dst, const void* a, const void* b, size_t n) {
+PCCL_KERNEL void reduce_half(void* dst, const void* a, const void* b, size_t n) {
     auto* d = static_cast<uint16_t*>(dst);
     auto* x = static_cast<const uint16_t*>(a);
     auto* y = static_cast<const uint16_t*>(b);
@@ -80,7 +80,7 @@ void reduce_typed(DType dtype, void* dst, const void* a, const void* b, size_t n
 }
 
 template <typename T>
-void divide_plain(void* data, size_t n, size_t world) {
+PCCL_KERNEL void divide_plain(void* data, size_t n, size_t world) {
     auto* p = static_cast<T*>(data);
     if constexpr (std::is_floating_point_v<T>) {
         T w = static_cast<T>(world);
