@@ -96,6 +96,9 @@ class Worker:
             return {"ok": True, **resources()}
         if name == "exit":
             return {"ok": True}
+        # --- added for the fault-injection tests -------------------------------------------------
+        if name == "all_reduce_at":
+            return self.all_reduce_at(cmd)
         raise ValueError(f"unknown command {name}")
 
     def state(self) -> dict:
@@ -130,6 +133,47 @@ class Worker:
         reply = {"ok": True, "t": time.time(), "elapsed": time.time() - t0, "world_size": info.world_size,
                  "completed": done,
                  "algorithm": info.algorithm, "retries": info.retries, "epoch": info.epoch,
+                 "sha": hashlib.sha256(_bytes(result)).hexdigest(),
+                 "input_unchanged": out is None or _bytes(x) == original}
+        expect = cmd.get("expect_from")
+        if expect is not None:
+            ref = reference_result(dtype, count, seed, expect, op)
+            reply["correct"], reply["detail"] = results_match(dtype, _to_numpy(result), ref, op, len(expect))
+        return reply
+
+    def all_reduce_at(self, cmd: dict) -> dict:
+        """Like all_reduce, but the buffers are prepared first and the ops start at wall-clock time
+        cmd["start_at"], so a test can aim a fault at a known point of the ops. The reply adds "t0" (when
+        the ops started), and "dtype"/"count" are as in all_reduce; expect_from may be omitted."""
+        dtype, count, seed, op = cmd["dtype"], int(cmd["count"]), int(cmd.get("seed", 0)), cmd.get("op", "SUM")
+        x = _array(dtype, count, seed, self.index, op)
+        original = _bytes(x)
+        out = None
+        if cmd.get("use_out"):
+            out = _array(dtype, count, seed + 777, self.index, op)
+            out_original = _bytes(out)
+        repeat = int(cmd.get("repeat", 1))
+        if repeat > 1 and out is None:
+            raise ValueError("repeat > 1 needs use_out=True so the input stays the same across repetitions")
+        wait = float(cmd["start_at"]) - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        t0 = time.time()
+        done = 0
+        try:
+            for _ in range(repeat):
+                if out is not None:
+                    out_original = _bytes(out)
+                info = self.comm.all_reduce(x, op=getattr(pccl_py.ReduceOp, op), out=out, tag=int(cmd.get("tag", 0)),
+                                            algorithm=cmd.get("algorithm", "auto"))
+                done += 1
+        except pccl_py.PCCLError as exc:
+            return {"ok": False, "error": type(exc).__name__, "message": str(exc), "t": time.time(), "t0": t0,
+                    "elapsed": time.time() - t0, "input_unchanged": _bytes(x) == original, "completed": done,
+                    "out_unchanged": out is None or _bytes(out) == out_original}
+        result = x if out is None else out
+        reply = {"ok": True, "t": time.time(), "t0": t0, "elapsed": time.time() - t0, "world_size": info.world_size,
+                 "completed": done, "algorithm": info.algorithm, "retries": info.retries, "epoch": info.epoch,
                  "sha": hashlib.sha256(_bytes(result)).hexdigest(),
                  "input_unchanged": out is None or _bytes(x) == original}
         expect = cmd.get("expect_from")

@@ -54,6 +54,7 @@ void Mesh::start() {
 }
 
 void Mesh::shutdown() {
+    std::lock_guard<std::mutex> once(shutdown_mutex_);
     stop_ = true;
     uint64_t one = 1;
     if (wake_.valid()) (void)!::write(wake_.get(), &one, sizeof one);

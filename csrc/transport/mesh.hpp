@@ -96,6 +96,7 @@ private:
     std::vector<std::vector<int>> conn_index_;  // [rank][k] -> index into conns_
     Fd epoll_, wake_;
     std::mutex mutex_;
+    std::mutex shutdown_mutex_;  // the op thread and the control thread may both stop a mesh
     std::thread thread_;
     std::atomic<bool> stop_{false};
     std::atomic<bool> failed_{false};

@@ -11,6 +11,9 @@ namespace {
 constexpr double kHandshakeSeconds = 5.0;
 constexpr size_t kMaxParked = 4096;
 constexpr size_t kMaxHandshaking = 1024;
+// A legitimate parked connection is taken within a mesh build of its epoch, which starts milliseconds
+// after it arrives; one that waits longer names an epoch that never came.
+constexpr double kMaxParkedSeconds = 10.0;
 }  // namespace
 
 MeshListener::MeshListener(const std::string& host, uint16_t port) {
@@ -49,7 +52,7 @@ Fd MeshListener::take(uint64_t epoch, uint64_t from, uint16_t index, TimePoint d
     cv_.wait_until(lock, deadline, [&] { return stop_ || parked_.count(key); });
     auto it = parked_.find(key);
     if (it == parked_.end()) return Fd();
-    Fd fd = std::move(it->second);
+    Fd fd = std::move(it->second.fd);
     parked_.erase(it);
     return fd;
 }
@@ -84,6 +87,18 @@ void MeshListener::loop() {
             }
         }
         auto now = Clock::now();
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            for (auto it = parked_.begin(); it != parked_.end();) {
+                if (std::chrono::duration<double>(now - it->second.since).count() > kMaxParkedSeconds) {
+                    PCCL_WARN("listener", "closing a connection parked for epoch %llu that never started",
+                              (unsigned long long)std::get<0>(it->first));
+                    it = parked_.erase(it);
+                } else {
+                    ++it;
+                }
+            }
+        }
         waiting_for_identity = false;
         for (size_t i = 0; i < pending.size();) {
             auto& p = pending[i];
@@ -108,7 +123,7 @@ void MeshListener::loop() {
                 else if (parked_.size() >= kMaxParked) reject = "too many parked connections";
                 else {
                     set_nonblocking(p.fd.get(), false);
-                    parked_[Key{h.epoch, h.from_peer, h.conn_index}] = std::move(p.fd);
+                    parked_[Key{h.epoch, h.from_peer, h.conn_index}] = Parked{std::move(p.fd), Clock::now()};
                     cv_.notify_all();
                     done = true;
                 }

@@ -38,7 +38,11 @@ private:
     std::thread thread_;
     std::mutex mutex_;
     std::condition_variable cv_;
-    std::map<Key, Fd> parked_;
+    struct Parked {
+        Fd fd;
+        TimePoint since;
+    };
+    std::map<Key, Parked> parked_;
     uint32_t group_ = 0;
     uint64_t peer_id_ = 0;
     uint64_t min_epoch_ = 0;

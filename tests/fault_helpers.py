@@ -1,0 +1,88 @@
+"""Helpers shared by the fault-injection tests (kill, freeze, master death, garbage, churn).
+
+Cluster.join() cannot pass the Communicator's own `timeout` (its keyword is taken by join's deadline),
+so these tests admit peers with the helpers below, which take the Communicator kwargs as a dict.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Optional
+
+from harness import Cluster, Peer
+
+
+def admit(cluster: Cluster, members: list[Peer], newcomers: list[Peer], comm: dict[str, Any],
+          timeout: float = 30.0) -> list[Peer]:
+    """Connects every newcomer (already spawned) and has the members admit them; returns the new members.
+
+    With no members, the first newcomer founds the group.
+    """
+    members = list(members)
+    newcomers = list(newcomers)
+    deadline = time.time() + timeout
+    if not members:
+        first = newcomers.pop(0)
+        r = first.call("connect", master=cluster.master.address, kwargs=comm, timeout=timeout)
+        assert r["ok"], r
+        first.peer_id = r["peer_id"]
+        members = [first]
+    for p in newcomers:
+        p.send("connect", master=cluster.master.address, kwargs=comm)
+    waiting = {p.index: p for p in newcomers}
+    while waiting:
+        assert time.time() < deadline, "peers were not admitted in time"
+        while not members[0].call("pending", timeout=timeout)["pending"]:
+            assert time.time() < deadline, "joining peers never became pending"
+            for idx, p in waiting.items():  # a connect() that already failed never becomes pending
+                if not p._replies.empty():
+                    r = p.recv(0)
+                    raise AssertionError(f"peer {idx} failed to join: {r}")
+            time.sleep(0.01)
+        for m in members:
+            m.send("update_topology")
+        for m in members:
+            r = m.recv(timeout)
+            assert r["ok"], r
+        for idx, p in list(waiting.items()):
+            try:
+                r = p.recv(timeout=0.5)
+            except TimeoutError:
+                continue
+            assert r["ok"], f"peer {idx} failed to join: {r}"
+            p.peer_id = r["peer_id"]
+            members.append(p)
+            del waiting[idx]
+    return members
+
+
+def join(cluster: Cluster, n: int, comm: dict[str, Any], timeout: float = 60.0) -> list[Peer]:
+    """Spawns n peers, founds a group with them and returns them in rank order."""
+    new = [cluster.spawn() for _ in range(n)]
+    return cluster.ranked(admit(cluster, [], new, comm, timeout))
+
+
+def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.time() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(interval)
+
+
+def read_text(path: Optional[str]) -> str:
+    try:
+        with open(path, "r", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def listen_port_from_master_log(log_text: str, peer_id: int) -> Optional[int]:
+    """The master logs 'peer N (host:port) ...' when N says hello; port is its mesh listener."""
+    m = re.search(rf"peer {peer_id} \(([^)]*):(\d+)\)", log_text)
+    return int(m.group(2)) if m else None

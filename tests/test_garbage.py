@@ -1,0 +1,219 @@
+"""Issue point 11: garbage on the wire. Random bytes, truncated frames, a huge length prefix and
+valid-looking frames with bad fields, sent to the master's port and to a peer's mesh listener:
+each connection is closed (recv returns b'' or the connection is reset) within a few seconds, a log
+line names the reason, and afterwards the master and the peers keep serving (an all_reduce succeeds and
+a new peer can join).
+
+Frames are built from csrc/protocol/messages.cpp (control: u32 little-endian body length, u8 type,
+fields) and csrc/protocol/frame.hpp (mesh handshake: 40 bytes, magic 0x48434350).
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import time
+
+from fault_helpers import admit, join, listen_port_from_master_log, read_text, wait_for
+
+COMM = dict(heartbeat_timeout=3.0, timeout=10.0)
+PROTOCOL_MAGIC = 0x4C434350
+HANDSHAKE_MAGIC = 0x48434350
+HANDSHAKE_TIMEOUT = 5.0  # master and listener both give a connection 5 s to complete its handshake
+CLOSE_WITHIN = HANDSHAKE_TIMEOUT + 3.0
+# A well-formed handshake waits ("parks") for its epoch's mesh at most this long (mesh_listener.cpp).
+PARKED_TIMEOUT = 10.0
+
+
+# -- control-plane frames ------------------------------------------------------------------------
+def frame(msg_type: int, body: bytes = b"") -> bytes:
+    b = bytes([msg_type]) + body
+    return struct.pack("<I", len(b)) + b
+
+
+def hello_body(group=0, hb_ms=5000, host="127.0.0.1", port=1, conns=1, magic=PROTOCOL_MAGIC, version=1,
+               host_len=None) -> bytes:
+    h = host.encode()
+    return (struct.pack("<IHII", magic, version, group, hb_ms) + struct.pack("<H", len(h) if host_len is None else host_len)
+            + h + struct.pack("<HH", port, conns))
+
+
+def hello(**kw) -> bytes:
+    return frame(1, hello_body(**kw))
+
+
+def read_frames(data: bytes) -> list[tuple[int, bytes]]:
+    out, i = [], 0
+    while i + 4 <= len(data):
+        (n,) = struct.unpack_from("<I", data, i)
+        if i + 4 + n > len(data):
+            break
+        out.append((data[i + 4], data[i + 5:i + 4 + n]))
+        i += 4 + n
+    return out
+
+
+# -- mesh handshake -------------------------------------------------------------------------------
+def handshake(magic=HANDSHAKE_MAGIC, version=1, conn_index=0, group=0, epoch=1, from_peer=1, to_peer=1) -> bytes:
+    hs = struct.pack("<IHHIIQQQ", magic, version, conn_index, group, 0, epoch, from_peer, to_peer)
+    assert len(hs) == 40
+    return hs
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def open_and_send(port: int, payload: bytes) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if payload:
+        s.sendall(payload)
+    return s
+
+
+def wait_closed(s: socket.socket, deadline: float) -> tuple[bool, bytes]:
+    """Reads until EOF or reset; returns (closed, bytes received)."""
+    got = b""
+    while True:
+        left = deadline - time.time()
+        if left <= 0:
+            return False, got
+        s.settimeout(left)
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            return False, got
+        except (ConnectionResetError, BrokenPipeError):
+            return True, got
+        if not chunk:
+            return True, got
+        got += chunk
+
+
+def check_cases(cases: dict, port: int, log_reader) -> dict:
+    """Sends every case at once (so the handshake timeouts overlap), then checks closure and logs."""
+    socks = {name: open_and_send(port, payload) for name, (payload, _) in cases.items()}
+    t0 = time.time()
+    received = {}
+    try:
+        for name, s in socks.items():
+            closed, got = wait_closed(s, t0 + CLOSE_WITHIN)
+            assert closed, f"{name}: the connection is still open {CLOSE_WITHIN} s after the garbage"
+            received[name] = got
+    finally:
+        for s in socks.values():
+            s.close()
+
+    def logged():
+        text = log_reader()
+        return all(reason in text for _, reason in cases.values())
+
+    try:
+        wait_for(logged, timeout=3.0, what="log lines")
+    except AssertionError:
+        text = log_reader()
+        missing = {n: r for n, (_, r) in cases.items() if r not in text}
+        raise AssertionError(f"no log line gives the reason for {missing}; log tail:\n{text[-3000:]}") from None
+    return received
+
+
+def still_serving(cluster, members) -> None:
+    res = cluster.all_reduce(members, dtype="float32", count=10_000, seed=7)
+    assert all(r["ok"] and r["correct"] for r in res), res
+    newcomer = cluster.spawn()
+    everyone = cluster.ranked(admit(cluster, members, [newcomer], COMM, timeout=20))
+    res = cluster.all_reduce(everyone, dtype="float32", count=10_000, seed=8)
+    assert all(r["ok"] and r["correct"] and r["world_size"] == len(members) + 1 for r in res), res
+
+
+# -- tests ----------------------------------------------------------------------------------------
+def test_garbage_to_master_port(cluster):
+    members = join(cluster, 2, COMM)
+    rng = random.Random(11)
+    random_bytes = bytes(rng.randrange(256) for _ in range(64))
+    (rand_len,) = struct.unpack_from("<I", random_bytes)
+    assert rand_len > 1 << 20  # this seed's bytes start with an impossible length
+    cases = {
+        "random bytes": (random_bytes, f"control frame length {rand_len} outside"),
+        "huge length prefix": (struct.pack("<I", 0xFFFFFFF0) + b"\x01" * 32, "control frame length 4294967280 outside"),
+        "zero length": (struct.pack("<I", 0), "control frame length 0 outside"),
+        "truncated hello": (hello()[:12], "no hello within the handshake timeout"),
+        "bad message type": (frame(200, b"\x00" * 8), "invalid message type value 200"),
+        "bad hello magic": (hello(magic=0xDEADBEEF), "bad magic in hello"),
+        "bad hello version": (hello(version=99), "protocol version 99 is not supported"),
+        "bad connection count": (hello(conns=0), "connections per peer out of range"),
+        "hello with trailing bytes": (frame(1, hello_body() + b"\x00\x00\x00"), "message has 3 trailing bytes"),
+        "oversized string length": (frame(1, hello_body(host_len=300)), "string of 300 bytes exceeds the limit"),
+        "vote before hello": (frame(4, struct.pack("<QI", 1, 1000)), "message 'vote' is not allowed in this state"),
+    }
+    check_cases(cases, cluster.master.port, lambda: read_text(cluster.master.log_path))
+    still_serving(cluster, members)
+
+
+def test_bad_enum_from_an_admitted_connection(cluster):
+    """A raw client that really joins (its own group, so it is admitted at once) and then sends a
+    well-formed failure report with an invalid enum value gets an error frame and is disconnected."""
+    members = join(cluster, 2, COMM)
+    s = open_and_send(cluster.master.port, hello(group=77, hb_ms=10_000, port=9))
+    try:
+        got = b""
+        deadline = time.time() + 5
+        while len([t for t, _ in read_frames(got)]) < 2 and time.time() < deadline:
+            s.settimeout(max(0.05, deadline - time.time()))
+            got += s.recv(65536)
+        types = [t for t, _ in read_frames(got)]
+        assert types[:2] == [2, 10], f"expected welcome and epoch frames, got types {types}"
+        s.sendall(frame(7, struct.pack("<QBQ", 1, 9, 0)))  # failure: epoch 1, kind 9 (valid: 0..2)
+        closed, rest = wait_closed(s, time.time() + CLOSE_WITHIN)
+        assert closed, "the master kept the connection open after an invalid failure kind"
+        errors = [b for t, b in read_frames(rest) if t == 13]
+        assert errors and b"invalid failure kind value 9" in errors[0], read_frames(rest)
+    finally:
+        s.close()
+    wait_for(lambda: "invalid failure kind value 9" in read_text(cluster.master.log_path), 3.0, what="log line")
+    still_serving(cluster, members)
+
+
+def test_garbage_to_peer_mesh_listener(cluster):
+    members = join(cluster, 2, COMM)
+    target = members[1]
+    st = target.call("state")
+    port = listen_port_from_master_log(read_text(cluster.master.log_path), st["peer_id"])
+    assert port, "the master log has no 'peer N (host:port)' line for the target peer"
+    me, epoch, other = st["peer_id"], st["epoch"], members[0].peer_id
+    rng = random.Random(12)
+    good = dict(group=0, epoch=epoch, from_peer=other, to_peer=me)
+    cases = {
+        "random bytes": (bytes(rng.randrange(256) for _ in range(100)), "bad handshake magic"),
+        "truncated handshake": (handshake(**good)[:10], "no handshake within the deadline"),
+        "bad version": (handshake(version=7, **good), "unsupported protocol version"),
+        "wrong group": (handshake(**dict(good, group=5)), "wrong peer group"),
+        "addressed to another peer": (handshake(**dict(good, to_peer=me + 1000)), "handshake addressed to another peer"),
+        "connection index out of range": (handshake(conn_index=999, **good), "connection index out of range"),
+        "stale epoch": (handshake(**dict(good, epoch=0)), "stale epoch"),
+    }
+    log = cluster._log(f"peer{target.index}.log")
+    # A connection that closes before sending anything is logged too.
+    s = open_and_send(port, b"")
+    s.close()
+    check_cases(cases, port, lambda: read_text(log))
+    wait_for(lambda: "closed during handshake" in read_text(log), 3.0, what="log line for an empty connection")
+    still_serving(cluster, members)
+
+
+def test_peer_listener_drops_far_future_handshake(cluster):
+    """A well-formed handshake for an epoch far in the future (no such epoch will come soon) followed by
+    garbage must not hold a connection on the peer forever."""
+    members = join(cluster, 2, COMM)
+    target = members[1]
+    st = target.call("state")
+    port = listen_port_from_master_log(read_text(cluster.master.log_path), st["peer_id"])
+    assert port
+    payload = handshake(group=0, epoch=st["epoch"] + 1_000_000, from_peer=members[0].peer_id,
+                        to_peer=st["peer_id"]) + b"\xff" * 200
+    s = open_and_send(port, payload)
+    try:
+        closed, _ = wait_closed(s, time.time() + PARKED_TIMEOUT + 3.0)
+        assert closed, (f"the peer still holds a connection {PARKED_TIMEOUT + 3.0} s after a handshake for epoch "
+                        f"{st['epoch'] + 1_000_000} (current {st['epoch']}) followed by garbage")
+    finally:
+        s.close()
+    still_serving(cluster, members)
