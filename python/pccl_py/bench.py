@@ -22,6 +22,14 @@ CPU use is process CPU time (all threads) divided by wall time over the timed op
 over peers; 100% is one core. The input is all zeros and reduced in place (SUM), so values never
 overflow or become denormal and both backends do exactly the same arithmetic.
 
+WAN emulation (``--wan RTT_MS,FLOW_MBIT,LINK_MBIT``, local mode only): this process also runs a
+:class:`pccl_py.wan.WanRelay` in a thread. Each peer listens on a port chosen here and advertises a
+relay port that forwards to it (``listen_port`` / ``advertise_address``), so every data connection
+between peers crosses the relay, which adds RTT/2 per direction, caps each connection at FLOW_MBIT
+(a window-limited TCP flow) and each peer's link at LINK_MBIT per direction. The report then also
+gives the fraction of min(K x FLOW, LINK) that busbw reached, and the relay's CPU use. gloo cannot be
+routed through the relay (it picks and exchanges its own ports), so ``--wan`` excludes ``--compare``.
+
 torch is imported only when ``--compare gloo`` is given, and only in the peer processes.
 """
 
@@ -266,7 +274,8 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
 
     pccl_py.set_log_level(args.log_level)
     comm = pccl_py.Communicator(master, connections_per_peer=args.connections, timeout=args.timeout,
-                                join_timeout=args.timeout, listen_host=args.listen_host)
+                                join_timeout=args.timeout, listen_host=args.listen_host,
+                                listen_port=args.listen_port, advertise_address=args.advertise_address)
     backends: List[Any] = []
     try:
         emit({"type": "status", "message": f"waiting for {world} peers to join"})
@@ -335,12 +344,16 @@ def _set_parent_death_signal(parent_pid: int) -> None:
         os._exit(3)  # the parent died before prctl took effect
 
 
-def _worker_argv(args: argparse.Namespace, master: str, world: int) -> List[str]:
+def _worker_argv(args: argparse.Namespace, master: str, world: int, listen_port: int = 0,
+                 advertise_address: Optional[str] = None) -> List[str]:
     argv = [sys.executable, "-m", "pccl_py.bench", "--worker", "--master", master, "--world-size", str(world),
             "--parent-pid", str(os.getpid()), "--sizes", ",".join(str(s) for s in args.sizes),
             "--dtype", args.dtype, "--iters", str(args.iters), "--warmup", str(args.warmup),
             "--connections", str(args.connections), "--algorithm", args.algorithm,
-            "--timeout", str(args.timeout), "--log-level", args.log_level, "--listen-host", args.listen_host]
+            "--timeout", str(args.timeout), "--log-level", args.log_level, "--listen-host", args.listen_host,
+            "--listen-port", str(listen_port)]
+    if advertise_address:
+        argv += ["--advertise-address", advertise_address]
     if args.fixed_iters:
         argv.append("--fixed-iters")
     if args.compare:
@@ -438,6 +451,7 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
 
     master = Master("127.0.0.1", 0).start()
     workers = _Workers()
+    relay = None
     env = dict(os.environ)
     # The workers must import this very copy of pccl_py.
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -446,8 +460,11 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
         env["GLOO_SOCKET_IFNAME"] = "lo"  # same loopback path as pccl's 127.0.0.1
     stall = 2 * args.timeout + 60  # no message from any worker for this long: give up
     try:
-        for _ in range(args.peers):
-            workers.spawn(_worker_argv(args, master.address, args.peers), env)
+        if args.wan is not None:
+            relay = _start_relay(args, master, workers, env)
+        else:
+            for _ in range(args.peers):
+                workers.spawn(_worker_argv(args, master.address, args.peers), env)
         results: Dict[int, Dict[str, Any]] = {}
         finished: set = set()
         last = time.monotonic()
@@ -477,11 +494,45 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
             else:
                 progress(ev)
         by_rank = sorted(results.values(), key=lambda r: r["rank"])
-        return by_rank[0]
+        data = by_rank[0]
+        if relay is not None:
+            data["wan"] = {"rtt_ms": args.wan.rtt_ms, "flow_mbit": args.wan.flow_mbit,
+                           "link_mbit": args.wan.link_mbit, "ideal_mbit": _finite(args.wan.ideal_mbit(args.connections)),
+                           "buffer_bytes": args.wan.buffer_limit, "relay": relay.stats()}
+        return data
     finally:
         progress.done()
         workers.close()
+        if relay is not None:
+            relay.stop()
         master.stop()
+
+
+def _finite(x: float) -> Optional[float]:
+    return x if math.isfinite(x) else None
+
+
+def _free_port(host: str) -> int:
+    """A port that is free on host right now (the peer binds it moments later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _start_relay(args: argparse.Namespace, master: Any, workers: "_Workers", env: Dict[str, str]) -> Any:
+    """--wan: a relay in this process, one mapping per peer; each peer advertises its relay port."""
+    from .wan import WanRelay  # noqa: PLC0415
+
+    relay = WanRelay(args.wan).start()
+    try:
+        for _ in range(args.peers):
+            port = _free_port(args.listen_host)
+            relay_host, relay_port = relay.add_mapping((args.listen_host, 0), (args.listen_host, port))
+            workers.spawn(_worker_argv(args, master.address, args.peers, port, f"{relay_host}:{relay_port}"), env)
+    except BaseException:
+        relay.stop()
+        raise
+    return relay
 
 
 def worker_main(args: argparse.Namespace) -> int:
@@ -532,13 +583,30 @@ def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
     if host and host["loadavg_start"][0] > 0.5:
         lines.insert(2, f"warning: 1-min load average was {host['loadavg_start'][0]:.1f} before the run "
                         f"({host['cpus']} CPUs): other processes competed for the CPU, numbers are noisy")
+    wan = data.get("wan")
+    if wan:
+        st = wan["relay"]
+        relayed = st["bytes_forward"] + st["bytes_backward"]
+        lines.insert(1, f"through the WAN relay: RTT {wan['rtt_ms']:g} ms, {wan['flow_mbit']:g} Mbit/s per flow, "
+                        f"{wan['link_mbit']:g} Mbit/s per link (0 = unlimited): ideal min(K x flow, link) = "
+                        f"{wan['ideal_mbit'] or math.inf:g} Mbit/s per direction; wan% = busbw / ideal")
+        lines.append(f"relay: {st['connections']} connections, {relayed / 1e9:.2f} GB relayed, thread CPU "
+                     f"{st['cpu_s']:.2f} s over {st['wall_s']:.1f} s ({st['cpu_util'] * 100:.1f}% of one core; "
+                     f"{st['cpu_s'] / max(relayed, 1) * 1e9:.2f} s per GB)"
+                     + (f"; relay FAILED: {st['error']}" if st.get("error") else ""))
+        lines.append("")
     hdr = (f"{'size':>9}  {'backend':<7} {'algo':<5} {'iters':>5} {'median':>10} {'p10':>10} {'p90':>10} "
-           f"{'algbw GB/s':>11} {'busbw GB/s':>11} {'cpu':>6}")
+           f"{'algbw GB/s':>11} {'busbw GB/s':>11} {'cpu':>6}" + (f" {'Mbit/s':>8} {'wan%':>6}" if wan else ""))
     lines += [hdr, "-" * len(hdr)]
     for r in res:
-        lines.append(f"{fmt_size(r['size_bytes']):>9}  {r['backend']:<7} {r['algorithm']:<5} {r['iters']:>5} "
-                     f"{fmt_time(r['median_s']):>10} {fmt_time(r['p10_s']):>10} {fmt_time(r['p90_s']):>10} "
-                     f"{r['algbw_GBps']:>11.3f} {r['busbw_GBps']:>11.3f} {r['cpu_util'] * 100:>5.0f}%")
+        line = (f"{fmt_size(r['size_bytes']):>9}  {r['backend']:<7} {r['algorithm']:<5} {r['iters']:>5} "
+                f"{fmt_time(r['median_s']):>10} {fmt_time(r['p10_s']):>10} {fmt_time(r['p90_s']):>10} "
+                f"{r['algbw_GBps']:>11.3f} {r['busbw_GBps']:>11.3f} {r['cpu_util'] * 100:>5.0f}%")
+        if wan:
+            mbit = r["busbw_GBps"] * 8e3
+            ideal = wan["ideal_mbit"]
+            line += f" {mbit:>8.1f} {mbit / ideal * 100 if ideal else float('nan'):>5.1f}%"
+        lines.append(line)
     rows = data.get("comparison") or []
     if rows:
         lines += ["", "pccl vs gloo (busbw ratio > 1: pccl faster; latency ratio < 1: pccl faster)",
@@ -584,6 +652,15 @@ def write_plot(data: Dict[str, Any], path: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------------
+def _wan_profile(text: str) -> Any:
+    from .wan import parse_wan  # noqa: PLC0415 - the relay module is small and pure Python
+
+    try:
+        return parse_wan(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pccl_py.bench",
@@ -611,6 +688,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds any single collective, join or rendezvous may take (default 120)")
     p.add_argument("--listen-host", default=None,
                    help="interface for peer connections (default 127.0.0.1 locally, 0.0.0.0 with --master)")
+    p.add_argument("--listen-port", type=int, default=0,
+                   help="with --master: port for peer connections (default 0: any free port)")
+    p.add_argument("--advertise-address", metavar="HOST[:PORT]", default=None,
+                   help="with --master: address the other peers should dial instead (NAT, port forwarding, "
+                        "a relay such as stress/wan_relay.py)")
+    p.add_argument("--wan", metavar="RTT_MS,FLOW_MBIT,LINK_MBIT", type=_wan_profile, default=None,
+                   help="local mode: route all peer traffic through an emulated WAN (pccl_py.wan relay in this "
+                        "process), e.g. 50,100,1000 = 50 ms RTT, 100 Mbit/s per connection, 1 Gbit/s per link "
+                        "and direction (0 = unlimited); not with --compare")
     p.add_argument("--log-level", default="error", choices=["debug", "info", "warn", "error", "off"],
                    help="pccl core log level in the peers (default error)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -636,6 +722,18 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         args.listen_host = "0.0.0.0" if args.master else "127.0.0.1"
     if args.master and ":" not in args.master:
         parser.error("--master must be host:port")
+    if not 0 <= args.listen_port <= 65535:
+        parser.error("--listen-port must be in [0, 65535]")
+    if args.wan is not None and args.master and not args.worker:
+        parser.error("--wan starts its relay in local mode only; with --master, run stress/wan_relay.py "
+                     "yourself and pass --listen-port and --advertise-address")
+    if args.wan is not None and args.compare:
+        parser.error("--wan cannot be combined with --compare gloo: gloo opens its own connections on ports it "
+                     "picks itself, which the relay cannot intercept, so gloo would run unemulated; "
+                     "run the gloo comparison without --wan")
+    if not args.worker and not args.master and (args.listen_port or args.advertise_address):
+        parser.error("--listen-port and --advertise-address are for --master (join) mode; "
+                     "in local mode use --wan to route peers through a relay")
     if args.worker:
         return
     if args.compare == "gloo" and importlib.util.find_spec("torch") is None:
@@ -683,7 +781,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data["config"] = {"mode": "join" if args.master else "local", "dtype": args.dtype, "op": "SUM",
                       "algorithm": args.algorithm, "connections_per_peer": args.connections,
                       "sizes": args.sizes, "iters": args.iters, "warmup": args.warmup,
-                      "fixed_iters": args.fixed_iters, "compare": args.compare}
+                      "fixed_iters": args.fixed_iters, "compare": args.compare,
+                      "wan": [args.wan.rtt_ms, args.wan.flow_mbit, args.wan.link_mbit] if args.wan else None}
     data["host"] = {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())}
     data["comparison"] = compare(data["results"])
     data.pop("rank", None)
