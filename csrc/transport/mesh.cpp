@@ -34,7 +34,8 @@ Mesh::Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<M
             c->id = conns_.size();
             c->last_rx = c->last_tx = now;
             set_nonblocking(c->fd.get(), true);
-            set_buffer_sizes(c->fd.get(), 4 << 20);
+            // Socket buffers are left to the kernel's autotuning: a fixed size would cap one
+            // connection at buffer/RTT on long links.
             epoll_event e{};
             e.events = EPOLLIN;
             e.data.u64 = conns_.size();

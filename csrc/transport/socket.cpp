@@ -77,11 +77,6 @@ void set_nonblocking(int fd, bool on) {
     fcntl(fd, F_SETFL, on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK));
 }
 
-void set_buffer_sizes(int fd, int bytes) {
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
-}
-
 Fd listen_tcp(const std::string& host, uint16_t port, uint16_t* bound_port, int backlog) {
     sockaddr_in addr = resolve(host, port);
     Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));

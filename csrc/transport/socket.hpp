@@ -51,7 +51,6 @@ Fd accept_tcp(int listen_fd, TimePoint deadline);
 
 void set_nodelay(int fd);
 void set_nonblocking(int fd, bool on);
-void set_buffer_sizes(int fd, int bytes);
 std::string local_ip(int fd);
 std::string peer_ip(int fd);
 
