@@ -49,6 +49,7 @@ class Worker:
         self.index = index
         self.comm: pccl_py.Communicator | None = None
         self.pending: dict[str, dict] = {}
+        self.kept: dict[str, dict] = {}  # multi_all_reduce buffers kept for a retry, by op key
 
     def reply(self, obj: dict) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -99,6 +100,13 @@ class Worker:
         # --- added for the fault-injection tests -------------------------------------------------
         if name == "all_reduce_at":
             return self.all_reduce_at(cmd)
+        # --- added for the throughput tests (striping, concurrency, quantization) ------------------
+        if name == "multi_all_reduce":
+            return self.multi_all_reduce(cmd)
+        if name == "tcp_conns":
+            return {"ok": True, "conns": tcp_conns()}
+        if name == "try_quantized_int":
+            return self.try_quantized_int(cmd)
         raise ValueError(f"unknown command {name}")
 
     def state(self) -> dict:
@@ -107,7 +115,7 @@ class Worker:
 
     def all_reduce(self, cmd: dict) -> dict:
         dtype, count, seed, op = cmd["dtype"], int(cmd["count"]), int(cmd.get("seed", 0)), cmd.get("op", "SUM")
-        x = _array(dtype, count, seed, self.index, op)
+        x = _apply_specials(_array(dtype, count, seed, self.index, op), cmd, self.index)
         original = _bytes(x)
         out = None
         if cmd.get("use_out"):
@@ -123,7 +131,7 @@ class Worker:
                 if out is not None:
                     out_original = _bytes(out)
                 info = self.comm.all_reduce(x, op=getattr(pccl_py.ReduceOp, op), out=out, tag=int(cmd.get("tag", 0)),
-                                            algorithm=cmd.get("algorithm", "auto"))
+                                            algorithm=cmd.get("algorithm", "auto"), **_quant_kwargs(cmd))
                 done += 1
         except pccl_py.PCCLError as exc:
             return {"ok": False, "error": type(exc).__name__, "message": str(exc), "t": time.time(),
@@ -135,10 +143,10 @@ class Worker:
                  "algorithm": info.algorithm, "retries": info.retries, "epoch": info.epoch,
                  "sha": hashlib.sha256(_bytes(result)).hexdigest(),
                  "input_unchanged": out is None or _bytes(x) == original}
+        reply["tx_bytes"], reply["rx_bytes"] = info.tx_bytes, info.rx_bytes
         expect = cmd.get("expect_from")
         if expect is not None:
-            ref = reference_result(dtype, count, seed, expect, op)
-            reply["correct"], reply["detail"] = results_match(dtype, _to_numpy(result), ref, op, len(expect))
+            _check_result(reply, cmd, _to_numpy(result), expect)
         return reply
 
     def all_reduce_at(self, cmd: dict) -> dict:
@@ -146,7 +154,7 @@ class Worker:
         cmd["start_at"], so a test can aim a fault at a known point of the ops. The reply adds "t0" (when
         the ops started), and "dtype"/"count" are as in all_reduce; expect_from may be omitted."""
         dtype, count, seed, op = cmd["dtype"], int(cmd["count"]), int(cmd.get("seed", 0)), cmd.get("op", "SUM")
-        x = _array(dtype, count, seed, self.index, op)
+        x = _apply_specials(_array(dtype, count, seed, self.index, op), cmd, self.index)
         original = _bytes(x)
         out = None
         if cmd.get("use_out"):
@@ -165,7 +173,7 @@ class Worker:
                 if out is not None:
                     out_original = _bytes(out)
                 info = self.comm.all_reduce(x, op=getattr(pccl_py.ReduceOp, op), out=out, tag=int(cmd.get("tag", 0)),
-                                            algorithm=cmd.get("algorithm", "auto"))
+                                            algorithm=cmd.get("algorithm", "auto"), **_quant_kwargs(cmd))
                 done += 1
         except pccl_py.PCCLError as exc:
             return {"ok": False, "error": type(exc).__name__, "message": str(exc), "t": time.time(), "t0": t0,
@@ -176,11 +184,116 @@ class Worker:
                  "completed": done, "algorithm": info.algorithm, "retries": info.retries, "epoch": info.epoch,
                  "sha": hashlib.sha256(_bytes(result)).hexdigest(),
                  "input_unchanged": out is None or _bytes(x) == original}
+        reply["tx_bytes"], reply["rx_bytes"] = info.tx_bytes, info.rx_bytes
         expect = cmd.get("expect_from")
         if expect is not None:
-            ref = reference_result(dtype, count, seed, expect, op)
-            reply["correct"], reply["detail"] = results_match(dtype, _to_numpy(result), ref, op, len(expect))
+            _check_result(reply, cmd, _to_numpy(result), expect)
         return reply
+
+
+    # --- throughput tests ----------------------------------------------------------------------
+    def try_quantized_int(self, cmd: dict) -> dict:
+        """Calls all_reduce with quantization on a non-float dtype; reports the error it raised."""
+        dtype = cmd["dtype"]
+        x = _array(dtype, int(cmd.get("count", 1000)), 0, self.index, "SUM")
+        original = _bytes(x)
+        fn = self.comm.all_reduce_async if cmd.get("asynchronous") else self.comm.all_reduce
+        t0 = time.time()
+        try:
+            h = fn(x, tag=int(cmd.get("tag", 0)), algorithm=cmd.get("algorithm", "auto"),
+                   quantization=cmd["quantization"])
+            if cmd.get("asynchronous"):
+                h.wait()
+        except pccl_py.PCCLError as exc:
+            return {"ok": False, "error": type(exc).__name__, "message": str(exc), "elapsed": time.time() - t0,
+                    "input_unchanged": _bytes(x) == original}
+        return {"ok": True, "elapsed": time.time() - t0}
+
+    def multi_all_reduce(self, cmd: dict) -> dict:
+        """Submits several all_reduce_async ops and waits for all of them.
+
+        cmd["ops"]: list of {key, dtype, count, seed, tag, op, algorithm, quantization, use_out, offset,
+        reuse}: op i is submitted `offset` seconds after the start (in list order; default 0); with
+        reuse=True, the buffers kept from an earlier failed op of the same key are used again (a retry).
+        cmd["start_at"]: wall-clock time to start submitting (buffers are prepared before).
+        cmd["expect_by_world"]: {world_size: [worker indices]} whose contributions a result of that world
+        size must hold. cmd["wait_timeout"]: seconds to wait for every op (default 60).
+        The reply lists per op: ok/error/message, t_submit, t_done (wall clock), world_size, sha, correct,
+        input_unchanged, out_unchanged (failed ops), tx_bytes.
+        """
+        specs = cmd["ops"]
+        prepared = []
+        for i, o in enumerate(specs):
+            key = str(o.get("key", i))
+            if o.get("reuse"):
+                b = self.kept.pop(key)
+            else:
+                dtype, count, seed, op = o["dtype"], int(o["count"]), int(o.get("seed", 0)), o.get("op", "SUM")
+                x = _array(dtype, count, seed, self.index, op)
+                out = _array(dtype, count, seed + 777, self.index, op) if o.get("use_out") else None
+                b = {"x": x, "out": out, "x_orig": _bytes(x), "out_orig": None if out is None else _bytes(out),
+                     "spec": o}
+            prepared.append((key, b))
+        wait = float(cmd.get("start_at", 0)) - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        t0 = time.time()
+        outcomes: list[dict] = [dict() for _ in prepared]
+        threads = []
+
+        def waiter(i: int, key: str, b: dict, h) -> None:
+            res = outcomes[i]
+            try:
+                info = h.wait()
+            except pccl_py.PCCLError as exc:
+                res.update(ok=False, error=type(exc).__name__, message=str(exc), t_done=time.time())
+                res["input_unchanged"] = _bytes(b["x"]) == b["x_orig"]
+                res["out_unchanged"] = b["out"] is None or _bytes(b["out"]) == b["out_orig"]
+                self.kept[key] = b
+                return
+            except Exception as exc:  # noqa: BLE001 - reported to the test
+                res.update(ok=False, error=type(exc).__name__, message=str(exc), t_done=time.time(),
+                           trace=traceback.format_exc())
+                return
+            res.update(ok=True, t_done=time.time(), world_size=info.world_size, epoch=info.epoch,
+                       algorithm=info.algorithm, retries=info.retries, tx_bytes=info.tx_bytes)
+
+        for i, (key, b) in enumerate(prepared):
+            o = b["spec"]
+            delay = t0 + float(specs[i].get("offset", 0)) - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            outcomes[i].update(key=key, tag=int(o.get("tag", 0)), t_submit=time.time())
+            try:
+                h = self.comm.all_reduce_async(b["x"], op=getattr(pccl_py.ReduceOp, o.get("op", "SUM")), out=b["out"],
+                                               tag=int(o.get("tag", 0)), algorithm=o.get("algorithm", "auto"),
+                                               **_quant_kwargs(o))
+            except pccl_py.PCCLError as exc:
+                outcomes[i].update(ok=False, error=type(exc).__name__, message=str(exc), t_done=time.time(),
+                                   submit_error=True, input_unchanged=_bytes(b["x"]) == b["x_orig"],
+                                   out_unchanged=b["out"] is None or _bytes(b["out"]) == b["out_orig"])
+                self.kept[key] = b
+                continue
+            t = threading.Thread(target=waiter, args=(i, key, b, h), daemon=True)
+            t.start()
+            threads.append(t)
+        deadline = time.time() + float(cmd.get("wait_timeout", 60))
+        for t in threads:
+            t.join(max(0.0, deadline - time.time()))
+        expect = {int(k): v for k, v in (cmd.get("expect_by_world") or {}).items()}
+        for (key, b), res in zip(prepared, outcomes):
+            if "ok" not in res:
+                res.update(ok=False, error="hung", message="wait() did not return in time")
+                continue
+            if not res["ok"]:
+                continue
+            o = b["spec"]
+            result = b["x"] if b["out"] is None else b["out"]
+            res["sha"] = hashlib.sha256(_bytes(result)).hexdigest()
+            res["input_unchanged"] = b["out"] is None or _bytes(b["x"]) == b["x_orig"]
+            if res["world_size"] in expect:
+                _check_result(res, o, _to_numpy(result), expect[res["world_size"]])
+        return {"ok": True, "t0": t0, "t": time.time(), "ops": outcomes}
 
 
 def resources() -> dict:
@@ -190,6 +303,105 @@ def resources() -> dict:
         status = dict(line.split(":", 1) for line in f if ":" in line)
     return {"fds": fds, "os_threads": int(status["Threads"].strip()), "py_threads": threads,
             "rss_kb": int(status["VmRSS"].split()[0])}
+
+
+# --- throughput tests: quantization, special values, result checks --------------------------------
+_SPECIAL_VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+# Default bounds on the relative L2 error of a quantized result (docs/quantization.md, with margin).
+QUANT_MAX_REL_L2 = {"fp16": 1e-3, "bf16": 6e-3, "q8": 2.5e-2}
+
+
+def _quant_kwargs(cmd: dict) -> dict:
+    """Only passes quantization= when the command asks for it, so other commands call exactly as before."""
+    return {"quantization": cmd["quantization"]} if cmd.get("quantization") is not None else {}
+
+
+def _apply_specials(x, cmd: dict, index: int):
+    """cmd["specials"]: [[element, "nan" | "inf" | "-inf" | a number(, worker index)], ...]; without a
+    worker index the value goes into every peer's input."""
+    for s in cmd.get("specials") or ():
+        if len(s) > 2 and s[2] is not None and int(s[2]) != index:
+            continue
+        x[int(s[0])] = _SPECIAL_VALUES[s[1]] if isinstance(s[1], str) else float(s[1])
+    return x
+
+
+def _reference(cmd: dict, expect: list) -> np.ndarray:
+    dtype, count, seed, op = cmd["dtype"], int(cmd["count"]), int(cmd.get("seed", 0)), cmd.get("op", "SUM")
+    if not cmd.get("specials"):
+        return reference_result(dtype, count, seed, expect, op)
+    stack = np.stack([_apply_specials(make_input(dtype, count, seed, i, op).astype(np.float64), cmd, i)
+                      for i in expect])
+    with np.errstate(invalid="ignore", over="ignore"):
+        return {"SUM": np.sum, "AVG": np.mean, "PROD": np.prod, "MIN": np.min, "MAX": np.max}[op](stack, axis=0)
+
+
+def _indices(mask: np.ndarray, cap: int = 4096) -> list:
+    return np.flatnonzero(mask)[:cap].tolist()
+
+
+def _check_result(reply: dict, cmd: dict, got: np.ndarray, expect: list) -> None:
+    """Sets reply["correct"] and ["detail"] exactly as before for plain ops; for quantized ops or ops with
+    special values also reports the error statistics and where the result is not finite."""
+    dtype, op = cmd["dtype"], cmd.get("op", "SUM")
+    ref = _reference(cmd, expect)
+    quant = cmd.get("quantization")
+    if not quant and not cmd.get("specials"):
+        reply["correct"], reply["detail"] = results_match(dtype, got, ref, op, len(expect))
+        return
+    g = got.astype(np.float64)
+    fin = np.isfinite(g) & np.isfinite(ref)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = g[fin] - ref[fin]
+        norm = float(np.linalg.norm(ref[fin]))
+        rel = float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))
+    reply.update(rel_l2=rel, max_abs_err=float(np.max(np.abs(diff))) if diff.size else 0.0,
+                 finite_compared=int(fin.sum()),
+                 nan_idx=_indices(np.isnan(g)), posinf_idx=_indices(np.isposinf(g)), neginf_idx=_indices(np.isneginf(g)),
+                 n_nan=int(np.isnan(g).sum()), n_inf=int(np.isinf(g).sum()),
+                 ref_nan_idx=_indices(np.isnan(ref)), ref_posinf_idx=_indices(np.isposinf(ref)),
+                 ref_neginf_idx=_indices(np.isneginf(ref)))
+    if quant:
+        bound = float(cmd.get("max_rel_l2", QUANT_MAX_REL_L2.get(quant, 0.0)))
+        reply["correct"] = rel <= bound
+        reply["detail"] = f"relative L2 error {rel:.3g} (bound {bound:.3g})"
+    else:
+        ok, detail = results_match(dtype, np.where(fin, got, 0), np.where(fin, ref, 0), op, len(expect))
+        reply["correct"], reply["detail"] = ok, detail
+
+
+def tcp_conns() -> list:
+    """Every connected TCP socket of this process: [local port, remote port, bytes acked, bytes received]
+    (the last two from TCP_INFO), so a test can pair up the connections between two workers and see how
+    many bytes each one carried."""
+    import socket
+    import struct
+
+    conns = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            dup = os.dup(int(name))
+        except OSError:
+            continue
+        try:
+            s = socket.socket(fileno=dup)  # family and type detected from the descriptor
+        except OSError:
+            os.close(dup)
+            continue
+        try:
+            if s.family != socket.AF_INET or s.type != socket.SOCK_STREAM:
+                continue
+            local, remote = s.getsockname(), s.getpeername()
+            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 192)
+            acked, received = struct.unpack_from("<QQ", info, 120) if len(info) >= 136 else (-1, -1)
+            conns.append([local[1], remote[1], acked, received])
+        except OSError:  # listening socket (no peer) or closed meanwhile
+            pass
+        finally:
+            s.close()
+    return conns
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ void Mesh::update_interest(Conn& c, bool want_write) {
     if (c.want_write == want_write || !c.fd.valid()) return;
     c.want_write = want_write;
     epoll_event e{};
-    e.events = EPOLLIN | (want_write ? EPOLLOUT : 0);
+    e.events = EPOLLIN | (want_write ? static_cast<uint32_t>(EPOLLOUT) : 0u);
     e.data.u64 = c.id;
     epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &e);
 }
