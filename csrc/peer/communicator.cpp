@@ -423,7 +423,7 @@ void Communicator::control_loop() {
                     auto type = static_cast<MsgType>(r.get_enum(static_cast<uint8_t>(MsgType::kCount), "message type"));
                     handle_message(type, r);
                 }
-            } catch (const ProtocolError& e) {
+            } catch (const std::exception& e) {  // a bad message, or a failure handling it
                 PCCL_WARN("peer", "invalid message from the master: %s", e.what());
                 enter_terminal(State::kMasterLost, std::string("the master sent an invalid message: ") + e.what());
                 return;

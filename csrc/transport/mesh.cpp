@@ -95,19 +95,38 @@ void Mesh::fail(Conn& c, const std::string& reason) {
     handler_->on_failure(c.rank, reason);
 }
 
+// Reads what the socket has, up to len bytes. Returns the byte count, 0 when the socket is drained, or
+// -1 after failing the mesh (EOF or error).
+ssize_t Mesh::read_some(Conn& c, void* dst, size_t len) {
+    ssize_t n = ::recv(c.fd.get(), dst, len, 0);
+    if (n > 0) {
+        c.last_rx = Clock::now();
+        return n;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
+    fail(c, n == 0 ? std::string("connection closed by the remote peer") : std::string("recv: ") + std::strerror(errno));
+    return -1;
+}
+
+// Hands a complete frame to the handler; a violation it detects ends the mesh like any other failure.
+bool Mesh::deliver(Conn& c) {
+    try {
+        handler_->on_frame(c.rank, c.rx_header, c.rx_target);
+    } catch (const Error& e) {
+        fail(c, std::string("protocol violation: ") + e.what());
+        return false;
+    }
+    c.rx_target = RecvTarget{};
+    return true;
+}
+
 bool Mesh::handle_read(Conn& c) {
     size_t budget = kReadBudget;
     while (budget > 0) {
         if (!c.rx_in_payload) {
             auto* p = reinterpret_cast<uint8_t*>(&c.rx_header) + c.rx_header_got;
-            ssize_t n = ::recv(c.fd.get(), p, kHeaderBytes - c.rx_header_got, 0);
-            if (n == 0) { fail(c, "connection closed by the remote peer"); return false; }
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
-                fail(c, std::string("recv: ") + std::strerror(errno));
-                return false;
-            }
-            c.last_rx = Clock::now();
+            ssize_t n = read_some(c, p, kHeaderBytes - c.rx_header_got);
+            if (n <= 0) return n == 0;
             c.rx_header_got += static_cast<size_t>(n);
             budget -= std::min(budget, static_cast<size_t>(n));
             if (c.rx_header_got < kHeaderBytes) continue;
@@ -121,8 +140,7 @@ bool Mesh::handle_read(Conn& c) {
                 return false;
             }
             if (c.rx_header.length == 0) {
-                handler_->on_frame(c.rank, c.rx_header, c.rx_target);
-                c.rx_target = RecvTarget{};
+                if (!deliver(c)) return false;
                 continue;
             }
             c.rx_in_payload = true;
@@ -131,25 +149,13 @@ bool Mesh::handle_read(Conn& c) {
         size_t want = c.rx_header.length - c.rx_payload_got;
         uint8_t* dst = c.rx_target.dst ? c.rx_target.dst + c.rx_payload_got : discard_.data();
         if (!c.rx_target.dst) want = std::min(want, discard_.size());
-        ssize_t n = ::recv(c.fd.get(), dst, want, 0);
-        if (n == 0) { fail(c, "connection closed by the remote peer"); return false; }
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
-            fail(c, std::string("recv: ") + std::strerror(errno));
-            return false;
-        }
-        c.last_rx = Clock::now();
+        ssize_t n = read_some(c, dst, want);
+        if (n <= 0) return n == 0;
         c.rx_payload_got += static_cast<size_t>(n);
         budget -= std::min(budget, static_cast<size_t>(n));
         if (c.rx_payload_got == c.rx_header.length) {
             c.rx_in_payload = false;
-            try {
-                handler_->on_frame(c.rank, c.rx_header, c.rx_target);
-            } catch (const Error& e) {
-                fail(c, std::string("protocol violation: ") + e.what());
-                return false;
-            }
-            c.rx_target = RecvTarget{};
+            if (!deliver(c)) return false;
         }
     }
     return true;

@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/types.h>
+
 #include "protocol/frame.hpp"
 #include "transport/socket.hpp"
 
@@ -85,6 +87,8 @@ private:
 
     void loop();
     bool handle_read(Conn& c);
+    ssize_t read_some(Conn& c, void* dst, size_t len);
+    bool deliver(Conn& c);
     bool handle_write(Conn& c);
     void fail(Conn& c, const std::string& reason);
     void update_interest(Conn& c, bool want_write);
