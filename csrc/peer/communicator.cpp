@@ -159,7 +159,11 @@ void Communicator::close() {
         ops = inflight_;
         cv_.notify_all();
     }
-    for (auto& op : ops) op->decide(false, EpochCause::kLost);
+    // Ops still running in other threads stop now and raise ClosedError (they see the closed state).
+    for (auto& op : ops) {
+        op->fail(FailureKind::kLinkBroken, "the communicator was closed", -1);
+        op->decide(false, EpochCause::kLost);
+    }
     if (mesh) mesh->shutdown();
     if (listener_) listener_->stop();
     master_.reset();

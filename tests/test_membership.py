@@ -1,0 +1,95 @@
+"""Membership: admitting newcomers through update_topology(), graceful leaves, and peer groups.
+
+Each test runs real worker processes around a master subprocess (the `cluster` fixture), and checks
+the next all_reduce after every change: its world size, and that its result contains exactly the
+current members' contributions.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from support import call, grow, reduce_all, reply_to, vote, wait_until
+
+SPEC = dict(dtype="float32", count=1001, op="SUM")
+
+
+def test_newcomer_is_admitted_only_after_every_member_updates_topology(cluster):
+    """A newcomer's connect() blocks while the members keep reducing among themselves; the members see
+    it as pending; once all of them call update_topology() it is admitted, and the next all_reduce
+    includes its contribution."""
+    members = cluster.join(2)
+    newcomer = cluster.spawn()
+    joining = newcomer.send("connect", master=cluster.master.address)
+    for m in members:
+        wait_until(lambda: call(m, "pending")["pending"], 30, f"peer {m.index} to see the newcomer")
+
+    reduce_all(members, seed=1, **SPEC)  # the members are not held up by the pending peer
+    with pytest.raises(TimeoutError):
+        reply_to(newcomer, joining, timeout=0.5)  # connect() is still blocked
+
+    for r in vote(members):
+        assert r["ok"] and r["world_size"] == 3, r
+    admitted = reply_to(newcomer, joining, timeout=30)
+    assert admitted["ok"] and admitted["world_size"] == 3, admitted
+    assert not call(members[0], "pending")["pending"]
+    reduce_all(cluster.ranked(members + [newcomer]), seed=2, **SPEC)
+
+
+def test_member_that_never_updates_topology_cannot_hang_the_others(cluster):
+    """If one member never calls update_topology(), the others' calls fail with pccl_py.TimeoutError
+    after `timeout` (not forever), naming the member that did not call it. The group stays usable and
+    the newcomer stays pending until everyone votes."""
+    timeout = 2.0
+    members = grow(cluster, [], 3, timeout=timeout)
+    idle = members[-1]
+    newcomer = cluster.spawn()
+    joining = newcomer.send("connect", master=cluster.master.address, kwargs={"timeout": timeout})
+    wait_until(lambda: call(members[0], "pending")["pending"], 30, "the newcomer to be pending")
+
+    t0 = time.monotonic()
+    replies = vote(members[:-1], timeout=timeout + 10)
+    elapsed = time.monotonic() - t0
+    for r in replies:
+        assert not r["ok"] and r["error"] == "TimeoutError", r
+        assert "update_topology" in r["message"] and str(idle.peer_id) in r["message"], r["message"]
+    assert elapsed < timeout + 3, f"update_topology() took {elapsed:.1f} s with timeout={timeout}"
+
+    reduce_all(members, seed=3, **SPEC)  # everyone, including the idle member, still works at world size 3
+    assert call(members[0], "pending")["pending"]
+    for r in vote(members):
+        assert r["ok"], r
+    assert reply_to(newcomer, joining, timeout=30)["ok"]
+    reduce_all(cluster.ranked(members + [newcomer]), seed=4, **SPEC)
+
+
+@pytest.mark.parametrize("position", [0, 2, 4], ids=["rank0", "middle", "last"])
+def test_graceful_close_between_ops(cluster, position):
+    """After a member close()s between ops, the others' next all_reduce succeeds without any error,
+    at the smaller world size, with a result over the remaining members only."""
+    members = cluster.join(5)
+    reduce_all(members, seed=5, **SPEC)
+    leaver = members[position]
+    assert call(leaver, "close", timeout=30)["ok"]
+    rest = [m for m in members if m is not leaver]
+    reduce_all(rest, seed=6, **SPEC)  # checks ok, world size 4, correct over `rest`, identical everywhere
+    reduce_all(rest, seed=7, algorithm="ring", **SPEC)
+
+
+def test_peer_groups_do_not_cross_talk(cluster):
+    """Two peer groups on one master run the same all_reduce (same tag, seed, size) at the same time;
+    each result contains only its own group's contributions."""
+    group_a = grow(cluster, [], 2, peer_group=1)
+    group_b = grow(cluster, [], 3, peer_group=2)
+    for g, size in ((group_a, 2), (group_b, 3)):
+        assert {call(p, "state")["world_size"] for p in g} == {size}
+    for algorithm in ("star", "ring"):
+        pending = [(g, [p.send("all_reduce", expect_from=[q.index for q in g], seed=8, algorithm=algorithm, **SPEC)
+                        for p in g]) for g in (group_a, group_b)]
+        for g, ids in pending:
+            replies = [reply_to(p, i) for p, i in zip(g, ids)]
+            for r in replies:
+                assert r["ok"] and r["correct"] and r["world_size"] == len(g), r
+            assert len({r["sha"] for r in replies}) == 1
