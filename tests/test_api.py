@@ -199,9 +199,6 @@ def test_close_interrupts_an_all_reduce_blocked_in_another_thread(master, asynch
     """close() from one thread must end an all_reduce that another thread is blocked in (its partner
     never contributes): the op raises ClosedError promptly, not when its own timeout expires, and
     close() itself returns promptly without raising.
-
-    KNOWN LIBRARY BUG (fails): Communicator::close() calls decide() on in-flight ops, but an op waiting in
-    its data phase only watches failure/freeze/deadline, so it raises ClosedError only at its timeout.
     """
     op_timeout = 6.0
     a, b = connect_group(master.address, 2, timeout=op_timeout, **group_kwargs())

@@ -145,6 +145,8 @@ class Worker:
                  "input_unchanged": out is None or _bytes(x) == original}
         reply["tx_bytes"], reply["rx_bytes"] = info.tx_bytes, info.rx_bytes
         expect = cmd.get("expect_from")
+        if expect is None and cmd.get("expect_by_world"):  # {world_size: [worker indices]}
+            expect = {int(k): v for k, v in cmd["expect_by_world"].items()}.get(info.world_size)
         if expect is not None:
             _check_result(reply, cmd, _to_numpy(result), expect)
         return reply
@@ -186,6 +188,8 @@ class Worker:
                  "input_unchanged": out is None or _bytes(x) == original}
         reply["tx_bytes"], reply["rx_bytes"] = info.tx_bytes, info.rx_bytes
         expect = cmd.get("expect_from")
+        if expect is None and cmd.get("expect_by_world"):  # {world_size: [worker indices]}
+            expect = {int(k): v for k, v in cmd["expect_by_world"].items()}.get(info.world_size)
         if expect is not None:
             _check_result(reply, cmd, _to_numpy(result), expect)
         return reply
@@ -361,6 +365,17 @@ def _check_result(reply: dict, cmd: dict, got: np.ndarray, expect: list) -> None
                  n_nan=int(np.isnan(g).sum()), n_inf=int(np.isinf(g).sum()),
                  ref_nan_idx=_indices(np.isnan(ref)), ref_posinf_idx=_indices(np.isposinf(ref)),
                  ref_neginf_idx=_indices(np.isneginf(ref)))
+    reply["probe"] = [[int(i), float(g[int(i)]), float(ref[int(i)])] for i in cmd.get("probe") or ()]
+    if quant in ("fp16", "bf16"):
+        # Every element of the result is a decoded 16-bit value (the owner adopts what it sends).
+        f = g[np.isfinite(g)]
+        if quant == "fp16":
+            with np.errstate(over="ignore"):
+                reply["quant_grid"] = bool(np.all(f.astype(np.float16).astype(np.float64) == f))
+        else:
+            f32 = f.astype(np.float32)
+            reply["quant_grid"] = bool(np.all(f32.astype(np.float64) == f) and
+                                       not np.any(f32.view(np.uint32) & np.uint32(0xFFFF)))
     if quant:
         bound = float(cmd.get("max_rel_l2", QUANT_MAX_REL_L2.get(quant, 0.0)))
         reply["correct"] = rel <= bound
