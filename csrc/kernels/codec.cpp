@@ -1,6 +1,7 @@
 #include "kernels/codec.hpp"
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -36,26 +37,47 @@ PCCL_KERNEL void encode_q8(const void* src, size_t n, uint8_t* wire) {
     for (size_t b = 0; b < n; b += kQ8Block) {
         size_t len = std::min(kQ8Block, n - b);
         uint8_t* out = wire + (b / kQ8Block) * (kQ8Block + 8);
-        float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-        bool finite = true;
-        for (size_t i = 0; i < len; ++i) {
-            float v = static_cast<float>(s[b + i]);
-            finite &= std::isfinite(v);
-            lo = std::min(lo, v);
-            hi = std::max(hi, v);
+        // Eight independent lanes so the compiler can vectorize; min, max and the NaN test do not
+        // depend on the order in which lanes are combined, so every build gets the same bytes.
+        constexpr size_t L = 8;
+        float lo8[L], hi8[L], poison8[L];
+        for (size_t k = 0; k < L; ++k) {
+            lo8[k] = hi8[k] = static_cast<float>(s[b]);
+            poison8[k] = 0.0f;  // becomes NaN if any element is NaN or infinite (x * 0)
         }
-        float step = finite ? (hi - lo) / 255.0f : std::numeric_limits<float>::quiet_NaN();
-        if (!finite || !std::isfinite(step)) {
+        size_t i = 0;
+        for (; i + L <= len; i += L) {
+            for (size_t k = 0; k < L; ++k) {
+                float v = static_cast<float>(s[b + i + k]);
+                lo8[k] = std::min(lo8[k], v);
+                hi8[k] = std::max(hi8[k], v);
+                poison8[k] += v * 0.0f;
+            }
+        }
+        for (; i < len; ++i) {
+            float v = static_cast<float>(s[b + i]);
+            lo8[0] = std::min(lo8[0], v);
+            hi8[0] = std::max(hi8[0], v);
+            poison8[0] += v * 0.0f;
+        }
+        float lo = lo8[0], hi = hi8[0], poison = poison8[0];
+        for (size_t k = 1; k < L; ++k) {
+            lo = std::min(lo, lo8[k]);
+            hi = std::max(hi, hi8[k]);
+            poison += poison8[k];
+        }
+        float step = (hi - lo) / 255.0f;
+        if (poison != 0.0f || !std::isfinite(step)) {
             step = std::numeric_limits<float>::quiet_NaN();
             lo = 0.0f;
         }
         std::memcpy(out, &lo, 4);
         std::memcpy(out + 4, &step, 4);
         float inv = step > 0.0f ? 1.0f / step : 0.0f;
-        for (size_t i = 0; i < len; ++i) {
+        for (i = 0; i < len; ++i) {
             float q = (static_cast<float>(s[b + i]) - lo) * inv;
-            q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
-            out[8 + i] = static_cast<uint8_t>(std::nearbyint(q));
+            q = std::min(std::max(q, 0.0f), 255.0f);
+            out[8 + i] = static_cast<uint8_t>(static_cast<int>(q + 0.5f));  // round half up
         }
     }
 }

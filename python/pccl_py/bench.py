@@ -153,10 +153,11 @@ class Result:
 class _Pccl:
     name = "pccl"
 
-    def __init__(self, comm: Any, dtype: str, algorithm: str) -> None:
+    def __init__(self, comm: Any, dtype: str, algorithm: str, quantization: Optional[str] = None) -> None:
         self.comm = comm
         self.dtype = dtype
         self.algorithm = algorithm
+        self.quantization = quantization
         self._token = np.zeros(1, dtype=np.float32)
         self.last_algorithm = algorithm
 
@@ -167,7 +168,8 @@ class _Pccl:
         self.comm.all_reduce(self._token)
 
     def op(self, x: Any) -> None:
-        self.last_algorithm = self.comm.all_reduce(x, algorithm=self.algorithm).algorithm
+        self.last_algorithm = self.comm.all_reduce(x, algorithm=self.algorithm,
+                                                   quantization=self.quantization).algorithm
 
     def close(self, graceful: bool = True) -> None:
         pass
@@ -282,7 +284,8 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
         _join(comm, world, args.timeout)
         rank = comm.rank
         emit({"type": "joined", "rank": rank, "world_size": world})
-        backends.append(_Pccl(comm, args.dtype, args.algorithm))
+        backends.append(_Pccl(comm, args.dtype, args.algorithm,
+                              None if args.quantization == "none" else args.quantization))
         if args.compare == "gloo":
             if rank == 0:
                 emit({"type": "status", "message": "importing torch, starting gloo"})
@@ -350,6 +353,7 @@ def _worker_argv(args: argparse.Namespace, master: str, world: int, listen_port:
             "--parent-pid", str(os.getpid()), "--sizes", ",".join(str(s) for s in args.sizes),
             "--dtype", args.dtype, "--iters", str(args.iters), "--warmup", str(args.warmup),
             "--connections", str(args.connections), "--algorithm", args.algorithm,
+            "--quantization", args.quantization,
             "--timeout", str(args.timeout), "--log-level", args.log_level, "--listen-host", args.listen_host,
             "--listen-port", str(listen_port)]
     if advertise_address:
@@ -576,6 +580,7 @@ def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
     res = data["results"]
     n = data["world_size"]
     lines = [f"pccl_py all-reduce benchmark: {n} peers, {args.dtype}, SUM in place, algorithm={args.algorithm}, "
+             f"quantization={args.quantization}, "
              f"{args.connections} connection(s) per peer",
              "time = slowest peer per iteration; algbw = bytes/time; busbw = algbw*2(n-1)/n; "
              "cpu = process CPU/wall per peer, averaged (100% = one core)", ""]
@@ -681,6 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-iters", action="store_true", help="run exactly --iters/--warmup at every size")
     p.add_argument("--connections", type=int, default=1, metavar="K", help="TCP connections per peer pair (default 1)")
     p.add_argument("--algorithm", default="auto", choices=["auto", "ring", "star"], help="pccl algorithm (default auto)")
+    p.add_argument("--quantization", default="none", choices=["none", "fp16", "bf16", "q8"],
+                   help="pccl wire quantization for float32/float64 (default none)")
     p.add_argument("--compare", choices=["gloo"], help="also run torch.distributed gloo on the same processes and sizes")
     p.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot busbw and latency vs size (needs matplotlib)")
@@ -779,7 +786,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             signal.signal(signal.SIGTERM, old_term)
 
     data["config"] = {"mode": "join" if args.master else "local", "dtype": args.dtype, "op": "SUM",
-                      "algorithm": args.algorithm, "connections_per_peer": args.connections,
+                      "algorithm": args.algorithm, "quantization": args.quantization,
+                      "connections_per_peer": args.connections,
                       "sizes": args.sizes, "iters": args.iters, "warmup": args.warmup,
                       "fixed_iters": args.fixed_iters, "compare": args.compare,
                       "wan": [args.wan.rtt_ms, args.wan.flow_mbit, args.wan.link_mbit] if args.wan else None}
