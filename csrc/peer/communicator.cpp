@@ -220,6 +220,17 @@ ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& spec, uint64
         uint32_t tag;
         ~TurnGuard() { c->release_turn(tag); }
     } guard{this, spec.tag};
+    {
+        std::unique_lock<std::mutex> lock(mutex_);
+        auto owed = owed_failures_.find(spec.tag);
+        if (owed != owed_failures_.end() && !owed->second.empty()) {
+            EpochCause cause = owed->second.front();
+            owed->second.pop_front();
+            lock.unlock();
+            throw_aborted(cause, " (tag " + std::to_string(spec.tag) + ")",
+                          "it failed on the other members before this peer called it");
+        }
+    }
     for (int attempt = 0;; ++attempt) {
         bool retry = false;
         ReduceResult r = run_once(spec, &retry);
@@ -319,14 +330,17 @@ ReduceResult Communicator::run_once(const CollectiveSpec& spec, bool* retry) {
         if (terminal) abandon("all_reduce");
     }
     finish();
-    std::string where = " (tag " + std::to_string(spec.tag) + ", epoch " + std::to_string(op->epoch()) + ")";
+    if (cause == EpochCause::kJoin || cause == EpochCause::kLeft) {
+        *retry = true;  // nobody failed: re-run among the new membership, invisibly to the caller
+        return result;
+    }
+    throw_aborted(cause, " (tag " + std::to_string(spec.tag) + ", epoch " + std::to_string(op->epoch()) + ")", f.why);
+}
+
+void Communicator::throw_aborted(EpochCause cause, const std::string& where, const std::string& why) {
     switch (cause) {
-        case EpochCause::kJoin:
-        case EpochCause::kLeft:
-            *retry = true;  // nobody failed: re-run among the new membership, invisibly to the caller
-            return result;
         case EpochCause::kTimeout:
-            throw Error(ErrorCode::kTimeout, "all_reduce timed out" + where + (f.why.empty() ? "" : ": " + f.why) +
+            throw Error(ErrorCode::kTimeout, "all_reduce timed out" + where + (why.empty() ? "" : ": " + why) +
                                                  "; it was aborted on every peer and your buffers are unchanged; call it again to retry");
         case EpochCause::kMismatch:
             throw Error(ErrorCode::kMismatch, "all_reduce aborted on every peer" + where +
@@ -540,11 +554,20 @@ void Communicator::on_epoch(const EpochMsg& m) {
             if (m.members[i].peer_id == peer_id_) my_rank = static_cast<int>(i);
         old_mesh = std::move(mesh_);
         ready_ = false;
+        std::map<uint32_t, uint64_t> done = committed_;  // ops of each tag finished here, decisions included
+        std::set<std::pair<uint32_t, uint64_t>> mine;
         for (auto& op : inflight_) {
             bool commit = false;
             for (auto& d : m.decisions)
                 if (d.tag == op->tag() && d.seq == op->seq()) commit = d.commit != 0;
             op->decide(commit, m.cause);
+            mine.insert({op->tag(), op->seq()});
+            if (commit) done[op->tag()] = std::max(done[op->tag()], op->seq() + 1);
+        }
+        if (m.cause != EpochCause::kJoin && m.cause != EpochCause::kLeft) {
+            for (auto& d : m.decisions)
+                if (!d.commit && !mine.count({d.tag, d.seq}) && done[d.tag] == d.seq)
+                    owed_failures_[d.tag].push_back(m.cause);
         }
         if (my_rank >= 0) {
             epoch_ = m.epoch;

@@ -4,6 +4,7 @@
 #pragma once
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -84,6 +85,7 @@ private:
     [[noreturn]] void throw_state_error(const char* what);  // mutex_ held
     void release_turn(uint32_t tag);
     ReduceResult run_once(const CollectiveSpec& spec, bool* retry);
+    [[noreturn]] void throw_aborted(EpochCause cause, const std::string& where, const std::string& why);
 
     CommConfig config_;
     std::string master_host_;
@@ -109,6 +111,9 @@ private:
     std::set<std::shared_ptr<Collective>> inflight_;
     std::map<uint32_t, uint64_t> next_seq_;
     std::map<uint32_t, uint64_t> committed_;
+    // Ops that failed on other members before this peer started them: this peer's next op on the tag
+    // is that op, so it fails the same way without running (every member sees one outcome per op).
+    std::map<uint32_t, std::deque<EpochCause>> owed_failures_;
     uint32_t pending_ = 0;
     std::optional<VoteResult> vote_result_;
     uint64_t failure_reported_epoch_ = 0;
