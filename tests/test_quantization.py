@@ -12,7 +12,10 @@ algorithm (ring, star) the tests check, on standard-normal inputs:
 * NaN and +-Inf: fp16 and bf16 keep them where they are (and fp16 turns finite values beyond 65504 into
   +-Inf); q8 turns exactly the 256-element block holding a non-finite value into NaN and keeps every other
   block finite and accurate;
-* non-float dtypes with quantization raise InvalidArgumentError without sending anything.
+* non-float dtypes with quantization raise InvalidArgumentError without sending anything;
+* AVG/MIN/MAX/PROD and odd counts (0, 1, 3, 255, 257, 65537) stay identical and accurate;
+* peers that disagree on quantization all raise MismatchError - also one that calls the op only after
+  the others already failed it.
 
 The measured errors are printed at the end of the module (visible with -s) and written to
 $PCCL_QUANT_STATS if set.

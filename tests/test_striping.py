@@ -6,14 +6,15 @@ Each test runs its own cluster of 3 peers, all created with the same K.
 * K in {1, 2, 4, 16}: an 8 MiB (12 MiB for K = 16, so every ring chunk has at least K pieces) float32 ring
   all_reduce is correct and bitwise identical on every peer. To prove that K connections exist and carry
   the op, the test pairs up the established TCP connections of the worker processes (local/remote ports
-  of their socket descriptors): every pair of peers is joined by exactly K connections, each peer's socket
-  descriptors grew by at least 2K on connect (and by 2(K-1) more than with K = 1), and - from TCP_INFO byte counters - every one of the K
-  connections to the ring successor carried a fair share of the op's bytes, which add up to the op's
-  tx_bytes.
+  of their socket descriptors): every pair of peers is joined by exactly K connections, each peer's
+  descriptors grew by at least 2K on connect (and by 2(K-1) more than with K = 1), and - from TCP_INFO
+  byte counters - every one of the K connections to the ring successor carried a fair share of the op's
+  bytes, which add up to the op's tx_bytes.
 * kill -9 of a member during a striped op (K = 16 and K = 4, and K = 4 with quantization="q8"), with
   use_out and repeat so that the kill lands inside the ops: every survivor either raised PeerLostError
   within 1 s with its buffers unchanged, or succeeded; retrying the rest of its ops succeeds among the
-  survivors, and all survivors end with the same correct result.
+  survivors, and all survivors end with the same correct result. (A kill that landed after the ops had
+  finished is repeated with a replacement peer, at most 3 times.)
 """
 
 from __future__ import annotations
@@ -173,35 +174,51 @@ def _settle(survivors: list[Peer], cmd: dict, repeat: int, t_kill: float) -> tup
 
 @pytest.mark.parametrize("k,quantization", [(16, None), (4, None), (4, "q8")], ids=["K16", "K4", "K4-q8"])
 def test_kill_during_striped_op(cluster: Cluster, k: int, quantization) -> None:
+    comm = dict(COMM, connections_per_peer=k)
     members, _ = _join(cluster, k)
-    everyone = [m.index for m in members]
     rng = random.Random(k * 10 + (quantization is not None))
-    victim = members[rng.randrange(WORLD)]
-    survivors = [m for m in members if m is not victim]
-    surv_idx = [m.index for m in survivors]
-    repeat = 5 if quantization else 10
-    cmd = dict(dtype="float32", count=8 * MiB // 4, seed=500 + k, algorithm="ring", use_out=True, repeat=repeat,
-               tag=3, expect_by_world={WORLD: everyone, WORLD - 1: surv_idx})
-    if quantization:
-        cmd["quantization"] = quantization
+    repeat = 12 if quantization else 20  # ~0.3-0.5 s of ops in all
 
-    # Calibrate the duration of the repeated ops (second run: warm buffer pools).
-    for _ in range(2):
-        t_send = time.time()
+    # A kill that lands after the ops finished (the machine got faster than the calibration) tests
+    # nothing; then the victim is replaced and the round repeated, at most 3 times.
+    for attempt in range(3):
+        everyone = [m.index for m in members]
+        victim = members[rng.randrange(WORLD)]
+        survivors = [m for m in members if m is not victim]
+        surv_idx = [m.index for m in survivors]
+        cmd = dict(dtype="float32", count=8 * MiB // 4, seed=500 + k + attempt, algorithm="ring", use_out=True,
+                   repeat=repeat, tag=3, expect_by_world={WORLD: everyone, WORLD - 1: surv_idx})
+        if quantization:
+            cmd["quantization"] = quantization
+
+        # Calibrate the duration of the repeated ops (second run: warm buffer pools).
+        for _ in range(2):
+            t_send = time.time()
+            for m in members:
+                m.send("all_reduce_at", start_at=0, **cmd)
+            res = [m.recv(60) for m in members]
+            assert all(r["ok"] and r["correct"] and r["completed"] == repeat for r in res), res
+            assert len({r["sha"] for r in res}) == 1
+            prep = max(r["t0"] for r in res) - t_send
+            op_time = min(r["elapsed"] for r in res)
+
+        start_at = time.time() + 2 * prep + 0.2
         for m in members:
-            m.send("all_reduce_at", start_at=0, **cmd)
-        res = [m.recv(60) for m in members]
-        assert all(r["ok"] and r["correct"] and r["completed"] == repeat for r in res), res
-        assert len({r["sha"] for r in res}) == 1
-        prep = max(r["t0"] for r in res) - t_send
-        op_time = min(r["elapsed"] for r in res)
-
-    start_at = time.time() + 2 * prep + 0.2
-    for m in members:
-        m.send("all_reduce_at", start_at=start_at, **cmd)
-    time.sleep(max(0.0, start_at + rng.uniform(0.2, 0.7) * op_time - time.time()))
-    t_kill = victim.kill()
-    first, final = _settle(survivors, cmd, repeat, t_kill)
+            m.send("all_reduce_at", start_at=start_at, **cmd)
+        time.sleep(max(0.0, start_at + rng.uniform(0.15, 0.4) * op_time - time.time()))
+        t_kill = victim.kill()
+        first, final = _settle(survivors, cmd, repeat, t_kill)
+        missed = all(r["ok"] and r["world_size"] == WORLD for r in first.values())
+        LOG.append(f"kill K={k} quantization={quantization}: {(t_kill - start_at) * 1e3:.0f} ms into "
+                   f"{op_time * 1e3:.0f} ms of {repeat} ops; survivors raised after "
+                   + ", ".join(f"{r['t'] - t_kill:.3f} s" for r in first.values() if not r["ok"])
+                   + f" ({sum(not r['ok'] for r in first.values())} of 2)" + (" - missed the ops" if missed else ""))
+        if not missed:
+            break
+        assert all(r["ok"] and r["correct"] for r in first.values()), first
+        members = cluster.ranked(admit(cluster, survivors, [cluster.spawn()], comm))
+    else:
+        pytest.fail("three kills in a row landed after the ops had finished; the machine is too erratic")
 
     errors = {i: r for i, r in first.items() if not r["ok"]}
     summary = {i: dict(first=(r["ok"], r.get("error"), r.get("world_size"), r["completed"],
@@ -209,13 +226,8 @@ def test_kill_during_striped_op(cluster: Cluster, k: int, quantization) -> None:
                        final=(final[i]["ok"], final[i].get("world_size"), final[i].get("correct"),
                               final[i].get("detail"), final[i].get("sha", "")[:8]))
                for i, r in first.items()}
-    LOG.append(f"kill K={k} quantization={quantization}: {(t_kill - start_at) * 1e3:.0f} ms into "
-               f"{op_time * 1e3:.0f} ms of {repeat} ops; survivors raised after "
-               + ", ".join(f"{r['t'] - t_kill:.3f} s" for r in errors.values()) + f" ({len(errors)} of 2)")
     for i, r in first.items():
         assert r["t0"] <= t_kill, f"survivor {i} started its ops after the kill: the kill missed them {summary}"
-    # The kill hit the ops: some survivor raised, or later repetitions ran among the survivors.
-    assert errors or any(r["world_size"] == WORLD - 1 for r in first.values()), summary
     for i, r in errors.items():
         dt = r["t"] - t_kill
         assert r["error"] == "PeerLostError" and "peer was lost" in r["message"], (r, summary)

@@ -361,7 +361,8 @@ def _check_result(reply: dict, cmd: dict, got: np.ndarray, expect: list) -> None
         rel = float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))
     reply.update(rel_l2=rel, max_abs_err=float(np.max(np.abs(diff))) if diff.size else 0.0,
                  finite_compared=int(fin.sum()),
-                 nan_idx=_indices(np.isnan(g)), posinf_idx=_indices(np.isposinf(g)), neginf_idx=_indices(np.isneginf(g)),
+                 nan_idx=_indices(np.isnan(g)), posinf_idx=_indices(np.isposinf(g)),
+                 neginf_idx=_indices(np.isneginf(g)),
                  n_nan=int(np.isnan(g).sum()), n_inf=int(np.isinf(g).sum()),
                  ref_nan_idx=_indices(np.isnan(ref)), ref_posinf_idx=_indices(np.isposinf(ref)),
                  ref_neginf_idx=_indices(np.isneginf(ref)))

@@ -220,17 +220,6 @@ ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& spec, uint64
         uint32_t tag;
         ~TurnGuard() { c->release_turn(tag); }
     } guard{this, spec.tag};
-    {
-        std::unique_lock<std::mutex> lock(mutex_);
-        auto owed = owed_failures_.find(spec.tag);
-        if (owed != owed_failures_.end() && !owed->second.empty()) {
-            EpochCause cause = owed->second.front();
-            owed->second.pop_front();
-            lock.unlock();
-            throw_aborted(cause, " (tag " + std::to_string(spec.tag) + ")",
-                          "it failed on the other members before this peer called it");
-        }
-    }
     for (int attempt = 0;; ++attempt) {
         bool retry = false;
         ReduceResult r = run_once(spec, &retry);
@@ -256,6 +245,16 @@ ReduceResult Communicator::run_once(const CollectiveSpec& spec, bool* retry) {
         if (!ok)
             throw Error(ErrorCode::kTimeout, "all_reduce: no usable membership within the timeout (" + fmt_seconds(config_.timeout) +
                                                  "); the group is still recovering from a failure");
+        // Checked only once the membership is settled: a call that waited through a recovery may be
+        // the very op that recovery aborted on the others.
+        auto owed = owed_failures_.find(spec.tag);
+        if (owed != owed_failures_.end() && !owed->second.empty()) {
+            EpochCause cause = owed->second.front();
+            owed->second.pop_front();
+            lock.unlock();
+            throw_aborted(cause, " (tag " + std::to_string(spec.tag) + ")",
+                          "it failed on the other members before this peer called it");
+        }
         result.world_size = static_cast<int>(members_.size());
         result.epoch = epoch_;
         uint64_t seq = next_seq_[spec.tag]++;
