@@ -49,6 +49,7 @@ SIZES = [(1, 30), (4, 6), (16, 1), (16, 2)]
 ANY_MOMENT = 0.15
 
 KILL_TO_ERROR: list[float] = []
+KILL_TO_RECOVERED: list[float] = []  # kill -> first successful op of a survivor that had raised
 ROUNDS: list[dict] = []
 
 _ref_cache: dict = {}
@@ -222,6 +223,7 @@ def test_kill_random_peer_mid_op(bed: KillBed, i: int) -> None:
         for k, r in final.items():
             assert r["ok"], (k, r)
             if k in errors:
+                KILL_TO_RECOVERED.append(r["t_first_ok"] - t_kill)
                 assert r["completed"] == repeat - errors[k]["completed"], r
                 assert r["world_size"] == WORLD - 1, r
                 assert r["sha"] == ref_sha(count, seed, surv_idx), f"retry of survivor {k} has a wrong result"
@@ -242,14 +244,20 @@ def test_kill_random_peer_mid_op(bed: KillBed, i: int) -> None:
             bed.broken = True
 
 
-def _stats() -> dict:
-    xs = sorted(KILL_TO_ERROR)
+def _distribution(xs: list) -> dict:
+    xs = sorted(xs)
     if not xs:
+        return {}
+    return dict(min=xs[0], median=statistics.median(xs), p90=xs[min(len(xs) - 1, int(0.9 * len(xs)))], max=xs[-1])
+
+
+def _stats() -> dict:
+    if not KILL_TO_ERROR:
         return dict(kills=len(ROUNDS), errors=0)
-    return dict(kills=len(ROUNDS), errors=len(xs), min=xs[0], median=statistics.median(xs),
-                p90=xs[min(len(xs) - 1, int(0.9 * len(xs)))], max=xs[-1],
+    return dict(kills=len(ROUNDS), errors=len(KILL_TO_ERROR), **_distribution(KILL_TO_ERROR),
                 rounds_with_errors=sum(1 for r in ROUNDS if r["errors"]),
-                rounds_all_succeeded=sum(1 for r in ROUNDS if not r["errors"]))
+                rounds_all_succeeded=sum(1 for r in ROUNDS if not r["errors"]),
+                recovered=_distribution(KILL_TO_RECOVERED))
 
 
 def _report() -> None:

@@ -126,6 +126,7 @@ class Worker:
             raise ValueError("repeat > 1 needs use_out=True so the input stays the same across repetitions")
         t0 = time.time()
         done = 0
+        t_first_ok = None  # when the first op of this command succeeded (recovery time after a failure)
         try:
             for _ in range(repeat):
                 if out is not None:
@@ -133,13 +134,14 @@ class Worker:
                 info = self.comm.all_reduce(x, op=getattr(pccl_py.ReduceOp, op), out=out, tag=int(cmd.get("tag", 0)),
                                             algorithm=cmd.get("algorithm", "auto"), **_quant_kwargs(cmd))
                 done += 1
+                t_first_ok = t_first_ok or time.time()
         except pccl_py.PCCLError as exc:
             return {"ok": False, "error": type(exc).__name__, "message": str(exc), "t": time.time(),
                     "elapsed": time.time() - t0, "input_unchanged": _bytes(x) == original, "completed": done,
                     "out_unchanged": out is None or _bytes(out) == out_original}
         result = x if out is None else out
         reply = {"ok": True, "t": time.time(), "elapsed": time.time() - t0, "world_size": info.world_size,
-                 "completed": done,
+                 "completed": done, "t_first_ok": t_first_ok,
                  "algorithm": info.algorithm, "retries": info.retries, "epoch": info.epoch,
                  "sha": hashlib.sha256(_bytes(result)).hexdigest(),
                  "input_unchanged": out is None or _bytes(x) == original}
@@ -170,6 +172,7 @@ class Worker:
             time.sleep(wait)
         t0 = time.time()
         done = 0
+        t_first_ok = None  # when the first op of this command succeeded (recovery time after a failure)
         try:
             for _ in range(repeat):
                 if out is not None:
@@ -177,13 +180,15 @@ class Worker:
                 info = self.comm.all_reduce(x, op=getattr(pccl_py.ReduceOp, op), out=out, tag=int(cmd.get("tag", 0)),
                                             algorithm=cmd.get("algorithm", "auto"), **_quant_kwargs(cmd))
                 done += 1
+                t_first_ok = t_first_ok or time.time()
         except pccl_py.PCCLError as exc:
             return {"ok": False, "error": type(exc).__name__, "message": str(exc), "t": time.time(), "t0": t0,
                     "elapsed": time.time() - t0, "input_unchanged": _bytes(x) == original, "completed": done,
                     "out_unchanged": out is None or _bytes(out) == out_original}
         result = x if out is None else out
         reply = {"ok": True, "t": time.time(), "t0": t0, "elapsed": time.time() - t0, "world_size": info.world_size,
-                 "completed": done, "algorithm": info.algorithm, "retries": info.retries, "epoch": info.epoch,
+                 "completed": done, "t_first_ok": t_first_ok, "algorithm": info.algorithm, "retries": info.retries,
+                 "epoch": info.epoch,
                  "sha": hashlib.sha256(_bytes(result)).hexdigest(),
                  "input_unchanged": out is None or _bytes(x) == original}
         reply["tx_bytes"], reply["rx_bytes"] = info.tx_bytes, info.rx_bytes
