@@ -121,11 +121,6 @@ Collective::FailureInfo Collective::failure() {
     return failure_;
 }
 
-bool Collective::committed() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return committed_;
-}
-
 void Collective::check_interrupt() {
     if (failure_.failed || frozen_) throw Interrupted{};
     if (Clock::now() >= deadline_) {
@@ -189,11 +184,6 @@ void Collective::execute(TimePoint deadline) {
 
 void Collective::publish() {
     if (bytes_ && spec_.dst != work_.get()) std::memcpy(spec_.dst, work_.get(), bytes_);
-}
-
-void Collective::wait_sends_drained(TimePoint deadline) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    cv_.wait_until(lock, deadline, [&] { return outstanding_ == 0; });
 }
 
 OpProgress Collective::freeze() {

@@ -63,8 +63,6 @@ public:
     void execute(TimePoint deadline);
     // Copies the result to the caller's output. Only after a commit.
     void publish();
-    // Blocks until no frame of this op is queued in the mesh any more (or the mesh is gone).
-    void wait_sends_drained(TimePoint deadline);
 
     // --- recovery (control thread) ---------------------------------------------------------
     // Freezes the op: from now on only the master's decision can finish it. Returns its progress.
@@ -80,7 +78,6 @@ public:
         int suspect = -1;
     };
     FailureInfo failure();
-    bool committed();
 
     const OpDescriptor& descriptor() const { return desc_; }
     uint32_t tag() const { return spec_.tag; }

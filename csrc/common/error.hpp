@@ -18,8 +18,6 @@ enum class ErrorCode : int {
     kIo = 9,               // an operating-system call failed
 };
 
-const char* error_code_name(ErrorCode code);
-
 class Error : public std::runtime_error {
 public:
     Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}

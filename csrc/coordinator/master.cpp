@@ -60,11 +60,6 @@ void Master::start() {
     thread_ = std::thread([this] { serve(); });
 }
 
-void Master::run() {
-    bind_if_needed();
-    serve();
-}
-
 void Master::stop() {
     stop_ = true;
     if (thread_.joinable()) thread_.join();

@@ -22,7 +22,6 @@ public:
     Master(std::string host, uint16_t port);
     ~Master();
     void start();  // binds, then serves on a background thread
-    void run();    // binds if needed, then serves on the calling thread until stop()
     void stop();
     uint16_t port() const { return port_; }
     const std::string& host() const { return host_; }

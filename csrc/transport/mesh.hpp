@@ -58,11 +58,9 @@ public:
     // Queues one frame; data must stay valid until completion->sent() or until shutdown() returns.
     void send(int rank, int conn_index, const FrameHeader& h, const void* data,
               std::shared_ptr<SendCompletion> completion);
-    int connections_to(int rank) const { return static_cast<int>(conn_index_[rank].size()); }
     uint64_t epoch() const { return epoch_; }
     // Stops the I/O thread and closes every connection; afterwards no buffer is touched. Idempotent.
     void shutdown();
-    bool failed() const { return failed_.load(); }
 
 private:
     struct SendReq {

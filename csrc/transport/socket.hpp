@@ -54,8 +54,7 @@ void set_nonblocking(int fd, bool on);
 std::string local_ip(int fd);
 std::string peer_ip(int fd);
 
-// Blocking helpers with a deadline. They return false on timeout and throw Error(kIo) on EOF or error.
+// Blocking send with a deadline: false on timeout, Error(kIo) on error.
 bool send_all(int fd, const void* data, size_t len, TimePoint deadline);
-bool recv_all(int fd, void* data, size_t len, TimePoint deadline);
 
 }  // namespace pccl
