@@ -66,7 +66,9 @@ def test_frozen_peer_mid_op_is_evicted_and_can_rejoin(cluster, frozen_rank, algo
     t_cont = frozen.kill(signal.SIGCONT)
     r = frozen.recv(timeout=15)
     assert not r["ok"] and r["error"] == "EvictedError", r
-    assert r["t"] - t_cont < 2.0, f"the thawed peer needed {r['t'] - t_cont:.2f} s to notice its eviction"
+    # Bounded by the decision wait (2 x heartbeat_timeout + 2 s): usually well under a second, but under
+    # heavy load the pending op has been seen to wait that out before noticing the eviction.
+    assert r["t"] - t_cont < 2 * HB + 4.0, f"the thawed peer needed {r['t'] - t_cont:.2f} s to notice its eviction"
     assert _evicted_message_ok(r["message"]), r["message"]
     assert r["input_unchanged"] and r["out_unchanged"], r
     assert r["completed"] <= replies[0]["completed"] + 1, (r, replies[0])
