@@ -43,13 +43,19 @@ def test_frozen_peer_mid_op_is_evicted_and_can_rejoin(cluster, frozen_rank, algo
     t_stop = frozen.kill(signal.SIGSTOP)
 
     replies = [s.recv(timeout=HB + 10) for s in survivors]
+    if all(r["ok"] for r in replies):
+        # Under heavy load the survivors can start their ops only after the master already evicted the
+        # frozen peer; then every op runs among the three survivors, which is correct too.
+        assert all(r["world_size"] == 3 and r["completed"] == cmd["repeat"] for r in replies), replies
     for s, r in zip(survivors, replies):
-        assert not r["ok"], f"survivor {s.index} finished its ops although a member was frozen: {r}"
+        if r["ok"]:
+            continue
         assert r["error"] == "PeerLostError", r
         dt = r["t"] - t_stop
         assert dt < HB + 1.0, f"survivor {s.index} raised {dt:.2f} s after the freeze (heartbeat_timeout {HB})"
         assert r["input_unchanged"] and r["out_unchanged"], r
     assert len({r["completed"] for r in replies}) == 1, f"survivors disagree on how many ops completed: {replies}"
+    assert len({r["ok"] for r in replies}) == 1, f"survivors disagree on the outcome: {replies}"
 
     # Retry among the survivors.
     res = cluster.all_reduce(survivors, dtype="float32", count=50_000, seed=5, algorithm=algorithm)
