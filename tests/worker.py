@@ -97,9 +97,8 @@ class Worker:
             return {"ok": True, **resources()}
         if name == "exit":
             return {"ok": True}
-        # --- added for the fault-injection tests -------------------------------------------------
-        if name == "all_reduce_at":
-            return self.all_reduce_at(cmd)
+        if name == "all_reduce_at":  # all_reduce with a start time (fault-injection tests)
+            return self.all_reduce(cmd)
         # --- added for the throughput tests (striping, concurrency, quantization) ------------------
         if name == "multi_all_reduce":
             return self.multi_all_reduce(cmd)
@@ -114,6 +113,10 @@ class Worker:
         return {"ok": True, "rank": c.rank, "world_size": c.world_size, "peer_id": c.peer_id, "epoch": c.epoch}
 
     def all_reduce(self, cmd: dict) -> dict:
+        """Runs cmd["repeat"] all-reduces on generated inputs and reports outcome, timing and correctness.
+        With cmd["start_at"] (the all_reduce_at command) the buffers are prepared first and the ops start
+        at that wall-clock time, so a test can aim a fault at a known point of the ops; "t0" is when they
+        started."""
         dtype, count, seed, op = cmd["dtype"], int(cmd["count"]), int(cmd.get("seed", 0)), cmd.get("op", "SUM")
         x = _apply_specials(_array(dtype, count, seed, self.index, op), cmd, self.index)
         original = _bytes(x)
@@ -124,50 +127,7 @@ class Worker:
         repeat = int(cmd.get("repeat", 1))
         if repeat > 1 and out is None:
             raise ValueError("repeat > 1 needs use_out=True so the input stays the same across repetitions")
-        t0 = time.time()
-        done = 0
-        t_first_ok = None  # when the first op of this command succeeded (recovery time after a failure)
-        try:
-            for _ in range(repeat):
-                if out is not None:
-                    out_original = _bytes(out)
-                info = self.comm.all_reduce(x, op=getattr(pccl_py.ReduceOp, op), out=out, tag=int(cmd.get("tag", 0)),
-                                            algorithm=cmd.get("algorithm", "auto"), **_quant_kwargs(cmd))
-                done += 1
-                t_first_ok = t_first_ok or time.time()
-        except pccl_py.PCCLError as exc:
-            return {"ok": False, "error": type(exc).__name__, "message": str(exc), "t": time.time(),
-                    "elapsed": time.time() - t0, "input_unchanged": _bytes(x) == original, "completed": done,
-                    "out_unchanged": out is None or _bytes(out) == out_original}
-        result = x if out is None else out
-        reply = {"ok": True, "t": time.time(), "elapsed": time.time() - t0, "world_size": info.world_size,
-                 "completed": done, "t_first_ok": t_first_ok,
-                 "algorithm": info.algorithm, "retries": info.retries, "epoch": info.epoch,
-                 "sha": hashlib.sha256(_bytes(result)).hexdigest(),
-                 "input_unchanged": out is None or _bytes(x) == original}
-        reply["tx_bytes"], reply["rx_bytes"] = info.tx_bytes, info.rx_bytes
-        expect = cmd.get("expect_from")
-        if expect is None and cmd.get("expect_by_world"):  # {world_size: [worker indices]}
-            expect = {int(k): v for k, v in cmd["expect_by_world"].items()}.get(info.world_size)
-        if expect is not None:
-            _check_result(reply, cmd, _to_numpy(result), expect)
-        return reply
-
-    def all_reduce_at(self, cmd: dict) -> dict:
-        """Like all_reduce, but the buffers are prepared first and the ops start at wall-clock time
-        cmd["start_at"], so a test can aim a fault at a known point of the ops. The reply adds "t0" (when
-        the ops started), and "dtype"/"count" are as in all_reduce; expect_from may be omitted."""
-        dtype, count, seed, op = cmd["dtype"], int(cmd["count"]), int(cmd.get("seed", 0)), cmd.get("op", "SUM")
-        x = _apply_specials(_array(dtype, count, seed, self.index, op), cmd, self.index)
-        original = _bytes(x)
-        out = None
-        if cmd.get("use_out"):
-            out = _array(dtype, count, seed + 777, self.index, op)
-            out_original = _bytes(out)
-        repeat = int(cmd.get("repeat", 1))
-        if repeat > 1 and out is None:
-            raise ValueError("repeat > 1 needs use_out=True so the input stays the same across repetitions")
-        wait = float(cmd["start_at"]) - time.time()
+        wait = float(cmd.get("start_at", 0)) - time.time()
         if wait > 0:
             time.sleep(wait)
         t0 = time.time()
