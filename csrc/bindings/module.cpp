@@ -3,9 +3,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
+
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "coordinator/master.hpp"
+#include "kernels/hash.hpp"
 #include "peer/async_op.hpp"
 #include "peer/communicator.hpp"
 
@@ -52,12 +55,23 @@ CollectiveSpec make_spec(uintptr_t src, uintptr_t dst, size_t count, int dtype, 
 py::dict to_dict(const ReduceResult& r) {
     py::dict d;
     d["world_size"] = r.world_size;
+    d["rank"] = r.rank;
     d["tx_bytes"] = r.tx_bytes;
     d["rx_bytes"] = r.rx_bytes;
-    d["algorithm"] = r.algorithm == Algorithm::kStar ? "star" : "ring";
+    d["algorithm"] = r.algorithm == Algorithm::kStar ? "star" : r.algorithm == Algorithm::kRing ? "ring" : "exchange";
     d["epoch"] = r.epoch;
     d["retries"] = r.retries;
     return d;
+}
+
+using TransferTuple = std::tuple<int, uint32_t, uintptr_t, size_t>;  // peer rank, slot, address, bytes
+
+std::vector<Transfer> to_transfers(const std::vector<TransferTuple>& in) {
+    std::vector<Transfer> out;
+    out.reserve(in.size());
+    for (const auto& [peer, slot, addr, bytes] : in)
+        out.push_back(Transfer{peer, slot, reinterpret_cast<uint8_t*>(addr), bytes});
+    return out;
 }
 
 }  // namespace
@@ -76,6 +90,11 @@ PYBIND11_MODULE(_core, m) {
     });
 
     m.def("set_log_level", [](int level) { set_log_level(static_cast<LogLevel>(level)); });
+    m.def("content_hash", [](uintptr_t addr, size_t bytes) { return content_hash(reinterpret_cast<const void*>(addr), bytes); },
+          py::call_guard<py::gil_scoped_release>());
+    m.def("copy_bytes", [](uintptr_t dst, uintptr_t src, size_t bytes) {
+        if (bytes) std::memcpy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
+    }, py::call_guard<py::gil_scoped_release>());
 
     py::class_<Master>(m, "Master")
         .def(py::init<std::string, uint16_t>(), py::arg("host"), py::arg("port"))
@@ -132,6 +151,17 @@ PYBIND11_MODULE(_core, m) {
                  {
                      py::gil_scoped_release release;
                      r = c.all_reduce(s);
+                 }
+                 return to_dict(r);
+             })
+        .def("exchange",
+             [](Communicator& c, uint32_t tag, uint64_t epoch, uint64_t digest, uint32_t slots,
+                const std::vector<TransferTuple>& sends, const std::vector<TransferTuple>& recvs) {
+                 ExchangeSpec s{tag, epoch, digest, slots, to_transfers(sends), to_transfers(recvs)};
+                 ReduceResult r;
+                 {
+                     py::gil_scoped_release release;
+                     r = c.exchange(s);
                  }
                  return to_dict(r);
              })

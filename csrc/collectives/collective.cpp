@@ -70,8 +70,8 @@ FrameHeader Collective::make_header(FrameType type, uint32_t slot, uint64_t offs
 RecvTarget Collective::target_for(int from, const FrameHeader& h) {
     if (h.descriptor() != desc_) {
         fail(FailureKind::kMismatch,
-             "peers called all_reduce with different arguments on tag " + std::to_string(spec_.tag) +
-                 " (count, dtype, op or algorithm differ)",
+             "peers called different collectives on tag " + std::to_string(spec_.tag) +
+                 " (kind, count, dtype, op or algorithm differ)",
              -1);
         return RecvTarget{};  // discard; the op is failing anyway
     }

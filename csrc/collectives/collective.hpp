@@ -19,7 +19,8 @@
 
 namespace pccl {
 
-enum class Algorithm : uint8_t { kAuto = 0, kRing = 1, kStar = 2 };
+// kExchange is not an all-reduce algorithm: it marks point-to-point exchanges on the wire.
+enum class Algorithm : uint8_t { kAuto = 0, kRing = 1, kStar = 2, kExchange = 3 };
 
 // Up to this size a star beats a ring: it needs two hops instead of 2(n-1), and bandwidth does not
 // matter yet.
@@ -62,7 +63,7 @@ public:
     // Throws Interrupted if the op failed, was frozen by a recovery, or passed its deadline.
     void execute(TimePoint deadline);
     // Copies the result to the caller's output. Only after a commit.
-    void publish();
+    virtual void publish();
 
     // --- recovery (control thread) ---------------------------------------------------------
     // Freezes the op: from now on only the master's decision can finish it. Returns its progress.

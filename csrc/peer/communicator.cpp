@@ -209,31 +209,67 @@ ReduceResult Communicator::all_reduce(const CollectiveSpec& spec) {
 }
 
 ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& spec, uint64_t ticket) {
+    OpCall call;
+    call.tag = spec.tag;
+    call.make = [spec](uint64_t epoch, uint64_t seq, int world, int rank, Mesh* mesh) {
+        return make_collective(spec, epoch, seq, world, rank, mesh);
+    };
+    call.alone = [spec] {
+        // Alone: the reduction of one contribution is the contribution (AVG divides by 1).
+        size_t bytes = spec.count * dtype_size(spec.dtype);
+        if (bytes && spec.dst != spec.src) std::memcpy(spec.dst, spec.src, bytes);
+    };
+    ReduceResult r = run_in_turn(call, ticket);
+    r.algorithm = choose_algorithm(spec.algorithm, spec.count * dtype_size(spec.dtype));
+    return r;
+}
+
+ReduceResult Communicator::exchange(const ExchangeSpec& spec) {
+    check_usable();
+    OpCall call;
+    call.tag = spec.tag;
+    call.name = "exchange";
+    call.planned_epoch = spec.epoch;
+    call.make = [spec](uint64_t, uint64_t seq, int world, int rank, Mesh* mesh) -> std::shared_ptr<Collective> {
+        validate_exchange(spec, world, rank);
+        return std::make_shared<Exchange>(spec, seq, world, rank, mesh);
+    };
+    call.alone = [spec] {
+        if (!spec.sends.empty() || !spec.recvs.empty())
+            throw Error(ErrorCode::kInvalidArgument, "exchange: a peer alone in its group has nobody to exchange with");
+    };
+    ReduceResult r = run_in_turn(call, reserve_turn(spec.tag));
+    r.algorithm = Algorithm::kExchange;
+    return r;
+}
+
+ReduceResult Communicator::run_in_turn(const OpCall& call, uint64_t ticket) {
     {
         // Ops on one tag run one at a time, in the order they were submitted. Every earlier op is
         // bounded by its own deadline, so this wait is bounded too.
         std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait(lock, [&] { return turns_[spec.tag].serving == ticket; });
+        cv_.wait(lock, [&] { return turns_[call.tag].serving == ticket; });
     }
     struct TurnGuard {
         Communicator* c;
         uint32_t tag;
         ~TurnGuard() { c->release_turn(tag); }
-    } guard{this, spec.tag};
+    } guard{this, call.tag};
     for (int attempt = 0;; ++attempt) {
         bool retry = false;
-        ReduceResult r = run_once(spec, &retry);
+        ReduceResult r = run_once(call, &retry);
         if (!retry) {
             r.retries = attempt;
             return r;
         }
         if (attempt >= 100)
-            throw Error(ErrorCode::kPeerLost, "all_reduce was interrupted by 100 consecutive membership changes; giving up");
+            throw Error(ErrorCode::kPeerLost, std::string(call.name) + " was interrupted by 100 consecutive membership changes; giving up");
     }
 }
 
-ReduceResult Communicator::run_once(const CollectiveSpec& spec, bool* retry) {
+ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
     const auto deadline = deadline_after(config_.timeout);
+    const uint32_t tag = call.tag;
     std::shared_ptr<Collective> op;
     std::shared_ptr<Mesh> mesh;
     std::shared_ptr<OpRouter> router;
@@ -241,34 +277,36 @@ ReduceResult Communicator::run_once(const CollectiveSpec& spec, bool* retry) {
     {
         std::unique_lock<std::mutex> lock(mutex_);
         bool ok = cv_.wait_until(lock, deadline, [&] { return ready_ || is_terminal(static_cast<int>(state_)); });
-        if (state_ != State::kMember) throw_state_error("all_reduce");
+        if (state_ != State::kMember) throw_state_error(call.name);
         if (!ok)
-            throw Error(ErrorCode::kTimeout, "all_reduce: no usable membership within the timeout (" + fmt_seconds(config_.timeout) +
-                                                 "); the group is still recovering from a failure");
+            throw Error(ErrorCode::kTimeout, std::string(call.name) + ": no usable membership within the timeout (" +
+                                                 fmt_seconds(config_.timeout) + "); the group is still recovering from a failure");
         // Checked only once the membership is settled: a call that waited through a recovery may be
         // the very op that recovery aborted on the others.
-        auto owed = owed_failures_.find(spec.tag);
+        auto owed = owed_failures_.find(tag);
         if (owed != owed_failures_.end() && !owed->second.empty()) {
             EpochCause cause = owed->second.front();
             owed->second.pop_front();
             lock.unlock();
-            throw_aborted(cause, " (tag " + std::to_string(spec.tag) + ")",
+            throw_aborted(call.name, cause, " (tag " + std::to_string(tag) + ")",
                           "it failed on the other members before this peer called it");
         }
+        if (call.planned_epoch && call.planned_epoch != epoch_)
+            throw Error(ErrorCode::kPeerLost, std::string(call.name) + ": the membership changed (epoch " +
+                                                  std::to_string(call.planned_epoch) + " -> " + std::to_string(epoch_) +
+                                                  ") after this operation was planned; plan it again with the survivors");
         result.world_size = static_cast<int>(members_.size());
+        result.rank = rank_;
         result.epoch = epoch_;
-        uint64_t seq = next_seq_[spec.tag]++;
+        uint64_t seq = next_seq_[tag]++;
         if (members_.size() == 1) {
-            // Alone: the reduction of one contribution is the contribution (AVG divides by 1).
-            size_t bytes = spec.count * dtype_size(spec.dtype);
-            if (bytes && spec.dst != spec.src) std::memcpy(spec.dst, spec.src, bytes);
-            committed_[spec.tag] = seq + 1;
-            result.algorithm = choose_algorithm(spec.algorithm, bytes);
+            call.alone();
+            committed_[tag] = seq + 1;
             return result;
         }
         mesh = mesh_;
         router = router_;
-        op = make_collective(spec, epoch_, seq, static_cast<int>(members_.size()), rank_, mesh.get());
+        op = call.make(epoch_, seq, static_cast<int>(members_.size()), rank_, mesh.get());
         inflight_.insert(op);
     }
     result.algorithm = op->algorithm();
@@ -282,17 +320,25 @@ ReduceResult Communicator::run_once(const CollectiveSpec& spec, bool* retry) {
         op->publish();
         finish();
         std::lock_guard<std::mutex> lock(mutex_);
-        if (epoch_ == op->epoch()) committed_[spec.tag] = std::max(committed_[spec.tag], op->seq() + 1);
+        if (epoch_ == op->epoch()) committed_[tag] = std::max(committed_[tag], op->seq() + 1);
         result.tx_bytes = op->tx_bytes();
         result.rx_bytes = op->rx_bytes();
         return result;
     };
-    auto abandon = [&](const char* what) {
+    auto abandon = [&] {
         // No decision will come: make sure the I/O thread no longer reads the caller's buffers.
         mesh->shutdown();
         finish();
         std::lock_guard<std::mutex> lock(mutex_);
-        if (state_ != State::kMember) throw_state_error(what);
+        if (state_ != State::kMember) throw_state_error(call.name);
+    };
+    auto abandon_if_terminal = [&] {
+        bool terminal;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            terminal = is_terminal(static_cast<int>(state_));
+        }
+        if (terminal) abandon();
     };
 
     try {
@@ -300,55 +346,46 @@ ReduceResult Communicator::run_once(const CollectiveSpec& spec, bool* retry) {
         return succeed();
     } catch (const Interrupted&) {
     }
-
-    {
-        bool terminal;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            terminal = is_terminal(static_cast<int>(state_));
-        }
-        if (terminal) abandon("all_reduce");
-    }
+    abandon_if_terminal();
     auto f = op->failure();
     if (f.failed) report_failure(op->epoch(), f.kind, f.suspect);
     bool commit = false;
     EpochCause cause = EpochCause::kLost;
     double wait = 2 * config_.heartbeat_timeout + 2.0;
     if (!op->wait_decision(deadline_after(wait), &commit, &cause)) {
-        abandon("all_reduce");
-        throw Error(ErrorCode::kMasterLost, "all_reduce failed (" + f.why + ") and the master did not resolve it within " +
-                                                fmt_seconds(wait) + "; your buffers are unchanged");
+        abandon();
+        throw Error(ErrorCode::kMasterLost, std::string(call.name) + " failed (" + f.why +
+                                                ") and the master did not resolve it within " + fmt_seconds(wait) +
+                                                "; your buffers are unchanged");
     }
     if (commit) return succeed();
-    {
-        bool terminal;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            terminal = is_terminal(static_cast<int>(state_));
-        }
-        if (terminal) abandon("all_reduce");
-    }
+    abandon_if_terminal();
     finish();
-    if (cause == EpochCause::kJoin || cause == EpochCause::kLeft) {
+    if ((cause == EpochCause::kJoin || cause == EpochCause::kLeft) && !call.planned_epoch) {
         *retry = true;  // nobody failed: re-run among the new membership, invisibly to the caller
         return result;
     }
-    throw_aborted(cause, " (tag " + std::to_string(spec.tag) + ", epoch " + std::to_string(op->epoch()) + ")", f.why);
+    throw_aborted(call.name, cause, " (tag " + std::to_string(tag) + ", epoch " + std::to_string(op->epoch()) + ")", f.why);
 }
 
-void Communicator::throw_aborted(EpochCause cause, const std::string& where, const std::string& why) {
+void Communicator::throw_aborted(const char* name, EpochCause cause, const std::string& where, const std::string& why) {
+    const std::string n(name);
     switch (cause) {
         case EpochCause::kTimeout:
-            throw Error(ErrorCode::kTimeout, "all_reduce timed out" + where + (why.empty() ? "" : ": " + why) +
+            throw Error(ErrorCode::kTimeout, n + " timed out" + where + (why.empty() ? "" : ": " + why) +
                                                  "; it was aborted on every peer and your buffers are unchanged; call it again to retry");
         case EpochCause::kMismatch:
-            throw Error(ErrorCode::kMismatch, "all_reduce aborted on every peer" + where +
+            throw Error(ErrorCode::kMismatch, n + " aborted on every peer" + where +
                                                   ": peers passed different count, dtype, op or algorithm for the same tag; "
                                                   "make every peer issue identical collectives in the same order");
+        case EpochCause::kJoin:
+        case EpochCause::kLeft:
+            throw Error(ErrorCode::kPeerLost, n + " was interrupted by a membership change" + where +
+                                                  "; it was aborted on every peer and your buffers are unchanged; plan it again");
         default:
-            throw Error(ErrorCode::kPeerLost, "a peer was lost during all_reduce" + where +
+            throw Error(ErrorCode::kPeerLost, "a peer was lost during " + n + where +
                                                   "; the op was aborted on every surviving peer and your buffers are unchanged; "
-                                                  "call all_reduce again to retry with the survivors");
+                                                  "call " + n + " again to retry with the survivors");
     }
 }
 

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "collectives/collective.hpp"
+#include "collectives/exchange.hpp"
 #include "peer/op_router.hpp"
 #include "protocol/messages.hpp"
 #include "transport/mesh.hpp"
@@ -38,6 +40,7 @@ struct CommConfig {
 
 struct ReduceResult {
     int world_size = 0;
+    int rank = -1;  // this peer's rank in the membership the op ran in
     uint64_t tx_bytes = 0;
     uint64_t rx_bytes = 0;
     Algorithm algorithm = Algorithm::kRing;
@@ -66,6 +69,9 @@ public:
     // run in submission order on every peer.
     uint64_t reserve_turn(uint32_t tag);
     ReduceResult all_reduce_in_turn(const CollectiveSpec& spec, uint64_t ticket);
+    // Runs this peer's part of a point-to-point plan made for membership spec.epoch. A membership
+    // change before or during it fails it with PeerLost (the plan no longer fits): re-plan and retry.
+    ReduceResult exchange(const ExchangeSpec& spec);
     void check_usable();
 
 private:
@@ -84,8 +90,17 @@ private:
     void report_failure(uint64_t epoch, FailureKind kind, int suspect_rank);
     [[noreturn]] void throw_state_error(const char* what);  // mutex_ held
     void release_turn(uint32_t tag);
-    ReduceResult run_once(const CollectiveSpec& spec, bool* retry);
-    [[noreturn]] void throw_aborted(EpochCause cause, const std::string& where, const std::string& why);
+    // What run_once needs to know about one collective call, whatever its kind.
+    struct OpCall {
+        uint32_t tag = 0;
+        const char* name = "all_reduce";
+        uint64_t planned_epoch = 0;  // nonzero: only valid in this epoch, never re-run transparently
+        std::function<std::shared_ptr<Collective>(uint64_t epoch, uint64_t seq, int world, int rank, Mesh* mesh)> make;
+        std::function<void()> alone;  // the whole op when this peer is the only member
+    };
+    ReduceResult run_in_turn(const OpCall& call, uint64_t ticket);
+    ReduceResult run_once(const OpCall& call, bool* retry);
+    [[noreturn]] void throw_aborted(const char* name, EpochCause cause, const std::string& where, const std::string& why);
 
     CommConfig config_;
     std::string master_host_;

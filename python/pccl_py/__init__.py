@@ -13,15 +13,17 @@ from .errors import (
     MismatchError,
     PCCLError,
     PeerLostError,
+    SharedStateError,
     TimeoutError,
 )
 from .master import Master, set_log_level
 from .ops import Algorithm, ReduceInfo, ReduceOp
+from .shared_state import SharedState, StateEntry, SyncInfo, SyncStrategy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Master", "Communicator", "AllReduceHandle", "ReduceOp", "ReduceInfo", "Algorithm", "set_log_level",
     "PCCLError", "InvalidArgumentError", "PeerLostError", "TimeoutError", "MasterLostError", "EvictedError",
-    "MismatchError", "ClosedError",
+    "MismatchError", "ClosedError", "SharedStateError", "SharedState", "StateEntry", "SyncInfo", "SyncStrategy",
 ]

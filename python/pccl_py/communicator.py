@@ -13,6 +13,10 @@ from . import _core
 from .buffers import DTYPE_CODES, Buffer, check_output, describe
 from .errors import InvalidArgumentError
 from .ops import Algorithm, ReduceInfo, ReduceOp
+from . import shared_state as _shared_state
+
+# Tags from here up belong to pccl_py's own collectives (shared-state sync); user ops cannot collide.
+MAX_USER_TAG = 0xFFFF0000
 
 _ALGORITHMS = {"auto": Algorithm.AUTO, "ring": Algorithm.RING, "star": Algorithm.STAR}
 # Wire codes, shared with csrc/kernels/codec.hpp.
@@ -123,6 +127,7 @@ class Communicator:
             float(join_timeout), listen_host, listen_port, advertise_host, advertise_port)
         self.master_address = master_address
         self.peer_group = peer_group
+        self._state_revision: Optional[int] = None  # revision of the last successful shared-state sync
 
     # -- membership -------------------------------------------------------------------------
     def connect(self) -> "Communicator":
@@ -171,7 +176,8 @@ class Communicator:
         self.close()
 
     # -- collectives --------------------------------------------------------------------------
-    def _prepare(self, x: Any, out: Any, op: Any, tag: int, algorithm: Any, quantization: Optional[str]) -> tuple:
+    def _prepare(self, x: Any, out: Any, op: Any, tag: int, algorithm: Any, quantization: Optional[str],
+                 max_tag: int = MAX_USER_TAG) -> tuple:
         src = describe(x, "x")
         if out is None:
             if not src.writeable:
@@ -180,8 +186,8 @@ class Communicator:
         else:
             dst = describe(out, "out")
             check_output(src, dst)
-        if not isinstance(tag, int) or not 0 <= tag < 2**32:
-            raise InvalidArgumentError(f"tag must be an int in [0, 2**32), not {tag!r}")
+        if not isinstance(tag, int) or not 0 <= tag < max_tag:
+            raise InvalidArgumentError(f"tag must be an int in [0, 0x{MAX_USER_TAG:X}) (higher tags are reserved), not {tag!r}")
         quant = _quantization(quantization)
         if quant and src.dtype not in ("float32", "float64"):
             raise InvalidArgumentError(
@@ -208,6 +214,11 @@ class Communicator:
         args, _keep = self._prepare(x, out, op, tag, algorithm, quantization)
         return ReduceInfo.from_core(self._core.all_reduce(*args))
 
+    def _internal_all_reduce(self, x: Any, op: ReduceOp, tag: int) -> ReduceInfo:
+        """all_reduce on a reserved tag, for pccl_py's own multi-step collectives."""
+        args, _keep = self._prepare(x, None, op, tag, "auto", None, max_tag=2**32)
+        return ReduceInfo.from_core(self._core.all_reduce(*args))
+
     def all_reduce_async(self, x: Any, *, op: ReduceOp = ReduceOp.SUM, out: Any = None, tag: int = 0,
                          algorithm: Union[str, Algorithm] = "auto",
                          quantization: Optional[str] = None) -> AllReduceHandle:
@@ -215,3 +226,28 @@ class Communicator:
         tags for ops that may run concurrently. Do not touch x or out until wait() returns."""
         args, keep = self._prepare(x, out, op, tag, algorithm, quantization)
         return AllReduceHandle(self._core.all_reduce_async(*args), keep)
+
+    # -- shared state ---------------------------------------------------------------------------
+    def sync_shared_state(self, state: "_shared_state.SharedState",
+                          strategy: Union[str, "_shared_state.SyncStrategy"] = "enforce_popular") -> "_shared_state.SyncInfo":
+        """Makes state bitwise identical across the group at revision previous + 1; every member calls it.
+
+        Each entry's 64-bit content hash is compared; the most popular content at the expected revision
+        wins (send-only peers outrank the vote; ties break by the smallest hash digest), and only entries
+        that differ travel, split across every up-to-date peer. Received bytes are verified against the
+        elected hash in a staging buffer before they are written into state's tensors, and re-fetched
+        from another source on a mismatch. A peer lost mid-sync makes the sync start over with the
+        survivors. In steady state nothing but a few hundred bytes of hashes moves.
+
+        Args:
+            state: the tensors and their revision; revision must be the group's previous revision + 1
+                (any value on the first sync of this communicator's group, to resume from a checkpoint).
+            strategy: "enforce_popular" (default), "receive_only" or "send_only".
+
+        Raises:
+            SharedStateError: this peer is ahead of the group, send-only peers disagree, every peer is
+                receive-only, or no source delivered verified content; tensors are unchanged.
+            MismatchError: members hold different key sets, dtypes or shapes (the message names the key).
+            PeerLostError, TimeoutError, MasterLostError, EvictedError, ClosedError, InvalidArgumentError.
+        """
+        return _shared_state.sync(self, state, strategy)

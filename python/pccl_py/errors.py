@@ -2,7 +2,7 @@
 
 Every failure surfaces as a subclass of :class:`PCCLError`, one class per thing the caller can do
 something about: retry (PeerLostError), wait or raise a timeout (TimeoutError), restart the master
-(MasterLostError), rejoin (EvictedError), fix the program (InvalidArgumentError, MismatchError).
+(MasterLostError), rejoin (EvictedError), fix the program (InvalidArgumentError, MismatchError, SharedStateError).
 The C++ core raises these through explicit error codes, never by parsing messages.
 """
 
@@ -46,6 +46,12 @@ class MismatchError(PCCLError):
     """Peers issued different collectives (count, dtype, op or algorithm) under the same tag."""
 
 
+class SharedStateError(PCCLError):
+    """The peers' shared states cannot be reconciled as asked: a peer is ahead of the group, send-only
+    peers disagree, nobody offers the state, or no source delivered content matching the elected hash.
+    The caller's tensors are unchanged."""
+
+
 class ClosedError(PCCLError):
     """The communicator was closed."""
 
@@ -59,4 +65,5 @@ __all__ = [
     "EvictedError",
     "MismatchError",
     "ClosedError",
+    "SharedStateError",
 ]

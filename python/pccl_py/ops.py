@@ -34,6 +34,7 @@ class ReduceInfo:
     algorithm: str
     epoch: int
     retries: int  # transparent re-runs caused by a graceful leave or a join mid-op
+    rank: int = -1  # this peer's rank in the membership the op ran in
 
     @classmethod
     def from_core(cls, d: dict) -> "ReduceInfo":
