@@ -141,9 +141,12 @@ class Cluster:
         return [p for p in self.peers if p.alive()]
 
     def join(self, n: int, timeout: float = 60.0, **connect_kwargs: Any) -> list[Peer]:
-        """Spawns n peers and admits them all; returns them in rank order."""
-        current = [p for p in self.members() if p.peer_id]
+        """Spawns n peers and admits them all to connect_kwargs' peer_group; returns them in rank order."""
+        group = connect_kwargs.get("peer_group", 0)
+        current = [p for p in self.members() if p.peer_id and getattr(p, "group", 0) == group]
         new = [self.spawn() for _ in range(n)]
+        for p in new:
+            p.group = group
         deadline = time.time() + timeout
         if not current:
             first = new.pop(0)

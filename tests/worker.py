@@ -106,6 +106,9 @@ class Worker:
             return {"ok": True, "conns": tcp_conns()}
         if name == "try_quantized_int":
             return self.try_quantized_int(cmd)
+        # --- added for the shared-state tests ------------------------------------------------------
+        if name == "sync_state":
+            return self.sync_state(cmd)
         raise ValueError(f"unknown command {name}")
 
     def state(self) -> dict:
@@ -159,6 +162,70 @@ class Worker:
             _check_result(reply, cmd, _to_numpy(result), expect)
         return reply
 
+
+    # --- shared-state tests ----------------------------------------------------------------------
+    def sync_state(self, cmd: dict) -> dict:
+        """Builds (or keeps) a SharedState and syncs it cmd["steps"] times (default 1).
+
+        cmd["keys"]: {name: {dtype, count, seed, allow}} - content is generated from seed, so two peers
+        given the same seed hold the same bytes; given when the state is (re)built (cmd["rebuild"] or the
+        first call). cmd["revision"]: revision for a rebuilt state. Before every step after the first the
+        revision is incremented, and with cmd["evolve"] every float entry gets +1 (the same on every peer).
+        cmd["set"]: {name: seed} regenerates those entries before the first step. cmd["lie"]: {name:
+        seed}: this peer reports the hash of that seed's content for the entry while holding other bytes
+        (a corrupt source). cmd["start_at"]: wall-clock start. Reply: per-step infos or the error, plus
+        the final hashes and whether the tensors changed on error.
+        """
+        if cmd.get("rebuild") or not hasattr(self, "shared"):
+            entries = {}
+            for name, k in cmd["keys"].items():
+                arr = make_input(k.get("dtype", "float32"), int(k["count"]), int(k["seed"]), 0, "SUM")
+                entries[name] = pccl_py.StateEntry(arr, allow_content_inequality=bool(k.get("allow", False)))
+            self.shared = pccl_py.SharedState(entries, revision=int(cmd.get("revision", 0)))
+        state = self.shared
+        for name, seed in (cmd.get("set") or {}).items():
+            t = state.entries[name].tensor
+            t[...] = make_input(t.dtype.name, t.size, int(seed), 0, "SUM")
+        lie = cmd.get("lie") or {}
+        if lie:
+            import pccl_py.shared_state as ss
+            honest = ss._hash_buffers
+
+            def lying(bufs):
+                out = honest(bufs)
+                for name, seed in lie.items():
+                    t = state.entries[name].tensor
+                    fake = make_input(t.dtype.name, t.size, int(seed), 0, "SUM")
+                    out[name] = pccl_py._core.content_hash(fake.ctypes.data, fake.nbytes)
+                return out
+            ss._hash_buffers = lying
+        wait = float(cmd.get("start_at", 0)) - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        infos = []
+        before = state.hashes()
+        t0 = time.time()
+        try:
+            for step in range(int(cmd.get("steps", 1))):
+                if step > 0 or cmd.get("advance"):
+                    state.revision += 1
+                    if cmd.get("evolve"):
+                        for e in state.entries.values():
+                            e.tensor[...] += 1
+                    before = state.hashes()
+                info = self.comm.sync_shared_state(state, cmd.get("strategy", "enforce_popular"))
+                infos.append({"revision": info.revision, "tx_bytes": info.tx_bytes, "rx_bytes": info.rx_bytes,
+                              "received_keys": info.received_keys, "retries": info.retries, "rounds": info.rounds,
+                              "failovers": info.failovers,
+                              "elapsed": time.time() - t0})
+        except pccl_py.PCCLError as exc:
+            return {"ok": False, "error": type(exc).__name__, "message": str(exc), "infos": infos, "t0": t0,
+                    "t": time.time(), "unchanged": state.hashes() == before, "revision": state.revision}
+        finally:
+            if lie:
+                ss._hash_buffers = honest
+        return {"ok": True, "infos": infos, "hashes": {k: f"{v:016x}" for k, v in state.hashes().items()},
+                "revision": state.revision, "t0": t0, "t": time.time()}
 
     # --- throughput tests ----------------------------------------------------------------------
     def try_quantized_int(self, cmd: dict) -> dict:

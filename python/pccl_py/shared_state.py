@@ -126,6 +126,8 @@ class SyncInfo:
     rx_bytes: int
     received_keys: List[str] = field(default_factory=list)
     retries: int = 0  # restarts after a peer loss or membership change mid-sync
+    rounds: int = 0   # exchange rounds; more than one means an entry failed verification and was re-fetched
+    failovers: int = 0  # restarts because a peer was lost while bytes were moving
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,8 +203,12 @@ def _split(nbytes: int, parts: int) -> List[Tuple[int, int]]:
     return out
 
 
-def plan_sync(peers: Sequence[PeerMeta], group: int = 0) -> SyncPlan:
-    """Elects the group's content and plans who sends which bytes to whom. Deterministic."""
+def plan_sync(peers: Sequence[PeerMeta], group: int = 0, seen_revision: Optional[int] = None) -> SyncPlan:
+    """Elects the group's content and plans who sends which bytes to whom. Deterministic.
+
+    seen_revision: the revision an earlier attempt of the same sync elected. If every peer holding it
+    has left since, the survivors must not silently elect their own stale content instead.
+    """
     plan = SyncPlan()
     where = f"peer group {group}"
     # 1. Every member must describe the same entries.
@@ -279,6 +285,11 @@ def plan_sync(peers: Sequence[PeerMeta], group: int = 0) -> SyncPlan:
         winners = votes[best]
     representative = min(winners, key=lambda p: p.rank)
     expected = representative.revision
+    if seen_revision is not None and expected < seen_revision:
+        plan.group_error = (SharedStateError, (
+            f"every peer of {where} that held the shared state at revision {seen_revision} left during this sync; "
+            "nobody left can provide it. Your tensors are unchanged; restore the state from a checkpoint"))
+        return plan
     plan.revision = expected
     plan.target_hash = {k.name: k.hash for k in representative.keys}
 
@@ -395,33 +406,38 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
                     "pass writeable arrays or use strategy send_only")
     comm._core.check_usable()
     last: Optional[int] = getattr(comm, "_state_revision", None)
-    tx = rx = 0
     hashes = _hash_buffers(bufs)
+    blob = json.dumps({"peer": comm.peer_id, "keys": [
+        [n, bufs[n].dtype, list(_shape(state.entries[n].tensor)), bufs[n].nbytes, f"{hashes[n]:016x}",
+         state.entries[n].allow_content_inequality] for n in names]}, separators=(",", ":")).encode()
+    blob_arr = np.frombuffer(blob, dtype=np.uint8)
+    row = np.array([1, 0, 0, state.revision, _NO_REVISION if last is None else last, _STRATEGY_CODES[strategy],
+                    len(blob), _core.content_hash(blob_arr.ctypes.data, len(blob))], dtype=np.uint64)
+    tx = rx = failovers = 0
+    seen_revision: Optional[int] = None
+    last_error: Optional[Exception] = None
+    # Restarts: a member died or the membership changed under the sync. A MismatchError can only come
+    # from members that sized a table for different memberships, so it restarts too.
+    restart = (_Restart, PeerLostError, MismatchError)
     for attempt in range(_MAX_ATTEMPTS):
         try:
-            blob = json.dumps({"peer": comm.peer_id, "keys": [
-                [n, bufs[n].dtype, list(_shape(state.entries[n].tensor)), bufs[n].nbytes, f"{hashes[n]:016x}",
-                 state.entries[n].allow_content_inequality] for n in names]}, separators=(",", ":")).encode()
-            blob_arr = np.frombuffer(blob, dtype=np.uint8)
-            row = np.array([1, 0, 0, state.revision, _NO_REVISION if last is None else last,
-                            _STRATEGY_CODES[strategy], len(blob), _core.content_hash(blob_arr.ctypes.data, len(blob))],
-                           dtype=np.uint64)
             peers, epoch, rank = _gather_tables(comm, row, blob)
-            plan = plan_sync(peers, comm.peer_group)
-            if plan.group_error:
-                cls, msg = plan.group_error
-                raise cls(msg)
-            received, t, r = _transfer(comm, plan, peers, epoch, rank, bufs)
-            tx += t
-            rx += r
-        except _Restart:
+        except restart as exc:
+            last_error = exc
             continue
-        except (PeerLostError, MismatchError) as exc:
-            # A member died or the membership changed under the sync; a MismatchError here can only
-            # come from members that sized the tables for different memberships. Start over.
-            if attempt + 1 >= _MAX_ATTEMPTS:
-                raise PeerLostError(f"sync_shared_state: gave up after {_MAX_ATTEMPTS} attempts; last error: {exc}") from exc
+        plan = plan_sync(peers, comm.peer_group, seen_revision)
+        if plan.group_error:
+            cls, msg = plan.group_error
+            raise cls(msg)
+        seen_revision = plan.revision
+        try:
+            received, t, r, rounds = _transfer(comm, plan, peers, epoch, rank, bufs)
+        except restart as exc:
+            failovers += isinstance(exc, PeerLostError)
+            last_error = exc
             continue
+        tx += t
+        rx += r
         if rank in plan.peer_errors:
             raise SharedStateError(plan.peer_errors[rank])
         if received is None:
@@ -432,8 +448,10 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
             _core.copy_bytes(bufs[name].ptr, staging.ctypes.data, bufs[name].nbytes)
         state.revision = plan.revision
         comm._state_revision = plan.revision
-        return SyncInfo(revision=plan.revision, tx_bytes=tx, rx_bytes=rx, received_keys=sorted(received), retries=attempt)
-    raise PeerLostError(f"sync_shared_state: the membership kept changing; gave up after {_MAX_ATTEMPTS} attempts")
+        return SyncInfo(revision=plan.revision, tx_bytes=tx, rx_bytes=rx, received_keys=sorted(received),
+                        retries=attempt, rounds=rounds, failovers=failovers)
+    raise PeerLostError(f"sync_shared_state: the membership kept changing; gave up after {_MAX_ATTEMPTS} attempts "
+                        f"(last error: {last_error}); your tensors are unchanged")
 
 
 def _shape(tensor: Any) -> Tuple[int, ...]:
@@ -441,20 +459,21 @@ def _shape(tensor: Any) -> Tuple[int, ...]:
 
 
 def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, rank: int,
-              bufs: Mapping[str, Buffer]) -> Tuple[Optional[Dict[str, np.ndarray]], int, int]:
+              bufs: Mapping[str, Buffer]) -> Tuple[Optional[Dict[str, np.ndarray]], int, int, int]:
     """Runs the exchange rounds. Returns (verified staging buffers of this peer, or None if some entry
-    could not be verified; tx bytes; rx bytes)."""
+    could not be verified; tx bytes; rx bytes; rounds run)."""
     sizes = {k.name: k.nbytes for k in peers[0].keys}
     mine = plan.receives.get(rank, [])
     staging = {name: np.empty(sizes[name], dtype=np.uint8) for name in mine}
     verified: Dict[str, np.ndarray] = {}
     failed: Dict[int, List[str]] = {}
-    tx = rx = 0
+    tx = rx = rounds = 0
     max_rounds = 1 + max((len(s) for s in plan.sources.values()), default=0)
     for round_index in range(max_rounds):
         transfers = plan_transfers(plan, sizes, round_index, failed)
         if not transfers:
             break
+        rounds += 1
         sends = [(t.dst, t.slot, bufs[t.key].ptr + t.offset, t.nbytes) for t in transfers if t.src == rank]
         recvs = [(t.src, t.slot, staging[t.key].ctypes.data + t.offset, t.nbytes) for t in transfers if t.dst == rank]
         result = comm._core.exchange(STATE_TAG, epoch, _plan_digest(transfers, round_index), len(transfers), sends, recvs)
@@ -478,8 +497,8 @@ def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, 
         if not failed:
             break
     if any(name not in verified for name in mine):
-        return None, tx, rx
-    return verified, tx, rx
+        return None, tx, rx, rounds
+    return verified, tx, rx, rounds
 
 
 __all__ = ["SharedState", "StateEntry", "SyncInfo", "SyncStrategy", "plan_sync", "STATE_TAG"]
