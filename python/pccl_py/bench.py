@@ -54,6 +54,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .bench_report import compare, fmt_size, format_report, write_plot
+
 _DTYPES = ["float32", "float64", "float16", "int32", "int64", "int8", "uint8"]
 _DEFAULT_SIZES = [1024 * 4**i for i in range(10)]  # 1 KiB .. 256 MiB by 4x
 _ITER_BUDGET_BYTES = 1 << 30  # big sizes get fewer iterations: iters * size stays under 1 GiB...
@@ -88,23 +90,6 @@ def parse_sizes(text: str) -> List[int]:
     if not sizes:
         raise ValueError("--sizes is empty")
     return sizes
-
-
-def fmt_size(n: int) -> str:
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale} {unit}"
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
-def fmt_time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} us"
-    if seconds < 1.0:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.3f} s"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,7 +129,9 @@ class Result:
             self.median_s, self.p10_s, self.p90_s = float(med), float(p10), float(p90)
             self.algbw_GBps = self.size_bytes / self.median_s / 1e9
             n = self.world_size
-            self.busbw_GBps = self.algbw_GBps * (2.0 * (n - 1) / n if n > 0 else 0.0)
+            # A state sync's "bus" is the newcomer's link: it receives every byte once.
+            factor = 1.0 if self.backend == "state" else (2.0 * (n - 1) / n if n > 0 else 0.0)
+            self.busbw_GBps = self.algbw_GBps * factor
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,16 +209,59 @@ class _Gloo:
         self.dist.destroy_process_group()
 
 
+class _StateSync:
+    """sync_shared_state of one entry to a newcomer: the last rank starts every iteration behind, with
+    zeros, and receives the entry from all other peers (send-only). prepare() resets it untimed."""
+
+    name = "state"
+
+    def __init__(self, comm: Any, rank: int, world: int, dtype: str) -> None:
+        import pccl_py  # noqa: PLC0415
+
+        self.pccl, self.comm, self.dtype = pccl_py, comm, dtype
+        self.newcomer = rank == world - 1
+        self.strategy = "receive_only" if self.newcomer else "send_only"
+        self.last_algorithm = "p2p"
+        self._token = np.zeros(1, dtype=np.float32)
+        self._revision = 0  # the group's revision, one step per sync across all sizes
+
+    def alloc(self, count: int) -> Any:
+        value = 0 if self.newcomer else 1
+        return self.pccl.SharedState({"w": np.full(count, value, dtype=self.dtype)}, revision=0)
+
+    def prepare(self, state: Any) -> None:
+        self._revision += 1
+        if self.newcomer:
+            state.entries["w"].tensor[...] = 0
+            state.revision = 0
+        else:
+            state.revision = self._revision
+
+    def barrier(self) -> None:
+        self.comm.all_reduce(self._token)
+
+    def op(self, state: Any) -> None:
+        info = self.comm.sync_shared_state(state, self.strategy)
+        if self.newcomer and info.received_keys != ["w"]:
+            raise BenchError(f"the newcomer did not receive the state: {info}")
+
+    def close(self, graceful: bool = True) -> None:
+        pass
+
+
 def _measure(backend: Any, count: int, warmup: int, iters: int, tick: Callable[[], None]) -> Tuple[np.ndarray, float]:
     """This peer's per-iteration wall times and its CPU utilisation over the timed ops."""
     x = backend.alloc(count)
+    prepare = getattr(backend, "prepare", lambda x: None)  # untimed per-iteration setup
     for _ in range(warmup):
+        prepare(x)
         backend.barrier()
         backend.op(x)
         tick()
     times = np.empty(iters, dtype=np.float64)
     cpu = 0.0
     for i in range(iters):
+        prepare(x)
         backend.barrier()
         c0 = time.process_time()
         t0 = time.perf_counter()
@@ -286,6 +316,10 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
         emit({"type": "joined", "rank": rank, "world_size": world})
         backends.append(_Pccl(comm, args.dtype, args.algorithm,
                               None if args.quantization == "none" else args.quantization))
+        if args.shared_state:
+            if world < 2:
+                raise BenchError("--shared-state needs at least 2 peers (holders and a newcomer)")
+            backends.append(_StateSync(comm, rank, world, args.dtype))
         if args.compare == "gloo":
             if rank == 0:
                 emit({"type": "status", "message": "importing torch, starting gloo"})
@@ -362,6 +396,8 @@ def _worker_argv(args: argparse.Namespace, master: str, world: int, listen_port:
         argv.append("--fixed-iters")
     if args.compare:
         argv += ["--compare", args.compare]
+    if args.shared_state:
+        argv.append("--shared-state")
     return argv
 
 
@@ -560,101 +596,6 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# output
-# ------------------------------------------------------------------------------------------------
-def compare(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """pccl vs gloo per size: busbw ratio and median latency ratio."""
-    by = {(r["backend"], r["size_bytes"]): r for r in results}
-    rows = []
-    for (backend, size), p in by.items():
-        g = by.get(("gloo", size))
-        if backend != "pccl" or g is None:
-            continue
-        rows.append({"size_bytes": size,
-                     "busbw_ratio": p["busbw_GBps"] / g["busbw_GBps"] if g["busbw_GBps"] > 0 else float("nan"),
-                     "latency_ratio": p["median_s"] / g["median_s"] if g["median_s"] > 0 else float("nan")})
-    return rows
-
-
-def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
-    res = data["results"]
-    n = data["world_size"]
-    lines = [f"pccl_py all-reduce benchmark: {n} peers, {args.dtype}, SUM in place, algorithm={args.algorithm}, "
-             f"quantization={args.quantization}, "
-             f"{args.connections} connection(s) per peer",
-             "time = slowest peer per iteration; algbw = bytes/time; busbw = algbw*2(n-1)/n; "
-             "cpu = process CPU/wall per peer, averaged (100% = one core)", ""]
-    host = data.get("host") or {}
-    if host and host["loadavg_start"][0] > 0.5:
-        lines.insert(2, f"warning: 1-min load average was {host['loadavg_start'][0]:.1f} before the run "
-                        f"({host['cpus']} CPUs): other processes competed for the CPU, numbers are noisy")
-    wan = data.get("wan")
-    if wan:
-        st = wan["relay"]
-        relayed = st["bytes_forward"] + st["bytes_backward"]
-        lines.insert(1, f"through the WAN relay: RTT {wan['rtt_ms']:g} ms, {wan['flow_mbit']:g} Mbit/s per flow, "
-                        f"{wan['link_mbit']:g} Mbit/s per link (0 = unlimited): ideal min(K x flow, link) = "
-                        f"{wan['ideal_mbit'] or math.inf:g} Mbit/s per direction; wan% = busbw / ideal")
-        lines.append(f"relay: {st['connections']} connections, {relayed / 1e9:.2f} GB relayed, thread CPU "
-                     f"{st['cpu_s']:.2f} s over {st['wall_s']:.1f} s ({st['cpu_util'] * 100:.1f}% of one core; "
-                     f"{st['cpu_s'] / max(relayed, 1) * 1e9:.2f} s per GB)"
-                     + (f"; relay FAILED: {st['error']}" if st.get("error") else ""))
-        lines.append("")
-    hdr = (f"{'size':>9}  {'backend':<7} {'algo':<5} {'iters':>5} {'median':>10} {'p10':>10} {'p90':>10} "
-           f"{'algbw GB/s':>11} {'busbw GB/s':>11} {'cpu':>6}" + (f" {'Mbit/s':>8} {'wan%':>6}" if wan else ""))
-    lines += [hdr, "-" * len(hdr)]
-    for r in res:
-        line = (f"{fmt_size(r['size_bytes']):>9}  {r['backend']:<7} {r['algorithm']:<5} {r['iters']:>5} "
-                f"{fmt_time(r['median_s']):>10} {fmt_time(r['p10_s']):>10} {fmt_time(r['p90_s']):>10} "
-                f"{r['algbw_GBps']:>11.3f} {r['busbw_GBps']:>11.3f} {r['cpu_util'] * 100:>5.0f}%")
-        if wan:
-            mbit = r["busbw_GBps"] * 8e3
-            ideal = wan["ideal_mbit"]
-            line += f" {mbit:>8.1f} {mbit / ideal * 100 if ideal else float('nan'):>5.1f}%"
-        lines.append(line)
-    rows = data.get("comparison") or []
-    if rows:
-        lines += ["", "pccl vs gloo (busbw ratio > 1: pccl faster; latency ratio < 1: pccl faster)",
-                  f"{'size':>9}  {'busbw pccl/gloo':>16} {'latency pccl/gloo':>18}"]
-        slower = []
-        for c in rows:
-            lines.append(f"{fmt_size(c['size_bytes']):>9}  {c['busbw_ratio']:>15.2f}x {c['latency_ratio']:>17.2f}x")
-            if c["latency_ratio"] > 1.0:
-                slower.append(f"{fmt_size(c['size_bytes'])} ({c['latency_ratio']:.2f}x gloo's time, "
-                              f"{(1 - c['busbw_ratio']) * 100:.0f}% less busbw)")
-        lines.append("")
-        lines.append("pccl slower than gloo at: " + ", ".join(slower) if slower else "pccl is not slower than gloo "
-                     "at any size measured")
-    return "\n".join(lines)
-
-
-def write_plot(data: Dict[str, Any], path: str) -> None:
-    import matplotlib  # noqa: PLC0415 - optional dependency, checked before the sweep
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, (ax_bw, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for backend in sorted({r["backend"] for r in data["results"]}):
-        rs = [r for r in data["results"] if r["backend"] == backend]
-        sizes = [r["size_bytes"] for r in rs]
-        ax_bw.plot(sizes, [r["busbw_GBps"] for r in rs], marker="o", label=backend)
-        ax_lat.plot(sizes, [r["median_s"] * 1e6 for r in rs], marker="o", label=backend)
-        ax_lat.fill_between(sizes, [r["p10_s"] * 1e6 for r in rs], [r["p90_s"] * 1e6 for r in rs], alpha=0.2)
-    for ax, ylabel in ((ax_bw, "busbw (GB/s)"), (ax_lat, "median latency (us), p10-p90 shaded")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("message size (bytes)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    ax_lat.set_yscale("log")
-    fig.suptitle(f"all-reduce, {data['world_size']} peers, {data['config']['dtype']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------------
 def _wan_profile(text: str) -> Any:
@@ -688,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default="auto", choices=["auto", "ring", "star"], help="pccl algorithm (default auto)")
     p.add_argument("--quantization", default="none", choices=["none", "fp16", "bf16", "q8"],
                    help="pccl wire quantization for float32/float64 (default none)")
+    p.add_argument("--shared-state", action="store_true",
+                   help="also time sync_shared_state of each size to a newcomer (the last rank) from the other "
+                        "peers, and report its throughput against pccl's all-reduce busbw")
     p.add_argument("--compare", choices=["gloo"], help="also run torch.distributed gloo on the same processes and sizes")
     p.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot busbw and latency vs size (needs matplotlib)")
@@ -789,7 +733,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "algorithm": args.algorithm, "quantization": args.quantization,
                       "connections_per_peer": args.connections,
                       "sizes": args.sizes, "iters": args.iters, "warmup": args.warmup,
-                      "fixed_iters": args.fixed_iters, "compare": args.compare,
+                      "fixed_iters": args.fixed_iters, "compare": args.compare, "shared_state": args.shared_state,
                       "wan": [args.wan.rtt_ms, args.wan.flow_mbit, args.wan.link_mbit] if args.wan else None}
     data["host"] = {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())}
     data["comparison"] = compare(data["results"])
