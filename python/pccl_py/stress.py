@@ -5,7 +5,9 @@ failures at arbitrary moments, overlapping each other, for hours. This tool runs
 ``--peers`` worker processes (``pccl_py.stress_worker``) on localhost and, for ``--duration``
 seconds, every 0.5-2 s does one of: spawn a peer, SIGKILL a peer, SIGSTOP a peer (SIGCONT later),
 ask a peer to leave gracefully, or (``--master-restart``) kill -9 the master and restart it on the
-same port. It never leaves fewer than 2 running members. The workers prove every result themselves
+same port. The first events cover every kind once, in a seeded order; after that kinds are drawn
+at random (biased towards spawns while fewer than ``--peers`` run). It never leaves fewer than 2
+running members. The workers prove every result themselves
 (see ``stress_worker``) and report over stdout; this process only schedules, collects and judges.
 
 Seeds: ``--seed`` fixes the schedule (event kinds, times, freeze lengths) and the tensors. Which
@@ -166,6 +168,8 @@ class Stress:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.rng = random.Random(args.seed)
+        self.cover = [k for k in EVENT_KINDS if k != "master_restart" or args.master_restart]
+        self.rng.shuffle(self.cover)
         self.log_dir = args.log_dir or tempfile.mkdtemp(prefix="pccl-stress-")
         os.makedirs(self.log_dir, exist_ok=True)
         self.master: Optional[MasterProc] = None
@@ -334,6 +338,13 @@ class Stress:
             kind = "spawn"
         if kind == "spawn" and not can_spawn:
             kind = "kill" if can_remove else ""
+        if self.cover:
+            # Every kind once first (in a seeded order), so that even a short run exercises them all; a
+            # kind that is not possible right now waits for a later event.
+            possible = [k for k in self.cover if (k == "spawn" and can_spawn) or (k != "spawn" and can_remove)]
+            if possible:
+                kind = possible[0]
+                self.cover.remove(kind)
         now = _now()
         if not kind:
             self.skipped += 1
