@@ -465,9 +465,11 @@ class Stress:
                         break
             return best
 
-        def end_of_stall(at: float, exclude: int) -> float:
+        def end_of_stall(at: float, exclude: int) -> Optional[float]:
+            # Such an event always stalls the others for a while (a frozen member holds up every op); no
+            # gap around it means the run ended first.
             ends = [end for w in everyone if w.slot != exclude for start, end in w.gaps if start <= at <= end]
-            return (min(ends) - at) if ends else 0.0
+            return min(ends) if ends else None
 
         for e in self.events:
             kind = e.kind
@@ -477,9 +479,9 @@ class Stress:
                 t = first_membership(e.t, e.slot, False)
             elif kind == "stop":
                 kind = "stop_evicted" if e.evicted else "stop_resumed"
-                t = first_membership(e.t, e.slot, False) if e.evicted else e.t + end_of_stall(e.t, e.slot)
+                t = first_membership(e.t, e.slot, False) if e.evicted else end_of_stall(e.t, e.slot)
             else:
-                t = e.t + end_of_stall(e.t, -1)
+                t = end_of_stall(e.t, -1)
             if t is None:
                 unobserved[kind] += 1
                 continue

@@ -234,9 +234,14 @@ class Worker:
             kwargs["master_grace"] = a.master_grace
         return self.pccl.Communicator(a.master, **kwargs)
 
-    def join(self) -> None:
-        """(Re)joins with a new Communicator; retries a failed admission a few times."""
-        self.last_ok = None  # waiting for admission is not a stall of the group
+    def join(self, stall: bool = False) -> None:
+        """(Re)joins with a new Communicator; retries a failed admission a few times.
+
+        stall: the wait counts as a stall of this peer (after a master restart the whole group is
+        held up); otherwise waiting for admission (first join, after an eviction) does not.
+        """
+        if not stall:
+            self.last_ok = None
         self.epoch_members.clear()
         self.last_members = None
         for attempt in range(20):
@@ -452,7 +457,8 @@ class Worker:
                     self.emit("master_lost", message=str(exc)[:300])
                     if not self.args.master_restart:
                         raise Fatal(f"MasterLostError without a master restart: {exc}") from exc
-                    self.join()
+                    # A core with master_grace rides out the restart; this one did not: rejoin.
+                    self.join(stall=True)
             self._close()
             self.stats()
             self.emit("left")
