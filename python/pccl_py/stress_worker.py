@@ -424,6 +424,12 @@ class Worker:
         self.c["state_rx"] += int(getattr(info, "rx_bytes", 0))
         revision = int(getattr(info, "revision", self.state_revision))
         self.state_revision = revision
+        if hasattr(state, "__getitem__"):
+            # Whether SharedState writes into our arrays or into copies of its own, read back what it holds.
+            for key, mine in (("w", self.state_w), ("meta", self.state_meta)):
+                held = np.asarray(state[key])
+                if held is not mine:
+                    mine[...] = held
         if not np.array_equal(self.state_w, state_expected(self.seed, revision)) or int(self.state_meta[0]) != revision:
             self.wrong(step, f"shared state content does not match its revision {revision}")
         hashes = state.hashes()
