@@ -46,6 +46,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ._process import die_with_parent
+
 ELEMENTS = 32_768            # 256 KiB of float64: above the 64 KiB STAR limit, so AUTO runs the ring
 OP_TIMEOUT = 10.0            # Communicator(timeout=): per all_reduce / update_topology
 HEARTBEAT_TIMEOUT = 3.0      # Communicator(heartbeat_timeout=)
@@ -103,20 +105,6 @@ def sha256(a: np.ndarray) -> str:
 # ------------------------------------------------------------------------------------------------
 # The peer process: a Communicator driven by commands from the parent over a socketpair.
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Linux: get SIGKILLed if the parent dies, so that even `kill -9 <demo>` leaves no peers behind."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 class _WelcomeWatcher:
     """Reports (once) that the master has welcomed this peer, while connect() blocks in another thread.
 
@@ -159,7 +147,7 @@ class _WelcomeWatcher:
 def peer_main(index: int, master_address: str, conn: Connection, seed: int, log_level: str, parent_pid: int) -> int:
     """A peer process (``--peer``): runs the parent's commands; replies with dicts that have "event" and "index"."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns our lifetime
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
 
     import pccl_py
 

@@ -1,0 +1,761 @@
+"""``pccl-stress``: a seeded churn run against a master and self-verifying peers, with a pass/fail report.
+
+Why this exists: the unit tests each provoke one failure at a chosen moment. Real groups see
+failures at arbitrary moments, overlapping each other, for hours. This tool runs a master and
+``--peers`` worker processes (``pccl_py.stress_worker``) on localhost and, for ``--duration``
+seconds, every 0.5-2 s does one of: spawn a peer, SIGKILL a peer, SIGSTOP a peer (SIGCONT later),
+ask a peer to leave gracefully, or (``--master-restart``) kill -9 the master and restart it on the
+same port. The first events cover every kind once, in a seeded order; after that kinds are drawn
+at random (biased towards spawns while fewer than ``--peers`` run). It never leaves fewer than 2
+running members. The workers prove every result themselves
+(see ``stress_worker``) and report over stdout; this process only schedules, collects and judges.
+
+Seeds: ``--seed`` fixes the schedule (event kinds, times, freeze lengths) and the tensors. Which
+peer an event hits is drawn from the same stream but depends on who is a member at that moment,
+so two runs with one seed hit the same kinds at the same times, not always the same peers.
+
+Measures, all from worker reports (times are CLOCK_MONOTONIC, shared by the processes on Linux):
+
+- recovery time per event kind, "first reflecting op on any survivor": from the event to the first
+  successful, verified op on any other peer whose decoded contributor set reflects the event (the
+  victim is gone; the newcomer is in). A freeze shorter than the eviction, and a master restart,
+  change no membership; for them it is the end of the survivors' stall that covers the event.
+- longest stall: the longest gap between two successful ops of one peer, over all peers, leaving
+  out gaps that overlap the peer's own freeze (and the wait for its own admission), plus the time
+  since each running member's last progress at the end.
+
+Exit code 1 on any wrong result, divergence, crash of a peer the run did not kill, stall longer
+than heartbeat_timeout + 2 s, or a run that completed no ops; the reasons are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from .stress_worker import MAX_SLOTS
+
+EVENT_KINDS = ("spawn", "kill", "stop", "leave", "master_restart")
+EVENT_WEIGHTS = {"spawn": 3.0, "kill": 2.0, "stop": 1.0, "leave": 1.0, "master_restart": 0.5}
+LEAVE_LIMIT = 30.0        # a peer asked to leave must have exited by then
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _package_env() -> dict:
+    """Our environment, with this package importable by children even when it is not installed."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
+    return env
+
+
+@dataclass
+class WorkerProc:
+    """One worker process as the orchestrator sees it."""
+
+    slot: int
+    proc: subprocess.Popen
+    log_path: str
+    spawned_at: float
+    state: str = "starting"            # starting -> member -> (stopped <-> member) -> leaving -> gone
+    expected_exit: bool = False        # the orchestrator killed it or asked it to leave
+    peer_id: int = 0
+    joined_at: Optional[float] = None
+    stops: list = field(default_factory=list)        # [t_stop, t_cont or None]
+    members: list = field(default_factory=list)      # (t, frozenset of slots) on every change
+    gaps: list = field(default_factory=list)         # (start, end) between successful ops
+    stats: dict = field(default_factory=dict)
+    peak_fds: int = 0
+    last_progress: Optional[float] = None
+    fatal: Optional[str] = None
+    left_at: Optional[float] = None
+    leave_deadline: Optional[float] = None
+    exit_code: Optional[int] = None
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class MasterProc:
+    """``python -m pccl_py.master`` on loopback; restartable on the same port."""
+
+    def __init__(self, log_path: str, port: int = 0) -> None:
+        self.log_path = log_path
+        self.port = port
+        self.proc: Optional[subprocess.Popen] = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pccl_py.master", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--log-level", "info"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                env=_package_env(), text=True, start_new_session=True)
+        # A restart may race the old socket's release; the core binds with SO_REUSEADDR, so one try
+        # normally suffices, but a bounded wait on the first line keeps a failure visible.
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.kill()
+            raise RuntimeError(f"the master did not start (see {self.log_path}): {line!r}")
+        self.address = line.strip().rsplit(" ", 1)[-1]
+        self.port = int(self.address.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Event:
+    kind: str
+    t: float
+    slot: int = -1          # victim or newcomer
+    t_end: Optional[float] = None   # stop: when SIGCONT was sent
+    evicted: bool = False   # stop: the frozen peer was evicted
+    recovery: Optional[float] = None
+
+
+def _percentiles(values: list) -> dict:
+    if not values:
+        return {"count": 0}
+    v = sorted(values)
+
+    def pct(p: float) -> float:
+        return round(v[min(len(v) - 1, int(p * (len(v) - 1) + 0.5))], 3)
+
+    return {"count": len(v), "min": round(v[0], 3), "p50": pct(0.5), "p90": pct(0.9), "max": round(v[-1], 3),
+            "mean": round(sum(v) / len(v), 3)}
+
+
+class Stress:
+    """The orchestrator: schedule, collect, judge. See the module docstring."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.cover = [k for k in EVENT_KINDS if k != "master_restart" or args.master_restart]
+        self.rng.shuffle(self.cover)
+        self.log_dir = args.log_dir or tempfile.mkdtemp(prefix="pccl-stress-")
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.master: Optional[MasterProc] = None
+        self.workers: dict[int, WorkerProc] = {}     # live or not yet reaped, by slot
+        self.finished: list[WorkerProc] = []          # reaped
+        self.free_slots: deque = deque(range(MAX_SLOTS))  # FIFO: a freed slot is reused as late as possible
+        self.inbox: "queue.Queue[tuple[WorkerProc, Optional[dict]]]" = queue.Queue()
+        self.events: list[Event] = []
+        self.counts: Counter = Counter()
+        self.skipped = 0
+        self.wrong: list[dict] = []
+        self.divergences: list[dict] = []
+        self.state_divergences: list[dict] = []
+        self.crashes: list[str] = []
+        self.notes: list[str] = []
+        self.pending_cont: list[tuple[float, WorkerProc, Event]] = []
+        self.t0 = _now()
+        self.t_end = self.t0
+        self.spawned = 0
+        self.last_event = ""
+        self.has_state: Optional[bool] = None
+
+    # -- processes --------------------------------------------------------------------------------
+    def spawn(self) -> WorkerProc:
+        slot = self.free_slots.popleft()
+        a = self.args
+        log_path = os.path.join(self.log_dir, f"worker{self.spawned:04d}-slot{slot}.log")
+        self.spawned += 1
+        cmd = [sys.executable, "-m", "pccl_py.stress_worker", "--master", self.master.address, "--slot", str(slot),
+               "--seed", str(a.seed), "--connections", str(a.connections), "--timeout", str(a.timeout),
+               "--heartbeat-timeout", str(a.heartbeat_timeout), "--step-sleep", str(a.step_sleep),
+               "--parent-pid", str(os.getpid()), "--log-level", a.log_level]
+        if a.master_restart:
+            cmd += ["--master-restart", "--master-grace", str(a.master_grace)]
+        with open(log_path, "ab") as log:
+            # A session of its own: a Ctrl-C in the terminal reaches only us, and we kill the workers.
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                    env=_package_env(), text=True, bufsize=1, start_new_session=True)
+        w = WorkerProc(slot, proc, log_path, _now())
+        self.workers[slot] = w
+        threading.Thread(target=self._read, args=(w,), name=f"reader-{slot}", daemon=True).start()
+        return w
+
+    def _read(self, w: WorkerProc) -> None:
+        assert w.proc.stdout is not None
+        for line in w.proc.stdout:
+            try:
+                self.inbox.put((w, json.loads(line)))
+            except json.JSONDecodeError:
+                pass
+        self.inbox.put((w, None))
+
+    def kill_all(self) -> None:
+        """SIGKILL and reap, by PID, every process this run started. Never raises."""
+        for w in list(self.workers.values()):
+            if w.alive():
+                w.expected_exit = True
+                w.signal(signal.SIGKILL)
+            try:
+                w.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.notes.append(f"could not reap worker slot {w.slot} (pid {w.pid})")
+        if self.master is not None:
+            self.master.kill()
+
+    def leftovers(self) -> list[int]:
+        pids = [w.pid for w in self.workers.values() if w.alive()]
+        if self.master is not None and self.master.alive():
+            pids.append(self.master.proc.pid)
+        return pids
+
+    # -- messages ---------------------------------------------------------------------------------
+    def drain(self, timeout: float = 0.0) -> None:
+        deadline = _now() + timeout
+        while True:
+            try:
+                w, msg = self.inbox.get(timeout=max(0.0, deadline - _now()))
+            except queue.Empty:
+                return
+            self.handle(w, msg)
+            if timeout and _now() >= deadline:
+                timeout = 0.0
+                deadline = _now()
+
+    def handle(self, w: WorkerProc, msg: Optional[dict]) -> None:
+        if msg is None:
+            self.reap(w)
+            return
+        ev = msg.get("ev")
+        t = msg.get("t", _now())
+        if ev == "started":
+            if self.has_state is None:
+                self.has_state = bool(msg.get("has_state"))
+        elif ev == "joined":
+            w.peer_id = msg.get("peer_id", 0)
+            if w.state == "starting":
+                w.state = "member"
+            w.joined_at = t
+        elif ev == "members":
+            w.members.append((t, frozenset(msg["slots"])))
+        elif ev == "gap":
+            w.gaps.append((msg["start"], msg["end"]))
+        elif ev == "stats":
+            if msg.get("ops_ok", 0) > w.stats.get("ops_ok", 0):
+                w.last_progress = t
+            w.stats = msg
+            w.peak_fds = max(w.peak_fds, int(msg.get("fds", 0)))
+        elif ev == "wrong":
+            self.wrong.append(msg)
+        elif ev == "divergence":
+            self.divergences.append(msg)
+        elif ev == "state_divergence":
+            self.state_divergences.append(msg)
+        elif ev == "evicted":
+            w.last_progress = None
+            if w.state == "member":
+                w.state = "starting"  # it rejoins as a new peer
+            for e in reversed(self.events):
+                if e.kind == "stop" and e.slot == w.slot:
+                    e.evicted = True
+                    break
+            else:
+                self.notes.append(f"slot {w.slot} was evicted without being frozen: {msg.get('message')}")
+        elif ev == "fatal":
+            w.fatal = f"{msg.get('error')}: {msg.get('message')}"
+        elif ev == "left":
+            w.left_at = t
+
+    def reap(self, w: WorkerProc) -> None:
+        try:
+            w.exit_code = w.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            w.signal(signal.SIGKILL)
+            w.exit_code = w.proc.wait(timeout=10)
+        if not w.expected_exit:
+            why = w.fatal or f"exit code {w.exit_code}"
+            self.crashes.append(f"worker slot {w.slot} (pid {w.pid}) died unexpectedly: {why}; log: {w.log_path}")
+        elif w.state == "leaving" and w.exit_code != 0:
+            why = w.fatal or f"exit code {w.exit_code}"
+            self.crashes.append(f"worker slot {w.slot} (pid {w.pid}) failed while leaving: {why}; log: {w.log_path}")
+        w.state = "gone"
+        self.workers.pop(w.slot, None)
+        self.finished.append(w)
+        self.free_slots.append(w.slot)
+
+    # -- events -----------------------------------------------------------------------------------
+    def active(self) -> list[WorkerProc]:
+        """Running members that can take part in ops: admitted, not frozen, not leaving."""
+        return sorted((w for w in self.workers.values() if w.state == "member" and w.alive()), key=lambda w: w.slot)
+
+    def next_event(self) -> None:
+        # Draw the same numbers whatever happens, so the schedule depends on the seed alone.
+        kinds = [k for k in EVENT_KINDS if k != "master_restart" or self.args.master_restart]
+        kind = self.rng.choices(kinds, weights=[EVENT_WEIGHTS[k] for k in kinds])[0]
+        victim_u = self.rng.random()
+        bias_u = self.rng.random()
+        freeze = self.rng.uniform(0.3, 2.5) * self.args.heartbeat_timeout
+        active = self.active()
+        population = len([w for w in self.workers.values() if w.state in ("starting", "member", "stopped")])
+        starting = len([w for w in self.workers.values() if w.state == "starting"])
+        can_remove = len(active) >= 3
+        can_spawn = population < self.args.peers + 2 and starting < 3 and self.free_slots
+        if kind in ("kill", "stop", "leave") and population < self.args.peers and bias_u < 0.5:
+            kind = "spawn"  # drift back towards --peers, or churn would mostly run with the minimum
+        if kind in ("kill", "stop", "leave") and not can_remove:
+            kind = "spawn"
+        if kind == "spawn" and not can_spawn:
+            kind = "kill" if can_remove else ""
+        if self.cover:
+            # Every kind once first (in a seeded order), so that even a short run exercises them all; a
+            # kind that is not possible right now waits for a later event.
+            possible = [k for k in self.cover if (k == "spawn" and can_spawn) or (k != "spawn" and can_remove)]
+            if possible:
+                kind = possible[0]
+                self.cover.remove(kind)
+        now = _now()
+        if not kind:
+            self.skipped += 1
+            return
+        victim = active[int(victim_u * len(active))] if kind in ("kill", "stop", "leave") else None
+        e = Event(kind, now)
+        if kind == "spawn":
+            e.slot = self.spawn().slot
+        elif kind == "kill":
+            assert victim is not None
+            e.slot = victim.slot
+            victim.expected_exit = True
+            victim.state = "killed"
+            victim.signal(signal.SIGKILL)
+        elif kind == "stop":
+            assert victim is not None
+            e.slot = victim.slot
+            victim.state = "stopped"
+            victim.stops.append([now, None])
+            victim.signal(signal.SIGSTOP)
+            self.pending_cont.append((now + freeze, victim, e))
+        elif kind == "leave":
+            assert victim is not None
+            e.slot = victim.slot
+            victim.expected_exit = True
+            victim.state = "leaving"
+            victim.signal(signal.SIGTERM)
+            victim.leave_deadline = now + LEAVE_LIMIT
+        elif kind == "master_restart":
+            assert self.master is not None
+            self.master.kill()
+            time.sleep(0.2)
+            self.master.start()
+        self.events.append(e)
+        self.counts[kind] += 1
+        self.last_event = f"{kind}" + (f" slot {e.slot}" if e.slot >= 0 else "") + f" at {now - self.t0:.1f} s"
+
+    def service(self) -> None:
+        """Time-driven chores: SIGCONT frozen peers when due, enforce the leave deadline."""
+        now = _now()
+        for item in list(self.pending_cont):
+            due, w, e = item
+            if now >= due:
+                self.pending_cont.remove(item)
+                e.t_end = now
+                if w.alive():
+                    w.signal(signal.SIGCONT)
+                    w.stops[-1][1] = now
+                    if w.state == "stopped":
+                        w.state = "member"
+        for w in list(self.workers.values()):
+            if w.state == "leaving" and w.alive() and w.leave_deadline and now > w.leave_deadline:
+                self.crashes.append(f"worker slot {w.slot} (pid {w.pid}) did not leave within {LEAVE_LIMIT:.0f} s")
+                w.signal(signal.SIGKILL)
+
+    # -- run --------------------------------------------------------------------------------------
+    def run(self, progress: "Progress") -> None:
+        a = self.args
+        self.master = MasterProc(os.path.join(self.log_dir, "master.log"))
+        for _ in range(a.peers):
+            self.spawn()
+        # Let the initial group form before the churn starts, so the schedule's first events hit members.
+        form_deadline = _now() + 60.0
+        while len(self.active()) < min(a.peers, 3) and _now() < form_deadline:
+            self.drain(0.1)
+        self.t0 = _now()
+        deadline = self.t0 + a.duration
+        next_at = self.t0 + self.rng.uniform(a.min_interval, a.max_interval)
+        while _now() < deadline:
+            self.drain(min(0.1, max(0.0, next_at - _now())))
+            self.service()
+            if _now() >= next_at:
+                self.next_event()
+                next_at = _now() + self.rng.uniform(a.min_interval, a.max_interval)
+            progress.update(self)
+        self.t_end = _now()
+        self.teardown()
+
+    def teardown(self) -> None:
+        """Thaw the frozen, kill those still joining, ask every member to leave, then kill the rest."""
+        for due, w, e in self.pending_cont:
+            e.t_end = _now()
+            if w.alive():
+                w.signal(signal.SIGCONT)
+                w.stops[-1][1] = _now()
+        self.pending_cont.clear()
+        self.drain(0.0)
+        end_progress = {w.slot: w.last_progress for w in self.workers.values() if w.state == "member"}
+        self.open_stalls = {s: self.t_end - t for s, t in end_progress.items()
+                            if t is not None and self.workers[s].joined_at is not None}
+        for w in list(self.workers.values()):
+            w.expected_exit = True
+            if w.state in ("starting", "stopped", "killed"):
+                w.signal(signal.SIGKILL)
+            elif w.alive():
+                w.state = "leaving"
+                w.signal(signal.SIGTERM)
+        limit = _now() + self.args.timeout + 10
+        while self.workers and _now() < limit:
+            self.drain(0.1)
+        self.kill_all()
+        self.drain(0.5)
+
+    # -- judgement --------------------------------------------------------------------------------
+    def recovery_times(self) -> dict:
+        everyone = list(self.finished) + list(self.workers.values())
+        by_kind: dict[str, list] = {}
+        unobserved: Counter = Counter()
+
+        def first_membership(after: float, slot: int, want_in: bool) -> Optional[float]:
+            best = None
+            for w in everyone:
+                if w.slot == slot and not want_in:
+                    continue
+                for t, slots in w.members:
+                    if t > after and (slot in slots) == want_in:
+                        best = t if best is None else min(best, t)
+                        break
+            return best
+
+        def end_of_stall(at: float, exclude: int) -> Optional[float]:
+            # Such an event always stalls the others for a while (a frozen member holds up every op); no
+            # gap around it means the run ended first.
+            ends = [end for w in everyone if w.slot != exclude for start, end in w.gaps if start <= at <= end]
+            return min(ends) if ends else None
+
+        for e in self.events:
+            kind = e.kind
+            if kind == "spawn":
+                t = first_membership(e.t, e.slot, True)
+            elif kind in ("kill", "leave"):
+                t = first_membership(e.t, e.slot, False)
+            elif kind == "stop":
+                kind = "stop_evicted" if e.evicted else "stop_resumed"
+                t = first_membership(e.t, e.slot, False) if e.evicted else end_of_stall(e.t, e.slot)
+            else:
+                t = end_of_stall(e.t, -1)
+            if t is None:
+                unobserved[kind] += 1
+                continue
+            e.recovery = t - e.t
+            by_kind.setdefault(kind, []).append(e.recovery)
+        out = {k: _percentiles(v) for k, v in sorted(by_kind.items())}
+        for k, n in unobserved.items():
+            out.setdefault(k, {"count": 0})["unobserved"] = n
+        return out
+
+    def longest_stall(self) -> tuple[float, str]:
+        worst, where = 0.0, ""
+        for w in list(self.finished) + list(self.workers.values()):
+            for start, end in w.gaps:
+                if any(s <= end and (c is None or c >= start) for s, c in w.stops):
+                    continue  # its own freeze (or leave) is not the group's stall
+                if end - start > worst:
+                    worst, where = end - start, f"slot {w.slot}, {start - self.t0:.1f}-{end - self.t0:.1f} s"
+        for slot, gap in getattr(self, "open_stalls", {}).items():
+            if gap > worst:
+                worst, where = gap, f"slot {slot}, no progress for the last {gap:.1f} s of the run"
+        return worst, where
+
+    def report(self) -> dict:
+        everyone = list(self.finished) + list(self.workers.values())
+        total: Counter = Counter()
+        errors: Counter = Counter()
+        for w in everyone:
+            for k in ("ops_ok", "ops_failed", "retries", "steps", "state_syncs", "state_tx", "state_rx", "votes",
+                      "vote_failures", "joins", "join_failures", "evictions", "master_losses"):
+                total[k] += int(w.stats.get(k, 0))
+            errors.update(w.stats.get("errors", {}))
+        stall, stall_where = self.longest_stall()
+        limit = self.args.heartbeat_timeout + 2.0
+        rss = max((w.stats.get("hwm_kb", 0) for w in everyone), default=0)
+        fds = max((w.peak_fds for w in everyone), default=0)
+        # Workers send the details of their first few wrong results only; their counters have the rest.
+        wrong = max(len(self.wrong), sum(int(w.stats.get("wrong", 0)) for w in everyone))
+        r = {
+            "seed": self.args.seed, "duration_s": round(self.t_end - self.t0, 1), "initial_peers": self.args.peers,
+            "heartbeat_timeout_s": self.args.heartbeat_timeout, "connections_per_peer": self.args.connections,
+            "master_restart": self.args.master_restart, "log_dir": self.log_dir,
+            "events": {k: self.counts.get(k, 0) for k in EVENT_KINDS}, "events_skipped": self.skipped,
+            "workers_started": self.spawned,
+            "ops_completed": total["ops_ok"], "ops_failed": total["ops_failed"], "ops_retried": total["retries"],
+            "op_errors": dict(errors), "peer_steps": total["steps"],
+            "wrong_results": wrong, "divergences": len(self.divergences),
+            "shared_state": bool(self.has_state), "state_syncs": total["state_syncs"],
+            "state_divergences": len(self.state_divergences), "state_tx_bytes": total["state_tx"],
+            "state_rx_bytes": total["state_rx"],
+            "votes": total["votes"], "vote_failures": total["vote_failures"], "joins": total["joins"],
+            "join_failures": total["join_failures"], "evictions": total["evictions"],
+            "master_losses": total["master_losses"],
+            "longest_stall_s": round(stall, 3), "longest_stall_where": stall_where, "stall_limit_s": limit,
+            "recovery_s": self.recovery_times(),
+            "peak_rss_mb": round(rss / 1024, 1), "peak_fds": fds,
+            "survivor_crashes": len(self.crashes),
+            "wrong_examples": [f"slot {m['slot']} step {m['step']}: {m['what']}" for m in self.wrong[:10]],
+            "divergence_examples": [f"slot {m['slot']} step {m['step']}" for m in
+                                    (self.divergences + self.state_divergences)[:10]],
+            "crash_details": self.crashes[:20], "notes": self.notes[:20],
+        }
+        failures = []
+        if r["wrong_results"]:
+            failures.append(f"{r['wrong_results']} wrong result(s), e.g. {r['wrong_examples'][0]}")
+        if r["divergences"] or r["state_divergences"]:
+            failures.append(f"{r['divergences']} result divergence(s), {r['state_divergences']} state divergence(s)")
+        if self.crashes:
+            failures.append(f"{len(self.crashes)} peer crash(es): {self.crashes[0]}")
+        if stall > limit:
+            failures.append(f"longest stall {stall:.2f} s > heartbeat_timeout + 2 s = {limit:.1f} s ({stall_where})")
+        if not r["ops_completed"]:
+            failures.append("no op completed")
+        r["failures"] = failures
+        r["passed"] = not failures
+        return r
+
+
+# ------------------------------------------------------------------------------------------------
+# Output.
+
+def _summary_line(s: Stress) -> str:
+    everyone = list(s.finished) + list(s.workers.values())
+    ops = sum(int(w.stats.get("ops_ok", 0)) for w in everyone)
+    failed = sum(int(w.stats.get("ops_failed", 0)) for w in everyone)
+    step = max((int(w.stats.get("steps", 0)) for w in s.workers.values()), default=0)
+    members = len(s.active())
+    frozen = len([w for w in s.workers.values() if w.state == "stopped"])
+    joining = len([w for w in s.workers.values() if w.state == "starting"])
+    ev = " ".join(f"{k}={s.counts.get(k, 0)}" for k in EVENT_KINDS if k != "master_restart" or s.args.master_restart)
+    return (f"[{_now() - s.t0:6.1f}/{s.args.duration:.0f} s] members {members} frozen {frozen} joining {joining} | "
+            f"ops {ops} failed {failed} | wrong {len(s.wrong)} diverged {len(s.divergences) + len(s.state_divergences)} "
+            f"crashes {len(s.crashes)} | {ev} | steps/peer {step}")
+
+
+class Progress:
+    """Live progress: a rich table when rich is installed and stdout is a TTY, else a line every 5 s."""
+
+    def __init__(self, mode: str) -> None:
+        self.live: Any = None
+        self.last = 0.0
+        self.quiet = mode == "none"
+        if mode in ("auto", "rich") and not self.quiet:
+            try:
+                from rich.live import Live
+            except ImportError:
+                Live = None
+            if Live is not None and (mode == "rich" or sys.stdout.isatty()):
+                self.live = Live(self._render_text("starting"), refresh_per_second=4)
+                self.live.start()
+
+    @staticmethod
+    def _render_text(text: str) -> Any:
+        from rich.panel import Panel
+
+        return Panel(text, title="pccl-stress")
+
+    def update(self, s: Stress) -> None:
+        now = _now()
+        if self.live is not None:
+            if now - self.last >= 0.25:
+                self.last = now
+                self.live.update(self._render(s))
+        elif not self.quiet and now - self.last >= 5.0:
+            self.last = now
+            print(_summary_line(s), flush=True)
+
+    def _render(self, s: Stress) -> Any:
+        from rich.table import Table
+
+        t = Table(title=f"pccl-stress  seed {s.args.seed}  {_now() - s.t0:.0f}/{s.args.duration:.0f} s",
+                  show_header=False)
+        t.add_column(style="bold")
+        t.add_column()
+        everyone = list(s.finished) + list(s.workers.values())
+        total = lambda k: sum(int(w.stats.get(k, 0)) for w in everyone)  # noqa: E731
+        t.add_row("peers", f"{len(s.active())} members, "
+                           f"{len([w for w in s.workers.values() if w.state == 'stopped'])} frozen, "
+                           f"{len([w for w in s.workers.values() if w.state == 'starting'])} joining; "
+                           f"{s.spawned} started")
+        t.add_row("events", ", ".join(f"{k} {s.counts.get(k, 0)}" for k in EVENT_KINDS))
+        t.add_row("last event", s.last_event or "-")
+        t.add_row("ops", f"{total('ops_ok')} ok, {total('ops_failed')} failed, {total('retries')} retried")
+        t.add_row("state syncs", str(total("state_syncs")))
+        bad = len(s.wrong) + len(s.divergences) + len(s.state_divergences) + len(s.crashes)
+        t.add_row("wrong / diverged / crashes",
+                  f"[{'red' if bad else 'green'}]{len(s.wrong)} / "
+                  f"{len(s.divergences) + len(s.state_divergences)} / {len(s.crashes)}[/]")
+        return t
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def format_report(r: dict) -> str:
+    lines = [f"pccl-stress report (seed {r['seed']}, {r['duration_s']} s, {r['initial_peers']} initial peers, "
+             f"heartbeat_timeout {r['heartbeat_timeout_s']} s, K={r['connections_per_peer']})"]
+    lines.append("  events: " + ", ".join(f"{k} {v}" for k, v in r["events"].items()) +
+                 f" (skipped {r['events_skipped']}); workers started {r['workers_started']}")
+    lines.append(f"  ops completed {r['ops_completed']}, failed {r['ops_failed']}, retried {r['ops_retried']} "
+                 f"{r['op_errors'] or ''}; peer-steps {r['peer_steps']}")
+    lines.append(f"  joins {r['joins']} (failed {r['join_failures']}), votes {r['votes']} (failed "
+                 f"{r['vote_failures']}), evictions {r['evictions']}, master losses {r['master_losses']}")
+    state = (f"state syncs {r['state_syncs']} ({r['state_tx_bytes']} B sent), state divergences "
+             f"{r['state_divergences']}") if r["shared_state"] else "shared state: not in this core (skipped)"
+    lines.append(f"  wrong results {r['wrong_results']}, divergences {r['divergences']}; {state}")
+    lines.append(f"  longest stall {r['longest_stall_s']:.2f} s (limit {r['stall_limit_s']:.1f} s) "
+                 f"{r['longest_stall_where']}")
+    lines.append("  recovery (event -> first op on a survivor reflecting it), seconds:")
+    for kind, d in r["recovery_s"].items():
+        extra = f", unobserved {d['unobserved']}" if d.get("unobserved") else ""
+        if d["count"]:
+            lines.append(f"    {kind:<14} n={d['count']:<4} p50 {d['p50']:.3f}  p90 {d['p90']:.3f}  "
+                         f"max {d['max']:.3f}{extra}")
+        else:
+            lines.append(f"    {kind:<14} n=0{extra}")
+    lines.append(f"  peers' peak RSS {r['peak_rss_mb']} MB, peak open fds {r['peak_fds']}; "
+                 f"survivor crashes {r['survivor_crashes']}")
+    for note in r["notes"]:
+        lines.append(f"  note: {note}")
+    if r["passed"]:
+        lines.append("PASSED")
+    else:
+        lines.append("FAILED:")
+        lines += [f"  - {f}" for f in r["failures"]]
+    lines.append(f"  logs: {r['log_dir']}")
+    return "\n".join(lines)
+
+
+class _Terminated(BaseException):
+    """Raised from the SIGTERM handler so that the same cleanup as for Ctrl-C runs."""
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="pccl-stress",
+        description="Seeded churn against a local master and self-verifying peers: spawn, SIGKILL, SIGSTOP/SIGCONT, "
+                    "graceful leave (and master restart); fails on any wrong result, divergence, crash or long stall.")
+    p.add_argument("--duration", type=float, default=180.0, help="seconds of churn (default 180)")
+    p.add_argument("--seed", type=int, default=1, help="fixes the event schedule and the tensors (default 1)")
+    p.add_argument("--peers", type=int, default=6, help="initial peers (default 6, at least 3)")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+    p.add_argument("--heartbeat-timeout", type=float, default=2.0, help="peers' heartbeat_timeout (default 2)")
+    p.add_argument("--timeout", type=float, default=10.0, help="peers' op timeout (default 10)")
+    p.add_argument("--connections", type=int, default=4, help="connections_per_peer K (default 4)")
+    p.add_argument("--master-restart", action="store_true",
+                   help="also kill -9 the master and restart it on the same port (needs a core with master_grace)")
+    p.add_argument("--master-grace", type=float, default=10.0, help="peers' master_grace with --master-restart")
+    p.add_argument("--min-interval", type=float, default=0.5, help="shortest time between events (default 0.5)")
+    p.add_argument("--max-interval", type=float, default=2.0, help="longest time between events (default 2)")
+    p.add_argument("--step-sleep", type=float, default=0.005,
+                   help="pause between a peer's steps, leaves CPU for the rest (default 0.005)")
+    p.add_argument("--progress", choices=["auto", "rich", "plain", "none"], default="auto",
+                   help="live progress: rich on a TTY when installed (auto), plain lines, or none")
+    p.add_argument("--log-dir", default=None, help="where the master's and workers' logs go (default: a temp dir)")
+    p.add_argument("--log-level", default="error", choices=["debug", "info", "warn", "error", "off"],
+                   help="peers' core log level into their logs (default error)")
+    a = p.parse_args(argv)
+    if a.peers < 3:
+        p.error("--peers must be at least 3 (events never leave fewer than 2 running members)")
+    if a.duration <= 0 or not 0 < a.min_interval <= a.max_interval:
+        p.error("--duration must be positive and 0 < --min-interval <= --max-interval")
+    return a
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    old_term = signal.signal(signal.SIGTERM, on_sigterm)
+    stress = Stress(args)
+    progress = Progress(args.progress)
+    interrupted = False
+    error: Optional[str] = None
+    try:
+        try:
+            stress.run(progress)
+        except (KeyboardInterrupt, _Terminated):
+            interrupted = True
+        except Exception as exc:  # noqa: BLE001 - reported as a failure after cleanup
+            import traceback
+
+            traceback.print_exc()
+            error = f"{type(exc).__name__}: {exc}"
+    finally:
+        # Whatever happened, every child is killed and reaped by PID; a second Ctrl-C cannot cut this short.
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            progress.close()
+            stress.kill_all()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+    if not stress.t_end or stress.t_end <= stress.t0:
+        stress.t_end = _now()
+    report = stress.report()
+    if interrupted:
+        report["failures"].append("interrupted")
+    if error:
+        report["failures"].append(f"orchestrator error: {error}")
+    left = stress.leftovers()
+    if left:
+        report["failures"].append(f"could not reap pids {left}")
+    report["passed"] = not report["failures"]
+    print(format_report(report), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

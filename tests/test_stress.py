@@ -1,0 +1,84 @@
+"""pccl-stress, end to end through its command line.
+
+* A short seeded run (4 peers, 25 s of churn) must pass: no wrong result, no divergence, no crash,
+  no stall over heartbeat_timeout + 2 s, and every kind of event must have happened.
+* A worker that contributes a wrong value (PCCL_STRESS_CORRUPT) must be caught: proof that the
+  checks can fail at all.
+* The CI run (3 minutes, 6 peers, seed 1) is skipped unless selected, because it takes as long as
+  the rest of the suite: ``python -m pytest tests/test_stress.py::test_ci_three_minute_run`` (or
+  ``-m stress_ci``, or PCCL_STRESS_CI=1). About 3 min 5 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import pccl_py
+
+
+def _run(tmp_path, *args: str, env_extra: dict | None = None, timeout: float = 120) -> tuple[int, str, dict]:
+    report = tmp_path / "report.json"
+    env = dict(os.environ)
+    # The CLI and its workers import the same pccl_py as this test.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pccl_py.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, "-m", "pccl_py.stress", "--json", str(report), "--progress", "plain",
+                           "--log-dir", str(tmp_path / "logs"), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return proc.returncode, proc.stdout + proc.stderr, data
+
+
+def _assert_clean(rc: int, out: str, r: dict) -> None:
+    assert r, out
+    assert r["wrong_results"] == 0, out
+    assert r["divergences"] == 0 and r["state_divergences"] == 0, out
+    assert r["survivor_crashes"] == 0, out
+    assert r["longest_stall_s"] <= r["stall_limit_s"], out
+    assert rc == 0 and r["passed"], out
+
+
+def test_short_seeded_run_passes(tmp_path):
+    rc, out, r = _run(tmp_path, "--duration", "25", "--peers", "4", "--seed", "3")
+    _assert_clean(rc, out, r)
+    for kind in ("spawn", "kill", "stop", "leave"):
+        assert r["events"][kind] > 0, (kind, out)
+    assert r["events"]["master_restart"] == 0  # only with --master-restart
+    assert r["ops_completed"] > 2000, out
+    assert r["ops_failed"] > 0 and r["ops_retried"] > 0, out  # the kills did hit ops in flight
+    assert r["recovery_s"]["kill"]["count"] > 0 and r["recovery_s"]["spawn"]["count"] > 0, out
+    assert r["peak_rss_mb"] > 0 and r["peak_fds"] > 0, out
+    assert "PASSED" in out
+
+
+def test_corrupted_worker_is_detected(tmp_path):
+    rc, out, r = _run(tmp_path, "--duration", "5", "--peers", "3", "--seed", "4",
+                      env_extra={"PCCL_STRESS_CORRUPT": "1"})
+    assert rc == 1, out
+    assert r["wrong_results"] > 0 and not r["passed"], out
+    assert any("wrong result" in f for f in r["failures"]), out
+    assert "FAILED" in out
+
+
+def _ci_selected(config: pytest.Config) -> bool:
+    if os.environ.get("PCCL_STRESS_CI") == "1":
+        return True
+    if "stress_ci" in (config.getoption("markexpr", default="") or ""):
+        return True
+    return any("test_ci_three_minute_run" in str(a) for a in config.args)
+
+
+@pytest.mark.stress_ci
+def test_ci_three_minute_run(tmp_path, request):
+    if not _ci_selected(request.config):
+        pytest.skip("3-minute run: select it by name, with -m stress_ci, or PCCL_STRESS_CI=1")
+    rc, out, r = _run(tmp_path, "--duration", "180", "--peers", "6", "--seed", "1", timeout=400)
+    print(out)
+    _assert_clean(rc, out, r)
+    assert r["ops_completed"] > 10_000, out
