@@ -120,10 +120,9 @@ def test_op_matches_gloo_and_is_bitwise_identical_across_ranks(ops_run, prefix):
     failed = {k: v for k, v in failed.items() if v}
     assert not failed, failed
     for name, cs in checks.items():
-        if name in ("reduce", "gather") or name.startswith("barrier"):
-            continue  # results live on the root only
         assert len(cs) == 3, name
-        assert len({c["hash"] for c in cs}) == 1, f"{name}: pccl results differ between ranks"
+        if not cs[0]["per_rank"]:  # slices and root-only results differ between ranks by design
+            assert len({c["hash"] for c in cs}) == 1, f"{name}: pccl results differ between ranks"
 
 
 def test_all_reduce_covers_every_dtype_and_op(ops_run):

@@ -64,7 +64,10 @@ class Checks:
     def __init__(self) -> None:
         self.items: list[dict] = []
 
-    def add(self, name: str, pccl_out, gloo_out=None, rtol: float = 0.0, atol: float = 0.0, note: str = "") -> None:
+    def add(self, name: str, pccl_out, gloo_out=None, rtol: float = 0.0, atol: float = 0.0, note: str = "",
+            per_rank: bool = False) -> None:
+        """per_rank: the output legitimately differs between ranks (a slice, a root-only result), so the
+        test does not compare its hash across ranks."""
         p = pccl_out if isinstance(pccl_out, (list, tuple)) else [pccl_out]
         ok, detail = True, note
         if gloo_out is not None:
@@ -78,14 +81,14 @@ class Checks:
                                           rtol=rtol, atol=atol)
                 if not same:
                     ok, detail = False, f"pccl {a.reshape(-1)[:4].tolist()} vs gloo {b.reshape(-1)[:4].tolist()}"
-        self.items.append({"name": name, "ok": ok, "detail": detail, "hash": digest(p)})
+        self.items.append({"name": name, "ok": ok, "detail": detail, "hash": digest(p), "per_rank": per_rank})
 
 
 def run(name: str, fn, checks: Checks) -> None:
     try:
         fn()
     except Exception:  # noqa: BLE001 - reported to the test
-        checks.items.append({"name": name, "ok": False, "detail": traceback.format_exc(), "hash": ""})
+        checks.items.append({"name": name, "ok": False, "detail": traceback.format_exc(), "hash": "", "per_rank": False})
 
 
 def scenario_ops(rank: int, world: int) -> dict:
@@ -168,7 +171,14 @@ def scenario_ops(rank: int, world: int) -> dict:
                 p, g = torch.empty(4, dtype=dtype), torch.empty(4, dtype=dtype)
                 dist.reduce_scatter_tensor(p, x, op=op, group=pccl)
                 dist.reduce_scatter_tensor(g, x, op=op, group=gloo)
-                checks.add(f"reduce_scatter_tensor/{dtype}/{op_name}", p, g, *tolerance(dtype, op))
+                checks.add(f"reduce_scatter_tensor/{dtype}/{op_name}", p, g, *tolerance(dtype, op), per_rank=True)
+                # Each rank's slice must be bitwise the matching slice of pccl's all_reduce (identical everywhere).
+                full = x.clone()
+                dist.all_reduce(full, op=op, group=pccl)
+                checks.add(f"reduce_scatter_tensor/{dtype}/{op_name}/slice_of_all_reduce", full,
+                           note="" if torch.equal(p, full[4 * rank:4 * rank + 4]) else "slice differs")
+                if not torch.equal(p, full[4 * rank:4 * rank + 4]):
+                    checks.items[-1]["ok"] = False
             run(f"reduce_scatter_tensor/{dtype}/{op_name}", rs, checks)
 
     def rs_list():
@@ -176,7 +186,7 @@ def scenario_ops(rank: int, world: int) -> dict:
         p, g = torch.empty(5), torch.empty(5)
         dist.reduce_scatter(p, xs, group=pccl)
         dist.reduce_scatter(g, xs, group=gloo)
-        checks.add("reduce_scatter/list", p, g, 1e-5, 1e-6)
+        checks.add("reduce_scatter/list", p, g, 1e-5, 1e-6, per_rank=True)
     run("reduce_scatter/list", rs_list, checks)
 
     def coalesced():
@@ -225,22 +235,22 @@ def scenario_ops(rank: int, world: int) -> dict:
         p, g = x.clone(), x.clone()
         dist.reduce(p, dst=1, group=pccl)
         dist.reduce(g, dst=1, group=gloo)
-        checks.add("reduce", p if rank == 1 else x, g if rank == 1 else x, 1e-5, 1e-6)
+        checks.add("reduce", p if rank == 1 else x, g if rank == 1 else x, 1e-5, 1e-6, per_rank=True)
         gp = [torch.empty(8) for _ in range(world)] if rank == 0 else None
         gg = [torch.empty(8) for _ in range(world)] if rank == 0 else None
         dist.gather(x, gp, dst=0, group=pccl)
         dist.gather(x, gg, dst=0, group=gloo)
-        checks.add("gather", gp if rank == 0 else [x], gg if rank == 0 else [x])
+        checks.add("gather", gp if rank == 0 else [x], gg if rank == 0 else [x], per_rank=True)
         sl = [inputs(torch.float32, 8, 100 + j, seed=41) for j in range(world)] if rank == 2 else None
         sp, sg = torch.empty(8), torch.empty(8)
         dist.scatter(sp, sl, src=2, group=pccl)
         dist.scatter(sg, sl, src=2, group=gloo)
-        checks.add("scatter", sp, sg)
+        checks.add("scatter", sp, sg, per_rank=True)
         a = inputs(torch.float32, 2 * world, rank, seed=42)
         ap, ag = torch.empty_like(a), torch.empty_like(a)
         dist.all_to_all_single(ap, a, group=pccl)
         dist.all_to_all_single(ag, a, group=gloo)
-        checks.add("all_to_all_single", ap, ag)
+        checks.add("all_to_all_single", ap, ag, per_rank=True)
     run("rooted", rooted, checks)
 
     def barrier_and_async():
@@ -249,7 +259,7 @@ def scenario_ops(rank: int, world: int) -> dict:
             time.sleep(0.3)
         dist.barrier(group=pccl)
         waited = time.monotonic() - t0
-        checks.add("barrier", torch.tensor([1]), note=f"waited {waited:.3f}")
+        checks.add("barrier", torch.tensor([1]), note=f"waited {waited:.3f}", per_rank=True)
         if waited < 0.25:  # everyone must have waited for rank 0's sleep
             checks.items[-1]["ok"] = False
         xs = [inputs(torch.float32, 64, rank, seed=50 + j) for j in range(4)]
@@ -340,11 +350,11 @@ def scenario_kill(rank: int, world: int) -> dict:
     dist.barrier()
 
     # Kill: every rank enters a large all_reduce; the last rank SIGKILLs itself while it is running.
-    x = torch.ones(4_000_000)
+    x = torch.ones(16_000_000)
     work = dist.all_reduce(x, async_op=True)
     fut = work.get_future()
     if rank == world - 1:
-        time.sleep(0.05)
+        # Right after issuing: 64 MB cannot have gone round the ring yet, so the op is mid-flight.
         store.set("killed_at", repr(time.time()))
         os.kill(os.getpid(), signal.SIGKILL)
     try:
@@ -388,6 +398,13 @@ def main() -> int:
     with open(out_path + ".tmp", "w") as f:
         json.dump(result, f)
     os.replace(out_path + ".tmp", out_path)
+    # Rank 0 serves the TCPStore: it stays until every surviving rank has reported.
+    store = dist.distributed_c10d._get_default_store()
+    store.add("reported", 1)
+    survivors = world - 1 if scenario == "kill" else world
+    deadline = time.monotonic() + 15
+    while rank == 0 and store.add("reported", 0) < survivors and time.monotonic() < deadline:
+        time.sleep(0.02)
     sys.stdout.flush()
     # Skip the graceful teardown on purpose: ranks finish at different times, and a rank that stopped
     # its hosted master early would turn the others' close() into MasterLostError noise.
