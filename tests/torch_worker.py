@@ -84,11 +84,18 @@ class Checks:
         self.items.append({"name": name, "ok": ok, "detail": detail, "hash": digest(p), "per_rank": per_rank})
 
 
+TIMINGS: dict[str, float] = {}
+
+
 def run(name: str, fn, checks: Checks) -> None:
+    t0 = time.monotonic()
     try:
         fn()
     except Exception:  # noqa: BLE001 - reported to the test
         checks.items.append({"name": name, "ok": False, "detail": traceback.format_exc(), "hash": "", "per_rank": False})
+    finally:
+        prefix = name.split("/")[0]
+        TIMINGS[prefix] = TIMINGS.get(prefix, 0.0) + time.monotonic() - t0
 
 
 def scenario_ops(rank: int, world: int) -> dict:
@@ -308,6 +315,7 @@ def scenario_ops(rank: int, world: int) -> dict:
         from torch.nn.parallel import DistributedDataParallel as DDP
         finals = {}
         for name, grp in (("pccl", pccl), ("gloo", gloo)):
+            t_start = time.monotonic()
             torch.manual_seed(0)
             model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
             if rank != 0:  # DDP must broadcast rank 0's parameters at construction
@@ -323,11 +331,12 @@ def scenario_ops(rank: int, world: int) -> dict:
                 torch.nn.functional.mse_loss(m(xb), yb).backward()
                 opt.step()
             finals[name] = [prm.detach().clone() for prm in model.parameters()]
+            TIMINGS[f"ddp_{name}"] = time.monotonic() - t_start
         ddp["max_diff"] = max(float((a - b).abs().max()) for a, b in zip(finals["pccl"], finals["gloo"]))
         checks.add("ddp/parameters", finals["pccl"], finals["gloo"], 1e-4, 1e-5)
     run("ddp", ddp_train, checks)
 
-    return {"checks": checks.items, "excluded": excluded, "ddp": ddp, "backend": dist.get_backend(),
+    return {"checks": checks.items, "timings": TIMINGS, "excluded": excluded, "ddp": ddp, "backend": dist.get_backend(),
             "pg_type": type(pccl).__name__}
 
 

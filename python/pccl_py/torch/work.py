@@ -22,6 +22,9 @@ from torch.distributed.distributed_c10d import Work
 from ..errors import TimeoutError as PcclTimeoutError
 
 
+_on_completer = threading.local()
+
+
 class PcclWork(Work):
     """One collective of the pccl backend.
 
@@ -50,6 +53,10 @@ class PcclWork(Work):
         """Blocks until the collective completes; raises its error. A non-zero timeout bounds the wait
         (torch's kNoTimeout, a zero timedelta, means no bound; pccl's own op timeout always applies)."""
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if not self._done.is_set() and getattr(_on_completer, "active", False):
+            # Future callbacks run on the completer thread, which would be waiting for itself.
+            raise RuntimeError("waiting for a pccl Work inside a future callback would deadlock; "
+                               "chain it with get_future().then(...) instead")
         if not self._done.wait(seconds if seconds else None):
             raise PcclTimeoutError(f"Work.wait() timed out after {seconds} s")
         if self._error is not None:
@@ -90,6 +97,7 @@ class Completer:
         return work
 
     def _run(self) -> None:
+        _on_completer.active = True
         while True:
             item = self._queue.get()
             if item is None:
