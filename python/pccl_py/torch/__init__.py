@@ -1,0 +1,88 @@
+"""torch.distributed backend "pccl": ``import pccl_py.torch`` registers it.
+
+Why this exists: it lets torch code (``dist.all_reduce``, DistributedDataParallel, ``torchrun``) run
+on pccl's fault-tolerant TCP collectives by changing one string::
+
+    import pccl_py.torch  # noqa: F401  (registers the backend)
+    dist.init_process_group("pccl", init_method="env://")
+
+Registration is explicit on purpose: torch 2.13 auto-loads only *device* extensions (the
+``torch.backends`` entry-point group, called while ``import torch`` runs), not process-group
+backends, so an entry point would load pccl into every torch program without registering anything
+useful earlier than this import does.
+
+:func:`wrap_communicator` turns an existing :class:`pccl_py.Communicator` into a ProcessGroup whose
+``rank()`` and ``size()`` follow the live membership, for code that admits and loses peers.
+See docs/torch.md.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..communicator import Communicator
+from . import rendezvous
+from .backend import DEFAULT_TAG_BASE, TAGS, ProcessGroupPCCL
+from .work import PcclWork
+
+BACKEND_NAME = "pccl"
+
+__all__ = ["BACKEND_NAME", "ProcessGroupPCCL", "PcclWork", "wrap_communicator", "create_process_group"]
+
+
+def _seconds(timeout: Any) -> float:
+    if isinstance(timeout, timedelta):
+        return timeout.total_seconds()
+    return float(timeout) if timeout else 1800.0
+
+
+def create_process_group(dist_backend_opts: Any, backend_options: Any = None) -> ProcessGroupPCCL:
+    """torch's creator hook (extended API): hosts or finds the master, joins, returns the group."""
+    store = dist_backend_opts.store
+    rank, size = dist_backend_opts.group_rank, dist_backend_opts.group_size
+    group_name = str(dist_backend_opts.group_id)
+    timeout = min(max(_seconds(dist_backend_opts.timeout), 0.1), 86400.0)
+    # torch passes no global ranks for the default group.
+    is_default = not list(dist_backend_opts.global_ranks_in_group)
+    address, master = rendezvous.find_master(store, rank, is_default, timeout)
+    comm = Communicator(address, peer_group=rendezvous.peer_group_id(group_name), timeout=timeout,
+                        heartbeat_timeout=rendezvous.heartbeat_timeout(), join_timeout=timeout)
+    try:
+        rendezvous.join(comm, rank, size, timeout)
+    except BaseException:
+        comm.close()
+        if master is not None:
+            master.stop()
+        raise
+    pg = ProcessGroupPCCL(comm, rank, size, master=master, name=group_name)
+    if is_default:
+        pg._on_shutdown.append(lambda: rendezvous.forget_default_master(address))
+    return pg
+
+
+def wrap_communicator(comm: Communicator, *, tag_base: int = DEFAULT_TAG_BASE) -> ProcessGroupPCCL:
+    """A ProcessGroup on an existing, connected Communicator, for dynamic membership.
+
+    ``rank()`` and ``size()`` follow ``comm.rank`` and ``comm.world_size`` (pccl's ring order), so
+    after peers join or leave, the next operation runs among the new members. The group uses pccl tags
+    ``tag_base .. tag_base + 7``; keep other uses of ``comm`` off those tags. ``shutdown()`` does not
+    close ``comm``. Pass it as ``process_group=`` to DistributedDataParallel or call its methods; the
+    ``dist.*`` functions that look groups up by global rank need groups created by torch.
+    """
+    if comm.world_size <= 0:
+        raise ValueError("wrap_communicator needs a connected Communicator (call comm.connect() first)")
+    return ProcessGroupPCCL(comm, comm.rank, comm.world_size, dynamic=True, owns_comm=False, tag_base=tag_base)
+
+
+def _register() -> None:
+    if BACKEND_NAME.upper() in dist.Backend._plugins:
+        return
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    dist.Backend.register_backend(BACKEND_NAME, create_process_group, extended_api=True, devices=devices)
+
+
+_register()

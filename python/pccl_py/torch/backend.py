@@ -1,0 +1,371 @@
+"""``ProcessGroupPCCL``: torch.distributed collectives on a pccl Communicator.
+
+Why this exists: it translates torch's collective calls (tensor lists, option structs, torch ReduceOps,
+devices, dtypes) into pccl all-reduces and the exact derived collectives of :mod:`pccl_py.collectives`,
+and returns :class:`~pccl_py.torch.work.PcclWork` objects. It is a Python subclass of
+``torch.distributed.ProcessGroup`` (torch routes both Python calls and C++ callers such as
+DistributedDataParallel's reducer to its methods).
+
+Ordering: every rank of a group issues torch collectives in the same order, so an operation's position
+in that order names it. Operation ``n`` runs on pccl tag ``tag_base + n % TAGS``: consecutive async
+operations may overlap on different tags, and any pccl ops one torch op needs are issued on its tag at
+once, in the caller's thread, so their order is the same on every rank.
+
+Rank numbering: results follow torch's group ranks (``slot i`` of an all_gather is group rank i), never
+pccl's ring order, because the derived collectives take the caller's torch rank explicitly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from .. import collectives
+from ..buffers import DTYPE_CODES
+from ..communicator import Communicator
+from ..errors import ClosedError, InvalidArgumentError, PeerLostError
+from ..master import Master
+from ..ops import ReduceOp
+from .staging import Staged, empty_cpu, stage, stage_all
+from .work import Completer, PcclWork
+
+TAGS = 8
+DEFAULT_TAG_BASE = 1 << 20
+
+_OPS = {
+    dist.ReduceOp.SUM: ReduceOp.SUM,
+    dist.ReduceOp.AVG: ReduceOp.AVG,
+    dist.ReduceOp.PRODUCT: ReduceOp.PROD,
+    dist.ReduceOp.MIN: ReduceOp.MIN,
+    dist.ReduceOp.MAX: ReduceOp.MAX,
+}
+# bool has no pccl dtype: as uint8 0/1, "or" is MAX and "and" is MIN (what gloo computes for bool).
+_BOOL_OPS = {ReduceOp.SUM: ReduceOp.MAX, ReduceOp.MAX: ReduceOp.MAX, ReduceOp.PROD: ReduceOp.MIN,
+             ReduceOp.MIN: ReduceOp.MIN}
+
+
+def _pccl_op(op: Any) -> ReduceOp:
+    for torch_op, pccl_op in _OPS.items():
+        if op == torch_op:
+            return pccl_op
+    raise InvalidArgumentError(
+        f"the pccl backend supports ReduceOp SUM, AVG, PRODUCT, MIN and MAX, not {op}")
+
+
+def _reducible(flat: torch.Tensor, op: ReduceOp) -> tuple[torch.Tensor, ReduceOp]:
+    """A view of flat that pccl can reduce with op, and the op to use (complex and bool need one)."""
+    if flat.dtype.is_complex:
+        if op not in (ReduceOp.SUM, ReduceOp.AVG):
+            raise InvalidArgumentError(f"complex tensors support SUM and AVG only, not {op.name}")
+        return torch.view_as_real(flat).view(-1), op
+    if flat.dtype == torch.bool:
+        if op not in _BOOL_OPS:
+            raise InvalidArgumentError(f"bool tensors support SUM, PRODUCT, MIN and MAX, not {op.name}")
+        return flat.view(torch.uint8), _BOOL_OPS[op]
+    name = str(flat.dtype).replace("torch.", "")
+    if name not in DTYPE_CODES:
+        raise InvalidArgumentError(
+            f"the pccl backend cannot reduce {flat.dtype}; supported: {', '.join(DTYPE_CODES)}, complex "
+            "(SUM/AVG) and bool")
+    return flat, op
+
+
+def _unstage_all(staged: Sequence[Staged]) -> None:
+    for s in staged:
+        s.unstage()
+
+
+class ProcessGroupPCCL(dist.ProcessGroup):
+    """A torch ProcessGroup whose collectives run on a pccl :class:`~pccl_py.Communicator`.
+
+    Created by ``dist.init_process_group("pccl")`` / ``dist.new_group(backend="pccl")`` (static: the
+    group's size is fixed, and once a member is lost every later op raises PeerLostError), or by
+    :func:`pccl_py.torch.wrap_communicator` (dynamic: ``rank()`` and ``size()`` follow the live pccl
+    membership).
+    """
+
+    def __init__(self, comm: Communicator, rank: int, size: int, *, dynamic: bool = False, owns_comm: bool = True,
+                 master: Optional[Master] = None, tag_base: int = DEFAULT_TAG_BASE, name: str = "pccl") -> None:
+        super().__init__(rank, size)
+        self._comm = comm
+        self._rank = rank
+        self._size = size
+        self._dynamic = dynamic
+        self._owns_comm = owns_comm
+        self._master = master
+        self._tag_base = tag_base
+        self._seq = itertools.count()
+        self._completer = Completer(f"pccl-completer-{name}")
+        self._closed = False
+        self._on_shutdown: list[Callable[[], None]] = []
+
+    # -- identity ----------------------------------------------------------------------------------
+    def getBackendName(self) -> str:  # noqa: N802 - torch's trampoline name
+        return "pccl"
+
+    def getRank(self) -> int:  # noqa: N802
+        return self._comm.rank if self._dynamic else self._rank
+
+    def getSize(self) -> int:  # noqa: N802
+        return self._comm.world_size if self._dynamic else self._size
+
+    def rank(self) -> int:
+        return self.getRank()
+
+    def size(self) -> int:
+        return self.getSize()
+
+    @property
+    def communicator(self) -> Communicator:
+        """The underlying pccl Communicator."""
+        return self._comm
+
+    def __repr__(self) -> str:
+        return f"ProcessGroupPCCL(rank={self.getRank()}, size={self.getSize()}, dynamic={self._dynamic})"
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _begin(self) -> tuple[int, int, int]:
+        """(tag, rank, size) for the next operation; fails fast when the group is unusable."""
+        if self._closed:
+            raise ClosedError("this pccl process group was shut down")
+        if self._dynamic:
+            rank, size = self._comm.rank, self._comm.world_size
+        else:
+            rank, size = self._rank, self._size
+            live = self._comm.world_size
+            if live != size:
+                # Ranks of a static group are fixed; with a member gone every result would be wrong.
+                raise PeerLostError(f"the pccl group has {live} of its {size} members; a member was lost. "
+                                    "Create a new group (or use wrap_communicator for dynamic membership)")
+        return self._tag_base + next(self._seq) % TAGS, rank, size
+
+    def _submit(self, pending: Sequence[collectives.Pending], result: list[torch.Tensor],
+                after: Callable[[], None] = lambda: None) -> PcclWork:
+        def finish() -> None:
+            error: Optional[BaseException] = None
+            for p in pending:  # wait for all, so no buffer is still in use when the Work fails
+                try:
+                    p.wait()
+                except BaseException as exc:  # noqa: BLE001 - the first error fails the Work
+                    error = error or exc
+            if error is not None:
+                raise error
+            after()
+        return self._completer.submit(PcclWork(result), finish)
+
+    def _all_reduce(self, flat: torch.Tensor, op: ReduceOp, tag: int, out: Optional[torch.Tensor] = None
+                    ) -> collectives.Pending:
+        x, pop = _reducible(flat, op)
+        if x.numel() == 0:
+            return collectives.Pending([])
+        o = None if out is None else _reducible(out, op)[0]
+        return collectives.Pending([self._comm.all_reduce_async(x, op=pop, out=o, tag=tag)])
+
+    # -- all_reduce --------------------------------------------------------------------------------
+    def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
+        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        tag, _, _ = self._begin()
+        staged = stage_all(tensors)
+        pending = [self._all_reduce(s.flat, op, tag) for s in staged]
+        return self._submit(pending, list(tensors), lambda: _unstage_all(staged))
+
+    def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
+        return self.allreduce(tensors, opts)
+
+    # -- broadcast ---------------------------------------------------------------------------------
+    def broadcast(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
+        root = opts.rootRank if opts is not None else 0
+        tag, rank, _ = self._begin()
+        staged = stage_all(tensors, read=True)
+        pending = [collectives.broadcast_async(self._comm, s.flat, root, tag=tag, rank=rank) for s in staged]
+        after = (lambda: None) if rank == root else (lambda: _unstage_all(staged))
+        return self._submit(pending, list(tensors), after)
+
+    # -- all_gather --------------------------------------------------------------------------------
+    def _gather_into(self, inp: torch.Tensor, out_flat: torch.Tensor, tag: int, rank: int,
+                     size: int) -> collectives.Pending:
+        src = stage(inp)
+        if out_flat.dtype != src.flat.dtype or out_flat.numel() != src.flat.numel() * size:
+            raise InvalidArgumentError(
+                f"all_gather output must hold {size} x {src.flat.numel()} elements of {src.flat.dtype}, got "
+                f"{out_flat.numel()} of {out_flat.dtype}")
+        return collectives.all_gather_async(self._comm, src.flat, out_flat, tag=tag, rank=rank, world_size=size)
+
+    def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
+                  opts: Any = None) -> PcclWork:
+        tag, rank, size = self._begin()
+        pending, copies = [], []
+        for outs, inp in zip(output_lists, inputs):
+            if len(outs) != size:
+                raise InvalidArgumentError(f"all_gather needs {size} output tensors, got {len(outs)}")
+            if any(o.numel() != inp.numel() for o in outs):
+                raise InvalidArgumentError("all_gather output tensors must have as many elements as the input")
+            scratch = empty_cpu(inp.numel() * size, inp.dtype, inp)
+            pending.append(self._gather_into(inp, scratch, tag, rank, size))
+            copies.append((outs, scratch, inp.numel()))
+
+        def after() -> None:
+            for outs, scratch, n in copies:
+                for i, o in enumerate(outs):
+                    o.copy_(scratch[i * n:(i + 1) * n].view(o.shape))
+        return self._submit(pending, [t for outs in output_lists for t in outs], after)
+
+    def all_gather_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> PcclWork:
+        return self.all_gather_single_coalesced([output], [inp], opts)
+
+    _allgather_base = all_gather_single
+
+    def all_gather_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
+                                    opts: Any = None) -> PcclWork:
+        tag, rank, size = self._begin()
+        pending, staged = [], []
+        for out, inp in zip(outputs, inputs):
+            s = stage(out, read=False)
+            staged.append(s)
+            pending.append(self._gather_into(inp, s.flat, tag, rank, size))
+        return self._submit(pending, list(outputs), lambda: _unstage_all(staged))
+
+    allgather_into_tensor_coalesced = all_gather_single_coalesced
+
+    def allgather_coalesced(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
+                            opts: Any = None) -> PcclWork:
+        return self.allgather(output_lists, inputs, opts)
+
+    # -- reduce_scatter ----------------------------------------------------------------------------
+    def _reduce_scatter_into(self, out: Staged, inp: torch.Tensor, op: ReduceOp, tag: int, rank: int,
+                             size: int) -> collectives.Pending:
+        src = stage(inp)
+        x, pop = _reducible(src.flat, op)
+        o, _ = _reducible(out.flat, op)
+        return collectives.reduce_scatter_async(self._comm, x, o, op=pop, tag=tag, rank=rank, world_size=size)
+
+    def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
+                                        opts: Any = None) -> PcclWork:
+        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        tag, rank, size = self._begin()
+        staged = [stage(o, read=False) for o in outputs]
+        pending = [self._reduce_scatter_into(s, i, op, tag, rank, size) for s, i in zip(staged, inputs)]
+        return self._submit(pending, list(outputs), lambda: _unstage_all(staged))
+
+    reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
+
+    def reduce_scatter_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> PcclWork:
+        return self.reduce_scatter_single_coalesced([output], [inp], opts)
+
+    _reduce_scatter_base = reduce_scatter_single
+
+    def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
+                       opts: Any = None) -> PcclWork:
+        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        tag, rank, size = self._begin()
+        pending, staged = [], []
+        for out, ins in zip(outputs, input_lists):
+            if len(ins) != size:
+                raise InvalidArgumentError(f"reduce_scatter needs {size} input tensors, got {len(ins)}")
+            flat = torch.cat([i.reshape(-1).cpu() for i in ins])
+            s = stage(out, read=False)
+            staged.append(s)
+            pending.append(self._reduce_scatter_into(s, flat, op, tag, rank, size))
+        return self._submit(pending, list(outputs), lambda: _unstage_all(staged))
+
+    # -- rooted collectives, built on the above ------------------------------------------------------
+    def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
+        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        root = opts.rootRank if opts is not None else 0
+        tag, rank, _ = self._begin()
+        staged = stage_all(tensors)
+        if rank == root:
+            pending = [self._all_reduce(s.flat, op, tag) for s in staged]
+            return self._submit(pending, list(tensors), lambda: _unstage_all(staged))
+        # Non-root ranks contribute and keep their input as it was.
+        pending = [self._all_reduce(s.flat, op, tag, out=torch.empty_like(s.flat)) for s in staged]
+        return self._submit(pending, list(tensors))
+
+    def gather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
+               opts: Any = None) -> PcclWork:
+        root = opts.rootRank if opts is not None else 0
+        tag, rank, size = self._begin()
+        inp = inputs[0]
+        scratch = empty_cpu(inp.numel() * size, inp.dtype, inp)
+        pending = [self._gather_into(inp, scratch, tag, rank, size)]
+        outs = output_lists[0] if rank == root else []
+
+        def after() -> None:
+            n = inp.numel()
+            for i, o in enumerate(outs):
+                o.copy_(scratch[i * n:(i + 1) * n].view(o.shape))
+        return self._submit(pending, list(outs), after)
+
+    def scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
+                opts: Any = None) -> PcclWork:
+        root = opts.rootRank if opts is not None else 0
+        tag, rank, size = self._begin()
+        out = outputs[0]
+        n = out.numel()
+        if rank == root:
+            buf = torch.cat([t.reshape(-1).cpu() for t in input_lists[0]])
+            if buf.numel() != n * size:
+                raise InvalidArgumentError("scatter inputs must all have as many elements as the output")
+        else:
+            buf = torch.empty(n * size, dtype=out.dtype)
+        pending = [collectives.broadcast_async(self._comm, buf, root, tag=tag, rank=rank)]
+        return self._submit(pending, [out], lambda: out.copy_(buf[rank * n:(rank + 1) * n].view(out.shape)))
+
+    def alltoall_base(self, output: torch.Tensor, inp: torch.Tensor, output_split_sizes: list[int],
+                      input_split_sizes: list[int], opts: Any = None) -> PcclWork:
+        if output_split_sizes or input_split_sizes:
+            raise InvalidArgumentError("the pccl backend supports all_to_all_single with equal splits only")
+        tag, rank, size = self._begin()
+        if inp.numel() % size or output.numel() != inp.numel():
+            raise InvalidArgumentError("all_to_all_single needs input and output of equal size, divisible by the group size")
+        # Every rank gathers every input (size times the traffic of a true all-to-all) and keeps its column.
+        scratch = empty_cpu(inp.numel() * size, inp.dtype, inp)
+        pending = [self._gather_into(inp, scratch, tag, rank, size)]
+        chunk, n = inp.numel() // size, inp.numel()
+
+        def after() -> None:
+            cols = [scratch[j * n + rank * chunk: j * n + (rank + 1) * chunk] for j in range(size)]
+            output.copy_(torch.cat(cols).view(output.shape))
+        return self._submit(pending, [output], after)
+
+    all_to_all_single = alltoall_base
+
+    # -- barrier and point-to-point -----------------------------------------------------------------
+    def barrier(self, opts: Any = None) -> PcclWork:
+        tag, _, _ = self._begin()
+        return self._submit([collectives.barrier_async(self._comm, tag=tag)], [])
+
+    def send(self, tensors: list[torch.Tensor], dst: int, tag: int = 0) -> PcclWork:
+        raise NotImplementedError("the pccl backend has no point-to-point send/recv yet; use broadcast or a "
+                                  "2-rank subgroup (dist.new_group) instead")
+
+    def recv(self, tensors: list[torch.Tensor], src: int, tag: int = 0) -> PcclWork:
+        raise NotImplementedError("the pccl backend has no point-to-point send/recv yet; use broadcast or a "
+                                  "2-rank subgroup (dist.new_group) instead")
+
+    def recv_anysource(self, tensors: list[torch.Tensor], tag: int = 0) -> PcclWork:
+        return self.recv(tensors, -1, tag)
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Leaves the pccl group gracefully (if this group created its Communicator) and stops a master
+        this group hosted. Called by ``dist.destroy_process_group()``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._completer.stop()
+        if self._owns_comm:
+            try:
+                self._comm.close()
+            except Exception:  # noqa: BLE001 - leaving a broken group is not an error
+                pass
+        for fn in self._on_shutdown:
+            fn()
+        if self._master is not None:
+            self._master.stop()
+
+    def abort(self) -> None:
+        self.shutdown()

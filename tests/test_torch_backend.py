@@ -1,0 +1,268 @@
+"""The torch.distributed backend "pccl", checked against gloo on the same inputs in the same processes.
+
+Multi-process runs use tests/torch_worker.py (one process per rank, each bounded in time and killed by
+PID afterwards); in-process checks use Communicators in threads of the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the pccl torch backend needs torch (pip install '.[torch]')")
+dist = pytest.importorskip("torch.distributed")
+
+import pccl_py  # noqa: E402
+import pccl_py.torch as pccl_torch  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORKER = os.path.join(HERE, "torch_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), env.get("PYTHONPATH", "")])
+    env.setdefault("PCCL_LOG_LEVEL", "error")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _kill(procs: list) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def run_ranks(scenario: str, world: int, tmp_path, timeout: float = 45.0) -> dict[int, dict]:
+    """Runs every rank of scenario; returns {rank: result} for the ranks that wrote one."""
+    port = _free_port()
+    outs = [str(tmp_path / f"{scenario}{r}.json") for r in range(world)]
+    logs = [open(tmp_path / f"{scenario}{r}.log", "wb") for r in range(world)]
+    procs = [subprocess.Popen([sys.executable, WORKER, scenario, str(r), str(world), str(port), outs[r]],
+                              stdout=logs[r], stderr=subprocess.STDOUT, env=_env()) for r in range(world)]
+    try:
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+    finally:
+        _kill(procs)
+        for f in logs:
+            f.close()
+    results = {}
+    for r, path in enumerate(outs):
+        if os.path.exists(path):
+            with open(path) as f:
+                results[r] = json.load(f)
+    return results
+
+
+def _logs(tmp_path, scenario: str) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob(f"{scenario}*.log")))
+
+
+@pytest.fixture(scope="module")
+def ops_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ops")
+    results = run_ranks("ops", 3, tmp)
+    assert sorted(results) == [0, 1, 2], f"ranks did not all finish:\n{_logs(tmp, 'ops')}"
+    return results
+
+
+def test_registered_and_default_group_is_pccl(ops_run):
+    assert "pccl" in dist.Backend.backend_list
+    for r in ops_run.values():
+        assert r["backend"] == "pccl" and r["pg_type"] == "ProcessGroupPCCL"
+
+
+def _checks(ops_run, prefix: str) -> dict[str, list[dict]]:
+    by_name: dict[str, list[dict]] = {}
+    for r in sorted(ops_run):
+        for c in ops_run[r]["checks"]:
+            if c["name"].startswith(prefix):
+                by_name.setdefault(c["name"], []).append(c)
+    return by_name
+
+
+@pytest.mark.parametrize("prefix", [
+    "all_reduce/", "broadcast/", "all_gather/", "all_gather_into_tensor/", "reduce_scatter", "all_reduce_coalesced",
+    "coalescing_manager/", "objects", "reduce", "gather", "scatter", "all_to_all_single", "barrier", "async",
+])
+def test_op_matches_gloo_and_is_bitwise_identical_across_ranks(ops_run, prefix):
+    checks = _checks(ops_run, prefix)
+    assert checks, f"no checks named {prefix}*"
+    failed = {name: [c["detail"] for c in cs if not c["ok"]] for name, cs in checks.items()}
+    failed = {k: v for k, v in failed.items() if v}
+    assert not failed, failed
+    for name, cs in checks.items():
+        assert len(cs) == 3, name
+        if not cs[0]["per_rank"]:  # slices and root-only results differ between ranks by design
+            assert len({c["hash"] for c in cs}) == 1, f"{name}: pccl results differ between ranks"
+
+
+def test_all_reduce_covers_every_dtype_and_op(ops_run):
+    names = set(_checks(ops_run, "all_reduce/"))
+    for dtype in ("float16", "bfloat16", "float32", "float64", "int8", "uint8", "int32", "int64"):
+        for op in ("SUM", "AVG", "PRODUCT", "MIN", "MAX"):
+            assert f"all_reduce/torch.{dtype}/{op}" in names
+    assert "all_reduce/torch.complex64/AVG" in names and "all_reduce/torch.bool/MAX" in names
+
+
+def test_subgroups(ops_run):
+    checks = _checks(ops_run, "subgroup")
+    assert not {n: c for n, cs in checks.items() for c in cs if not c["ok"]}
+    assert len(checks["subgroup[0,2]/all_reduce"]) == 2, "exactly ranks 0 and 2 take part in the subgroup"
+    assert len({c["hash"] for c in checks["subgroup[0,2]/all_reduce"]}) == 1
+    assert len(checks["subgroup[all]/all_reduce"]) == 3
+    assert ops_run[1]["excluded"]["rank1_is_non_member"] is True
+
+
+def test_ddp_matches_gloo_after_20_steps(ops_run):
+    checks = _checks(ops_run, "ddp/")
+    assert len(checks["ddp/parameters"]) == 3
+    assert all(c["ok"] for c in checks["ddp/parameters"]), checks
+    assert len({c["hash"] for c in checks["ddp/parameters"]}) == 1, "DDP replicas diverged under pccl"
+    assert ops_run[0]["ddp"]["max_diff"] < 1e-4
+
+
+def test_killed_rank_fails_survivors_work_within_1s_and_timeout_is_honoured(tmp_path):
+    results = run_ranks("kill", 3, tmp_path)
+    assert sorted(results) == [0, 1], f"survivors did not both report:\n{_logs(tmp_path, 'kill')}"
+    r0 = results[0]
+    assert r0["timeout_error"] == "TimeoutError"
+    assert 1.5 <= r0["timeout_after"] < 6.0, r0
+    for r in results.values():
+        assert r["error"] == "PeerLostError" and r["is_peer_lost"], r
+        assert r["fail_after_kill"] < 1.0, r
+        assert r["future_failed"] and r["work_completed"], r
+        assert r["next_op"] == "PeerLostError" and r["next_op_after"] < 0.5, r
+
+
+def test_torchrun_example(tmp_path):
+    torchrun = shutil.which("torchrun")
+    cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]) + [
+        "--nproc-per-node", "3", "--master-port", str(_free_port()), os.path.join(ROOT, "examples", "torch_backend.py")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=45)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish within 45 s:\n{output[-3000:]}")
+    assert proc.returncode == 0, output[-3000:]
+    assert output.count("example OK") == 3, output[-3000:]
+
+
+# -- in-process: a dynamic group wrapped around Communicators, and argument errors ---------------
+
+def _connect_group(master: pccl_py.Master, n: int) -> list[pccl_py.Communicator]:
+    comms = [pccl_py.Communicator(master.address, timeout=10, heartbeat_timeout=2) for _ in range(n)]
+    comms[0].connect()
+    joiners = [threading.Thread(target=c.connect) for c in comms[1:]]
+    for t in joiners:
+        t.start()
+    deadline = time.monotonic() + 20
+    while comms[0].world_size < n:
+        assert time.monotonic() < deadline, "peers were not admitted"
+        if comms[0].are_peers_pending():
+            voters = [threading.Thread(target=c.update_topology) for c in comms if c.rank >= 0]
+            for v in voters:
+                v.start()
+            for v in voters:
+                v.join(20)
+        time.sleep(0.01)
+    for t in joiners:
+        t.join(20)
+    return comms
+
+
+def _in_threads(fns, timeout=20.0):
+    out = [None] * len(fns)
+
+    def call(i):
+        out[i] = fns[i]()
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "collective hung"
+    return out
+
+
+def test_wrap_communicator_size_follows_live_world():
+    master = pccl_py.Master().start()
+    comms = _connect_group(master, 3)
+    try:
+        pgs = [pccl_torch.wrap_communicator(c) for c in comms]
+        assert [pg.size() for pg in pgs] == [3, 3, 3]
+        assert sorted(pg.rank() for pg in pgs) == [0, 1, 2]
+        xs = [torch.full((4,), float(i + 1)) for i in range(3)]
+        _in_threads([lambda pg=pg, x=x: pg.allreduce([x]).wait() for pg, x in zip(pgs, xs)])
+        assert all(torch.equal(x, torch.full((4,), 6.0)) for x in xs)
+        comms[2].close()  # graceful leave: the others' next op runs among two
+        ys = [torch.full((4,), float(i + 1)) for i in range(2)]
+        _in_threads([lambda pg=pg, y=y: pg.allreduce([y]).wait() for pg, y in zip(pgs[:2], ys)])
+        assert all(torch.equal(y, torch.full((4,), 3.0)) for y in ys)
+        assert [pg.size() for pg in pgs[:2]] == [2, 2]
+        # An all_gather's slots follow the live ranks too.
+        outs = [torch.empty(2) for _ in range(2)]
+        _in_threads([lambda pg=pg, o=o: pg.all_gather_single(o, torch.tensor([float(pg.rank())])).wait()
+                     for pg, o in zip(pgs[:2], outs)])
+        assert all(torch.equal(o, torch.tensor([0.0, 1.0])) for o in outs)
+    finally:
+        for c in comms:
+            c.close()
+        master.stop()
+
+
+def test_unsupported_device_op_and_p2p_raise_clear_errors():
+    master = pccl_py.Master().start()
+    comm = pccl_py.Communicator(master.address, timeout=5).connect()
+    try:
+        pg = pccl_torch.wrap_communicator(comm)
+        with pytest.raises(pccl_py.InvalidArgumentError, match="device 'meta'"):
+            pg.allreduce([torch.empty(2, device="meta")], dist.AllreduceOptions())
+        opts = dist.AllreduceOptions()
+        opts.reduceOp = dist.ReduceOp.BAND
+        with pytest.raises(pccl_py.InvalidArgumentError, match="SUM, AVG, PRODUCT, MIN and MAX"):
+            pg.allreduce([torch.ones(2)], opts)
+        opts.reduceOp = dist.ReduceOp.MAX
+        with pytest.raises(pccl_py.InvalidArgumentError, match="complex tensors support SUM and AVG"):
+            pg.allreduce([torch.ones(2, dtype=torch.complex64)], opts)
+        with pytest.raises(NotImplementedError, match="point-to-point"):
+            pg.send([torch.ones(2)], 0, 0)
+        # A world of one: every op still completes (and copies exactly).
+        x = torch.tensor([1.5, -0.0, float("nan")])
+        w = pg.allreduce([x])
+        assert w.wait() and w.is_completed() and w.get_future().done()
+        assert torch.equal(x[:2], torch.tensor([1.5, -0.0])) and torch.isnan(x[2])
+    finally:
+        comm.close()
+        master.stop()
