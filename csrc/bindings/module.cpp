@@ -117,7 +117,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Communicator>(m, "Communicator")
         .def(py::init([](std::string master, uint32_t group, int conns, double timeout, double hb, double join,
                          std::string listen_host, uint16_t listen_port, std::string advertise_host,
-                         uint16_t advertise_port) {
+                         uint16_t advertise_port, double master_grace) {
                  CommConfig c;
                  c.master_address = std::move(master);
                  c.group = group;
@@ -129,11 +129,12 @@ PYBIND11_MODULE(_core, m) {
                  c.listen_port = listen_port;
                  c.advertise_host = std::move(advertise_host);
                  c.advertise_port = advertise_port;
+                 c.master_grace = master_grace;
                  return std::make_unique<Communicator>(std::move(c));
              }),
              py::arg("master_address"), py::arg("peer_group"), py::arg("connections_per_peer"), py::arg("timeout"),
              py::arg("heartbeat_timeout"), py::arg("join_timeout"), py::arg("listen_host"), py::arg("listen_port"),
-             py::arg("advertise_host"), py::arg("advertise_port"))
+             py::arg("advertise_host"), py::arg("advertise_port"), py::arg("master_grace"))
         .def("connect", &Communicator::connect, py::call_guard<py::gil_scoped_release>())
         .def("update_topology", &Communicator::update_topology, py::call_guard<py::gil_scoped_release>())
         .def("are_peers_pending", &Communicator::peers_pending)

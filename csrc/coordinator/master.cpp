@@ -113,7 +113,7 @@ void Master::accept_new() {
         if (fd < 0) return;
         set_nodelay(fd);
         auto p = std::make_unique<Peer>();
-        p->id = next_id_++;
+        p->id = next_conn_id_++;
         p->fd = Fd(fd);
         p->remote = peer_ip(fd);
         p->last_seen = Clock::now();
@@ -174,8 +174,9 @@ void Master::handle(Peer& p, MsgType type, Reader& r) {
         throw ProtocolError(std::string("message '") + msg_type_name(type) + "' is not allowed in this state");
     };
     if (p.state == PeerState::kHandshake) {
-        if (type != MsgType::kHello) unexpected();
-        on_hello(p, decode_hello(r));
+        if (type == MsgType::kHello) on_hello(p, decode_hello(r));
+        else if (type == MsgType::kRejoin) on_rejoin(p, decode_rejoin(r));
+        else unexpected();
         return;
     }
     Group& g = group(p.hello.group);
@@ -219,11 +220,21 @@ void Master::handle(Peer& p, MsgType type, Reader& r) {
     }
 }
 
+void Master::rekey(Peer& p, uint64_t id) {
+    auto it = peers_.find(p.id);
+    auto owner = std::move(it->second);
+    peers_.erase(it);
+    p.id = id;
+    peers_[id] = std::move(owner);
+}
+
 void Master::on_hello(Peer& p, const Hello& h) {
     p.hello = h;
     if (p.hello.host.empty() || p.hello.host == "0.0.0.0") p.hello.host = p.remote;
+    while (peers_.count(next_peer_id_)) ++next_peer_id_;
+    rekey(p, next_peer_id_++);
     Group& g = group(h.group);
-    if (g.members.empty() && !g.recovering) {
+    if (g.members.empty() && !g.recovering && !g.rebuilding) {
         p.state = PeerState::kMember;
         g.members.push_back(p.id);
         g.epoch += 1;
@@ -240,6 +251,78 @@ void Master::on_hello(Peer& p, const Hello& h) {
     PCCL_INFO("master", "peer %llu (%s:%u) is pending admission to group %u (%zu pending)", (unsigned long long)p.id,
               p.hello.host.c_str(), h.port, h.group, g.pending.size());
     broadcast_pending(g);
+}
+
+// A restarted master knows nothing; the members tell it. The first rejoin of a group opens a window
+// (the longest heartbeat timeout claimed) for the other members to come back. When all have, and
+// they agree on the epoch, the group simply continues: its mesh never depended on the master. Any
+// gap (a member that did not return, a member that was mid-recovery, disagreeing claims) is closed
+// by an ordinary recovery into a new epoch, which also settles every in-flight op.
+void Master::on_rejoin(Peer& p, const Rejoin& m) {
+    Group& g = group(m.hello.group);
+    auto refuse = [&](const std::string& why) {
+        send(p, encode_evicted(Evicted{"the master restarted and peer group " + std::to_string(g.id) +
+                                       " could not take this peer back (" + why + ")"}));
+        drop(p, "rejoin of peer " + std::to_string(m.peer_id) + " to group " + std::to_string(g.id) + " refused: " + why,
+             false);
+    };
+    if (!g.rebuilding) {
+        if (!g.members.empty() || !g.pending.empty() || g.recovering || g.epoch != 0)
+            return refuse("the group already runs without it");
+        g.rebuilding = true;
+        g.claims.clear();
+        g.failure_while_rebuilding = false;
+        g.rebuild_deadline = deadline_after(1.0);
+    }
+    if (peers_.count(m.peer_id)) return refuse("its peer id is taken");
+    double hb = m.hello.heartbeat_timeout_ms / 1000.0;
+    g.rebuild_deadline = std::max(g.rebuild_deadline, deadline_after(hb + 1.0));
+    for (const auto& mi : m.members) next_peer_id_ = std::max(next_peer_id_, mi.peer_id + 1);
+    p.hello = m.hello;
+    if (p.hello.host.empty() || p.hello.host == "0.0.0.0") p.hello.host = p.remote;
+    rekey(p, m.peer_id);
+    p.state = PeerState::kMember;
+    g.claims[m.peer_id] = m;
+    send(p, encode_welcome(Welcome{m.peer_id, 1}));
+    PCCL_INFO("master", "peer %llu rejoined group %u (epoch %llu, %zu of %zu members back)", (unsigned long long)m.peer_id,
+              g.id, (unsigned long long)m.epoch, g.claims.size(), m.members.size());
+    // Everyone the first claim lists is back: no need to wait out the window.
+    const auto& first = g.claims.begin()->second.members;
+    bool all = true;
+    for (const auto& mi : first) all = all && g.claims.count(mi.peer_id);
+    if (all) finish_rebuild(g);
+}
+
+void Master::finish_rebuild(Group& g) {
+    g.rebuilding = false;
+    // The most recent claim is the reference; members it lists come first, in its ring order.
+    const Rejoin* ref = nullptr;
+    for (auto& [id, c] : g.claims)
+        if (find(id) && (!ref || c.epoch > ref->epoch)) ref = &c;
+    if (!ref) {
+        g.claims.clear();
+        return;
+    }
+    bool consistent = true;
+    g.epoch = ref->epoch;
+    g.members.clear();
+    for (const auto& mi : ref->members)
+        if (g.claims.count(mi.peer_id) && find(mi.peer_id)) g.members.push_back(mi.peer_id);
+        else consistent = false;
+    for (auto& [id, c] : g.claims) {
+        if (!find(id)) continue;
+        if (std::find(g.members.begin(), g.members.end(), id) == g.members.end()) g.members.push_back(id);
+        consistent = consistent && c.epoch == ref->epoch && c.settled && c.members.size() == ref->members.size();
+    }
+    g.claims.clear();
+    PCCL_INFO("master", "group %u rebuilt at epoch %llu with members [%s]%s", g.id, (unsigned long long)g.epoch,
+              ids_to_string(g.members).c_str(), consistent ? "" : "; starting a new epoch to settle the gaps");
+    if (!consistent || g.failure_while_rebuilding) {
+        start_recovery(g, consistent ? g.rebuild_cause : EpochCause::kLost, {});
+        return;
+    }
+    broadcast_pending(g);
+    check_vote(g);
 }
 
 void Master::broadcast_pending(Group& g) {
@@ -286,6 +369,13 @@ void Master::evict(Peer& p, const std::string& reason) {
 
 void Master::on_failure(Peer& p, const Failure& f) {
     Group& g = group(p.hello.group);
+    if (g.rebuilding) {  // acted on once the group is rebuilt
+        g.failure_while_rebuilding = true;
+        g.rebuild_cause = f.kind == FailureKind::kMismatch  ? EpochCause::kMismatch
+                          : f.kind == FailureKind::kTimeout ? EpochCause::kTimeout
+                                                            : EpochCause::kLost;
+        return;
+    }
     if (g.recovering || f.epoch != g.epoch) return;  // already being handled, or about an older epoch
     EpochCause cause = f.kind == FailureKind::kMismatch  ? EpochCause::kMismatch
                        : f.kind == FailureKind::kTimeout ? EpochCause::kTimeout
@@ -376,7 +466,7 @@ void Master::finish_recovery(Group& g) {
 }
 
 void Master::check_vote(Group& g) {
-    if (g.voters.empty() || g.recovering) return;
+    if (g.voters.empty() || g.recovering || g.rebuilding) return;
     for (auto id : g.members)
         if (!g.voters.count(id)) return;
     if (!g.pending.empty()) {
@@ -413,6 +503,7 @@ void Master::timers() {
         if (beat) send(*p, heartbeat);
     }
     for (auto& [gid, g] : groups_) {
+        if (g.rebuilding && now > g.rebuild_deadline) finish_rebuild(g);
         if (g.recovering && now > g.recovery_deadline) {
             // Members that did not report their op state in time are frozen or cut off.
             std::vector<uint64_t> silent(g.awaiting.begin(), g.awaiting.end());

@@ -53,6 +53,13 @@ private:
         std::map<uint64_t, Status> statuses;
         std::vector<uint64_t> admitting;
         TimePoint recovery_deadline;
+        // After a master restart: members rejoin with what they knew, until all are back or the
+        // deadline passes (see on_rejoin).
+        bool rebuilding = false;
+        std::map<uint64_t, Rejoin> claims;
+        TimePoint rebuild_deadline;
+        bool failure_while_rebuilding = false;
+        EpochCause rebuild_cause = EpochCause::kLost;
     };
 
     void bind_if_needed();
@@ -65,6 +72,9 @@ private:
     void drop(Peer& p, const std::string& reason, bool graceful);
     void evict(Peer& p, const std::string& reason);
     void on_hello(Peer& p, const Hello& h);
+    void on_rejoin(Peer& p, const Rejoin& m);
+    void finish_rebuild(Group& g);
+    void rekey(Peer& p, uint64_t id);
     void on_failure(Peer& p, const Failure& f);
     void start_recovery(Group& g, EpochCause cause, const std::vector<uint64_t>& removed);
     void check_recovery(Group& g);
@@ -82,8 +92,11 @@ private:
     Fd listener_;
     std::atomic<bool> stop_{false};
     std::thread thread_;
-    uint64_t next_id_ = 1;
-    std::map<uint64_t, std::unique_ptr<Peer>> peers_;  // keyed by connection id (== peer id)
+    // Peer ids are handed out at hello; until then a connection is keyed by an id from a separate
+    // range, so a member rejoining a restarted master can take back its old id.
+    uint64_t next_peer_id_ = 1;
+    uint64_t next_conn_id_ = uint64_t{1} << 62;
+    std::map<uint64_t, std::unique_ptr<Peer>> peers_;  // keyed by peer id (connection id before hello)
     std::map<uint32_t, Group> groups_;
     TimePoint last_heartbeat_;
 };

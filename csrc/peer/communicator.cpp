@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <poll.h>
+#include <thread>
 #include <sys/socket.h>
 
 #include "common/log.hpp"
@@ -53,7 +54,7 @@ void Communicator::connect() {
         throw Error(ErrorCode::kMasterLost, "cannot reach the master at " + config_.master_address + " (" + e.what() +
                                                 "); check that pccl-master is running there and the address is right");
     }
-    Hello h;
+    Hello& h = hello_;
     h.group = config_.group;
     h.heartbeat_timeout_ms = static_cast<uint32_t>(config_.heartbeat_timeout * 1000);
     h.host = config_.advertise_host.empty() ? local_ip(master_.get()) : config_.advertise_host;
@@ -83,16 +84,18 @@ void Communicator::check_usable() {
 }
 
 void Communicator::update_topology() {
-    uint64_t epoch;
+    Vote vote;
     {
-        std::lock_guard<std::mutex> lock(mutex_);
+        std::unique_lock<std::mutex> lock(mutex_);
         if (state_ != State::kMember) throw_state_error("update_topology");
+        wait_for_master(lock);
         vote_result_.reset();
-        epoch = epoch_;
+        vote = Vote{epoch_, static_cast<uint32_t>(config_.timeout * 1000)};
+        vote_outstanding_ = vote;
     }
-    send_to_master(encode_vote(Vote{epoch, static_cast<uint32_t>(config_.timeout * 1000)}));
+    send_to_master(encode_vote(vote));
     std::unique_lock<std::mutex> lock(mutex_);
-    auto deadline = deadline_after(config_.timeout + config_.heartbeat_timeout + 1.0);
+    auto deadline = deadline_after(config_.timeout + config_.heartbeat_timeout + 1.0 + config_.master_grace);
     cv_.wait_until(lock, deadline, [&] { return vote_result_.has_value() || is_terminal(static_cast<int>(state_)); });
     if (is_terminal(static_cast<int>(state_))) throw_state_error("update_topology");
     if (!vote_result_) throw Error(ErrorCode::kTimeout, "update_topology(): the master did not answer in time");
@@ -351,7 +354,7 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
     if (f.failed) report_failure(op->epoch(), f.kind, f.suspect);
     bool commit = false;
     EpochCause cause = EpochCause::kLost;
-    double wait = 2 * config_.heartbeat_timeout + 2.0;
+    double wait = 2 * config_.heartbeat_timeout + 2.0 + config_.master_grace;
     if (!op->wait_decision(deadline_after(wait), &commit, &cause)) {
         abandon();
         throw Error(ErrorCode::kMasterLost, std::string(call.name) + " failed (" + f.why +
@@ -444,6 +447,32 @@ void Communicator::enter_terminal(State state, const std::string& reason) {
     if (mesh) mesh->shutdown();
 }
 
+namespace {
+
+// Reads what is available on the master connection into `in`. Returns false when the connection
+// closed or failed (why says how).
+bool read_master(int fd, FrameAssembler& in, std::string* why) {
+    uint8_t buf[65536];
+    for (;;) {
+        ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            in.append(buf, static_cast<size_t>(n));
+            if (static_cast<size_t>(n) < sizeof buf) return true;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return true;
+        *why = n < 0 ? std::string("connection to the master failed: ") + std::strerror(errno)
+                     : "the master closed the connection";
+        return false;
+    }
+}
+
+MsgType next_type(Reader& r) {
+    return static_cast<MsgType>(r.get_enum(static_cast<uint8_t>(MsgType::kCount), "message type"));
+}
+
+}  // namespace
+
 void Communicator::control_loop() {
     const double hb = config_.heartbeat_timeout;
     const double beat_every = std::max(0.05, hb / 4);
@@ -451,62 +480,145 @@ void Communicator::control_loop() {
     auto last_tx = Clock::now();
     FrameAssembler in;
     std::vector<uint8_t> body;
-    uint8_t buf[65536];
     while (!stop_) {
         pollfd p{master_.get(), POLLIN, 0};
         ::poll(&p, 1, 50);
+        bool closed = false;
+        std::string why;
         if (p.revents) {
-            bool closed = false;
-            std::string why = "the master closed the connection";
-            for (;;) {
-                ssize_t n = ::recv(master_.get(), buf, sizeof buf, MSG_DONTWAIT);
-                if (n > 0) {
-                    in.append(buf, static_cast<size_t>(n));
-                    last_rx = Clock::now();
-                    if (static_cast<size_t>(n) < sizeof buf) break;
-                    continue;
-                }
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) break;
-                closed = true;
-                if (n < 0) why = std::string("connection to the master failed: ") + std::strerror(errno);
-                break;
+            closed = !read_master(master_.get(), in, &why);
+            last_rx = Clock::now();
+        }
+        try {
+            while (in.next(body)) {
+                Reader r(body.data(), body.size());
+                MsgType type = next_type(r);
+                handle_message(type, r);
             }
-            try {
-                while (in.next(body)) {
-                    Reader r(body.data(), body.size());
-                    auto type = static_cast<MsgType>(r.get_enum(static_cast<uint8_t>(MsgType::kCount), "message type"));
-                    handle_message(type, r);
-                }
-            } catch (const std::exception& e) {  // a bad message, or a failure handling it
-                PCCL_WARN("peer", "invalid message from the master: %s", e.what());
-                enter_terminal(State::kMasterLost, std::string("the master sent an invalid message: ") + e.what());
-                return;
-            }
-            if (closed) {
-                if (leaving_) {
-                    std::lock_guard<std::mutex> lock(mutex_);
-                    if (!is_terminal(static_cast<int>(state_))) state_ = State::kClosed;
-                    terminal_reason_ = "closed";
-                    cv_.notify_all();
-                } else {
-                    enter_terminal(State::kMasterLost, why);
-                }
-                return;
-            }
+        } catch (const std::exception& e) {  // a bad message, or a failure handling it
+            PCCL_WARN("peer", "invalid message from the master: %s", e.what());
+            enter_terminal(State::kMasterLost, std::string("the master sent an invalid message: ") + e.what());
+            return;
+        }
+        if (closed && leaving_) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!is_terminal(static_cast<int>(state_))) state_ = State::kClosed;
+            terminal_reason_ = "closed";
+            cv_.notify_all();
+            return;
         }
         {
             std::lock_guard<std::mutex> lock(mutex_);
             if (is_terminal(static_cast<int>(state_))) return;
         }
-        if (seconds_since(last_rx) > hb) {
-            enter_terminal(State::kMasterLost, "no message from the master for " + fmt_seconds(seconds_since(last_rx)));
-            return;
+        if (!closed && seconds_since(last_rx) > hb) {
+            closed = true;
+            why = "no message from the master for " + fmt_seconds(seconds_since(last_rx));
+        }
+        if (closed) {
+            if (!reconnect_master(why, in)) return;
+            last_rx = last_tx = Clock::now();
+            continue;
         }
         if (seconds_since(last_tx) >= beat_every) {
             send_to_master(encode_empty(MsgType::kHeartbeat));
             last_tx = Clock::now();
         }
     }
+}
+
+void Communicator::wait_for_master(std::unique_lock<std::mutex>& lock) {
+    cv_.wait_until(lock, deadline_after(config_.master_grace + 1.0),
+                   [&] { return !master_away_ || is_terminal(static_cast<int>(state_)); });
+}
+
+bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) {
+    Rejoin claim;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (config_.master_grace > 0 && state_ == State::kMember) {
+            master_away_ = true;
+            claim = Rejoin{hello_, peer_id_, epoch_, static_cast<uint8_t>(ready_ ? 1 : 0), members_};
+        }
+    }
+    if (!claim.peer_id) {
+        enter_terminal(State::kMasterLost, why);
+        return false;
+    }
+    PCCL_WARN("peer", "master lost (%s); waiting up to %s for it to come back", why.c_str(),
+              fmt_seconds(config_.master_grace).c_str());
+    {
+        std::lock_guard<std::mutex> lock(send_mutex_);
+        master_.reset();
+    }
+    const auto give_up = deadline_after(config_.master_grace);
+    std::vector<uint8_t> body;
+    while (!stop_ && Clock::now() < give_up) {
+        Fd fd;
+        try {
+            fd = connect_tcp(master_host_, master_port_, std::min(give_up, deadline_after(1.0)));
+        } catch (const Error&) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            continue;
+        }
+        {
+            std::lock_guard<std::mutex> lock(send_mutex_);
+            master_ = std::move(fd);
+        }
+        in = FrameAssembler{};
+        send_to_master(encode_rejoin(claim));
+        // The answer is a welcome (taken back) or an eviction; anything after the welcome stays in
+        // `in` for the control loop.
+        const auto answer_by = std::min(give_up, deadline_after(config_.heartbeat_timeout + 1.0));
+        std::string lost;
+        try {
+            while (!stop_ && Clock::now() < answer_by && lost.empty()) {
+                pollfd p{master_.get(), POLLIN, 0};
+                ::poll(&p, 1, 50);
+                if (p.revents && !read_master(master_.get(), in, &lost)) break;
+                while (in.next(body)) {
+                    Reader r(body.data(), body.size());
+                    MsgType type = next_type(r);
+                    if (type == MsgType::kHeartbeat) continue;
+                    if (type != MsgType::kWelcome) {
+                        handle_message(type, r);  // an eviction or a refusal: terminal
+                        return false;
+                    }
+                    auto w = decode_welcome(r);
+                    if (w.peer_id != claim.peer_id || !w.admitted) throw ProtocolError("the restarted master answered the rejoin with another identity");
+                    PCCL_WARN("peer", "rejoined the restarted master as peer %llu", (unsigned long long)w.peer_id);
+                    std::optional<Vote> vote;
+                    std::shared_ptr<Collective> failed;
+                    {
+                        std::lock_guard<std::mutex> lock(mutex_);
+                        master_away_ = false;
+                        vote = vote_outstanding_;
+                        for (auto& op : inflight_)
+                            if (op->failure().failed) failed = op;
+                        failure_reported_epoch_ = 0;  // reports sent to the dead master are lost
+                        cv_.notify_all();
+                    }
+                    if (vote) send_to_master(encode_vote(*vote));
+                    if (failed) {
+                        auto f = failed->failure();
+                        report_failure(failed->epoch(), f.kind, f.suspect);
+                    }
+                    return true;
+                }
+            }
+        } catch (const std::exception& e) {
+            enter_terminal(State::kMasterLost, std::string("the restarted master sent an invalid message: ") + e.what());
+            return false;
+        }
+        {
+            std::lock_guard<std::mutex> lock(send_mutex_);
+            master_.reset();
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    enter_terminal(State::kMasterLost, why + "; no master came back at " + config_.master_address + " within master_grace (" +
+                                           fmt_seconds(config_.master_grace) + ")");
+    return false;
 }
 
 void Communicator::handle_message(MsgType type, Reader& r) {
@@ -532,6 +644,7 @@ void Communicator::handle_message(MsgType type, Reader& r) {
             auto v = decode_vote_result(r);
             std::lock_guard<std::mutex> lock(mutex_);
             vote_result_ = v;
+            vote_outstanding_.reset();
             cv_.notify_all();
             return;
         }

@@ -36,6 +36,7 @@ struct CommConfig {
     uint16_t listen_port = 0;    // 0: any free port
     std::string advertise_host;  // empty: the address this peer uses to reach the master
     uint16_t advertise_port = 0; // 0: the listen port (set both to route peers through a relay or NAT)
+    double master_grace = 0.0;   // how long a member waits for a restarted master (0: the loss is final)
 };
 
 struct ReduceResult {
@@ -84,6 +85,11 @@ private:
     void on_recover(const Recover& m);
     void build_mesh(uint64_t epoch, const std::vector<MemberInfo>& members, int my_rank);
     void enter_terminal(State state, const std::string& reason);
+    // The master connection is gone: rejoin a master at the same address within master_grace.
+    // Returns false once the communicator is terminal.
+    bool reconnect_master(const std::string& why, FrameAssembler& in);
+    // Waits (bounded by master_grace) while the master is away; mutex_ held through lock.
+    void wait_for_master(std::unique_lock<std::mutex>& lock);
 
     // shared helpers
     void send_to_master(const std::vector<uint8_t>& frame);
@@ -131,6 +137,9 @@ private:
     std::map<uint32_t, std::deque<EpochCause>> owed_failures_;
     uint32_t pending_ = 0;
     std::optional<VoteResult> vote_result_;
+    std::optional<Vote> vote_outstanding_;  // sent, no result yet: re-sent to a restarted master
+    bool master_away_ = false;
+    Hello hello_;
     uint64_t failure_reported_epoch_ = 0;
     struct Turns {
         uint64_t next = 0, serving = 0;

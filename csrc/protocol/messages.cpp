@@ -19,8 +19,9 @@ std::vector<uint8_t> finish(Writer& w) {
 
 }  // namespace
 
-std::vector<uint8_t> encode_hello(const Hello& m) {
-    Writer w = begin(MsgType::kHello);
+namespace {
+
+void put_hello_fields(Writer& w, const Hello& m) {
     w.put<uint32_t>(kProtocolMagic);
     w.put<uint16_t>(kProtocolVersion);
     w.put<uint32_t>(m.group);
@@ -28,10 +29,27 @@ std::vector<uint8_t> encode_hello(const Hello& m) {
     w.put_string(m.host);
     w.put<uint16_t>(m.port);
     w.put<uint16_t>(m.connections);
-    return finish(w);
 }
 
-Hello decode_hello(Reader& r) {
+void put_member(Writer& w, const MemberInfo& mi) {
+    w.put<uint64_t>(mi.peer_id);
+    w.put_string(mi.host);
+    w.put<uint16_t>(mi.port);
+    w.put<uint16_t>(mi.connections);
+}
+
+MemberInfo get_member(Reader& r) {
+    MemberInfo mi;
+    mi.peer_id = r.get<uint64_t>();
+    mi.host = r.get_string(kMaxHostLength);
+    mi.port = r.get<uint16_t>();
+    mi.connections = r.get<uint16_t>();
+    if (mi.peer_id == 0 || mi.port == 0 || mi.connections < 1 || mi.connections > 64)
+        throw ProtocolError("invalid member entry");
+    return mi;
+}
+
+Hello get_hello_fields(Reader& r) {
     if (r.get<uint32_t>() != kProtocolMagic) throw ProtocolError("bad magic in hello (not a pccl_py peer)");
     auto version = r.get<uint16_t>();
     if (version != kProtocolVersion)
@@ -47,6 +65,47 @@ Hello decode_hello(Reader& r) {
     m.connections = r.get<uint16_t>();
     if (m.port == 0) throw ProtocolError("listen port 0 in hello");
     if (m.connections < 1 || m.connections > 64) throw ProtocolError("connections per peer out of range [1, 64]");
+    return m;
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_hello(const Hello& m) {
+    Writer w = begin(MsgType::kHello);
+    put_hello_fields(w, m);
+    return finish(w);
+}
+
+Hello decode_hello(Reader& r) {
+    Hello m = get_hello_fields(r);
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_rejoin(const Rejoin& m) {
+    Writer w = begin(MsgType::kRejoin);
+    put_hello_fields(w, m.hello);
+    w.put<uint64_t>(m.peer_id);
+    w.put<uint64_t>(m.epoch);
+    w.put<uint8_t>(m.settled);
+    w.put<uint32_t>(static_cast<uint32_t>(m.members.size()));
+    for (const auto& mi : m.members) put_member(w, mi);
+    return finish(w);
+}
+
+Rejoin decode_rejoin(Reader& r) {
+    Rejoin m;
+    m.hello = get_hello_fields(r);
+    m.peer_id = r.get<uint64_t>();
+    m.epoch = r.get<uint64_t>();
+    m.settled = r.get_enum(2, "settled flag");
+    uint32_t n = r.get_count(kMaxMembers, "member");
+    bool found = false;
+    for (uint32_t i = 0; i < n; ++i) {
+        m.members.push_back(get_member(r));
+        found = found || m.members.back().peer_id == m.peer_id;
+    }
+    if (m.peer_id == 0 || m.epoch == 0 || !found) throw ProtocolError("rejoin without a valid peer id, epoch and own membership");
     r.expect_end();
     return m;
 }
@@ -190,12 +249,7 @@ std::vector<uint8_t> encode_epoch(const EpochMsg& m) {
     w.put<uint64_t>(m.epoch);
     w.put<uint8_t>(static_cast<uint8_t>(m.cause));
     w.put<uint32_t>(static_cast<uint32_t>(m.members.size()));
-    for (auto& mi : m.members) {
-        w.put<uint64_t>(mi.peer_id);
-        w.put_string(mi.host);
-        w.put<uint16_t>(mi.port);
-        w.put<uint16_t>(mi.connections);
-    }
+    for (auto& mi : m.members) put_member(w, mi);
     w.put<uint32_t>(static_cast<uint32_t>(m.decisions.size()));
     for (auto& d : m.decisions) {
         w.put<uint32_t>(d.tag);
@@ -212,15 +266,7 @@ EpochMsg decode_epoch(Reader& r) {
     m.cause = static_cast<EpochCause>(r.get_enum(static_cast<uint8_t>(EpochCause::kCount), "epoch cause"));
     uint32_t n = r.get_count(kMaxMembers, "member");
     if (n == 0) throw ProtocolError("epoch with no members");
-    m.members.resize(n);
-    for (auto& mi : m.members) {
-        mi.peer_id = r.get<uint64_t>();
-        mi.host = r.get_string(kMaxHostLength);
-        mi.port = r.get<uint16_t>();
-        mi.connections = r.get<uint16_t>();
-        if (mi.peer_id == 0 || mi.port == 0 || mi.connections < 1 || mi.connections > 64)
-            throw ProtocolError("invalid member entry in epoch");
-    }
+    for (uint32_t i = 0; i < n; ++i) m.members.push_back(get_member(r));
     uint32_t d = r.get_count(kMaxReportedOps, "decision");
     m.decisions.resize(d);
     for (auto& dec : m.decisions) {
@@ -260,7 +306,8 @@ ErrorMsg decode_error(Reader& r) {
 
 const char* msg_type_name(MsgType t) {
     static const char* names[] = {"?",       "hello",  "welcome", "heartbeat", "vote",    "vote-result", "pending",
-                                  "failure", "recover", "status", "epoch",     "leave",   "evicted",     "error"};
+                                  "failure", "recover", "status", "epoch",     "leave",   "evicted",     "error",
+                                  "rejoin"};
     auto i = static_cast<size_t>(t);
     return i < sizeof(names) / sizeof(names[0]) ? names[i] : "?";
 }

@@ -32,6 +32,7 @@ enum class MsgType : uint8_t {
     kLeave,           // peer -> master: graceful leave
     kEvicted,         // master -> peer: you are no longer a member
     kError,           // master -> peer: request refused
+    kRejoin,          // peer -> restarted master: "I was member X of group G in epoch E with these members"
     kCount
 };
 
@@ -115,6 +116,15 @@ struct EpochMsg {
     std::vector<Decision> decisions;
 };
 
+// Sent to a master that restarted: what this member knew, so the master can rebuild the group.
+struct Rejoin {
+    Hello hello;
+    uint64_t peer_id = 0;
+    uint64_t epoch = 0;
+    uint8_t settled = 1;  // 0: the peer was between epochs (mid-recovery) when the master died
+    std::vector<MemberInfo> members;  // ring order of that epoch; contains peer_id
+};
+
 struct Evicted {
     std::string reason;
 };
@@ -134,6 +144,7 @@ std::vector<uint8_t> encode_failure(const Failure& m);
 std::vector<uint8_t> encode_recover(const Recover& m);
 std::vector<uint8_t> encode_status(const Status& m);
 std::vector<uint8_t> encode_epoch(const EpochMsg& m);
+std::vector<uint8_t> encode_rejoin(const Rejoin& m);
 std::vector<uint8_t> encode_evicted(const Evicted& m);
 std::vector<uint8_t> encode_error(const ErrorMsg& m);
 
@@ -147,6 +158,7 @@ Failure decode_failure(Reader& r);
 Recover decode_recover(Reader& r);
 Status decode_status(Reader& r);
 EpochMsg decode_epoch(Reader& r);
+Rejoin decode_rejoin(Reader& r);
 Evicted decode_evicted(Reader& r);
 ErrorMsg decode_error(Reader& r);
 

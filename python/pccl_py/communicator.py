@@ -94,6 +94,10 @@ class Communicator:
         advertise_address: "host" or "host:port" other members should dial instead of this peer's
             own listener (NAT, port forwarding, the WAN emulator's relay); default: the address this
             peer uses to reach the master, with the listen port.
+        master_grace: seconds a member keeps trying to rejoin a master restarted at the same address
+            after losing it. Meanwhile all-reduces among healthy members keep running; calls that need
+            the master (update_topology, resolving a failure) wait for it. 0 (default): losing the
+            master is final (MasterLostError).
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class Communicator:
         listen_host: str = "0.0.0.0",
         listen_port: int = 0,
         advertise_address: Optional[str] = None,
+        master_grace: float = 0.0,
     ) -> None:
         if not isinstance(master_address, str) or ":" not in master_address:
             raise InvalidArgumentError(f"master_address must be 'host:port', not {master_address!r}")
@@ -116,7 +121,7 @@ class Communicator:
         if not isinstance(connections_per_peer, int) or not 1 <= connections_per_peer <= 64:
             raise InvalidArgumentError(f"connections_per_peer must be an int in [1, 64], not {connections_per_peer!r}")
         for name, value, low in (("timeout", timeout, 0.1), ("heartbeat_timeout", heartbeat_timeout, 0.5),
-                                 ("join_timeout", join_timeout, 0.1)):
+                                 ("join_timeout", join_timeout, 0.1), ("master_grace", master_grace, 0.0)):
             if not isinstance(value, (int, float)) or not low <= value <= 86400:
                 raise InvalidArgumentError(f"{name} must be a number of seconds in [{low}, 86400], not {value!r}")
         if not isinstance(listen_port, int) or not 0 <= listen_port <= 65535:
@@ -124,7 +129,7 @@ class Communicator:
         advertise_host, advertise_port = _split_advertise(advertise_address)
         self._core = _core.Communicator(
             master_address, peer_group, connections_per_peer, float(timeout), float(heartbeat_timeout),
-            float(join_timeout), listen_host, listen_port, advertise_host, advertise_port)
+            float(join_timeout), listen_host, listen_port, advertise_host, advertise_port, float(master_grace))
         self.master_address = master_address
         self.peer_group = peer_group
         self._state_revision: Optional[int] = None  # revision of the last successful shared-state sync

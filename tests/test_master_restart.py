@@ -1,0 +1,112 @@
+"""Master restart: members with master_grace rejoin a master restarted at the same address.
+
+The master is a real process killed with SIGKILL; the peers are worker processes. Afterwards the same
+peers keep reducing and syncing shared state, with the same peer ids and the revision sequence going
+on where it was.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness import Cluster, MasterProcess
+
+GRACE = 12.0
+CONNECT = dict(master_grace=GRACE, heartbeat_timeout=2.0, timeout=30.0)
+KEYS = {"w": {"count": 10_000, "seed": 1}, "b": {"count": 100, "seed": 2}}
+
+
+def _reduce(c, peers, **kw):
+    replies = c.all_reduce(peers, dtype="float32", count=100_000, seed=kw.pop("seed", 3), **kw)
+    for r in replies:
+        assert r["ok"], r
+        assert r["correct"], r
+        assert r["world_size"] == len(peers)
+    assert len({r["sha"] for r in replies}) == 1
+    return replies
+
+
+def _sync(peers, **kw):
+    for p in peers:
+        p.send("sync_state", **kw)
+    replies = [p.recv(60) for p in peers]
+    for r in replies:
+        assert r["ok"], r
+    assert len({str(r["hashes"]) for r in replies}) == 1
+    return replies
+
+
+def _restart(c: Cluster, port: int) -> None:
+    c.master.kill()
+    time.sleep(0.3)  # peers notice the closed connection and start retrying
+    c.master = MasterProcess(port=port, log_path=c._log("master2.log"))
+
+
+def test_kill_9_master_then_restart_same_peers_same_revisions():
+    with Cluster() as c:
+        peers = c.join(3, **CONNECT)
+        ids = sorted(p.call("state")["peer_id"] for p in peers)
+        _reduce(c, peers)
+        before = _sync(peers, keys=KEYS, revision=7, rebuild=True, steps=3, evolve=True)
+        assert before[0]["revision"] == 9
+        port = c.master.port
+        _restart(c, port)
+        # The group continues: same peers, same ids, the next revision.
+        _reduce(c, peers, seed=4)
+        after = _sync(peers, advance=True, evolve=True, steps=2)
+        assert [r["revision"] for r in after] == [11, 11, 11]
+        assert all(i["tx_bytes"] == 0 for r in after for i in r["infos"])  # nothing had to move
+        states = [p.call("state") for p in peers]
+        assert sorted(s["peer_id"] for s in states) == ids
+        assert {s["world_size"] for s in states} == {3}
+        # Membership changes work with the new master: a newcomer joins and catches up.
+        newcomer = c.join(1, **CONNECT)
+        everyone = c.ranked([p for p in newcomer])
+        assert len(everyone) == 4
+        fresh = next(p for p in everyone if p not in peers)
+        for p in everyone:
+            if p is fresh:
+                p.send("sync_state", keys={k: dict(v, seed=0) for k, v in KEYS.items()}, revision=0, rebuild=True)
+            else:
+                p.send("sync_state", advance=True, evolve=True)
+        replies = [p.recv(60) for p in everyone]
+        assert all(r["ok"] for r in replies), replies
+        assert len({str(r["hashes"]) for r in replies}) == 1
+        assert {r["revision"] for r in replies} == {12}
+
+
+def test_while_the_master_is_away_reduces_run_and_master_calls_wait_out_the_grace():
+    with Cluster() as c:
+        peers = c.join(2, **CONNECT)
+        c.master.kill()
+        time.sleep(0.3)
+        _reduce(c, peers)  # peer-to-peer: no master needed
+        t0 = time.time()
+        for p in peers:
+            p.send("update_topology")
+        replies = [p.recv(GRACE + 30) for p in peers]
+        elapsed = time.time() - t0
+        for r in replies:
+            assert not r["ok"] and r["error"] == "MasterLostError", r
+            assert "master_grace" in r["message"]
+        assert GRACE - 1.0 <= elapsed <= GRACE + 5.0, elapsed
+
+
+def test_peer_killed_while_the_master_is_away_is_resolved_by_the_restarted_master():
+    with Cluster() as c:
+        peers = c.join(3, **CONNECT)
+        port = c.master.port
+        c.master.kill()
+        time.sleep(0.3)
+        victim = peers[1]
+        victim.kill()
+        survivors = [peers[0], peers[2]]
+        for p in survivors:
+            p.send("all_reduce", dtype="float32", count=1_000_000, seed=5, expect_from=[q.index for q in peers])
+        time.sleep(1.0)  # the op fails on the broken link and waits for a decision
+        c.master = MasterProcess(port=port, log_path=c._log("master2.log"))
+        replies = [p.recv(GRACE + 30) for p in survivors]
+        for r in replies:
+            assert not r["ok"] and r["error"] == "PeerLostError", r
+            assert r["input_unchanged"]
+        _reduce(c, survivors, seed=6)
