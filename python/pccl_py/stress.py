@@ -190,7 +190,6 @@ class Stress:
         self.t_end = self.t0
         self.spawned = 0
         self.last_event = ""
-        self.has_state: Optional[bool] = None
 
     # -- processes --------------------------------------------------------------------------------
     def spawn(self) -> WorkerProc:
@@ -260,10 +259,7 @@ class Stress:
             return
         ev = msg.get("ev")
         t = msg.get("t", _now())
-        if ev == "started":
-            if self.has_state is None:
-                self.has_state = bool(msg.get("has_state"))
-        elif ev == "joined":
+        if ev == "joined":
             w.peer_id = msg.get("peer_id", 0)
             if w.state == "starting":
                 w.state = "member"
@@ -529,7 +525,7 @@ class Stress:
             "ops_completed": total["ops_ok"], "ops_failed": total["ops_failed"], "ops_retried": total["retries"],
             "op_errors": dict(errors), "peer_steps": total["steps"],
             "wrong_results": wrong, "divergences": len(self.divergences),
-            "shared_state": bool(self.has_state), "state_syncs": total["state_syncs"],
+            "state_syncs": total["state_syncs"],
             "state_divergences": len(self.state_divergences), "state_tx_bytes": total["state_tx"],
             "state_rx_bytes": total["state_rx"],
             "votes": total["votes"], "vote_failures": total["vote_failures"], "joins": total["joins"],
@@ -647,8 +643,7 @@ def format_report(r: dict) -> str:
                  f"{r['op_errors'] or ''}; peer-steps {r['peer_steps']}")
     lines.append(f"  joins {r['joins']} (failed {r['join_failures']}), votes {r['votes']} (failed "
                  f"{r['vote_failures']}), evictions {r['evictions']}, master losses {r['master_losses']}")
-    state = (f"state syncs {r['state_syncs']} ({r['state_tx_bytes']} B sent), state divergences "
-             f"{r['state_divergences']}") if r["shared_state"] else "shared state: not in this core (skipped)"
+    state = f"state syncs {r['state_syncs']} ({r['state_tx_bytes']} B sent), state divergences {r['state_divergences']}"
     lines.append(f"  wrong results {r['wrong_results']}, divergences {r['divergences']}; {state}")
     lines.append(f"  longest stall {r['longest_stall_s']:.2f} s (limit {r['stall_limit_s']:.1f} s) "
                  f"{r['longest_stall_where']}")
@@ -689,9 +684,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--heartbeat-timeout", type=float, default=2.0, help="peers' heartbeat_timeout (default 2)")
     p.add_argument("--timeout", type=float, default=10.0, help="peers' op timeout (default 10)")
     p.add_argument("--connections", type=int, default=4, help="connections_per_peer K (default 4)")
-    p.add_argument("--master-restart", action="store_true",
-                   help="also kill -9 the master and restart it on the same port (needs a core with master_grace)")
-    p.add_argument("--master-grace", type=float, default=10.0, help="peers' master_grace with --master-restart")
+    p.add_argument("--no-master-restart", dest="master_restart", action="store_false",
+                   help="never kill -9 and restart the master (by default it is one of the events)")
+    p.add_argument("--master-grace", type=float, default=10.0, help="peers' master_grace (default 10)")
     p.add_argument("--min-interval", type=float, default=0.5, help="shortest time between events (default 0.5)")
     p.add_argument("--max-interval", type=float, default=2.0, help="longest time between events (default 2)")
     p.add_argument("--step-sleep", type=float, default=0.005,

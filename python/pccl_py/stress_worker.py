@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import os
 import signal
@@ -174,7 +173,6 @@ class Worker:
         self.seed: int = args.seed
         corrupt = os.environ.get("PCCL_STRESS_CORRUPT", "")
         self.corrupt = corrupt.strip().isdigit() and int(corrupt) == self.slot
-        self.has_state = hasattr(pccl_py, "SharedState") and hasattr(pccl_py.Communicator, "sync_shared_state")
         self.comm: Any = None
         self.leaving = False
         self.lock = threading.Lock()
@@ -230,7 +228,7 @@ class Worker:
         kwargs: dict[str, Any] = dict(connections_per_peer=a.connections, timeout=a.timeout,
                                       heartbeat_timeout=a.heartbeat_timeout, join_timeout=a.join_timeout,
                                       listen_host="127.0.0.1")
-        if a.master_grace > 0 and "master_grace" in inspect.signature(self.pccl.Communicator).parameters:
+        if a.master_grace > 0:
             kwargs["master_grace"] = a.master_grace
         return self.pccl.Communicator(a.master, **kwargs)
 
@@ -375,7 +373,7 @@ class Worker:
                 self.wrong(step, why)
             results += [big, q8]
 
-        state_hash = self.sync_state(step) if self.has_state else 0
+        state_hash = self.sync_state(step)
         h = _hash64(np.array([step], dtype=np.int64), *results)
         mask = (1 << 64) - 1
         digest = np.array([h, h ^ mask, state_hash, state_hash ^ mask], dtype=np.uint64)
@@ -446,7 +444,7 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "leaving", True))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator owns our lifetime
         threading.Thread(target=self._stats_loop, name="stats", daemon=True).start()
-        self.emit("started", pid=os.getpid(), has_state=self.has_state, corrupt=self.corrupt)
+        self.emit("started", pid=os.getpid(), corrupt=self.corrupt)
         pccl = self.pccl
         try:
             self.join()
