@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
 
 import pccl_py
 from pccl_py import collectives as C
+from support import connect_group, run_concurrently
 
 
 @pytest.fixture
 def group():
     master = pccl_py.Master().start()
-    comms = [pccl_py.Communicator(master.address, timeout=10, heartbeat_timeout=2) for _ in range(3)]
-    comms[0].connect()
-    joiners = [threading.Thread(target=c.connect, daemon=True) for c in comms[1:]]
-    for t in joiners:
-        t.start()
-    deadline = time.monotonic() + 20
-    while comms[0].world_size < 3:
-        assert time.monotonic() < deadline, "peers were not admitted"
-        if comms[0].are_peers_pending():
-            voters = [threading.Thread(target=c.update_topology, daemon=True) for c in comms if c.rank >= 0]
-            for v in voters:
-                v.start()
-            for v in voters:
-                v.join(20)
-        time.sleep(0.01)
-    for t in joiners:
-        t.join(20)
-    comms.sort(key=lambda c: c.rank)
+    comms = sorted(connect_group(master.address, 3, timeout=10, heartbeat_timeout=2), key=lambda c: c.rank)
     yield comms
     for c in comms:
         c.close()
@@ -40,21 +21,8 @@ def group():
 
 
 def each(comms, fn, timeout=20.0):
-    out, errors = [None] * len(comms), []
-
-    def call(i):
-        try:
-            out[i] = fn(i, comms[i])
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(len(comms))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), "collective hung"
-    assert not errors, errors
-    return out
+    """fn(rank, comm) on every member at once; their results in rank order."""
+    return run_concurrently(*[lambda i=i, c=c: fn(i, c) for i, c in enumerate(comms)], timeout=timeout)
 
 
 def test_broadcast_copies_every_bit_pattern(group):

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -23,6 +22,7 @@ dist = pytest.importorskip("torch.distributed")
 
 import pccl_py  # noqa: E402
 import pccl_py.torch as pccl_torch  # noqa: E402
+from support import connect_group, run_concurrently  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -181,44 +181,13 @@ def test_torchrun_example(tmp_path):
 
 # -- in-process: a dynamic group wrapped around Communicators, and argument errors ---------------
 
-def _connect_group(master: pccl_py.Master, n: int) -> list[pccl_py.Communicator]:
-    comms = [pccl_py.Communicator(master.address, timeout=10, heartbeat_timeout=2) for _ in range(n)]
-    comms[0].connect()
-    joiners = [threading.Thread(target=c.connect) for c in comms[1:]]
-    for t in joiners:
-        t.start()
-    deadline = time.monotonic() + 20
-    while comms[0].world_size < n:
-        assert time.monotonic() < deadline, "peers were not admitted"
-        if comms[0].are_peers_pending():
-            voters = [threading.Thread(target=c.update_topology) for c in comms if c.rank >= 0]
-            for v in voters:
-                v.start()
-            for v in voters:
-                v.join(20)
-        time.sleep(0.01)
-    for t in joiners:
-        t.join(20)
-    return comms
-
-
 def _in_threads(fns, timeout=20.0):
-    out = [None] * len(fns)
-
-    def call(i):
-        out[i] = fns[i]()
-    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), "collective hung"
-    return out
+    return run_concurrently(*fns, timeout=timeout)
 
 
 def test_wrap_communicator_size_follows_live_world():
     master = pccl_py.Master().start()
-    comms = _connect_group(master, 3)
+    comms = connect_group(master.address, 3, timeout=10, heartbeat_timeout=2)
     try:
         pgs = [pccl_torch.wrap_communicator(c) for c in comms]
         assert [pg.size() for pg in pgs] == [3, 3, 3]
