@@ -7,6 +7,7 @@ on where it was.
 
 from __future__ import annotations
 
+import signal
 import time
 
 from harness import Cluster, MasterProcess
@@ -110,3 +111,28 @@ def test_peer_killed_while_the_master_is_away_is_resolved_by_the_restarted_maste
             assert not r["ok"] and r["error"] == "PeerLostError", r
             assert r["input_unchanged"]
         _reduce(c, survivors, seed=6)
+
+
+def test_newcomers_that_reach_the_restarted_master_first_yield_to_the_old_members(tmp_path):
+    with Cluster(log_dir=str(tmp_path)) as c:
+        peers = c.join(3, **CONNECT)
+        _sync(peers, keys=KEYS, revision=3, rebuild=True)
+        port = c.master.port
+        for p in peers:  # the old members are slow to come back
+            p.kill(signal.SIGSTOP)
+        c.master.kill()
+        c.master = MasterProcess(port=port, log_path=c._log("master2.log"))
+        newcomer = c.spawn()
+        r = newcomer.call("connect", master=c.master.address, kwargs=CONNECT, timeout=30)
+        assert r["ok"] and r["world_size"] == 1, r  # alone, it formed a group at the new master
+        for p in peers:
+            p.kill(signal.SIGCONT)
+        r = newcomer.call("all_reduce", dtype="float32", count=10, expect_from=[newcomer.index], timeout=60)
+        deadline = time.time() + 20
+        while r["ok"] and time.time() < deadline:
+            time.sleep(0.2)
+            r = newcomer.call("all_reduce", dtype="float32", count=10, expect_from=[newcomer.index], timeout=60)
+        assert not r["ok"] and r["error"] == "EvictedError" and "rejoining" in r["message"], r
+        _reduce(c, peers)
+        after = _sync(peers, advance=True)
+        assert {r["revision"] for r in after} == {4}

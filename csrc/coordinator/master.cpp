@@ -1,6 +1,7 @@
 #include "coordinator/master.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <poll.h>
@@ -43,7 +44,10 @@ std::vector<Decision> decide(const std::map<uint64_t, Status>& statuses) {
 }
 }  // namespace
 
-Master::Master(std::string host, uint16_t port) : host_(std::move(host)), requested_port_(port) {}
+Master::Master(std::string host, uint16_t port) : host_(std::move(host)), requested_port_(port) {
+    auto now = std::chrono::system_clock::now().time_since_epoch();
+    next_peer_id_ = (static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now).count()) << 16) + 1;
+}
 
 Master::~Master() { stop(); }
 
@@ -231,7 +235,7 @@ void Master::rekey(Peer& p, uint64_t id) {
 void Master::on_hello(Peer& p, const Hello& h) {
     p.hello = h;
     if (p.hello.host.empty() || p.hello.host == "0.0.0.0") p.hello.host = p.remote;
-    while (peers_.count(next_peer_id_)) ++next_peer_id_;
+    while (find(next_peer_id_)) ++next_peer_id_;
     rekey(p, next_peer_id_++);
     Group& g = group(h.group);
     if (g.members.empty() && !g.recovering && !g.rebuilding) {
@@ -267,14 +271,31 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
              false);
     };
     if (!g.rebuilding) {
-        if (!g.members.empty() || !g.pending.empty() || g.recovering || g.epoch != 0)
-            return refuse("the group already runs without it");
+        bool continues = false;  // the group here includes members of the claimed membership
+        for (const auto& mi : m.members)
+            continues = continues || std::find(g.members.begin(), g.members.end(), mi.peer_id) != g.members.end();
+        if (continues) return refuse("the group already runs without it");
+        if (!g.members.empty() || !g.pending.empty()) {
+            // Newcomers reached the restarted master before the old members did and formed a group of
+            // their own. The old members hold the state; the newcomers hold nothing yet and join again.
+            std::vector<uint64_t> newcomers = g.members;
+            newcomers.insert(newcomers.end(), g.pending.begin(), g.pending.end());
+            uint32_t id = g.id;
+            g = Group{};
+            g.id = id;
+            for (auto nid : newcomers)
+                if (Peer* q = find(nid)) {
+                    send(*q, encode_evicted(Evicted{"the master restarted and the previous members of peer group " +
+                                                    std::to_string(id) + " are rejoining; connect again"}));
+                    drop(*q, "displaced by the rejoining members of group " + std::to_string(id), false);
+                }
+        }
         g.rebuilding = true;
         g.claims.clear();
         g.failure_while_rebuilding = false;
         g.rebuild_deadline = deadline_after(1.0);
     }
-    if (peers_.count(m.peer_id)) return refuse("its peer id is taken");
+    if (find(m.peer_id)) return refuse("its peer id is taken");
     double hb = m.hello.heartbeat_timeout_ms / 1000.0;
     g.rebuild_deadline = std::max(g.rebuild_deadline, deadline_after(hb + 1.0));
     for (const auto& mi : m.members) next_peer_id_ = std::max(next_peer_id_, mi.peer_id + 1);
