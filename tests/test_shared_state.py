@@ -333,3 +333,45 @@ def test_kill_only_sender_mid_transfer_is_a_clear_error_and_tensors_are_unchange
     assert not mine["ok"] and mine["error"] == "SharedStateError", mine
     assert "left during this sync" in mine["message"]
     assert mine["unchanged"]
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments (checked before any traffic)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(pccl_py.InvalidArgumentError, match="non-empty mapping"):
+        pccl_py.SharedState({})
+    with pytest.raises(pccl_py.InvalidArgumentError, match="keys must be non-empty strings"):
+        pccl_py.SharedState({"": np.zeros(3)})
+    with pytest.raises(pccl_py.InvalidArgumentError, match="revision must be an int"):
+        pccl_py.SharedState({"w": np.zeros(3)}, revision=-1)
+    with pytest.raises(pccl_py.InvalidArgumentError, match="not C-contiguous"):
+        pccl_py.SharedState({"w": np.zeros((4, 4))[:, 1]})
+    comm = pccl_py.Communicator("127.0.0.1:9")  # never connected: argument checks come first
+    ro = np.zeros(3)
+    ro.flags.writeable = False
+    with pytest.raises(pccl_py.InvalidArgumentError, match="'w' is read-only"):
+        comm.sync_shared_state(pccl_py.SharedState({"w": ro}))
+    with pytest.raises(pccl_py.InvalidArgumentError, match="strategy must be one of"):
+        comm.sync_shared_state(pccl_py.SharedState({"w": np.zeros(3)}), strategy="loudest")
+    with pytest.raises(pccl_py.InvalidArgumentError, match="must be a pccl_py.SharedState"):
+        comm.sync_shared_state({"w": np.zeros(3)})
+    with pytest.raises(pccl_py.InvalidArgumentError, match="not connected"):
+        comm.sync_shared_state(pccl_py.SharedState({"w": ro}), strategy="send-only")
+    with pytest.raises(pccl_py.InvalidArgumentError, match="reserved"):
+        comm.all_reduce(np.zeros(3), tag=0xFFFF0000)
+
+
+def test_hash_is_a_fixed_function_of_the_bytes():
+    # Known values pin the function: a change would split peers running different versions.
+    data = np.arange(100, dtype=np.uint8)
+    got = [pccl_py._core.content_hash(data.ctypes.data, n) for n in (0, 1, 31, 32, 33, 100)]
+    assert got == [0xF9BCB70563DE2090, 0x9E8477872F79442E, 0x1E1897047F557981, 0xC12F02E31F4FB194,
+                   0xCA004969C91D82F2, 0x75C2DD183696CCD9]
+    state = pccl_py.SharedState({"a": data, "b": data.copy()})
+    h = state.hashes()
+    assert h["a"] == h["b"] == got[-1]
+    flipped = data.copy()
+    flipped[57] ^= 0x10
+    assert pccl_py._core.content_hash(flipped.ctypes.data, 100) != got[-1]

@@ -95,6 +95,11 @@ void Communicator::update_topology() {
     }
     send_to_master(encode_vote(vote));
     std::unique_lock<std::mutex> lock(mutex_);
+    // However this call ends, its vote must not be re-sent to a restarted master later.
+    struct ClearVote {
+        std::optional<Vote>& v;
+        ~ClearVote() { v.reset(); }  // runs with mutex_ held: `lock` is destroyed after it
+    } clear_vote{vote_outstanding_};
     auto deadline = deadline_after(config_.timeout + config_.heartbeat_timeout + 1.0 + config_.master_grace);
     cv_.wait_until(lock, deadline, [&] { return vote_result_.has_value() || is_terminal(static_cast<int>(state_)); });
     if (is_terminal(static_cast<int>(state_))) throw_state_error("update_topology");

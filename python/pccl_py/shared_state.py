@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _core
 from .buffers import Buffer, describe
-from .errors import InvalidArgumentError, MismatchError, PCCLError, PeerLostError, SharedStateError
+from .errors import InvalidArgumentError, MismatchError, PeerLostError, SharedStateError
 from .ops import ReduceOp
 
 # The top of the tag space is reserved for pccl_py's own collectives (see Communicator.all_reduce).
@@ -40,6 +40,8 @@ _HEADER_WORDS = 8
 _MAX_ATTEMPTS = 20
 # Pieces of one entry below this size are not worth splitting across sources.
 _MIN_PART_BYTES = 1 << 20
+# A key table larger than this (about 100,000 keys) is refused as malformed.
+_MAX_TABLE_BYTES = 64 << 20
 # Below this total, hashing threads cost more than they save.
 _PARALLEL_HASH_BYTES = 8 << 20
 
@@ -364,6 +366,8 @@ def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes) -> Tuple[List
     for i in range(world):
         if header[i, 0] != 1 or header[i, 1] != info.epoch or header[i, 2] != i:
             raise _Restart()
+    if int(header[:, 6].max()) > _MAX_TABLE_BYTES or int(header[:, 5].max()) > 2:
+        raise SharedStateError("a peer sent a malformed shared-state header (strategy or table size out of range)")
     width = int(header[:, 6].max())
     blobs = np.zeros((world, width), dtype=np.uint8)
     blobs[rank, :len(blob)] = np.frombuffer(blob, dtype=np.uint8)
@@ -372,15 +376,22 @@ def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes) -> Tuple[List
         raise _Restart()
     peers = []
     for i in range(world):
-        raw = blobs[i, :int(header[i, 6])].tobytes()
-        if _core.content_hash(blobs[i].ctypes.data, int(header[i, 6])) != int(header[i, 7]):
+        n = int(header[i, 6])
+        if _core.content_hash(blobs[i].ctypes.data, n) != int(header[i, 7]):
             raise _Restart()
-        doc = json.loads(raw)
+        try:
+            doc = json.loads(blobs[i, :n].tobytes())
+            keys = tuple(sorted((KeyMeta(str(k[0]), str(k[1]), tuple(int(d) for d in k[2]), int(k[3]), int(k[4], 16),
+                                         bool(k[5])) for k in doc["keys"]), key=lambda k: k.name))
+            peer_id = int(doc["peer"])
+            if len({k.name for k in keys}) != len(keys):
+                raise ValueError("duplicate key names")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise SharedStateError(f"the peer at rank {i} sent a malformed shared-state table ({exc})") from None
         peers.append(PeerMeta(
-            rank=i, peer_id=int(doc["peer"]), revision=int(header[i, 3]),
+            rank=i, peer_id=peer_id, revision=int(header[i, 3]),
             last_revision=None if int(header[i, 4]) == _NO_REVISION else int(header[i, 4]),
-            strategy=_STRATEGY_BY_CODE[int(header[i, 5])],
-            keys=tuple(KeyMeta(k[0], k[1], tuple(k[2]), int(k[3]), int(k[4], 16), bool(k[5])) for k in doc["keys"])))
+            strategy=_STRATEGY_BY_CODE[int(header[i, 5])], keys=keys))
     return peers, info.epoch, rank
 
 
