@@ -252,6 +252,25 @@ def test_strategy_matrix_errors_stay_in_the_offending_group():
             assert replies[0]["hashes"] == replies[1]["hashes"]
 
 
+def test_two_peer_groups_sync_different_states_at_once_without_cross_talk():
+    with Cluster() as c:
+        g1 = c.join(2, peer_group=1)
+        g2 = c.join(2, peer_group=2)
+        # Each group has one member behind, so both groups move bytes at the same time.
+        for group, seed in ((g1, 100), (g2, 200)):
+            group[0].send("sync_state", keys=_keys(w=seed, b=seed + 1), revision=5, rebuild=True)
+            group[1].send("sync_state", keys=_keys(w=0, b=0), revision=0, rebuild=True)
+        r1 = [p.recv(60) for p in g1]
+        r2 = [p.recv(60) for p in g2]
+        assert all(r["ok"] for r in r1 + r2), (r1, r2)
+        for replies, seed in ((r1, 100), (r2, 200)):
+            want = make_input("float32", KEYS["w"]["count"], seed, 0, "SUM")
+            assert {r["hashes"]["w"] for r in replies} == {f"{pccl_py._core.content_hash(want.ctypes.data, want.nbytes):016x}"}
+            assert replies[1]["infos"][0]["received_keys"] == ["b", "w"]
+            assert replies[1]["infos"][0]["rx_bytes"] == KEY_BYTES["w"] + KEY_BYTES["b"]
+        assert r1[0]["hashes"] != r2[0]["hashes"]
+
+
 def test_a_peer_ahead_of_the_group_gets_the_error_the_others_continue():
     with Cluster() as c:
         peers = c.join(3)
