@@ -316,9 +316,11 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         router = router_;
         op = call.make(epoch_, seq, static_cast<int>(members_.size()), rank_, mesh.get());
         inflight_.insert(op);
+        // Routed before mutex_ is released: an eviction that takes mutex_ next fails every routed
+        // op, this one included, instead of leaving it to wait for its deadline.
+        router->add(op);
     }
     result.algorithm = op->algorithm();
-    router->add(op);
     auto finish = [&] {
         router->remove(op.get());
         std::lock_guard<std::mutex> lock(mutex_);
