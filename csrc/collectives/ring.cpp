@@ -74,8 +74,11 @@ void RingAllReduce::data_phase() {
         for (size_t j = 0; j < piece_count(elems); ++j) {
             wait_piece(static_cast<uint32_t>(s), j);
             size_t first = piece_first(j), len = piece_elems(elems, j);
-            if (quantized()) decode(spec_.quant, spec_.dtype, received + wire(first), len, elem_ptr(acc, first));
-            reduce(spec_.dtype, spec_.op, elem_ptr(acc, first), elem_ptr(acc, first), elem_ptr(mine, first), len);
+            if (quantized())
+                decode_reduce(spec_.quant, spec_.dtype, spec_.op, received + wire(first), len, elem_ptr(mine, first),
+                              elem_ptr(acc, first));
+            else
+                reduce(spec_.dtype, spec_.op, elem_ptr(acc, first), elem_ptr(acc, first), elem_ptr(mine, first), len);
             if (s < n - 2) {
                 send_chunk_piece(c, static_cast<uint32_t>(s + 1), acc, j, true);
                 continue;
