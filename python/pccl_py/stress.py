@@ -477,7 +477,9 @@ class Stress:
                 kind = "stop_evicted" if e.evicted else "stop_resumed"
                 t = first_membership(e.t, e.slot, False) if e.evicted else end_of_stall(e.t, e.slot)
             else:
-                t = end_of_stall(e.t, -1)
+                # A master restart need not stall anyone (reduces keep running without the master):
+                # then the survivors never stopped and the recovery time is 0.
+                t = end_of_stall(e.t, -1) or e.t
             if t is None:
                 unobserved[kind] += 1
                 continue
