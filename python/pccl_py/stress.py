@@ -4,8 +4,8 @@ Why this exists: the unit tests each provoke one failure at a chosen moment. Rea
 failures at arbitrary moments, overlapping each other, for hours. This tool runs a master and
 ``--peers`` worker processes (``pccl_py.stress_worker``) on localhost and, for ``--duration``
 seconds, every 0.5-2 s does one of: spawn a peer, SIGKILL a peer, SIGSTOP a peer (SIGCONT later),
-ask a peer to leave gracefully, or (``--master-restart``) kill -9 the master and restart it on the
-same port. The first events cover every kind once, in a seeded order; after that kinds are drawn
+ask a peer to leave gracefully, or kill -9 the master and restart it on the same port (peers ride
+it out with ``master_grace``; ``--no-master-restart`` leaves the master alone). The first events cover every kind once, in a seeded order; after that kinds are drawn
 at random (biased towards spawns while fewer than ``--peers`` run). It never leaves fewer than 2
 running members. The workers prove every result themselves
 (see ``stress_worker``) and report over stdout; this process only schedules, collects and judges.
@@ -19,7 +19,8 @@ Measures, all from worker reports (times are CLOCK_MONOTONIC, shared by the proc
 - recovery time per event kind, "first reflecting op on any survivor": from the event to the first
   successful, verified op on any other peer whose decoded contributor set reflects the event (the
   victim is gone; the newcomer is in). A freeze shorter than the eviction, and a master restart,
-  change no membership; for them it is the end of the survivors' stall that covers the event.
+  change no membership; for them it is the end of the survivors' stall that covers the event (0 for a
+  master restart that stalled nobody).
 - longest stall: the longest gap between two successful ops of one peer, over all peers, leaving
   out gaps that overlap the peer's own freeze (and the wait for its own admission), plus the time
   since each running member's last progress at the end.
