@@ -1,4 +1,5 @@
-"""The user-facing entry points work end to end: ``pccl-demo`` and examples/basic_allreduce.py.
+"""The user-facing entry points work end to end: ``pccl-demo``, examples/basic_allreduce.py and
+examples/shared_state.py.
 
 Both run as subprocesses, exactly as a user would start them, each with a timeout. The demo's own
 output is the evidence: it must show the SIGKILL, the PeerLostError and its recovery, and the
@@ -54,3 +55,10 @@ def test_basic_allreduce_example() -> None:
     r = _run([EXAMPLE], timeout=60)
     assert r.returncode == 0, f"exit code {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
     assert "both peers hold the expected sum" in r.stdout, r.stdout
+
+
+def test_shared_state_example() -> None:
+    r = _run([os.path.join(ROOT, "examples", "shared_state.py")], timeout=120)
+    assert r.returncode == 0, f"exit code {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    assert "received 400400 bytes in its first sync" in r.stdout, r.stdout
+    assert "example OK" in r.stdout, r.stdout
