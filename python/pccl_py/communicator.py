@@ -7,6 +7,7 @@ whenever it waits on the network.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional, Union
 
 from . import _core
@@ -133,6 +134,9 @@ class Communicator:
         self.master_address = master_address
         self.peer_group = peer_group
         self._state_revision: Optional[int] = None  # revision of the last successful shared-state sync
+        # A sync is several collectives on one reserved tag: two syncs from different threads would
+        # interleave their steps, so they take turns.
+        self._state_lock = threading.Lock()
 
     # -- membership -------------------------------------------------------------------------
     def connect(self) -> "Communicator":
@@ -255,4 +259,5 @@ class Communicator:
             MismatchError: members hold different key sets, dtypes or shapes (the message names the key).
             PeerLostError, TimeoutError, MasterLostError, EvictedError, ClosedError, InvalidArgumentError.
         """
-        return _shared_state.sync(self, state, strategy)
+        with self._state_lock:
+            return _shared_state.sync(self, state, strategy)
