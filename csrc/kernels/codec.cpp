@@ -129,32 +129,34 @@ PCCL_KERNEL void encode_q8(const void* src, size_t n, uint8_t* wire) {
     }
 }
 
-template <typename T>
-PCCL_KERNEL void decode_q8(const uint8_t* wire, size_t n, void* dst) {
-    auto* d = static_cast<T*>(dst);
+// Walks the q8 blocks of `n` elements: emit(first element, block length, decoded value of code i).
+template <typename Emit>
+inline void for_each_q8_block(const uint8_t* wire, size_t n, Emit&& emit) {
     for (size_t b = 0; b < n; b += kQ8Block) {
-        size_t len = std::min(kQ8Block, n - b);
         const uint8_t* in = wire + (b / kQ8Block) * (kQ8Block + 8);
         float lo, step;
         std::memcpy(&lo, in, 4);
         std::memcpy(&step, in + 4, 4);
-        for (size_t i = 0; i < len; ++i) d[b + i] = static_cast<T>(lo + static_cast<float>(in[8 + i]) * step);
+        const uint8_t* codes = in + 8;
+        emit(b, std::min(kQ8Block, n - b), [=](size_t i) { return lo + static_cast<float>(codes[i]) * step; });
     }
+}
+
+template <typename T>
+PCCL_KERNEL void decode_q8(const uint8_t* wire, size_t n, void* dst) {
+    auto* d = static_cast<T*>(dst);
+    for_each_q8_block(wire, n, [&](size_t b, size_t len, auto value) {
+        for (size_t i = 0; i < len; ++i) d[b + i] = static_cast<T>(value(i));
+    });
 }
 
 // decode() followed by reduce(), in one pass: out = decoded (op) mine, with the same roundings as the
 // two separate passes, so fusing changes speed, not bits.
 template <typename T, ReduceOp OP>
 PCCL_KERNEL void decode_reduce_q8(const uint8_t* wire, size_t n, const T* mine, T* out) {
-    for (size_t b = 0; b < n; b += kQ8Block) {
-        size_t len = std::min(kQ8Block, n - b);
-        const uint8_t* in = wire + (b / kQ8Block) * (kQ8Block + 8);
-        float lo, step;
-        std::memcpy(&lo, in, 4);
-        std::memcpy(&step, in + 4, 4);
-        for (size_t i = 0; i < len; ++i)
-            out[b + i] = combine<T, OP>(static_cast<T>(lo + static_cast<float>(in[8 + i]) * step), mine[b + i]);
-    }
+    for_each_q8_block(wire, n, [&](size_t b, size_t len, auto value) {
+        for (size_t i = 0; i < len; ++i) out[b + i] = combine<T, OP>(static_cast<T>(value(i)), mine[b + i]);
+    });
 }
 
 template <typename T, ReduceOp OP, typename Conv>
