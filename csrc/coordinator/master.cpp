@@ -258,7 +258,7 @@ void Master::on_hello(Peer& p, const Hello& h) {
 }
 
 // A restarted master knows nothing; the members tell it. The first rejoin of a group opens a window
-// (the longest heartbeat timeout claimed) for the other members to come back. When all have, and
+// (that member's heartbeat timeout) for the other members to come back. When all have, and
 // they agree on the epoch, the group simply continues: its mesh never depended on the master. Any
 // gap (a member that did not return, a member that was mid-recovery, disagreeing claims) is closed
 // by an ordinary recovery into a new epoch, which also settles every in-flight op.
@@ -293,11 +293,12 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
         g.rebuilding = true;
         g.claims.clear();
         g.failure_while_rebuilding = false;
-        g.rebuild_deadline = deadline_after(1.0);
+        // Live members redial every 100 ms, so they are back within moments of the first; one that is
+        // not back within its heartbeat timeout would count as dead anywhere else too. The window is
+        // not extended by later claims: every second of it stalls the group.
+        g.rebuild_deadline = deadline_after(m.hello.heartbeat_timeout_ms / 1000.0);
     }
     if (find(m.peer_id)) return refuse("its peer id is taken");
-    double hb = m.hello.heartbeat_timeout_ms / 1000.0;
-    g.rebuild_deadline = std::max(g.rebuild_deadline, deadline_after(hb + 1.0));
     for (const auto& mi : m.members) next_peer_id_ = std::max(next_peer_id_, mi.peer_id + 1);
     p.hello = m.hello;
     if (p.hello.host.empty() || p.hello.host == "0.0.0.0") p.hello.host = p.remote;
