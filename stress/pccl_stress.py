@@ -15,11 +15,11 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # Prefer this checkout's package (its compiled core must be built, see README), so that the tool
-    # matches the code next to it even when an older pccl_py is installed.
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
-    if os.path.exists(os.path.join(checkout, "pccl_py", "stress.py")):
-        sys.path.insert(0, checkout)
+    # Prefer this checkout's package when its compiled core is built in place, so that the tool
+    # matches the code next to it; otherwise use the installed package (`pip install .`).
+    package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python", "pccl_py")
+    if any(name.startswith("_core") for name in os.listdir(package)):
+        sys.path.insert(0, os.path.dirname(package))
     from pccl_py.stress import main
 
     sys.exit(main())

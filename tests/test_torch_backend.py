@@ -37,7 +37,9 @@ def _free_port() -> int:
 
 def _env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), env.get("PYTHONPATH", "")])
+    # The ranks import the same pccl_py as this test (the installed one in CI, not the bare checkout).
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pccl_py.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
     env.setdefault("PCCL_LOG_LEVEL", "error")
     env["OMP_NUM_THREADS"] = "1"
     return env
