@@ -45,8 +45,10 @@ std::vector<Decision> decide(const std::map<uint64_t, Status>& statuses) {
 }  // namespace
 
 Master::Master(std::string host, uint16_t port) : host_(std::move(host)), requested_port_(port) {
+    // Ids count up from the start time in microseconds: a master started later begins above every id
+    // an earlier one can have handed out (that would take more than one join per microsecond).
     auto now = std::chrono::system_clock::now().time_since_epoch();
-    next_peer_id_ = (static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now).count()) << 16) + 1;
+    next_peer_id_ = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(now).count());
 }
 
 Master::~Master() { stop(); }

@@ -94,7 +94,7 @@ private:
     std::thread thread_;
     // Peer ids are handed out at hello; until then a connection is keyed by an id from a separate
     // range, so a member rejoining a restarted master can take back its old id. Ids start at the
-    // master's start time in seconds << 16, so a restarted master never hands out an id that the
+    // master's start time in microseconds, so a restarted master never hands out an id that the
     // previous one gave to a peer that is still coming back.
     uint64_t next_peer_id_ = 1;
     uint64_t next_conn_id_ = uint64_t{1} << 62;
