@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from harness import Cluster, Peer
 
@@ -86,3 +86,34 @@ def listen_port_from_master_log(log_text: str, peer_id: int) -> Optional[int]:
     """The master logs 'peer N (host:port) ...' when N says hello; port is its mesh listener."""
     m = re.search(rf"peer {peer_id} \(([^)]*):(\d+)\)", log_text)
     return int(m.group(2)) if m else None
+
+
+def settle_survivors(survivors: list[Peer], deadline: float,
+                     retry: Callable[[Peer, dict], bool]) -> tuple[dict[int, dict], dict[int, dict]]:
+    """Collects every survivor's first and final reply after a kill.
+
+    retry(survivor, first_reply) re-sends whatever failed and returns True, or returns False when
+    nothing needs another go. Retries go out as soon as a reply arrives, because another survivor that
+    already committed the op in flight may be waiting in its next op for exactly that retry. Fails the
+    test if no survivor replies before the deadline.
+    """
+    first: dict[int, dict] = {}
+    final: dict[int, dict] = {}
+    while len(final) < len(survivors):
+        progressed = False
+        for s in survivors:
+            if s.index in final:
+                continue
+            try:
+                r = s.recv(timeout=0.02)
+            except TimeoutError:
+                continue
+            progressed = True
+            if s.index not in first:
+                first[s.index] = r
+                if retry(s, r):
+                    continue
+            final[s.index] = r
+        if not progressed:
+            assert time.time() < deadline, f"survivors hung: first replies {first}, final {final}"
+    return first, final

@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from fault_helpers import admit, join
+from fault_helpers import admit, join, settle_survivors
 from harness import Cluster, Peer
 
 WORLD = 3
@@ -158,34 +158,21 @@ def test_small_op_on_another_tag_overtakes_queued_large_ops(bed: Bed) -> None:
 
 def _collect_with_retries(survivors: list[Peer], surv_idx: list[int], t_kill: float,
                           deadline: float) -> tuple[dict, dict]:
-    """First reply of every survivor; a survivor's failed ops are retried (same buffers, same tags) as soon
-    as its reply arrives, since another survivor's op may be waiting for exactly that retry (it started
-    its op only in the survivors' epoch)."""
-    first: dict[int, dict] = {}
-    final: dict[int, dict] = {}
-    while len(final) < len(survivors):
-        progressed = False
-        for s in survivors:
-            if s.index in final:
-                continue
-            try:
-                r = s.recv(timeout=0.02)
-            except TimeoutError:
-                continue
-            progressed = True
-            assert r["ok"], (s.index, r)
-            if s.index not in first:
-                first[s.index] = r
-                failed = [o for o in r["ops"] if not o["ok"]]
-                if failed:
-                    for o in failed:
-                        assert o["error"] == "PeerLostError", (s.index, o)
-                    s.send("multi_all_reduce", ops=[dict(key=o["key"], reuse=True) for o in failed],
-                           start_at=0, expect_by_world={WORLD - 1: surv_idx}, wait_timeout=30)
-                    continue
-            final[s.index] = r
-        if not progressed:
-            assert time.time() < deadline, f"survivors hung: first replies {first}, final {final}"
+    """First and final reply of every survivor; a survivor's failed ops are retried with the same
+    buffers and tags."""
+    def retry(s: Peer, r: dict) -> bool:
+        assert r["ok"], (s.index, r)
+        failed = [o for o in r["ops"] if not o["ok"]]
+        for o in failed:
+            assert o["error"] == "PeerLostError", (s.index, o)
+        if failed:
+            s.send("multi_all_reduce", ops=[dict(key=o["key"], reuse=True) for o in failed],
+                   start_at=0, expect_by_world={WORLD - 1: surv_idx}, wait_timeout=30)
+        return bool(failed)
+
+    first, final = settle_survivors(survivors, deadline, retry)
+    for k, r in final.items():
+        assert r["ok"], (k, r)
     return first, final
 
 
@@ -336,24 +323,14 @@ def test_op_called_while_the_group_recovers(cluster: Cluster) -> None:
     assert b.call("state")["world_size"] == 4, "the recovery window closed before rank 1 called X"
     b.send("all_reduce", **x)
     # X: whoever raised PeerLostError calls it again, as soon as it raised.
-    outcome: dict[int, dict] = {}
-    pending = {a.index: a, b.index: b}
-    retried: set[int] = set()
-    deadline = t_kill + 20
-    while pending:
-        assert time.time() < deadline, f"X hung: {outcome}"
-        for i, p in list(pending.items()):
-            try:
-                r = p.recv(timeout=0.02)
-            except TimeoutError:
-                continue
-            if not r["ok"] and i not in retried:
-                assert r["error"] == "PeerLostError", (i, r)
-                retried.add(i)
-                p.send("all_reduce", **x)
-                continue
-            outcome[i] = r
-            del pending[i]
+    def retry(p: Peer, r: dict) -> bool:
+        if r["ok"]:
+            return False
+        assert r["error"] == "PeerLostError", (p.index, r)
+        p.send("all_reduce", **x)
+        return True
+
+    _, outcome = settle_survivors([a, b], t_kill + 20, retry)
     for i, r in outcome.items():
         assert r["ok"] and r["correct"] and r["world_size"] == 2, (i, r)
     assert outcome[a.index]["sha"] == outcome[b.index]["sha"]

@@ -34,7 +34,7 @@ import time
 import numpy as np
 import pytest
 
-from fault_helpers import admit, join
+from fault_helpers import admit, join, settle_survivors
 from harness import Cluster, Peer
 from reference import reference_result
 
@@ -168,30 +168,15 @@ def test_kill_random_peer_mid_op(bed: KillBed, i: int) -> None:
 
         # Every survivor's reply; a survivor that raised retries the rest of its loop at once, which is
         # what lets a survivor that already succeeded the op in flight finish its next repetition.
-        deadline = t_kill + 15  # ~0.5 s of ops remain at most; 15 s means a hang
-        first: dict[int, dict] = {}
-        final: dict[int, dict] = {}
-        retried: set[int] = set()
-        while len(final) < len(survivors):
-            progressed = False
-            for s in survivors:
-                if s.index in final:
-                    continue
-                try:
-                    r = s.recv(timeout=0.02)
-                except TimeoutError:
-                    continue
-                progressed = True
-                if s.index not in first:
-                    first[s.index] = r
-                if not r["ok"] and s.index not in retried:
-                    assert r["error"] == "PeerLostError", (s.index, r)
-                    retried.add(s.index)
-                    s.send("all_reduce", **dict(cmd, repeat=repeat - r["completed"], expect_from=None))
-                    continue
-                final[s.index] = r
-            if not progressed:
-                assert time.time() < deadline, f"survivors hung: replies {first}, final {final}"
+        def retry(s: Peer, r: dict) -> bool:
+            if r["ok"]:
+                return False
+            assert r["error"] == "PeerLostError", (s.index, r)
+            s.send("all_reduce", **dict(cmd, repeat=repeat - r["completed"], expect_from=None))
+            return True
+
+        # ~0.5 s of ops remain at most; 15 s means a hang.
+        first, final = settle_survivors(survivors, t_kill + 15, retry)
 
         errors = {k: r for k, r in first.items() if not r["ok"]}
         ROUNDS.append(dict(round=i, algorithm=algorithm, mib=mib, repeat=repeat, any_moment=any_moment,

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from fault_helpers import admit
+from fault_helpers import admit, settle_survivors
 from harness import Cluster, Peer
 
 WORLD = 3
@@ -144,32 +144,15 @@ def test_striped_ring_all_reduce(cluster: Cluster, k: int) -> None:
 
 
 def _settle(survivors: list[Peer], cmd: dict, repeat: int, t_kill: float) -> tuple[dict, dict]:
-    """Every survivor's first reply; one that raised retries the rest of its repetitions at once (another
-    survivor that already committed the op in flight may be waiting in its next repetition for it)."""
-    deadline = t_kill + 20
-    first: dict[int, dict] = {}
-    final: dict[int, dict] = {}
-    retried: set[int] = set()
-    while len(final) < len(survivors):
-        progressed = False
-        for s in survivors:
-            if s.index in final:
-                continue
-            try:
-                r = s.recv(timeout=0.02)
-            except TimeoutError:
-                continue
-            progressed = True
-            first.setdefault(s.index, r)
-            if not r["ok"] and s.index not in retried:
-                assert r["error"] == "PeerLostError", (s.index, r)
-                retried.add(s.index)
-                s.send("all_reduce", **dict(cmd, repeat=repeat - r["completed"]))
-                continue
-            final[s.index] = r
-        if not progressed:
-            assert time.time() < deadline, f"survivors hung: first replies {first}, final {final}"
-    return first, final
+    """Every survivor's first and final reply; one that raised retries the rest of its repetitions."""
+    def retry(s: Peer, r: dict) -> bool:
+        if r["ok"]:
+            return False
+        assert r["error"] == "PeerLostError", (s.index, r)
+        s.send("all_reduce", **dict(cmd, repeat=repeat - r["completed"]))
+        return True
+
+    return settle_survivors(survivors, t_kill + 20, retry)
 
 
 @pytest.mark.parametrize("k,quantization", [(16, None), (4, None), (4, "q8")], ids=["K16", "K4", "K4-q8"])
