@@ -117,3 +117,18 @@ def settle_survivors(survivors: list[Peer], deadline: float,
         if not progressed:
             assert time.time() < deadline, f"survivors hung: first replies {first}, final {final}"
     return first, final
+
+
+def refill(cluster: Cluster, members: list[Peer], spare: Peer, comm: dict[str, Any],
+           world: int) -> tuple[list[Peer], Peer]:
+    """Admits spares until the group has `world` members again (a fresh spare is spawned for each one
+    used, so its start-up overlaps the next round). Returns the members in rank order, checked, and
+    the next spare."""
+    while len(members) < world:
+        used, spare = spare, cluster.spawn()
+        members = admit(cluster, members, [used], comm)
+    members = cluster.ranked(members)
+    states = [m.call("state", timeout=10) for m in members]
+    assert [s["rank"] for s in states] == list(range(world)), states
+    assert all(s["world_size"] == world for s in states), states
+    return members, spare

@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from fault_helpers import admit, join, settle_survivors
+from fault_helpers import join, refill, settle_survivors
 from harness import Cluster, Peer
 
 WORLD = 3
@@ -71,13 +71,7 @@ class Bed:
         self.spare = self.cluster.spawn()
 
     def ensure(self) -> list[Peer]:
-        while len(self.members) < WORLD:
-            spare, self.spare = self.spare, self.cluster.spawn()
-            self.members = admit(self.cluster, self.members, [spare], COMM)
-        self.members = self.cluster.ranked(self.members)
-        states = [m.call("state", timeout=10) for m in self.members]
-        assert [s["rank"] for s in states] == list(range(WORLD)), states
-        assert all(s["world_size"] == WORLD for s in states), states
+        self.members, self.spare = refill(self.cluster, self.members, self.spare, COMM, WORLD)
         return self.members
 
     def multi(self, peers: list[Peer], ops_per_peer: list[list[dict]], expect: dict, lead: float = 0.3,

@@ -34,7 +34,7 @@ import time
 import numpy as np
 import pytest
 
-from fault_helpers import admit, join, settle_survivors
+from fault_helpers import join, refill, settle_survivors
 from harness import Cluster, Peer
 from reference import reference_result
 
@@ -110,13 +110,7 @@ class KillBed:
         """Returns the WORLD members in rank order."""
         if self.broken or self.cluster is None:
             self._rebuild()
-        while len(self.members) < WORLD:
-            spare, self.spare = self.spare, self.cluster.spawn()
-            self.members = admit(self.cluster, self.members, [spare], COMM)
-        self.members = self.cluster.ranked(self.members)
-        states = [m.call("state", timeout=10) for m in self.members]
-        assert [s["rank"] for s in states] == list(range(WORLD)), states
-        assert all(s["world_size"] == WORLD for s in states), states
+        self.members, self.spare = refill(self.cluster, self.members, self.spare, COMM, WORLD)
         return self.members
 
     def close(self) -> None:
