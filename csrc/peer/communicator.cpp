@@ -316,9 +316,15 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         router = router_;
         op = call.make(epoch_, seq, static_cast<int>(members_.size()), rank_, mesh.get());
         inflight_.insert(op);
-        // Routed before mutex_ is released: an eviction that takes mutex_ next fails every routed
-        // op, this one included, instead of leaving it to wait for its deadline.
-        router->add(op);
+    }
+    // Routing hands over early frames (possibly large copies), so it happens outside mutex_. An
+    // eviction between the insert above and this point failed only the ops already routed; the
+    // state check after routing catches it, and one after it finds this op routed.
+    router->add(op);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (state_ == State::kEvicted || state_ == State::kClosed)
+            op->fail(FailureKind::kLinkBroken, terminal_reason_, -1);
     }
     result.algorithm = op->algorithm();
     auto finish = [&] {
