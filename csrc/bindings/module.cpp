@@ -58,6 +58,7 @@ py::dict to_dict(const ReduceResult& r) {
     d["rank"] = r.rank;
     d["tx_bytes"] = r.tx_bytes;
     d["rx_bytes"] = r.rx_bytes;
+    d["swapped_bytes"] = r.swapped_bytes;
     d["algorithm"] = r.algorithm == Algorithm::kStar ? "star" : r.algorithm == Algorithm::kRing ? "ring" : "exchange";
     d["epoch"] = r.epoch;
     d["retries"] = r.retries;
@@ -117,7 +118,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Communicator>(m, "Communicator")
         .def(py::init([](std::string master, uint32_t group, int conns, double timeout, double hb, double join,
                          std::string listen_host, uint16_t listen_port, std::string advertise_host,
-                         uint16_t advertise_port, double master_grace) {
+                         uint16_t advertise_port, double master_grace, bool swap_result_pages) {
                  CommConfig c;
                  c.master_address = std::move(master);
                  c.group = group;
@@ -130,11 +131,13 @@ PYBIND11_MODULE(_core, m) {
                  c.advertise_host = std::move(advertise_host);
                  c.advertise_port = advertise_port;
                  c.master_grace = master_grace;
+                 c.swap_result_pages = swap_result_pages;
                  return std::make_unique<Communicator>(std::move(c));
              }),
              py::arg("master_address"), py::arg("peer_group"), py::arg("connections_per_peer"), py::arg("timeout"),
              py::arg("heartbeat_timeout"), py::arg("join_timeout"), py::arg("listen_host"), py::arg("listen_port"),
-             py::arg("advertise_host"), py::arg("advertise_port"), py::arg("master_grace"))
+             py::arg("advertise_host"), py::arg("advertise_port"), py::arg("master_grace"),
+             py::arg("swap_result_pages"))
         .def("connect", &Communicator::connect, py::call_guard<py::gil_scoped_release>())
         .def("update_topology", &Communicator::update_topology, py::call_guard<py::gil_scoped_release>())
         .def("are_peers_pending", &Communicator::peers_pending)

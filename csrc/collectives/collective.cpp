@@ -28,7 +28,8 @@ Collective::Collective(const CollectiveSpec& spec, Algorithm algorithm, uint64_t
     desc_ = OpDescriptor{static_cast<uint8_t>(spec.dtype), static_cast<uint8_t>(spec.op),
                          static_cast<uint8_t>(algorithm), static_cast<uint8_t>(spec.quant), spec.count};
     piece_elems_ = kPieceBytes / esize_;
-    work_ = acquire_buffer(bytes_);
+    if (spec.swap_pages) swap_ = SwapRegion::acquire(spec.dst, bytes_);
+    work_ = swap_ ? std::shared_ptr<uint8_t[]>(swap_, swap_->work()) : acquire_buffer(bytes_);
     done_from_.assign(static_cast<size_t>(world), 0);
 }
 
@@ -183,7 +184,10 @@ void Collective::execute(TimePoint deadline) {
 }
 
 void Collective::publish() {
-    if (bytes_ && spec_.dst != work_.get()) std::memcpy(spec_.dst, work_.get(), bytes_);
+    if (swap_)
+        swapped_bytes_ = swap_->publish(spec_.dst, bytes_);
+    else if (bytes_)
+        std::memcpy(spec_.dst, work_.get(), bytes_);
 }
 
 OpProgress Collective::freeze() {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "collectives/page_swap.hpp"
 #include "common/clock.hpp"
 #include "kernels/codec.hpp"
 #include "kernels/dtype.hpp"
@@ -40,6 +41,7 @@ struct CollectiveSpec {
     Algorithm algorithm = Algorithm::kAuto;
     Quant quant = Quant::kNone;
     uint32_t tag = 0;
+    bool swap_pages = true;  // publish a large result by swapping pages into dst where that is safe
 };
 
 // Thrown out of the data phase when the op can no longer finish on its own (failure, freeze, deadline).
@@ -86,6 +88,7 @@ public:
     uint64_t epoch() const { return epoch_; }
     Algorithm algorithm() const { return algorithm_; }
     uint64_t tx_bytes() const { return tx_bytes_; }
+    uint64_t swapped_bytes() const { return swapped_bytes_; }  // of the result, by publish()
     uint64_t rx_bytes() const { return rx_bytes_; }
 
 protected:
@@ -118,6 +121,7 @@ protected:
     Mesh* mesh_;
     size_t esize_, bytes_;
     size_t piece_elems_;
+    std::shared_ptr<SwapRegion> swap_;    // set when the result can be published by swapping pages
     std::shared_ptr<uint8_t[]> work_;     // the result being built
     std::shared_ptr<uint8_t[]> staging_;  // received bytes awaiting reduction or decoding
     std::shared_ptr<uint8_t[]> encoded_;  // quantized bytes this peer sends
@@ -140,7 +144,7 @@ private:
     bool committed_ = false;
     int decision_ = 0;  // 0 none, 1 commit, 2 abort
     EpochCause decision_cause_ = EpochCause::kLost;
-    uint64_t tx_bytes_ = 0, rx_bytes_ = 0;
+    uint64_t tx_bytes_ = 0, rx_bytes_ = 0, swapped_bytes_ = 0;
 };
 
 std::shared_ptr<Collective> make_collective(const CollectiveSpec& spec, uint64_t epoch, uint64_t seq, int world,

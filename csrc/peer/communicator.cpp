@@ -216,7 +216,9 @@ ReduceResult Communicator::all_reduce(const CollectiveSpec& spec) {
     return all_reduce_in_turn(spec, reserve_turn(spec.tag));
 }
 
-ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& spec, uint64_t ticket) {
+ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& requested, uint64_t ticket) {
+    CollectiveSpec spec = requested;
+    spec.swap_pages = spec.swap_pages && config_.swap_result_pages;
     OpCall call;
     call.tag = spec.tag;
     call.make = [spec](uint64_t epoch, uint64_t seq, int world, int rank, Mesh* mesh) {
@@ -339,6 +341,7 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         if (epoch_ == op->epoch()) committed_[tag] = std::max(committed_[tag], op->seq() + 1);
         result.tx_bytes = op->tx_bytes();
         result.rx_bytes = op->rx_bytes();
+        result.swapped_bytes = op->swapped_bytes();
         return result;
     };
     auto abandon = [&] {

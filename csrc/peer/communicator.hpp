@@ -37,6 +37,7 @@ struct CommConfig {
     std::string advertise_host;  // empty: the address this peer uses to reach the master
     uint16_t advertise_port = 0; // 0: the listen port (set both to route peers through a relay or NAT)
     double master_grace = 0.0;   // how long a member waits for a restarted master (0: the loss is final)
+    bool swap_result_pages = true;  // see collectives/page_swap.hpp
 };
 
 struct ReduceResult {
@@ -44,6 +45,7 @@ struct ReduceResult {
     int rank = -1;  // this peer's rank in the membership the op ran in
     uint64_t tx_bytes = 0;
     uint64_t rx_bytes = 0;
+    uint64_t swapped_bytes = 0;  // of the result, published by swapping pages rather than copying
     Algorithm algorithm = Algorithm::kRing;
     uint64_t epoch = 0;
     int retries = 0;  // transparent re-runs after a graceful leave or a join

@@ -99,6 +99,11 @@ class Communicator:
             after losing it. Meanwhile all-reduces among healthy members keep running; calls that need
             the master (update_topology, resolving a failure) wait for it. 0 (default): losing the
             master is final (MasterLostError).
+        swap_result_pages: publish results of 4 MiB and more by swapping the result's memory pages
+            into the output array instead of copying them (private anonymous memory only, i.e.
+            ordinary numpy arrays and CPU tensors; anything else is copied). Saves a full copy per
+            op. Set False if the output memory is registered with a device by address
+            (cudaHostRegister, RDMA) or mlock()ed: the swap gives it new physical pages.
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class Communicator:
         listen_port: int = 0,
         advertise_address: Optional[str] = None,
         master_grace: float = 0.0,
+        swap_result_pages: bool = True,
     ) -> None:
         if not isinstance(master_address, str) or ":" not in master_address:
             raise InvalidArgumentError(f"master_address must be 'host:port', not {master_address!r}")
@@ -127,10 +133,13 @@ class Communicator:
                 raise InvalidArgumentError(f"{name} must be a number of seconds in [{low}, 86400], not {value!r}")
         if not isinstance(listen_port, int) or not 0 <= listen_port <= 65535:
             raise InvalidArgumentError(f"listen_port must be an int in [0, 65535], not {listen_port!r}")
+        if not isinstance(swap_result_pages, bool):
+            raise InvalidArgumentError(f"swap_result_pages must be True or False, not {swap_result_pages!r}")
         advertise_host, advertise_port = _split_advertise(advertise_address)
         self._core = _core.Communicator(
             master_address, peer_group, connections_per_peer, float(timeout), float(heartbeat_timeout),
-            float(join_timeout), listen_host, listen_port, advertise_host, advertise_port, float(master_grace))
+            float(join_timeout), listen_host, listen_port, advertise_host, advertise_port, float(master_grace),
+            swap_result_pages)
         self.master_address = master_address
         self.peer_group = peer_group
         self._state_revision: Optional[int] = None  # revision of the last successful shared-state sync

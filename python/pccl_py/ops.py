@@ -35,6 +35,7 @@ class ReduceInfo:
     epoch: int
     retries: int  # transparent re-runs caused by a graceful leave or a join mid-op
     rank: int = -1  # this peer's rank in the membership the op ran in
+    swapped_bytes: int = 0  # of the result, published by swapping memory pages instead of copying
 
     @classmethod
     def from_core(cls, d: dict) -> "ReduceInfo":

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..communicator import Communicator
-from . import rendezvous
+from . import rendezvous, staging
 from .backend import DEFAULT_TAG_BASE, TAGS, ProcessGroupPCCL
 from .work import PcclWork
 
@@ -49,8 +49,11 @@ def create_process_group(dist_backend_opts: Any, backend_options: Any = None) ->
     # torch passes no global ranks for the default group.
     is_default = not list(dist_backend_opts.global_ranks_in_group)
     address, master = rendezvous.find_master(store, rank, is_default, timeout)
+    # CUDA tensors are staged through pinned host memory, which torch may have pinned by registering
+    # ordinary pages with the driver: swapping pages under it would hide results from the GPU.
     comm = Communicator(address, peer_group=rendezvous.peer_group_id(group_name), timeout=timeout,
-                        heartbeat_timeout=rendezvous.heartbeat_timeout(), join_timeout=timeout)
+                        heartbeat_timeout=rendezvous.heartbeat_timeout(), join_timeout=timeout,
+                        swap_result_pages=not staging.cuda_available())
     try:
         rendezvous.join(comm, rank, size, timeout)
     except BaseException:

@@ -23,7 +23,8 @@ import torch
 from ..errors import InvalidArgumentError
 
 
-def _cuda_ok() -> bool:
+def cuda_available() -> bool:
+    """True when torch can use CUDA here (CUDA tensors are then staged through pinned memory)."""
     return torch.cuda.is_available()
 
 
@@ -55,7 +56,7 @@ def stage(t: torch.Tensor, *, read: bool = True) -> Staged:
         flat = t.contiguous().view(-1) if read else torch.empty(t.numel(), dtype=t.dtype)
         return Staged(t, flat, True)
     if device == "cuda":
-        if not _cuda_ok():
+        if not cuda_available():
             raise InvalidArgumentError("a CUDA tensor was passed but torch reports no usable CUDA device")
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         if read:
@@ -72,5 +73,5 @@ def stage_all(tensors: list[torch.Tensor], *, read: bool = True) -> list[Staged]
 
 def empty_cpu(numel: int, dtype: torch.dtype, like: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A flat CPU scratch buffer; pinned when the tensors involved live on a CUDA device."""
-    pin = like is not None and like.device.type == "cuda" and _cuda_ok()
+    pin = like is not None and like.device.type == "cuda" and cuda_available()
     return torch.empty(numel, dtype=dtype, pin_memory=pin)
