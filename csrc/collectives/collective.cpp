@@ -139,9 +139,13 @@ void Collective::send_piece(int to, uint32_t slot, const uint8_t* wire_base, siz
         ++outstanding_;
         tx_bytes_ += len;
     }
-    // Consecutive pieces go to consecutive connections: one op keeps all K links busy.
+    // Consecutive pieces go to consecutive connections: one op keeps all K links busy. The payload
+    // is lent to the kernel rather than copied: no algorithm writes bytes it has sent before every
+    // member has confirmed, in the completion exchange, that it received all of its pieces. (The ring
+    // overwrites a forwarded partial sum with the chunk's final value, but that value can only arrive
+    // after the next peer has consumed the partial sum.)
     mesh_->send(to, static_cast<int>(piece), make_header(FrameType::kData, slot, off, static_cast<uint32_t>(len)),
-                wire_base + off, shared_from_this());
+                wire_base + off, shared_from_this(), /*by_reference=*/true);
 }
 
 void Collective::wait_piece(uint32_t slot, size_t piece) {

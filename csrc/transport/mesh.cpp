@@ -69,13 +69,19 @@ void Mesh::shutdown() {
 }
 
 void Mesh::send(int rank, int conn_index, const FrameHeader& h, const void* data,
-                std::shared_ptr<SendCompletion> completion) {
+                std::shared_ptr<SendCompletion> completion, bool by_reference) {
     auto& idx = conn_index_.at(rank);
     int ci = idx.at(static_cast<size_t>(conn_index) % idx.size());
+    bool was_empty;
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        conns_[ci]->queue.push_back(SendReq{h, static_cast<const uint8_t*>(data), 0, std::move(completion)});
+        was_empty = conns_[ci]->queue.empty();
+        conns_[ci]->queue.push_back(SendReq{h, static_cast<const uint8_t*>(data), 0, std::move(completion), by_reference});
     }
+    // A non-empty queue is already the I/O thread's business (it is writing it, waiting for EPOLLOUT,
+    // or about to handle the wake that its first entry sent), and it drains a queue to the end: only
+    // the first entry needs a wake. Saves a system call and a thread wake-up per pipelined piece.
+    if (!was_empty) return;
     uint64_t one = 1;
     (void)!::write(wake_.get(), &one, sizeof one);
 }
@@ -172,33 +178,56 @@ bool Mesh::handle_write(Conn& c) {
             }
             req = &c.queue.front();  // deque front stays valid while others push_back
         }
-        size_t total = kHeaderBytes + req->header.length;
-        iovec iov[2];
-        int iovcnt = 0;
-        if (req->sent < kHeaderBytes) {
-            iov[iovcnt++] = {reinterpret_cast<uint8_t*>(&req->header) + req->sent, kHeaderBytes - req->sent};
-            if (req->header.length) iov[iovcnt++] = {const_cast<uint8_t*>(req->data), req->header.length};
-        } else {
-            size_t off = req->sent - kHeaderBytes;
-            iov[iovcnt++] = {const_cast<uint8_t*>(req->data) + off, req->header.length - off};
-        }
-        msghdr msg{};
-        msg.msg_iov = iov;
-        msg.msg_iovlen = static_cast<size_t>(iovcnt);
-        ssize_t n = ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        const size_t total = kHeaderBytes + req->header.length;
+        const bool lend = req->by_reference && req->header.length >= PageSender::kMinBytes && PageSender::enabled();
+        if (lend && req->sent >= kHeaderBytes) {
+            if (!c.pages) c.pages = std::make_unique<PageSender>();
+            size_t off = req->sent - kHeaderBytes, moved = 0;
+            PageSender::Status st = c.pages->send(c.fd.get(), req->data + off, req->header.length - off, &moved);
+            req->sent += moved;
+            if (moved) c.last_tx = Clock::now();
+            if (st == PageSender::Status::kUnsupported) {
+                req->by_reference = false;  // copy the rest
+                continue;
+            }
+            if (st == PageSender::Status::kWouldBlock) {
                 update_interest(c, true);
                 return true;
             }
-            fail(c, std::string("send: ") + std::strerror(errno));
-            return false;
-        }
-        c.last_tx = Clock::now();
-        req->sent += static_cast<size_t>(n);
-        if (req->sent < total) {
-            update_interest(c, true);
-            return true;
+            if (st == PageSender::Status::kFailed) {
+                fail(c, std::string("splice: ") + std::strerror(errno));
+                return false;
+            }
+        } else {
+            iovec iov[2];
+            int iovcnt = 0;
+            if (req->sent < kHeaderBytes) {
+                iov[iovcnt++] = {reinterpret_cast<uint8_t*>(&req->header) + req->sent, kHeaderBytes - req->sent};
+                if (req->header.length && !lend) iov[iovcnt++] = {const_cast<uint8_t*>(req->data), req->header.length};
+            } else {
+                size_t off = req->sent - kHeaderBytes;
+                iov[iovcnt++] = {const_cast<uint8_t*>(req->data) + off, req->header.length - off};
+            }
+            msghdr msg{};
+            msg.msg_iov = iov;
+            msg.msg_iovlen = static_cast<size_t>(iovcnt);
+            // A lent payload follows the header at once: let TCP put them in one segment.
+            ssize_t n = ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT | (lend ? MSG_MORE : 0));
+            if (n < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                    update_interest(c, true);
+                    return true;
+                }
+                fail(c, std::string("send: ") + std::strerror(errno));
+                return false;
+            }
+            c.last_tx = Clock::now();
+            req->sent += static_cast<size_t>(n);
+            if (req->sent < total) {
+                if (lend && req->sent == kHeaderBytes) continue;  // on to the payload
+                update_interest(c, true);
+                return true;
+            }
         }
         std::shared_ptr<SendCompletion> done;
         {

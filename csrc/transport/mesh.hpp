@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include "protocol/frame.hpp"
+#include "transport/page_sender.hpp"
 #include "transport/socket.hpp"
 
 namespace pccl {
@@ -56,8 +57,10 @@ public:
 
     void start();
     // Queues one frame; data must stay valid until completion->sent() or until shutdown() returns.
+    // by_reference: the payload may be lent to the kernel (transport/page_sender.hpp), so it must also
+    // stay unmodified until the receiver has acknowledged it, even after sent().
     void send(int rank, int conn_index, const FrameHeader& h, const void* data,
-              std::shared_ptr<SendCompletion> completion);
+              std::shared_ptr<SendCompletion> completion, bool by_reference = false);
     uint64_t epoch() const { return epoch_; }
     // Stops the I/O thread and closes every connection; afterwards no buffer is touched. Idempotent.
     void shutdown();
@@ -68,6 +71,7 @@ private:
         const uint8_t* data;
         size_t sent = 0;  // bytes of header + payload written so far
         std::shared_ptr<SendCompletion> completion;
+        bool by_reference = false;
     };
     struct Conn {
         Fd fd;
@@ -81,6 +85,7 @@ private:
         bool rx_in_payload = false;
         RecvTarget rx_target;
         TimePoint last_rx, last_tx;
+        std::unique_ptr<PageSender> pages;  // I/O thread only; made on the first payload lent
     };
 
     void loop();
