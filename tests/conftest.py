@@ -5,7 +5,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import pccl_py  # noqa: E402
 from harness import Cluster  # noqa: E402
+from support import connect_group  # noqa: E402
 
 
 @pytest.fixture
@@ -13,3 +15,23 @@ def cluster(tmp_path):
     """A master subprocess; peers are spawned by the test. Everything is killed afterwards."""
     with Cluster(log_dir=str(tmp_path)) as c:
         yield c
+
+
+@pytest.fixture
+def local_group():
+    """Makes groups of in-process Communicators on a master thread: local_group(n, **Communicator kwargs).
+    For tests about what happens inside one process (its memory, its descriptors); all closed afterwards."""
+    made = []
+
+    def make(n: int, **kwargs):
+        master = pccl_py.Master("127.0.0.1", 0).start()
+        peers: list = []
+        made.append((master, peers))
+        peers.extend(connect_group(master.address, n, timeout=30, **kwargs))
+        return peers
+
+    yield make
+    for master, peers in made:
+        for p in peers:
+            p.close()
+        master.stop()

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import mmap
 import sys
-import time
 from multiprocessing import shared_memory
 
 import numpy as np
 import pytest
 
 import pccl_py
-from support import Background, run_concurrently
+from support import run_concurrently
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="page swapping is Linux-only")
 
@@ -37,31 +36,9 @@ needs_swap = pytest.mark.skipif(not kernel_supports_swap(), reason="kernel lacks
 
 
 @pytest.fixture
-def pair():
-    """Two connected Communicators in this process; yields a factory for extra keyword arguments."""
-    made = []
-
-    def make(**kwargs):
-        master = pccl_py.Master("127.0.0.1", 0)
-        master.start()
-        peers = [pccl_py.Communicator(master.address, listen_host="127.0.0.1", timeout=30, join_timeout=30, **kwargs)
-                 for _ in range(2)]
-        made.append((master, peers))
-        peers[0].connect()
-        joining = Background(peers[1].connect)
-        deadline = time.monotonic() + 30
-        while not peers[0].are_peers_pending():
-            assert time.monotonic() < deadline, "second peer never became pending"
-            time.sleep(0.01)
-        peers[0].update_topology()
-        joining.result(30)
-        return peers
-
-    yield make
-    for master, peers in made:
-        for p in peers:
-            p.close()
-        master.stop()
+def pair(local_group):
+    """Groups of two in-process peers; kwargs go to Communicator."""
+    return lambda **kwargs: local_group(2, **kwargs)
 
 
 def reduce_pair(peers, xs, outs=(None, None)):
