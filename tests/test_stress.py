@@ -50,7 +50,9 @@ def test_short_seeded_run_passes(tmp_path):
         assert r["events"][kind] > 0, (kind, out)
     assert r["state_syncs"] > 100 and r["state_divergences"] == 0, out
     assert r["ops_completed"] > 2000, out
-    assert r["ops_failed"] > 0 and r["ops_retried"] > 0, out  # the kills did hit ops in flight
+    # Churn reached running ops. Whether one of 3 kills lands while the survivors have an op in
+    # flight (rather than mid-recovery) is timing; the 3-minute run, with dozens of kills, asserts it.
+    assert r["ops_failed"] > 0, out
     assert r["recovery_s"]["kill"]["count"] > 0 and r["recovery_s"]["spawn"]["count"] > 0, out
     assert r["peak_rss_mb"] > 0 and r["peak_fds"] > 0, out
     assert "PASSED" in out
@@ -72,3 +74,4 @@ def test_ci_three_minute_run(tmp_path):
     _assert_clean(rc, out, r)
     assert r["ops_completed"] > 10_000, out
     assert r["events"]["master_restart"] > 0 and r["state_syncs"] > 1000, out
+    assert r["ops_retried"] > 0, out  # kills did hit ops in flight, and those ops were retried
