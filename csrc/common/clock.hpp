@@ -1,6 +1,8 @@
 // Deadlines everywhere: invariant 4 says no wait is unbounded, so every blocking helper takes one.
 #pragma once
 #include <chrono>
+#include <cstdio>
+#include <string>
 
 namespace pccl {
 
@@ -19,5 +21,12 @@ inline int millis_until(TimePoint deadline) {
 }
 
 inline double seconds_since(TimePoint t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// "2.5 s": how durations appear in error messages.
+inline std::string fmt_seconds(double s) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f s", s);
+    return buf;
+}
 
 }  // namespace pccl

@@ -79,6 +79,7 @@ public:
 
 private:
     enum class State { kIdle, kJoining, kMember, kEvicted, kMasterLost, kClosed };
+    static bool is_terminal(int s) { return s >= static_cast<int>(State::kEvicted); }  // evicted, master lost, closed
 
     // control thread
     void control_loop();

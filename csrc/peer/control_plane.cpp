@@ -1,0 +1,411 @@
+// The Communicator's control plane: the control thread's loop over the master connection, riding
+// out a master restart, and every epoch transition (recover -> report -> new membership -> new mesh).
+// The caller-facing half (joining, voting, running collectives) is in communicator.cpp.
+#include "peer/communicator.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <poll.h>
+#include <thread>
+#include <sys/socket.h>
+
+#include "common/log.hpp"
+
+namespace pccl {
+
+void Communicator::send_to_master(const std::vector<uint8_t>& frame) {
+    bool ok = false;
+    {
+        std::lock_guard<std::mutex> lock(send_mutex_);
+        try {
+            ok = master_.valid() && send_all(master_.get(), frame.data(), frame.size(), deadline_after(2.0));
+        } catch (const Error&) {
+            ok = false;
+        }
+    }
+    // A failed send is not reported here: the control thread sees the connection close after reading
+    // whatever the master sent last (an eviction notice, say), and reports that.
+    if (!ok) PCCL_DEBUG("peer", "sending to the master failed");
+}
+
+void Communicator::report_failure(uint64_t epoch, FailureKind kind, int suspect_rank) {
+    uint64_t suspect = 0;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (failure_reported_epoch_ >= epoch || state_ != State::kMember) return;
+        failure_reported_epoch_ = epoch;
+        if (epoch_ == epoch && suspect_rank >= 0 && suspect_rank < static_cast<int>(members_.size()))
+            suspect = members_[suspect_rank].peer_id;
+    }
+    send_to_master(encode_failure(Failure{epoch, kind, suspect}));
+}
+
+void Communicator::enter_terminal(State state, const std::string& reason) {
+    std::set<std::shared_ptr<Collective>> ops;
+    std::shared_ptr<Mesh> mesh;
+    std::shared_ptr<OpRouter> router;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (is_terminal(static_cast<int>(state_))) return;
+        state_ = state;
+        terminal_reason_ = reason;
+        ops = inflight_;
+        if (state != State::kMasterLost) {
+            // An evicted peer's mesh is dead weight; with only the master gone, running ops may finish.
+            ready_ = false;
+            mesh = std::move(mesh_);
+            router = router_;
+        }
+        cv_.notify_all();
+    }
+    if (state == State::kEvicted) PCCL_WARN("peer", "evicted: %s", reason.c_str());
+    else PCCL_WARN("peer", "master lost: %s", reason.c_str());
+    if (router) router->fail_all(FailureKind::kLinkBroken, reason, -1);
+    for (auto& op : ops) op->decide(false, EpochCause::kLost);
+    if (mesh) mesh->shutdown();
+}
+
+namespace {
+
+// Reads what is available on the master connection into `in`. Returns false when the connection
+// closed or failed (why says how).
+bool read_master(int fd, FrameAssembler& in, std::string* why) {
+    uint8_t buf[65536];
+    for (;;) {
+        ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            in.append(buf, static_cast<size_t>(n));
+            if (static_cast<size_t>(n) < sizeof buf) return true;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return true;
+        *why = n < 0 ? std::string("connection to the master failed: ") + std::strerror(errno)
+                     : "the master closed the connection";
+        return false;
+    }
+}
+
+MsgType next_type(Reader& r) {
+    return static_cast<MsgType>(r.get_enum(static_cast<uint8_t>(MsgType::kCount), "message type"));
+}
+
+}  // namespace
+
+void Communicator::control_loop() {
+    const double hb = config_.heartbeat_timeout;
+    const double beat_every = std::max(0.05, hb / 4);
+    auto last_rx = Clock::now();
+    auto last_tx = Clock::now();
+    FrameAssembler in;
+    std::vector<uint8_t> body;
+    while (!stop_) {
+        pollfd p{master_.get(), POLLIN, 0};
+        ::poll(&p, 1, 50);
+        bool closed = false;
+        std::string why;
+        if (p.revents) {
+            closed = !read_master(master_.get(), in, &why);
+            last_rx = Clock::now();
+        }
+        try {
+            while (in.next(body)) {
+                Reader r(body.data(), body.size());
+                MsgType type = next_type(r);
+                handle_message(type, r);
+            }
+        } catch (const std::exception& e) {  // a bad message, or a failure handling it
+            PCCL_WARN("peer", "invalid message from the master: %s", e.what());
+            enter_terminal(State::kMasterLost, std::string("the master sent an invalid message: ") + e.what());
+            return;
+        }
+        if (closed && leaving_) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!is_terminal(static_cast<int>(state_))) state_ = State::kClosed;
+            terminal_reason_ = "closed";
+            cv_.notify_all();
+            return;
+        }
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (is_terminal(static_cast<int>(state_))) return;
+        }
+        if (!closed && seconds_since(last_rx) > hb) {
+            closed = true;
+            why = "no message from the master for " + fmt_seconds(seconds_since(last_rx));
+        }
+        if (closed) {
+            if (!reconnect_master(why, in)) return;
+            last_rx = last_tx = Clock::now();
+            continue;
+        }
+        if (seconds_since(last_tx) >= beat_every) {
+            send_to_master(encode_empty(MsgType::kHeartbeat));
+            last_tx = Clock::now();
+        }
+    }
+}
+
+void Communicator::wait_for_master(std::unique_lock<std::mutex>& lock) {
+    cv_.wait_until(lock, deadline_after(config_.master_grace + 1.0),
+                   [&] { return !master_away_ || is_terminal(static_cast<int>(state_)); });
+}
+
+bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) {
+    Rejoin claim;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (config_.master_grace > 0 && state_ == State::kMember) {
+            master_away_ = true;
+            claim = Rejoin{hello_, peer_id_, epoch_, static_cast<uint8_t>(ready_ ? 1 : 0), members_};
+        }
+    }
+    if (!claim.peer_id) {
+        enter_terminal(State::kMasterLost, why);
+        return false;
+    }
+    PCCL_WARN("peer", "master lost (%s); waiting up to %s for it to come back", why.c_str(),
+              fmt_seconds(config_.master_grace).c_str());
+    {
+        std::lock_guard<std::mutex> lock(send_mutex_);
+        master_.reset();
+    }
+    const auto give_up = deadline_after(config_.master_grace);
+    std::vector<uint8_t> body;
+    while (!stop_ && Clock::now() < give_up) {
+        Fd fd;
+        try {
+            fd = connect_tcp(master_host_, master_port_, std::min(give_up, deadline_after(1.0)));
+        } catch (const Error&) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            continue;
+        }
+        {
+            std::lock_guard<std::mutex> lock(send_mutex_);
+            master_ = std::move(fd);
+        }
+        in = FrameAssembler{};
+        send_to_master(encode_rejoin(claim));
+        // The answer is a welcome (taken back) or an eviction; anything after the welcome stays in
+        // `in` for the control loop.
+        const auto answer_by = std::min(give_up, deadline_after(config_.heartbeat_timeout + 1.0));
+        std::string lost;
+        try {
+            while (!stop_ && Clock::now() < answer_by && lost.empty()) {
+                pollfd p{master_.get(), POLLIN, 0};
+                ::poll(&p, 1, 50);
+                if (p.revents && !read_master(master_.get(), in, &lost)) break;
+                while (in.next(body)) {
+                    Reader r(body.data(), body.size());
+                    MsgType type = next_type(r);
+                    if (type == MsgType::kHeartbeat) continue;
+                    if (type != MsgType::kWelcome) {
+                        handle_message(type, r);  // an eviction or a refusal: terminal
+                        return false;
+                    }
+                    auto w = decode_welcome(r);
+                    if (w.peer_id != claim.peer_id || !w.admitted) throw ProtocolError("the restarted master answered the rejoin with another identity");
+                    PCCL_WARN("peer", "rejoined the restarted master as peer %llu", (unsigned long long)w.peer_id);
+                    std::optional<Vote> vote;
+                    std::shared_ptr<Collective> failed;
+                    {
+                        std::lock_guard<std::mutex> lock(mutex_);
+                        master_away_ = false;
+                        vote = vote_outstanding_;
+                        for (auto& op : inflight_)
+                            if (op->failure().failed) failed = op;
+                        failure_reported_epoch_ = 0;  // reports sent to the dead master are lost
+                        cv_.notify_all();
+                    }
+                    if (vote) send_to_master(encode_vote(*vote));
+                    if (failed) {
+                        auto f = failed->failure();
+                        report_failure(failed->epoch(), f.kind, f.suspect);
+                    }
+                    return true;
+                }
+            }
+        } catch (const std::exception& e) {
+            enter_terminal(State::kMasterLost, std::string("the restarted master sent an invalid message: ") + e.what());
+            return false;
+        }
+        {
+            std::lock_guard<std::mutex> lock(send_mutex_);
+            master_.reset();
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    enter_terminal(State::kMasterLost, why + "; no master came back at " + config_.master_address + " within master_grace (" +
+                                           fmt_seconds(config_.master_grace) + ")");
+    return false;
+}
+
+void Communicator::handle_message(MsgType type, Reader& r) {
+    switch (type) {
+        case MsgType::kHeartbeat:
+            r.expect_end();
+            return;
+        case MsgType::kWelcome: {
+            auto w = decode_welcome(r);
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (peer_id_ != 0) throw ProtocolError("second welcome");
+            peer_id_ = w.peer_id;
+            listener_->set_identity(config_.group, w.peer_id);
+            return;
+        }
+        case MsgType::kPending: {
+            uint32_t n = decode_pending(r);
+            std::lock_guard<std::mutex> lock(mutex_);
+            pending_ = n;
+            return;
+        }
+        case MsgType::kVoteResult: {
+            auto v = decode_vote_result(r);
+            std::lock_guard<std::mutex> lock(mutex_);
+            vote_result_ = v;
+            vote_outstanding_.reset();
+            cv_.notify_all();
+            return;
+        }
+        case MsgType::kRecover:
+            on_recover(decode_recover(r));
+            return;
+        case MsgType::kEpoch:
+            on_epoch(decode_epoch(r));
+            return;
+        case MsgType::kEvicted: {
+            auto e = decode_evicted(r);
+            enter_terminal(State::kEvicted, e.reason);
+            return;
+        }
+        case MsgType::kError: {
+            auto e = decode_error(r);
+            enter_terminal(State::kMasterLost, "the master refused this peer: " + e.message);
+            return;
+        }
+        default:
+            throw ProtocolError(std::string("unexpected message '") + msg_type_name(type) + "' from the master");
+    }
+}
+
+void Communicator::on_recover(const Recover& m) {
+    std::shared_ptr<Mesh> mesh;
+    std::set<std::shared_ptr<Collective>> ops;
+    std::map<uint32_t, uint64_t> committed;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (state_ != State::kMember) throw ProtocolError("recover request while not a member");
+        if (m.epoch <= epoch_) throw ProtocolError("recover request for an old epoch");
+        ready_ = false;
+        mesh = std::move(mesh_);
+        ops = inflight_;
+        committed = committed_;
+    }
+    // Stop the data plane first: after this no frame can change any op's progress.
+    if (mesh) mesh->shutdown();
+    Status st;
+    st.epoch = m.epoch;
+    for (auto& op : ops) st.ops.push_back(OpReport{op->tag(), op->seq(), op->freeze()});
+    for (auto& [tag, n] : committed) st.tags.push_back(TagReport{tag, n});
+    send_to_master(encode_status(st));
+}
+
+void Communicator::on_epoch(const EpochMsg& m) {
+    std::shared_ptr<Mesh> old_mesh;
+    int my_rank = -1;
+    std::vector<MemberInfo> members;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (m.group != config_.group) throw ProtocolError("epoch for another peer group");
+        if (m.epoch <= epoch_) throw ProtocolError("epoch number went backwards");
+        for (size_t i = 0; i < m.members.size(); ++i)
+            if (m.members[i].peer_id == peer_id_) my_rank = static_cast<int>(i);
+        old_mesh = std::move(mesh_);
+        ready_ = false;
+        std::map<uint32_t, uint64_t> done = committed_;  // ops of each tag finished here, decisions included
+        std::set<std::pair<uint32_t, uint64_t>> mine;
+        for (auto& op : inflight_) {
+            bool commit = false;
+            for (auto& d : m.decisions)
+                if (d.tag == op->tag() && d.seq == op->seq()) commit = d.commit != 0;
+            op->decide(commit, m.cause);
+            mine.insert({op->tag(), op->seq()});
+            if (commit) done[op->tag()] = std::max(done[op->tag()], op->seq() + 1);
+        }
+        if (m.cause != EpochCause::kJoin && m.cause != EpochCause::kLeft) {
+            for (auto& d : m.decisions)
+                if (!d.commit && !mine.count({d.tag, d.seq}) && done[d.tag] == d.seq)
+                    owed_failures_[d.tag].push_back(m.cause);
+        }
+        if (my_rank >= 0) {
+            epoch_ = m.epoch;
+            members_ = m.members;
+            rank_ = my_rank;
+            state_ = State::kMember;
+            next_seq_.clear();
+            committed_.clear();
+            uint64_t epoch = m.epoch;
+            router_ = std::make_shared<OpRouter>([this, epoch](int from, const std::string&) {
+                report_failure(epoch, FailureKind::kLinkBroken, from);
+            });
+            members = members_;
+        }
+    }
+    if (old_mesh) old_mesh->shutdown();
+    if (my_rank < 0) {
+        enter_terminal(State::kEvicted, "not part of the new membership");
+        return;
+    }
+    PCCL_DEBUG("peer", "epoch %llu (%s): rank %d of %zu", (unsigned long long)m.epoch, epoch_cause_name(m.cause),
+               my_rank, members.size());
+    listener_->forget_before(m.epoch);
+    build_mesh(m.epoch, members, my_rank);
+}
+
+void Communicator::build_mesh(uint64_t epoch, const std::vector<MemberInfo>& members, int my_rank) {
+    const int n = static_cast<int>(members.size());
+    const uint64_t me = members[my_rank].peer_id;
+    // Bounded well inside the heartbeat timeout, because the control thread is not heartbeating while
+    // it builds.
+    auto deadline = deadline_after(std::max(0.5, config_.heartbeat_timeout / 2));
+    send_to_master(encode_empty(MsgType::kHeartbeat));
+    std::vector<std::vector<Fd>> conns(static_cast<size_t>(n));
+    int suspect = -1;
+    try {
+        for (int j = my_rank + 1; j < n; ++j) {
+            suspect = j;
+            int k = std::min<int>(config_.connections, members[j].connections);
+            for (int i = 0; i < k; ++i) {
+                Handshake hs{kHandshakeMagic, 1, static_cast<uint16_t>(i), config_.group, 0, epoch, me, members[j].peer_id};
+                conns[j].push_back(dial_mesh(members[j].host, members[j].port, hs, deadline));
+            }
+        }
+        for (int j = 0; j < my_rank; ++j) {
+            suspect = j;
+            int k = std::min<int>(config_.connections, members[j].connections);
+            for (int i = 0; i < k; ++i) {
+                Fd fd = listener_->take(epoch, members[j].peer_id, static_cast<uint16_t>(i), deadline);
+                if (!fd.valid()) throw Error(ErrorCode::kTimeout, "member did not connect in time");
+                conns[j].push_back(std::move(fd));
+            }
+        }
+    } catch (const Error& e) {
+        PCCL_WARN("peer", "building the mesh of epoch %llu failed at rank %d: %s", (unsigned long long)epoch, suspect, e.what());
+        report_failure(epoch, FailureKind::kLinkBroken, suspect);
+        return;
+    }
+    std::shared_ptr<OpRouter> router;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (epoch_ != epoch || state_ != State::kMember) return;
+        router = router_;
+    }
+    auto mesh = std::make_shared<Mesh>(epoch, std::move(conns), router, config_.heartbeat_timeout);
+    mesh->start();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (epoch_ != epoch || state_ != State::kMember) return;  // mesh destructor stops it
+    mesh_ = std::move(mesh);
+    ready_ = true;
+    cv_.notify_all();
+}
+
+}  // namespace pccl
