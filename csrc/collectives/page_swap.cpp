@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "collectives/buffer_pool.hpp"
 
@@ -91,6 +92,11 @@ MapQuery& maps() {
     return *m;
 }
 
+// The whole pages inside [d, d + bytes), as [first, last); first >= last when there are none.
+std::pair<uintptr_t, uintptr_t> whole_pages(uintptr_t d, size_t bytes) {
+    return {(d + page_size() - 1) / page_size() * page_size(), (d + bytes) / page_size() * page_size()};
+}
+
 // True when [from, from + len) is covered, without holes, by private anonymous read-write mappings.
 bool swappable(uintptr_t from, size_t len) {
     for (uintptr_t at = from; at < from + len;) {
@@ -102,13 +108,13 @@ bool swappable(uintptr_t from, size_t len) {
 }
 
 // Moves the pages of [from, from + len) to [to, to + len); the source stays mapped, empty. mremap
-// moves within one mapping at a time, and earlier swaps may have split a range into several.
-// Returns the bytes moved: a prefix of the range.
+// moves within one mapping at a time, and earlier swaps may have split a range into several; each
+// must be private anonymous memory, or the move stops there. Returns the bytes moved: a prefix.
 size_t move_pages(uintptr_t from, uintptr_t to, size_t len) {
     size_t done = 0;
     while (done < len) {
         Vma v;
-        if (!maps().covering(from + done, &v) || v.start > from + done) break;
+        if (!maps().covering(from + done, &v) || v.start > from + done || !v.private_anonymous) break;
         size_t n = std::min<uintptr_t>(v.end, from + len) - (from + done);
         void* r = ::mremap(reinterpret_cast<void*>(from + done), n, n, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
                            reinterpret_cast<void*>(to + done));
@@ -149,8 +155,7 @@ SwapRegion::~SwapRegion() { region_pool().give(base_, capacity_); }
 
 std::shared_ptr<SwapRegion> SwapRegion::acquire(const uint8_t* dst, size_t bytes) {
     uintptr_t d = reinterpret_cast<uintptr_t>(dst);
-    uintptr_t p0 = (d + page_size() - 1) / page_size() * page_size();
-    uintptr_t p1 = (d + bytes) / page_size() * page_size();
+    auto [p0, p1] = whole_pages(d, bytes);
     if (bytes < kPageSwapMinBytes || p1 <= p0 || !swappable(p0, p1 - p0)) return nullptr;
     size_t want = region_capacity(bytes), capacity = 0;
     uint8_t* base = region_pool().take(want, &capacity);
@@ -164,9 +169,8 @@ std::shared_ptr<SwapRegion> SwapRegion::acquire(const uint8_t* dst, size_t bytes
 
 size_t SwapRegion::publish(uint8_t* dst, size_t bytes) {
     uintptr_t d = reinterpret_cast<uintptr_t>(dst);
-    uintptr_t p0 = (d + page_size() - 1) / page_size() * page_size();
-    uintptr_t p1 = (d + bytes) / page_size() * page_size();
-    if (p1 <= p0 || !swappable(p0, p1 - p0)) {
+    auto [p0, p1] = whole_pages(d, bytes);
+    if (p1 <= p0) {
         std::memcpy(dst, work_, bytes);
         return 0;
     }
@@ -174,8 +178,8 @@ size_t SwapRegion::publish(uint8_t* dst, size_t bytes) {
     uintptr_t w = reinterpret_cast<uintptr_t>(work_) + lead, s = reinterpret_cast<uintptr_t>(spare_) + lead;
     std::memcpy(dst, work_, lead);
     std::memcpy(reinterpret_cast<void*>(p1), work_ + (p1 - d), d + bytes - p1);
-    // 1. The caller's pages step aside into the spare half. If that stops short, the work buffer is
-    //    still whole: copy it all.
+    // 1. The caller's pages step aside into the spare half; this also re-checks, mapping by mapping,
+    //    that they may. If that stops short, the work buffer is still whole: copy it all.
     if (move_pages(p0, s, len) < len) {
         std::memcpy(reinterpret_cast<void*>(p0), reinterpret_cast<void*>(w), len);
         return 0;
