@@ -76,7 +76,9 @@ void Mesh::send(int rank, int conn_index, const FrameHeader& h, const void* data
     {
         std::lock_guard<std::mutex> lock(mutex_);
         was_empty = conns_[ci]->queue.empty();
-        conns_[ci]->queue.push_back(SendReq{h, static_cast<const uint8_t*>(data), 0, std::move(completion), by_reference});
+        // Small payloads are cheaper to copy than to lend.
+        bool lend = by_reference && h.length >= PageSender::kMinBytes && PageSender::enabled();
+        conns_[ci]->queue.push_back(SendReq{h, static_cast<const uint8_t*>(data), 0, std::move(completion), lend});
     }
     // A non-empty queue is already the I/O thread's business (it is writing it, waiting for EPOLLOUT,
     // or about to handle the wake that its first entry sent), and it drains a queue to the end: only
@@ -179,7 +181,7 @@ bool Mesh::handle_write(Conn& c) {
             req = &c.queue.front();  // deque front stays valid while others push_back
         }
         const size_t total = kHeaderBytes + req->header.length;
-        const bool lend = req->by_reference && req->header.length >= PageSender::kMinBytes && PageSender::enabled();
+        const bool lend = req->lend;
         if (lend && req->sent >= kHeaderBytes) {
             if (!c.pages) c.pages = std::make_unique<PageSender>();
             size_t off = req->sent - kHeaderBytes, moved = 0;
@@ -187,7 +189,7 @@ bool Mesh::handle_write(Conn& c) {
             req->sent += moved;
             if (moved) c.last_tx = Clock::now();
             if (st == PageSender::Status::kUnsupported) {
-                req->by_reference = false;  // copy the rest
+                req->lend = false;  // copy the rest
                 continue;
             }
             if (st == PageSender::Status::kWouldBlock) {

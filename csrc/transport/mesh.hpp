@@ -71,7 +71,7 @@ private:
         const uint8_t* data;
         size_t sent = 0;  // bytes of header + payload written so far
         std::shared_ptr<SendCompletion> completion;
-        bool by_reference = false;
+        bool lend = false;  // send the payload by page reference (PageSender)
     };
     struct Conn {
         Fd fd;
