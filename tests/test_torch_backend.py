@@ -237,3 +237,36 @@ def test_unsupported_device_op_and_p2p_raise_clear_errors():
     finally:
         comm.close()
         master.stop()
+
+
+def test_work_future_is_done_when_wait_returns_and_callbacks_may_wait_on_their_own_work(monkeypatch):
+    # Widen the window between "the op finished" and "its future is set", which a loaded machine opens.
+    set_result = torch.futures.Future.set_result
+    monkeypatch.setattr(torch.futures.Future, "set_result", lambda f, r: (time.sleep(0.02), set_result(f, r))[1])
+    master = pccl_py.Master().start()
+    comms = connect_group(master.address, 2, timeout=10)
+    try:
+        a, b = (pccl_torch.wrap_communicator(c) for c in comms)
+        # The completer thread finishes each Work; wait() must not return before the future is done.
+        for _ in range(5):
+            wa, wb = a.allreduce([torch.ones(3)]), b.allreduce([torch.ones(3)])
+            assert wa.wait() and wa.get_future().done() and wb.wait() and wb.get_future().done()
+        # a's ops cannot finish before b issues its matching ones, so the callbacks below are
+        # attached before completion and run on a's completer thread.
+        own, gated, later = a.allreduce([torch.ones(3)]), a.allreduce([torch.ones(3)]), a.allreduce([torch.ones(3)])
+        seen: list = []
+        # A callback may wait on the Work whose future it hangs on: that Work is already settled.
+        own_chain = own.get_future().then(lambda f: seen.append(own.wait()))
+        # Waiting inside a callback on a Work not finished yet would deadlock the completer thread.
+        gated_chain = gated.get_future().then(lambda f: later.wait())
+        for _ in range(3):
+            b.allreduce([torch.ones(3)])
+        own_chain.wait()
+        assert seen == [True]
+        with pytest.raises(RuntimeError, match="would deadlock"):
+            gated_chain.wait()
+        assert later.wait() and torch.equal(later.result()[0], torch.full((3,), 2.0))
+    finally:
+        for c in comms:
+            c.close()
+        master.stop()

@@ -362,8 +362,13 @@ def scenario_kill(rank: int, world: int) -> dict:
     x = torch.ones(16_000_000)
     work = dist.all_reduce(x, async_op=True)
     fut = work.get_future()
-    if rank == world - 1:
-        # Right after issuing: 64 MB cannot have gone round the ring yet, so the op is mid-flight.
+    if rank != world - 1:
+        store.set(f"issued{rank}", "1")
+    else:
+        # Only once the others have issued theirs: a rank that died first would fail their next
+        # op at issue instead of mid-flight. 64 MB cannot go round the ring within the few ms
+        # the store takes, so the op is still running.
+        store.wait([f"issued{r}" for r in range(world - 1)])
         store.set("killed_at", repr(time.time()))
         os.kill(os.getpid(), signal.SIGKILL)
     try:

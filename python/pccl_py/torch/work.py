@@ -38,26 +38,31 @@ class PcclWork(Work):
         self._result = result
         self._future: torch.futures.Future = torch.futures.Future()
         self._done = threading.Event()
+        self._settled = False
         self._error: Optional[BaseException] = None
 
-    # Called once by the Completer.
+    # Called once by the Completer. The future is completed before _done is set, so that a wait()
+    # that returned implies a done future; callbacks on that future, which run inside set_result on
+    # the completer thread, see the Work as settled and may call wait() on it without blocking.
     def _complete(self, error: Optional[BaseException]) -> None:
         self._error = error
-        self._done.set()
+        self._settled = True
         if error is None:
             self._future.set_result(self._result)
         else:
             self._future.set_exception(error)
+        self._done.set()
 
     def wait(self, timeout: Union[timedelta, float, None] = None) -> bool:
         """Blocks until the collective completes; raises its error. A non-zero timeout bounds the wait
         (torch's kNoTimeout, a zero timedelta, means no bound; pccl's own op timeout always applies)."""
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        if not self._done.is_set() and getattr(_on_completer, "active", False):
-            # Future callbacks run on the completer thread, which would be waiting for itself.
-            raise RuntimeError("waiting for a pccl Work inside a future callback would deadlock; "
-                               "chain it with get_future().then(...) instead")
-        if not self._done.wait(seconds if seconds else None):
+        if getattr(_on_completer, "active", False):
+            if not self._settled:
+                # Future callbacks run on the completer thread, which would be waiting for itself.
+                raise RuntimeError("waiting for a pccl Work inside a future callback would deadlock; "
+                                   "chain it with get_future().then(...) instead")
+        elif not self._done.wait(seconds if seconds else None):
             raise PcclTimeoutError(f"Work.wait() timed out after {seconds} s")
         if self._error is not None:
             raise self._error
