@@ -15,43 +15,15 @@ import socket
 import struct
 import time
 
+from control_frames import frame, hello, hello_body, read_frames, recv_frames
 from fault_helpers import admit, join, listen_port_from_master_log, read_text, wait_for
 
 COMM = dict(heartbeat_timeout=3.0, timeout=10.0)
-PROTOCOL_MAGIC = 0x4C434350
 HANDSHAKE_MAGIC = 0x48434350
 HANDSHAKE_TIMEOUT = 5.0  # master and listener both give a connection 5 s to complete its handshake
 CLOSE_WITHIN = HANDSHAKE_TIMEOUT + 3.0
 # A well-formed handshake waits ("parks") for its epoch's mesh at most this long (mesh_listener.cpp).
 PARKED_TIMEOUT = 10.0
-
-
-# -- control-plane frames ------------------------------------------------------------------------
-def frame(msg_type: int, body: bytes = b"") -> bytes:
-    b = bytes([msg_type]) + body
-    return struct.pack("<I", len(b)) + b
-
-
-def hello_body(group=0, hb_ms=5000, host="127.0.0.1", port=1, conns=1, magic=PROTOCOL_MAGIC, version=1,
-               host_len=None) -> bytes:
-    h = host.encode()
-    return (struct.pack("<IHII", magic, version, group, hb_ms) + struct.pack("<H", len(h) if host_len is None else host_len)
-            + h + struct.pack("<HH", port, conns))
-
-
-def hello(**kw) -> bytes:
-    return frame(1, hello_body(**kw))
-
-
-def read_frames(data: bytes) -> list[tuple[int, bytes]]:
-    out, i = [], 0
-    while i + 4 <= len(data):
-        (n,) = struct.unpack_from("<I", data, i)
-        if i + 4 + n > len(data):
-            break
-        out.append((data[i + 4], data[i + 5:i + 4 + n]))
-        i += 4 + n
-    return out
 
 
 # -- mesh handshake -------------------------------------------------------------------------------
@@ -154,12 +126,7 @@ def test_bad_enum_from_an_admitted_connection(cluster):
     members = join(cluster, 2, COMM)
     s = open_and_send(cluster.master.port, hello(group=77, hb_ms=10_000, port=9))
     try:
-        got = b""
-        deadline = time.time() + 5
-        while len([t for t, _ in read_frames(got)]) < 2 and time.time() < deadline:
-            s.settimeout(max(0.05, deadline - time.time()))
-            got += s.recv(65536)
-        types = [t for t, _ in read_frames(got)]
+        types = [t for t, _ in recv_frames(s, 2)]
         assert types[:2] == [2, 10], f"expected welcome and epoch frames, got types {types}"
         s.sendall(frame(7, struct.pack("<QBQ", 1, 9, 0)))  # failure: epoch 1, kind 9 (valid: 0..2)
         closed, rest = wait_closed(s, time.time() + CLOSE_WITHIN)

@@ -7,10 +7,13 @@ current members' contributions.
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 
 import pytest
 
+from control_frames import frame, hello, recv_frames
 from support import call, grow, reduce_all, reply_to, vote, wait_until
 
 SPEC = dict(dtype="float32", count=1001, op="SUM")
@@ -36,6 +39,35 @@ def test_newcomer_is_admitted_only_after_every_member_updates_topology(cluster):
     assert admitted["ok"] and admitted["world_size"] == 3, admitted
     assert not call(members[0], "pending")["pending"]
     reduce_all(cluster.ranked(members + [newcomer]), seed=2, **SPEC)
+
+
+def test_join_epoch_sends_the_pending_count_before_the_vote_result(cluster):
+    """A member that votes again the moment update_topology() returns must see the admitted peer as no
+    longer pending; otherwise it votes for nobody and the next newcomer is stranded. The master
+    guarantees this by order: EPOCH, PENDING(0), then VOTE_RESULT. Checked on raw connections."""
+    def connect(port: int) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", cluster.master.port), timeout=5)
+        s.sendall(hello(group=79, hb_ms=10_000, port=port))
+        return s
+
+    member = connect(11)
+    newcomer = None
+    try:
+        assert [t for t, _ in recv_frames(member, 2)] == [2, 10]  # WELCOME, EPOCH 1: the first member
+        newcomer = connect(12)
+        assert [t for t, _ in recv_frames(newcomer, 1)] == [2]  # WELCOME, not admitted yet
+        assert recv_frames(member, 1) == [(6, struct.pack("<I", 1))]  # PENDING 1
+        member.sendall(frame(4, struct.pack("<QI", 1, 5000)))  # VOTE in epoch 1
+        assert recv_frames(member, 1) == [(8, struct.pack("<Q", 2))]  # RECOVER into epoch 2
+        member.sendall(frame(9, struct.pack("<QII", 2, 0, 0)))  # STATUS: no ops
+        got = recv_frames(member, 3)
+        assert [t for t, _ in got] == [10, 6, 5], got  # EPOCH, PENDING, VOTE_RESULT
+        assert got[1][1] == struct.pack("<I", 0)
+        assert got[2][1][:5] == struct.pack("<BI", 0, 1)  # not timed out, 1 admitted
+    finally:
+        for s in (member, newcomer):
+            if s is not None:
+                s.close()
 
 
 def test_member_that_never_updates_topology_cannot_hang_the_others(cluster):

@@ -480,11 +480,14 @@ void Master::finish_recovery(Group& g) {
     for (auto id : g.members)
         if (Peer* p = find(id)) send(*p, frame);
     if (g.cause == EpochCause::kJoin) {
+        // The pending count goes out first: a member handles frames in order, so once its
+        // update_topology() returns, are_peers_pending() no longer counts the peers just admitted
+        // (otherwise a caller could vote again at once, for nobody, and strand the next newcomer).
+        broadcast_pending(g);
         auto result = encode_vote_result(VoteResult{0, admitted, ""});
         for (auto id : g.voters)
             if (Peer* p = find(id)) send(*p, result);
         g.voters.clear();
-        broadcast_pending(g);
     }
     check_vote(g);
 }
