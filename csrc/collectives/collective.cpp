@@ -7,6 +7,10 @@
 #include "collectives/star.hpp"
 
 namespace pccl {
+namespace {
+// States of a piece in arrived_.
+constexpr uint8_t kAbsent = 0, kArrived = 1, kClaimed = 2;
+}  // namespace
 
 Algorithm choose_algorithm(Algorithm requested, size_t bytes) {
     if (requested != Algorithm::kAuto) return requested;
@@ -47,7 +51,10 @@ size_t Collective::chunk_elems(int c) const {
 void Collective::init_slots(const std::vector<size_t>& slot_elems) {
     slot_elems_ = slot_elems;
     arrived_.resize(slot_elems.size());
-    for (size_t i = 0; i < slot_elems.size(); ++i) arrived_[i].assign(piece_count(slot_elems[i]), 0);
+    for (size_t i = 0; i < slot_elems.size(); ++i) {
+        arrived_[i].assign(piece_count(slot_elems[i]), kAbsent);
+        pieces_total_ += arrived_[i].size();
+    }
 }
 
 FrameHeader Collective::make_header(FrameType type, uint32_t slot, uint64_t offset, uint32_t length) const {
@@ -92,17 +99,62 @@ RecvTarget Collective::target_for(int from, const FrameHeader& h) {
 }
 
 void Collective::on_frame(int from, const FrameHeader& h) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (h.type == static_cast<uint8_t>(FrameType::kDone)) {
-        if (from < 0 || from >= world_ || done_from_[from]) throw ProtocolError("duplicate completion notice");
-        done_from_[from] = 1;
-        ++dones_;
-    } else {
+    size_t piece = 0;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (h.type == static_cast<uint8_t>(FrameType::kDone)) {
+            if (from < 0 || from >= world_ || done_from_[from]) throw ProtocolError("duplicate completion notice");
+            done_from_[from] = 1;
+            ++dones_;
+            cv_.notify_all();
+            return;
+        }
         if (h.descriptor() != desc_) return;  // discarded mismatch payload
-        arrived_[h.step][h.offset / wire(piece_elems_)] = 1;
+        piece = h.offset / wire(piece_elems_);
+        // Two frames for one piece can both pass target_for() when they arrive interleaved on two
+        // connections; the second must not be reduced again.
+        if (arrived_[h.step][piece] != kAbsent) throw ProtocolError("duplicate piece");
         rx_bytes_ += h.length;
+        if (!processing_on_arrival_) {
+            arrived_[h.step][piece] = kArrived;
+            cv_.notify_all();
+            return;
+        }
+        arrived_[h.step][piece] = kClaimed;
     }
-    cv_.notify_all();
+    run_piece(h.step, piece);
+}
+
+void Collective::run_piece(uint32_t slot, size_t piece) {
+    try {
+        process(slot, piece);
+    } catch (const Interrupted&) {
+        return;  // the op failed, froze or timed out: whoever waits for it finds out from failure_
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (++pieces_processed_ == pieces_total_) cv_.notify_all();
+}
+
+void Collective::process_all_arrivals() {
+    std::vector<std::pair<uint32_t, size_t>> early;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        check_interrupt();
+        processing_on_arrival_ = true;
+        for (uint32_t s = 0; s < arrived_.size(); ++s)
+            for (size_t j = 0; j < arrived_[s].size(); ++j)
+                if (arrived_[s][j] == kArrived) {
+                    arrived_[s][j] = kClaimed;
+                    early.emplace_back(s, j);
+                }
+    }
+    for (auto [s, j] : early) run_piece(s, j);
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        if (pieces_processed_ == pieces_total_) return;
+        check_interrupt();
+        cv_.wait_until(lock, deadline_);
+    }
 }
 
 void Collective::sent() {
@@ -151,7 +203,7 @@ void Collective::send_piece(int to, uint32_t slot, const uint8_t* wire_base, siz
 void Collective::wait_piece(uint32_t slot, size_t piece) {
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-        if (arrived_[slot][piece]) return;
+        if (arrived_[slot][piece] != kAbsent) return;
         check_interrupt();
         cv_.wait_until(lock, deadline_);
     }

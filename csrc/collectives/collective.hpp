@@ -55,6 +55,8 @@ public:
 
     // --- I/O thread side -------------------------------------------------------------------
     RecvTarget target_for(int from, const FrameHeader& h);  // validates; throws ProtocolError
+    // A frame's payload has landed: records it and, once the op processes pieces on arrival, runs
+    // process() for it on this thread.
     void on_frame(int from, const FrameHeader& h);
     void sent() override;
     // Marks the op failed (first reason wins) and wakes the op thread.
@@ -98,11 +100,21 @@ protected:
     // holds; {nullptr, 0} if that sender may not fill that slot.
     virtual std::pair<uint8_t*, size_t> region(int from, uint32_t slot) = 0;
 
+    // Work on a piece right where it arrives, for algorithms whose pieces need no order among
+    // themselves: the I/O thread that received the piece calls it, so a piece goes from the socket
+    // through the kernel to the next peer with no thread hand-off and while it is still in cache.
+    // Pieces of different slots may be processed concurrently (the caller works off early arrivals
+    // while the I/O thread takes new ones); each touches only its own elements.
+    virtual void process(uint32_t /*slot*/, size_t /*piece*/) {}
+
     // Geometry. A slot is a run of elements one sender fills; it travels as pieces of piece_elems_
     // elements, each encoded by the op's codec. Offsets and lengths on the wire are in wire bytes.
     void init_slots(const std::vector<size_t>& slot_elems);
     void send_piece(int to, uint32_t slot, const uint8_t* wire_base, size_t piece, size_t slot_elems);
     void wait_piece(uint32_t slot, size_t piece);
+    // For algorithms that implement process(): from now on every arriving piece is processed on
+    // arrival; pieces that came early are processed here. Returns when all of them were processed.
+    void process_all_arrivals();
     size_t piece_count(size_t elems) const { return (elems + piece_elems_ - 1) / piece_elems_; }
     size_t piece_elems(size_t elems, size_t piece) const { return std::min(piece_elems_, elems - piece * piece_elems_); }
     size_t piece_first(size_t piece) const { return piece * piece_elems_; }
@@ -128,11 +140,14 @@ protected:
 
 private:
     void check_interrupt();  // with mutex_ held
+    void run_piece(uint32_t slot, size_t piece);
     FrameHeader make_header(FrameType type, uint32_t slot, uint64_t offset, uint32_t length) const;
 
     std::mutex mutex_;
     std::condition_variable cv_;
-    std::vector<std::vector<uint8_t>> arrived_;
+    std::vector<std::vector<uint8_t>> arrived_;  // per slot and piece: kAbsent, kArrived or kClaimed
+    size_t pieces_total_ = 0, pieces_processed_ = 0;
+    bool processing_on_arrival_ = false;
     std::vector<size_t> slot_elems_;
     std::vector<uint8_t> done_from_;
     int dones_ = 0;

@@ -55,58 +55,56 @@ void RingAllReduce::send_chunk_piece(int c, uint32_t slot, const uint8_t* plain,
     send_piece(next_, slot, enc, j, elems);
 }
 
+// The caller's thread only sends this peer's own chunk; every received piece is then reduced (or
+// decoded) and forwarded by the I/O thread that received it, see Collective::process().
 void RingAllReduce::data_phase() {
+    size_t elems = chunk_elems(rank_);
+    const uint8_t* base = elem_ptr(spec_.src, chunk_first(rank_));
+    for (size_t j = 0; j < piece_count(elems); ++j) send_chunk_piece(rank_, 0, base, j, true);
+    process_all_arrivals();
+}
+
+void RingAllReduce::process(uint32_t slot, size_t j) {
     const int n = world_;
     const uint32_t ag0 = static_cast<uint32_t>(n - 1);
-    const bool avg = spec_.op == ReduceOp::kAvg;
-    {
-        // Step 0 sends this peer's own chunk straight from the caller's input.
-        size_t elems = chunk_elems(rank_);
-        const uint8_t* base = elem_ptr(spec_.src, chunk_first(rank_));
-        for (size_t j = 0; j < piece_count(elems); ++j) send_chunk_piece(rank_, 0, base, j, true);
-    }
-    for (int s = 0; s < n - 1; ++s) {
+    if (slot < ag0) {
+        // Reduce-scatter step s: chunk c arrives holding the sum of the s+1 peers before this one.
+        int s = static_cast<int>(slot);
         int c = mod(rank_ - s - 1);
         size_t elems = chunk_elems(c);
         uint8_t* acc = elem_ptr(work_.get(), chunk_first(c));
         const uint8_t* mine = elem_ptr(spec_.src, chunk_first(c));
-        const uint8_t* received = quantized() ? staging_.get() + wire_offset_[c] : nullptr;
-        for (size_t j = 0; j < piece_count(elems); ++j) {
-            wait_piece(static_cast<uint32_t>(s), j);
-            size_t first = piece_first(j), len = piece_elems(elems, j);
-            if (quantized())
-                decode_reduce(spec_.quant, spec_.dtype, spec_.op, received + wire(first), len, elem_ptr(mine, first),
-                              elem_ptr(acc, first));
-            else
-                reduce(spec_.dtype, spec_.op, elem_ptr(acc, first), elem_ptr(acc, first), elem_ptr(mine, first), len);
-            if (s < n - 2) {
-                send_chunk_piece(c, static_cast<uint32_t>(s + 1), acc, j, true);
-                continue;
-            }
-            // This chunk is now fully reduced and owned by this peer: finalize it, and when quantized
-            // keep the decoded value of what everyone else will receive, then start the all-gather.
-            if (avg) divide_by_world(spec_.dtype, elem_ptr(acc, first), len, static_cast<size_t>(n));
-            send_chunk_piece(c, ag0, acc, j, true);
-            if (quantized())
-                decode(spec_.quant, spec_.dtype, encoded_.get() + wire_offset_[c] + wire(first), len, elem_ptr(acc, first));
+        size_t first = piece_first(j), len = piece_elems(elems, j);
+        if (quantized())
+            decode_reduce(spec_.quant, spec_.dtype, spec_.op, staging_.get() + wire_offset_[c] + wire(first), len,
+                          elem_ptr(mine, first), elem_ptr(acc, first));
+        else
+            reduce(spec_.dtype, spec_.op, elem_ptr(acc, first), elem_ptr(acc, first), elem_ptr(mine, first), len);
+        if (s < n - 2) {
+            send_chunk_piece(c, slot + 1, acc, j, true);
+            return;
         }
+        // This chunk is now fully reduced and owned by this peer: finalize it, and when quantized
+        // keep the decoded value of what everyone else will receive, then start the all-gather.
+        if (spec_.op == ReduceOp::kAvg) divide_by_world(spec_.dtype, elem_ptr(acc, first), len, static_cast<size_t>(n));
+        send_chunk_piece(c, ag0, acc, j, true);
+        if (quantized())
+            decode(spec_.quant, spec_.dtype, encoded_.get() + wire_offset_[c] + wire(first), len, elem_ptr(acc, first));
+        return;
     }
-    for (int t = 0; t < n - 1; ++t) {
-        int c = mod(rank_ - t);
-        size_t elems = chunk_elems(c);
-        uint8_t* base = elem_ptr(work_.get(), chunk_first(c));
-        const uint8_t* received = quantized() ? staging_.get() + wire_total_ + wire_offset_[c] : nullptr;
-        for (size_t j = 0; j < piece_count(elems); ++j) {
-            wait_piece(ag0 + static_cast<uint32_t>(t), j);
-            if (quantized()) {
-                size_t first = piece_first(j);
-                decode(spec_.quant, spec_.dtype, received + wire(first), piece_elems(elems, j), elem_ptr(base, first));
-                // Forward the received bytes untouched: re-encoding could drift.
-                if (t < n - 2) send_piece(next_, ag0 + static_cast<uint32_t>(t + 1), received, j, elems);
-            } else if (t < n - 2) {
-                send_piece(next_, ag0 + static_cast<uint32_t>(t + 1), base, j, elems);
-            }
-        }
+    // All-gather step t: the final value of chunk c arrives; pass it on unless the next peer owns it.
+    int t = static_cast<int>(slot - ag0);
+    int c = mod(rank_ - t);
+    size_t elems = chunk_elems(c);
+    if (quantized()) {
+        const uint8_t* received = staging_.get() + wire_total_ + wire_offset_[c];
+        size_t first = piece_first(j);
+        decode(spec_.quant, spec_.dtype, received + wire(first), piece_elems(elems, j),
+               elem_ptr(work_.get(), chunk_first(c) + first));
+        // Forward the received bytes untouched: re-encoding could drift.
+        if (t < n - 2) send_piece(next_, slot + 1, received, j, elems);
+    } else if (t < n - 2) {
+        send_piece(next_, slot + 1, elem_ptr(work_.get(), chunk_first(c)), j, elems);
     }
 }
 

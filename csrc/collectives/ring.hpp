@@ -13,6 +13,7 @@ public:
 
 protected:
     void data_phase() override;
+    void process(uint32_t slot, size_t piece) override;
     std::pair<uint8_t*, size_t> region(int from, uint32_t slot) override;
 
 private:

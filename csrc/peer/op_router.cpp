@@ -68,11 +68,16 @@ RecvTarget OpRouter::on_header(int from, const FrameHeader& h) {
 }
 
 void OpRouter::on_frame(int from, const FrameHeader& h, RecvTarget& target) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     Key key{h.tag, h.seq};
     auto it = ops_.find(key);
     if (target.route != kEarlyRoute) {
-        if (it != ops_.end()) it->second->on_frame(from, h);
+        if (it == ops_.end()) return;
+        // The op may reduce and forward the piece right here: not under the routing lock, which
+        // the callers of other ops need to start and finish theirs.
+        std::shared_ptr<Collective> op = it->second;
+        lock.unlock();
+        op->on_frame(from, h);
         return;
     }
     Early e{from, h, std::static_pointer_cast<std::vector<uint8_t>>(target.keep)};
