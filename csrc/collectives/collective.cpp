@@ -157,6 +157,14 @@ void Collective::process_all_arrivals() {
     }
 }
 
+void Collective::process_in_order() {
+    for (uint32_t s = 0; s < arrived_.size(); ++s)
+        for (size_t j = 0; j < arrived_[s].size(); ++j) {  // sizes are fixed by init_slots()
+            wait_piece(s, j);
+            process(s, j);
+        }
+}
+
 void Collective::sent() {
     std::lock_guard<std::mutex> lock(mutex_);
     --outstanding_;

@@ -112,9 +112,12 @@ protected:
     void init_slots(const std::vector<size_t>& slot_elems);
     void send_piece(int to, uint32_t slot, const uint8_t* wire_base, size_t piece, size_t slot_elems);
     void wait_piece(uint32_t slot, size_t piece);
-    // For algorithms that implement process(): from now on every arriving piece is processed on
-    // arrival; pieces that came early are processed here. Returns when all of them were processed.
+    // Two ways to drive process() over every piece of every slot; both return when all are done.
+    // On arrival: from now on the I/O thread processes each piece as it lands; early ones are
+    // processed here.
     void process_all_arrivals();
+    // In order, on this thread: slot by slot, waiting for each piece.
+    void process_in_order();
     size_t piece_count(size_t elems) const { return (elems + piece_elems_ - 1) / piece_elems_; }
     size_t piece_elems(size_t elems, size_t piece) const { return std::min(piece_elems_, elems - piece * piece_elems_); }
     size_t piece_first(size_t piece) const { return piece * piece_elems_; }
