@@ -41,17 +41,15 @@ std::pair<uint8_t*, size_t> RingAllReduce::region(int from, uint32_t slot) {
 
 // Sends piece j of chunk c as slot `slot`: the encoded bytes when quantized (encoding them here, once),
 // else straight from `plain`.
-void RingAllReduce::send_chunk_piece(int c, uint32_t slot, const uint8_t* plain, size_t j, bool encode_now) {
+void RingAllReduce::send_chunk_piece(int c, uint32_t slot, const uint8_t* plain, size_t j) {
     size_t elems = chunk_elems(c);
     if (!quantized()) {
         send_piece(next_, slot, plain, j, elems);
         return;
     }
     uint8_t* enc = encoded_.get() + wire_offset_[c];
-    if (encode_now) {
-        size_t first = piece_first(j);
-        encode(spec_.quant, spec_.dtype, elem_ptr(plain, first), piece_elems(elems, j), enc + wire(first));
-    }
+    size_t first = piece_first(j);
+    encode(spec_.quant, spec_.dtype, elem_ptr(plain, first), piece_elems(elems, j), enc + wire(first));
     send_piece(next_, slot, enc, j, elems);
 }
 
@@ -63,7 +61,7 @@ void RingAllReduce::send_chunk_piece(int c, uint32_t slot, const uint8_t* plain,
 void RingAllReduce::data_phase() {
     size_t elems = chunk_elems(rank_);
     const uint8_t* base = elem_ptr(spec_.src, chunk_first(rank_));
-    for (size_t j = 0; j < piece_count(elems); ++j) send_chunk_piece(rank_, 0, base, j, true);
+    for (size_t j = 0; j < piece_count(elems); ++j) send_chunk_piece(rank_, 0, base, j);
     if (quantized())
         process_in_order();
     else
@@ -87,13 +85,13 @@ void RingAllReduce::process(uint32_t slot, size_t j) {
         else
             reduce(spec_.dtype, spec_.op, elem_ptr(acc, first), elem_ptr(acc, first), elem_ptr(mine, first), len);
         if (s < n - 2) {
-            send_chunk_piece(c, slot + 1, acc, j, true);
+            send_chunk_piece(c, slot + 1, acc, j);
             return;
         }
         // This chunk is now fully reduced and owned by this peer: finalize it, and when quantized
         // keep the decoded value of what everyone else will receive, then start the all-gather.
         if (spec_.op == ReduceOp::kAvg) divide_by_world(spec_.dtype, elem_ptr(acc, first), len, static_cast<size_t>(n));
-        send_chunk_piece(c, ag0, acc, j, true);
+        send_chunk_piece(c, ag0, acc, j);
         if (quantized())
             decode(spec_.quant, spec_.dtype, encoded_.get() + wire_offset_[c] + wire(first), len, elem_ptr(acc, first));
         return;

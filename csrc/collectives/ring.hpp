@@ -18,7 +18,7 @@ protected:
 
 private:
     int mod(int x) const { return ((x % world_) + world_) % world_; }
-    void send_chunk_piece(int c, uint32_t slot, const uint8_t* plain, size_t j, bool encode_now);
+    void send_chunk_piece(int c, uint32_t slot, const uint8_t* plain, size_t j);
     int prev_, next_;
     std::vector<size_t> wire_offset_;  // quantized: where chunk c starts in wire bytes
     size_t wire_total_ = 0;
