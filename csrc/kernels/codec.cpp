@@ -41,28 +41,33 @@ typedef uint8_t v8b __attribute__((vector_size(8)));
 // without AVX would change the calling convention.
 template <typename T>
 inline void load8(const T* p, v8f& out) {
-    if constexpr (std::is_same_v<T, float>) {
-        std::memcpy(&out, p, sizeof out);
-    } else {
-        typedef T v8t __attribute__((vector_size(8 * sizeof(T))));
-        v8t v;
-        std::memcpy(&v, p, sizeof v);
-        out = __builtin_convertvector(v, v8f);
-    }
+    // Unaligned vector loads through an under-aligned vector type: a memcpy into `out` was lowered
+    // to two 16-byte stores and a 32-byte reload, a store-forwarding stall on every load.
+    typedef T v8t __attribute__((vector_size(8 * sizeof(T)), aligned(alignof(T)), may_alias));
+    if constexpr (std::is_same_v<T, float>)
+        out = *reinterpret_cast<const v8t*>(p);
+    else
+        out = __builtin_convertvector(*reinterpret_cast<const v8t*>(p), v8f);
 }
 
-// Stores the low byte of each lane. A byte shuffle: GCC's generic int32 -> uint8 vector conversion
-// extracts lanes one by one on AVX2.
-inline void store_low_bytes(const v8i& codes, uint8_t* out) {
+// Stores the low byte of each lane of four code vectors: 32 bytes, in order. Byte shuffles: GCC's
+// generic int32 -> uint8 vector conversion extracts lanes one by one on AVX2.
+inline void store_low_bytes(const v8i (&codes)[4], uint8_t* out) {
 #if defined(__clang__) || __GNUC__ >= 12
     typedef uint8_t v32b __attribute__((vector_size(32)));
-    v32b raw;
-    std::memcpy(&raw, &codes, sizeof raw);
-    v8b bytes = __builtin_shufflevector(raw, raw, 0, 4, 8, 12, 16, 20, 24, 28);
+    typedef uint8_t v16b __attribute__((vector_size(16)));
+    v16b lo = __builtin_shufflevector((v32b)codes[0], (v32b)codes[1], 0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52,
+                                      56, 60);
+    v16b hi = __builtin_shufflevector((v32b)codes[2], (v32b)codes[3], 0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52,
+                                      56, 60);
+    std::memcpy(out, &lo, sizeof lo);
+    std::memcpy(out + 16, &hi, sizeof hi);
 #else
-    v8b bytes = __builtin_convertvector(codes, v8b);
+    for (int k = 0; k < 4; ++k) {
+        v8b bytes = __builtin_convertvector(codes[k], v8b);
+        std::memcpy(out + 8 * k, &bytes, sizeof bytes);
+    }
 #endif
-    std::memcpy(out, &bytes, sizeof bytes);
 }
 
 // Min-max 8-bit quantization. A block holding any NaN or infinity cannot be scaled; it is sent with a
@@ -77,21 +82,30 @@ PCCL_KERNEL void encode_q8(const void* src, size_t n, uint8_t* wire) {
         uint8_t* out = wire + (b / kQ8Block) * (kQ8Block + 8);
         float lo, hi, poison;  // poison becomes NaN if any element is NaN or infinite (x * 0)
         if (len == kQ8Block) {
-            v8f lo8, p8 = {};
-            load8(x, lo8);
-            v8f hi8 = lo8;
-            for (size_t i = 0; i < kQ8Block; i += 8) {
-                v8f v;
-                load8(x + i, v);
-                lo8 = v < lo8 ? v : lo8;
-                hi8 = v > hi8 ? v : hi8;
-                p8 += v * 0.0f;
+            // Four independent accumulators each: one would chain every step on the last one's latency.
+            v8f lo8[4], hi8[4], p8[4] = {};
+            for (int k = 0; k < 4; ++k) {
+                load8(x + 8 * k, lo8[k]);
+                hi8[k] = lo8[k];
             }
-            lo = lo8[0], hi = hi8[0], poison = p8[0];
+            for (size_t i = 0; i < kQ8Block; i += 32)
+                for (int k = 0; k < 4; ++k) {
+                    v8f v;
+                    load8(x + i + 8 * k, v);
+                    lo8[k] = v < lo8[k] ? v : lo8[k];
+                    hi8[k] = v > hi8[k] ? v : hi8[k];
+                    p8[k] += v * 0.0f;
+                }
+            for (int k = 1; k < 4; ++k) {
+                lo8[0] = lo8[k] < lo8[0] ? lo8[k] : lo8[0];
+                hi8[0] = hi8[k] > hi8[0] ? hi8[k] : hi8[0];
+                p8[0] += p8[k];
+            }
+            lo = lo8[0][0], hi = hi8[0][0], poison = p8[0][0];
             for (int k = 1; k < 8; ++k) {
-                lo = std::min(lo, lo8[k]);
-                hi = std::max(hi, hi8[k]);
-                poison += p8[k];
+                lo = std::min(lo, lo8[0][k]);
+                hi = std::max(hi, hi8[0][k]);
+                poison += p8[0][k];
             }
         } else {
             lo = hi = static_cast<float>(x[0]);
@@ -112,13 +126,16 @@ PCCL_KERNEL void encode_q8(const void* src, size_t n, uint8_t* wire) {
         std::memcpy(out + 4, &step, 4);
         const float inv = step > 0.0f ? 1.0f / step : 0.0f;
         size_t i = 0;
-        for (; i + 8 <= len; i += 8) {
-            v8f q;
-            load8(x + i, q);
-            q = (q - lo) * inv;
-            q = q > 0.0f ? q : 0.0f;
-            q = q < 255.0f ? q : 255.0f;
-            v8i codes = __builtin_convertvector(q + 0.5f, v8i);  // round half up; each in [0, 255]
+        for (; i + 32 <= len; i += 32) {
+            v8i codes[4];
+            for (int k = 0; k < 4; ++k) {
+                v8f q;
+                load8(x + i + 8 * k, q);
+                q = (q - lo) * inv;
+                q = q > 0.0f ? q : 0.0f;
+                q = q < 255.0f ? q : 255.0f;
+                codes[k] = __builtin_convertvector(q + 0.5f, v8i);  // round half up; each in [0, 255]
+            }
             store_low_bytes(codes, out + 8 + i);
         }
         for (; i < len; ++i) {
