@@ -91,9 +91,13 @@ void RingAllReduce::process(uint32_t slot, size_t j) {
         // This chunk is now fully reduced and owned by this peer: finalize it, and when quantized
         // keep the decoded value of what everyone else will receive, then start the all-gather.
         if (spec_.op == ReduceOp::kAvg) divide_by_world(spec_.dtype, elem_ptr(acc, first), len, static_cast<size_t>(n));
-        send_chunk_piece(c, ag0, acc, j);
-        if (quantized())
-            decode(spec_.quant, spec_.dtype, encoded_.get() + wire_offset_[c] + wire(first), len, elem_ptr(acc, first));
+        if (!quantized()) {
+            send_chunk_piece(c, ag0, acc, j);
+            return;
+        }
+        uint8_t* enc = encoded_.get() + wire_offset_[c];
+        encode_adopt(spec_.quant, spec_.dtype, elem_ptr(acc, first), len, enc + wire(first));
+        send_piece(next_, ag0, enc, j, elems);
         return;
     }
     // All-gather step t: the final value of chunk c arrives; pass it on unless the next peer owns it.

@@ -72,8 +72,7 @@ void StarAllReduce::data_phase() {
         const uint8_t* out = work_.get();
         if (quantized()) {
             // The root adopts the decoded value of exactly the bytes it sends.
-            encode(spec_.quant, spec_.dtype, acc, len, encoded_.get() + wire(first));
-            decode(spec_.quant, spec_.dtype, encoded_.get() + wire(first), len, acc);
+            encode_adopt(spec_.quant, spec_.dtype, acc, len, encoded_.get() + wire(first));
             out = encoded_.get();
         }
         for (int k = 1; k < world_; ++k) send_piece(k, 0, out, j, count);

@@ -50,6 +50,15 @@ inline void load8(const T* p, v8f& out) {
         out = __builtin_convertvector(*reinterpret_cast<const v8t*>(p), v8f);
 }
 
+template <typename T>
+inline void store8(const v8f& v, T* p) {
+    typedef T v8t __attribute__((vector_size(8 * sizeof(T)), aligned(alignof(T)), may_alias));
+    if constexpr (std::is_same_v<T, float>)
+        *reinterpret_cast<v8t*>(p) = v;
+    else
+        *reinterpret_cast<v8t*>(p) = __builtin_convertvector(v, v8t);
+}
+
 // Stores the low byte of each lane of four code vectors: 32 bytes, in order. Byte shuffles: GCC's
 // generic int32 -> uint8 vector conversion extracts lanes one by one on AVX2.
 inline void store_low_bytes(const v8i (&codes)[4], uint8_t* out) {
@@ -73,12 +82,14 @@ inline void store_low_bytes(const v8i (&codes)[4], uint8_t* out) {
 // Min-max 8-bit quantization. A block holding any NaN or infinity cannot be scaled; it is sent with a
 // NaN step and decodes to NaN throughout, so non-finite values are never silently replaced. Min and
 // max need no NaN care: a block with a NaN is poisoned whatever they return.
-template <typename T>
-PCCL_KERNEL void encode_q8(const void* src, size_t n, uint8_t* wire) {
-    auto* s = static_cast<const T*>(src);
+// With `adopt`, each element is then overwritten by the value its code decodes to (the same
+// `lo + code * step` as decode_q8), while the block is still in L1.
+// Always inlined: it must be compiled as part of each target clone of its callers.
+template <typename T, bool Adopt>
+__attribute__((always_inline)) inline void encode_q8_blocks(T* s, size_t n, uint8_t* wire) {
     for (size_t b = 0; b < n; b += kQ8Block) {
         const size_t len = std::min(kQ8Block, n - b);
-        const T* x = s + b;
+        T* x = s + b;
         uint8_t* out = wire + (b / kQ8Block) * (kQ8Block + 8);
         float lo, hi, poison;  // poison becomes NaN if any element is NaN or infinite (x * 0)
         if (len == kQ8Block) {
@@ -137,13 +148,26 @@ PCCL_KERNEL void encode_q8(const void* src, size_t n, uint8_t* wire) {
                 codes[k] = __builtin_convertvector(q + 0.5f, v8i);  // round half up; each in [0, 255]
             }
             store_low_bytes(codes, out + 8 + i);
+            if constexpr (Adopt)
+                for (int k = 0; k < 4; ++k) store8(lo + __builtin_convertvector(codes[k], v8f) * step, x + i + 8 * k);
         }
         for (; i < len; ++i) {
             float q = (static_cast<float>(x[i]) - lo) * inv;
             q = std::min(std::max(q, 0.0f), 255.0f);
             out[8 + i] = static_cast<uint8_t>(static_cast<int>(q + 0.5f));
+            if constexpr (Adopt) x[i] = static_cast<T>(lo + static_cast<float>(out[8 + i]) * step);
         }
     }
+}
+
+template <typename T>
+PCCL_KERNEL void encode_q8(const void* src, size_t n, uint8_t* wire) {
+    encode_q8_blocks<T, false>(const_cast<T*>(static_cast<const T*>(src)), n, wire);  // read only
+}
+
+template <typename T>
+PCCL_KERNEL void encode_adopt_q8(void* values, size_t n, uint8_t* wire) {
+    encode_q8_blocks<T, true>(static_cast<T*>(values), n, wire);
 }
 
 // Walks the q8 blocks of `n` elements: emit(first element, block length, decoded value of code i).
@@ -248,6 +272,13 @@ void encode(Quant q, DType t, const void* src, size_t elems, uint8_t* wire) {
         case Quant::kQ8: return f64 ? encode_q8<double>(src, elems, wire) : encode_q8<float>(src, elems, wire);
         case Quant::kCount: break;
     }
+}
+
+void encode_adopt(Quant q, DType t, void* values, size_t elems, uint8_t* wire) {
+    if (q == Quant::kQ8)
+        return t == DType::kFloat64 ? encode_adopt_q8<double>(values, elems, wire) : encode_adopt_q8<float>(values, elems, wire);
+    encode(q, t, values, elems, wire);
+    decode(q, t, wire, elems, values);
 }
 
 void decode(Quant q, DType t, const uint8_t* wire, size_t elems, void* dst) {

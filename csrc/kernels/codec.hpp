@@ -22,6 +22,9 @@ bool quant_supports(Quant q, DType t);
 size_t wire_bytes(Quant q, DType t, size_t elems);
 void encode(Quant q, DType t, const void* src, size_t elems, uint8_t* wire);
 void decode(Quant q, DType t, const uint8_t* wire, size_t elems, void* dst);
+// encode(), then values = decode(wire): what a sender that must hold exactly what its receivers
+// decode does, in one pass for q8.
+void encode_adopt(Quant q, DType t, void* values, size_t elems, uint8_t* wire);
 // out = decode(wire) (op) mine for quantized float32/float64 runs, bit for bit what decode() then
 // reduce() give, in one pass over memory.
 void decode_reduce(Quant q, DType t, ReduceOp op, const uint8_t* wire, size_t elems, const void* mine, void* out);
