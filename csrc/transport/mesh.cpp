@@ -86,8 +86,9 @@ void Mesh::send(int rank, int conn_index, const FrameHeader& h, const void* data
         conns_[ci]->queue.push_back(SendReq{h, static_cast<const uint8_t*>(data), 0, std::move(completion), lend});
     }
     // A non-empty queue is already the I/O thread's business (it is writing it, waiting for EPOLLOUT,
-    // or about to handle the wake that its first entry sent), and it drains a queue to the end: only
-    // the first entry needs a wake. Saves a system call and a thread wake-up per pipelined piece.
+    // or about to handle the wake that its first entry sent), and it keeps EPOLLOUT armed until the
+    // queue is empty: only the first entry needs a wake. Saves a system call and a thread wake-up per
+    // pipelined piece.
     if (!was_empty) return;
     uint64_t one = 1;
     (void)!::write(wake_.get(), &one, sizeof one);
@@ -176,10 +177,6 @@ bool Mesh::handle_read(Conn& c) {
 
 bool Mesh::handle_write(Conn& c) {
     for (size_t budget = kIoBudget;;) {
-        if (budget == 0) {  // more to write: EPOLLOUT brings this connection back next round
-            update_interest(c, true);
-            return true;
-        }
         SendReq* req;
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -188,6 +185,10 @@ bool Mesh::handle_write(Conn& c) {
                 return true;
             }
             req = &c.queue.front();  // deque front stays valid while others push_back
+        }
+        if (budget == 0) {  // more to write: EPOLLOUT brings this connection back next round
+            update_interest(c, true);
+            return true;
         }
         const size_t total = kHeaderBytes + req->header.length;
         const bool lend = req->lend;
