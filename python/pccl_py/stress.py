@@ -151,6 +151,11 @@ class Event:
     recovery: Optional[float] = None
 
 
+def _frozen_during(w: WorkerProc, start: float, end: float) -> bool:
+    """Whether the run froze this worker at some point of [start, end]."""
+    return any(s <= end and (c is None or c >= start) for s, c in w.stops)
+
+
 def _percentiles(values: list) -> dict:
     if not values:
         return {"count": 0}
@@ -429,14 +434,18 @@ class Stress:
                 w.stops[-1][1] = _now()
         self.pending_cont.clear()
         self.drain(0.0)
-        end_progress = {w.slot: w.last_progress for w in self.workers.values() if w.state == "member"}
-        self.open_stalls = {s: self.t_end - t for s, t in end_progress.items()
-                            if t is not None and self.workers[s].joined_at is not None}
+        # A member thawed late in the run may not have learned yet that it was evicted while frozen:
+        # like a closed gap, an open one that covers the peer's own freeze is not the group's stall.
+        self.open_stalls = {w.slot: self.t_end - w.last_progress for w in self.workers.values()
+                            if w.state == "member" and w.last_progress is not None and w.joined_at is not None
+                            and not _frozen_during(w, w.last_progress, self.t_end)}
         for w in list(self.workers.values()):
             w.expected_exit = True
             if w.state in ("starting", "stopped", "killed"):
                 w.signal(signal.SIGKILL)
-            elif w.alive():
+            elif w.alive() and w.state != "leaving":
+                # Only once: a second SIGTERM that lands while the worker's interpreter is shutting
+                # down (its handlers already reset) would kill a peer that left cleanly.
                 w.state = "leaving"
                 w.signal(signal.SIGTERM)
         limit = _now() + self.args.timeout + 10
@@ -495,7 +504,7 @@ class Stress:
         worst, where = 0.0, ""
         for w in list(self.finished) + list(self.workers.values()):
             for start, end in w.gaps:
-                if any(s <= end and (c is None or c >= start) for s, c in w.stops):
+                if _frozen_during(w, start, end):
                     continue  # its own freeze (or leave) is not the group's stall
                 if end - start > worst:
                     worst, where = end - start, f"slot {w.slot}, {start - self.t0:.1f}-{end - self.t0:.1f} s"
