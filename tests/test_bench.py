@@ -49,6 +49,8 @@ def _check_results(data: dict, backends: list[str]) -> None:
             assert r[name] > 0, (name, r)
         assert r["p10_s"] <= r["median_s"] <= r["p90_s"]
         assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"])  # 2(n-1)/n == 1 for n == 2
+        # None when the size ran for less than one scheduler tick (10 ms): too short to tell
+        assert r["steal"] is None or 0.0 <= r["steal"] <= 1.0, r
         assert r["algbw_GBps"] == pytest.approx(r["size_bytes"] / r["median_s"] / 1e9)
 
 
@@ -66,6 +68,44 @@ def test_bench_compare_gloo_json(tmp_path):
     assert [c["size_bytes"] for c in data["comparison"]] == [1024, 65536]
     for c in data["comparison"]:
         assert c["busbw_ratio"] > 0 and c["latency_ratio"] > 0
+
+
+def test_bench_rounds_alternate_only_between_backends():
+    from pccl_py.bench import _rounds
+
+    assert _rounds(50, 1) == 1  # one backend: nothing to alternate with
+    assert _rounds(50, 2) == 4
+    assert _rounds(3, 2) == 3  # never an empty round
+    assert _rounds(1, 3) == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="steal is read from Linux's /proc/stat")
+def test_bench_steal_is_a_share_of_cpu_time():
+    from pccl_py.bench import _cpu_ticks, _steal_since
+
+    steal, total = _cpu_ticks()
+    assert 0 <= steal <= total
+    assert 0.0 <= _steal_since((0, 0)) <= 1.0  # since boot
+    assert _steal_since(None) == -1.0
+    assert _steal_since((steal, total + 10**12)) == -1.0  # no time has passed since that start
+
+
+def test_bench_report_flags_sizes_that_ran_under_steal():
+    import argparse
+
+    from pccl_py.bench import Result
+    from pccl_py.bench_report import format_report
+
+    def data(steal):
+        rs = [Result("pccl", "ring", size, size // 4, "float32", 2, 1, 2, [0.01, 0.02], 0.5, steal)
+              for size in (1024, 1 << 24)]
+        return {"world_size": 2, "results": [r.__dict__ for r in rs]}
+
+    args = argparse.Namespace(dtype="float32", algorithm="auto", quantization="none", connections=1)
+    noisy = format_report(data(0.2), args)
+    assert "steal" in noisy and "16 MiB (20%)" in noisy and "1 KiB (20%)" in noisy
+    for quiet in (0.01, None):
+        assert "steal" not in format_report(data(quiet), args)
 
 
 def test_bench_plot_without_matplotlib_is_a_clear_error(tmp_path):

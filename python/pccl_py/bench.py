@@ -14,13 +14,19 @@ Two ways to run it:
 * joining (``--master host:port``): this process is one peer of a group of ``--world-size`` peers
   started the same way on other processes or machines (``--peers`` is ignored). Rank 0 prints.
 
-Method, per size and backend: warmup iterations, then timed iterations. Before every iteration the
-peers align on a cheap barrier (a one-element all-reduce of the same backend); each peer then times
-its own all-reduce, and the per-iteration time reported is that of the SLOWEST peer (the per-peer
-times are combined with an all-reduce MAX over pccl after the timed loop, outside the measurement).
-CPU use is process CPU time (all threads) divided by wall time over the timed operations, averaged
-over peers; 100% is one core. The input is all zeros and reduced in place (SUM), so values never
-overflow or become denormal and both backends do exactly the same arithmetic.
+Method, per size: every backend does its warmup iterations, then the timed iterations run in
+rounds that alternate between the backends in ABBA order (pccl, gloo, gloo, pccl, ...), so that a
+burst of noise on the machine (another process, or a hypervisor taking the CPU away) lands on both
+rather than on whichever happened to run at the time. Before every iteration the peers align on a
+cheap barrier (a one-element all-reduce of the same backend); each peer then times its own
+all-reduce, and the per-iteration time reported is that of the SLOWEST peer (the per-peer times are
+combined with an all-reduce MAX over pccl after the timed loop, outside the measurement). CPU use is
+process CPU time (all threads) divided by wall time over the timed operations, averaged over peers;
+100% is one core. Steal is the share of the machine's CPU time that its hypervisor gave to someone
+else during the size's timed rounds (Linux /proc/stat; the largest any peer saw); the report warns
+when it passes 5%, since those numbers measure the host's other tenants as much as the backends.
+The input is all zeros and reduced in place (SUM), so values never overflow or become denormal and
+both backends do exactly the same arithmetic.
 
 WAN emulation (``--wan RTT_MS,FLOW_MBIT,LINK_MBIT``, local mode only): this process also runs a
 :class:`pccl_py.wan.WanRelay` in a thread. Each peer listens on a port chosen here and advertises a
@@ -60,6 +66,7 @@ _DTYPES = ["float32", "float64", "float16", "int32", "int64", "int8", "uint8"]
 _DEFAULT_SIZES = [1024 * 4**i for i in range(10)]  # 1 KiB .. 256 MiB by 4x
 _ITER_BUDGET_BYTES = 1 << 30  # big sizes get fewer iterations: iters * size stays under 1 GiB...
 _MIN_AUTO_ITERS = 5  # ...but never fewer than this (unless --iters asks for fewer)
+_ROUNDS = 4  # timed rounds per size when several backends alternate
 _MARK = "@@pccl-bench "  # prefix of worker->parent messages on the worker's stdout
 _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3,
           "kb": 1000, "mb": 1000**2, "gb": 1000**3}
@@ -117,6 +124,7 @@ class Result:
     iters: int
     times_s: List[float]
     cpu_util: float  # process CPU time / wall time of the timed ops, averaged over peers (1.0 = one core)
+    steal: Optional[float] = None  # hypervisor steal, share of all CPU time during the size's rounds
     median_s: float = 0.0
     p10_s: float = 0.0
     p90_s: float = 0.0
@@ -249,18 +257,12 @@ class _StateSync:
         pass
 
 
-def _measure(backend: Any, count: int, warmup: int, iters: int, tick: Callable[[], None]) -> Tuple[np.ndarray, float]:
-    """This peer's per-iteration wall times and its CPU utilisation over the timed ops."""
-    x = backend.alloc(count)
+def _timed(backend: Any, x: Any, iters: int, tick: Callable[[], None]) -> Tuple[List[float], float]:
+    """`iters` timed operations on x: this peer's wall time of each, and the process CPU time they used."""
     prepare = getattr(backend, "prepare", lambda x: None)  # untimed per-iteration setup
-    for _ in range(warmup):
-        prepare(x)
-        backend.barrier()
-        backend.op(x)
-        tick()
-    times = np.empty(iters, dtype=np.float64)
+    times: List[float] = []
     cpu = 0.0
-    for i in range(iters):
+    for _ in range(iters):
         prepare(x)
         backend.barrier()
         c0 = time.process_time()
@@ -268,11 +270,40 @@ def _measure(backend: Any, count: int, warmup: int, iters: int, tick: Callable[[
         backend.op(x)
         t1 = time.perf_counter()
         cpu += time.process_time() - c0
-        times[i] = t1 - t0
+        times.append(t1 - t0)
         tick()
-    del x
-    wall = float(times.sum())
-    return times, (cpu / wall if wall > 0 else 0.0)
+    return times, cpu
+
+
+def _warm(backend: Any, count: int, warmup: int, tick: Callable[[], None]) -> Any:
+    """A fresh buffer for backend, after `warmup` untimed operations on it."""
+    x = backend.alloc(count)
+    _timed(backend, x, warmup, tick)
+    return x
+
+
+def _cpu_ticks() -> Optional[Tuple[int, int]]:
+    """(steal, total) CPU ticks of the whole machine so far; None where /proc/stat does not say."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (ticks[7], sum(ticks)) if fields[0] == "cpu" and len(ticks) == 8 else None
+
+
+def _steal_since(start: Optional[Tuple[int, int]]) -> float:
+    """Share of the machine's CPU time stolen by the hypervisor since `start`; -1 when unknown."""
+    end = _cpu_ticks()
+    if start is None or end is None or end[1] <= start[1]:
+        return -1.0
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
+def _rounds(iters: int, backends: int) -> int:
+    """How many alternating timed rounds a size gets: several only when there is something to alternate."""
+    return max(1, min(_ROUNDS, iters)) if backends > 1 else 1
 
 
 def _join(comm: Any, world: int, timeout: float) -> None:
@@ -334,25 +365,43 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
 
         itemsize = np.dtype(args.dtype).itemsize
         results: List[Result] = []
-        steps = len(args.sizes) * len(backends)
-        step = 0
+        step, steps = 0, 0
+        for size in args.sizes:
+            _, iters = plan_iters(max(1, size // itemsize) * itemsize, args.iters, args.warmup, args.fixed_iters)
+            steps += len(backends) * _rounds(iters, len(backends))
         for size in args.sizes:
             count = max(1, size // itemsize)
             nbytes = count * itemsize
             warmup, iters = plan_iters(nbytes, args.iters, args.warmup, args.fixed_iters)
-            for b in backends:  # interleaved per size, so drift on the machine hits both alike
-                step += 1
-                if rank == 0:
-                    emit({"type": "progress", "step": step, "steps": steps, "backend": b.name,
-                          "size_bytes": nbytes, "iters": iters})
-                last_emit[0] = time.monotonic()
-                times, cpu = _measure(b, count, warmup, iters, tick)
-                agg = np.ascontiguousarray(times)
+            rounds = _rounds(iters, len(backends))
+            buffers = [_warm(b, count, warmup, tick) for b in backends]
+            times: List[List[float]] = [[] for _ in backends]
+            cpu = [0.0] * len(backends)
+            ticks = _cpu_ticks()
+            for r in range(rounds):
+                n = iters * (r + 1) // rounds - iters * r // rounds
+                order = range(len(backends)) if r % 2 == 0 else reversed(range(len(backends)))
+                for i in order:
+                    step += 1
+                    if rank == 0:
+                        emit({"type": "progress", "step": step, "steps": steps, "backend": backends[i].name,
+                              "size_bytes": nbytes, "iters": n})
+                    last_emit[0] = time.monotonic()
+                    t, c = _timed(backends[i], buffers[i], n, tick)
+                    times[i] += t
+                    cpu[i] += c
+            steal = np.array([_steal_since(ticks)], dtype=np.float64)
+            del buffers
+            comm.all_reduce(steal, op=pccl_py.ReduceOp.MAX)  # -1 (unknown) only if no peer could tell
+            for i, b in enumerate(backends):
+                agg = np.ascontiguousarray(times[i], dtype=np.float64)
                 comm.all_reduce(agg, op=pccl_py.ReduceOp.MAX)  # slowest peer, per iteration
-                cpu_sum = np.array([cpu], dtype=np.float64)
+                wall = sum(times[i])
+                cpu_sum = np.array([cpu[i] / wall if wall > 0 else 0.0], dtype=np.float64)
                 comm.all_reduce(cpu_sum)
                 results.append(Result(b.name, b.last_algorithm, nbytes, count, args.dtype, world, warmup, iters,
-                                      [float(t) for t in agg], float(cpu_sum[0]) / world))
+                                      [float(t) for t in agg], float(cpu_sum[0]) / world,
+                                      float(steal[0]) if steal[0] >= 0 else None))
         for b in reversed(backends):
             b.close()
         backends.clear()

@@ -10,6 +10,9 @@ import argparse
 import math
 from typing import Any, Dict, List
 
+_STEAL_WARN = 0.05  # steal share above which a size's numbers are flagged
+
+
 def fmt_size(n: int) -> str:
     for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= scale and n % scale == 0:
@@ -64,6 +67,14 @@ def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
     if host and host["loadavg_start"][0] > 0.5:
         lines.insert(2, f"warning: 1-min load average was {host['loadavg_start'][0]:.1f} before the run "
                         f"({host['cpus']} CPUs): other processes competed for the CPU, numbers are noisy")
+    stolen = {}  # size -> steal, where the hypervisor took a noticeable share of the CPUs
+    for r in res:
+        if (r.get("steal") or 0.0) > _STEAL_WARN:
+            stolen[r["size_bytes"]] = r["steal"]
+    if stolen:
+        sizes = ", ".join(f"{fmt_size(s)} ({v * 100:.0f}%)" for s, v in stolen.items())
+        lines.insert(2, f"warning: the hypervisor took CPU time away (steal) while these sizes ran: {sizes}; "
+                        "their numbers are noisy, rerun them on a quieter machine")
     wan = data.get("wan")
     if wan:
         st = wan["relay"]
