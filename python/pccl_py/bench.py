@@ -17,7 +17,8 @@ Two ways to run it:
 Method, per size: every backend does its warmup iterations, then the timed iterations run in
 rounds that alternate between the backends in ABBA order (pccl, gloo, gloo, pccl, ...), so that a
 burst of noise on the machine (another process, or a hypervisor taking the CPU away) lands on both
-rather than on whichever happened to run at the time. Before every iteration the peers align on a
+rather than on whichever happened to run at the time. A backend that takes over from another first
+runs one untimed operation, so that every timed one follows one of its own, as in a plain loop. Before every iteration the peers align on a
 cheap barrier (a one-element all-reduce of the same backend); each peer then times its own
 all-reduce, and the per-iteration time reported is that of the SLOWEST peer (the per-peer times are
 combined with an all-reduce MAX over pccl after the timed loop, outside the measurement). CPU use is
@@ -378,6 +379,7 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
             times: List[List[float]] = [[] for _ in backends]
             cpu = [0.0] * len(backends)
             ticks = _cpu_ticks()
+            last = 0
             for r in range(rounds):
                 n = iters * (r + 1) // rounds - iters * r // rounds
                 order = range(len(backends)) if r % 2 == 0 else reversed(range(len(backends)))
@@ -387,6 +389,9 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
                         emit({"type": "progress", "step": step, "steps": steps, "backend": backends[i].name,
                               "size_bytes": nbytes, "iters": n})
                     last_emit[0] = time.monotonic()
+                    if r > 0 and i != last:  # the other backend ran in between: one untimed op to settle
+                        _timed(backends[i], buffers[i], 1, tick)
+                    last = i
                     t, c = _timed(backends[i], buffers[i], n, tick)
                     times[i] += t
                     cpu[i] += c
