@@ -70,13 +70,20 @@ def test_bench_compare_gloo_json(tmp_path):
         assert c["busbw_ratio"] > 0 and c["latency_ratio"] > 0
 
 
-def test_bench_rounds_alternate_only_between_backends():
-    from pccl_py.bench import _rounds
+def test_bench_schedule_alternates_backends_abba_and_settles_after_a_switch():
+    from pccl_py.bench import _schedule
 
-    assert _rounds(50, 1) == 1  # one backend: nothing to alternate with
-    assert _rounds(50, 2) == 4
-    assert _rounds(3, 2) == 3  # never an empty round
-    assert _rounds(1, 3) == 1
+    assert _schedule(1, 50) == [(0, 50, False)]  # alone: one plain loop
+    blocks = _schedule(2, 10)
+    assert [b[0] for b in blocks] == [0, 1, 1, 0, 0, 1, 1, 0]
+    assert sum(n for i, n, _ in blocks if i == 0) == sum(n for i, n, _ in blocks if i == 1) == 10
+    assert all(n > 0 for _, n, _ in blocks)
+    # every block that follows the other backend (or its warmup) starts with an untimed op, no other
+    prev = 1
+    for i, _, settle in blocks:
+        assert settle == (i != prev)
+        prev = i
+    assert [b[0] for b in _schedule(3, 2)] == [0, 1, 2, 2, 1, 0]  # fewer iterations than rounds
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="steal is read from Linux's /proc/stat")

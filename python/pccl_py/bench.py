@@ -18,16 +18,16 @@ Method, per size: every backend does its warmup iterations, then the timed itera
 rounds that alternate between the backends in ABBA order (pccl, gloo, gloo, pccl, ...), so that a
 burst of noise on the machine (another process, or a hypervisor taking the CPU away) lands on both
 rather than on whichever happened to run at the time. A backend that takes over from another first
-runs one untimed operation, so that every timed one follows one of its own, as in a plain loop. Before every iteration the peers align on a
-cheap barrier (a one-element all-reduce of the same backend); each peer then times its own
-all-reduce, and the per-iteration time reported is that of the SLOWEST peer (the per-peer times are
-combined with an all-reduce MAX over pccl after the timed loop, outside the measurement). CPU use is
-process CPU time (all threads) divided by wall time over the timed operations, averaged over peers;
-100% is one core. Steal is the share of the machine's CPU time that its hypervisor gave to someone
-else during the size's timed rounds (Linux /proc/stat; the largest any peer saw); the report warns
-when it passes 5%, since those numbers measure the host's other tenants as much as the backends.
-The input is all zeros and reduced in place (SUM), so values never overflow or become denormal and
-both backends do exactly the same arithmetic.
+runs one untimed operation, so that every timed one follows one of its own, as in a plain loop.
+Before every iteration the peers align on a cheap barrier (a one-element all-reduce of the same
+backend); each peer then times its own all-reduce, and the per-iteration time reported is that of
+the SLOWEST peer (the per-peer times are combined with an all-reduce MAX over pccl after the timed
+loop, outside the measurement). CPU use is process CPU time (all threads) divided by wall time over
+the timed operations, averaged over peers; 100% is one core. Steal is the share of the machine's CPU
+time that its hypervisor gave to someone else during the size's timed rounds (Linux /proc/stat; the
+largest any peer saw); the report warns when it passes 5%, since those numbers measure the host's
+other tenants as much as the backends. The input is all zeros and reduced in place (SUM), so values
+never overflow or become denormal and both backends do exactly the same arithmetic.
 
 WAN emulation (``--wan RTT_MS,FLOW_MBIT,LINK_MBIT``, local mode only): this process also runs a
 :class:`pccl_py.wan.WanRelay` in a thread. Each peer listens on a port chosen here and advertises a
@@ -302,9 +302,20 @@ def _steal_since(start: Optional[Tuple[int, int]]) -> float:
     return (end[0] - start[0]) / (end[1] - start[1])
 
 
-def _rounds(iters: int, backends: int) -> int:
-    """How many alternating timed rounds a size gets: several only when there is something to alternate."""
-    return max(1, min(_ROUNDS, iters)) if backends > 1 else 1
+def _schedule(backends: int, iters: int) -> List[Tuple[int, int, bool]]:
+    """The timed blocks of one size, in order: (backend index, timed iterations, settle first).
+
+    With several backends the iterations are split into up to _ROUNDS rounds that visit the backends
+    in ABBA order; `settle` asks for one untimed op first whenever another backend ran just before
+    (the backends warm up in index order, so the last one warmed up counts as having run)."""
+    rounds = max(1, min(_ROUNDS, iters)) if backends > 1 else 1
+    blocks, last = [], backends - 1
+    for r in range(rounds):
+        n = iters * (r + 1) // rounds - iters * r // rounds
+        for i in range(backends) if r % 2 == 0 else reversed(range(backends)):
+            blocks.append((i, n, i != last))
+            last = i
+    return blocks
 
 
 def _join(comm: Any, world: int, timeout: float) -> None:
@@ -369,32 +380,26 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
         step, steps = 0, 0
         for size in args.sizes:
             _, iters = plan_iters(max(1, size // itemsize) * itemsize, args.iters, args.warmup, args.fixed_iters)
-            steps += len(backends) * _rounds(iters, len(backends))
+            steps += len(_schedule(len(backends), iters))
         for size in args.sizes:
             count = max(1, size // itemsize)
             nbytes = count * itemsize
             warmup, iters = plan_iters(nbytes, args.iters, args.warmup, args.fixed_iters)
-            rounds = _rounds(iters, len(backends))
             buffers = [_warm(b, count, warmup, tick) for b in backends]
             times: List[List[float]] = [[] for _ in backends]
             cpu = [0.0] * len(backends)
             ticks = _cpu_ticks()
-            last = 0
-            for r in range(rounds):
-                n = iters * (r + 1) // rounds - iters * r // rounds
-                order = range(len(backends)) if r % 2 == 0 else reversed(range(len(backends)))
-                for i in order:
-                    step += 1
-                    if rank == 0:
-                        emit({"type": "progress", "step": step, "steps": steps, "backend": backends[i].name,
-                              "size_bytes": nbytes, "iters": n})
-                    last_emit[0] = time.monotonic()
-                    if r > 0 and i != last:  # the other backend ran in between: one untimed op to settle
-                        _timed(backends[i], buffers[i], 1, tick)
-                    last = i
-                    t, c = _timed(backends[i], buffers[i], n, tick)
-                    times[i] += t
-                    cpu[i] += c
+            for i, n, settle in _schedule(len(backends), iters):
+                step += 1
+                if rank == 0:
+                    emit({"type": "progress", "step": step, "steps": steps, "backend": backends[i].name,
+                          "size_bytes": nbytes, "iters": n})
+                last_emit[0] = time.monotonic()
+                if settle:
+                    _timed(backends[i], buffers[i], 1, tick)
+                t, c = _timed(backends[i], buffers[i], n, tick)
+                times[i] += t
+                cpu[i] += c
             steal = np.array([_steal_since(ticks)], dtype=np.float64)
             del buffers
             comm.all_reduce(steal, op=pccl_py.ReduceOp.MAX)  # -1 (unknown) only if no peer could tell
