@@ -202,15 +202,20 @@ def test_kill_with_eight_ops_in_flight(bed: Bed, victim_rank: int) -> None:
 
         n_failed = sum(1 for r in first.values() for o in r["ops"] if not o["ok"])
         missed = all(o["ok"] and o["world_size"] == WORLD for r in first.values() for o in r["ops"])
+        # A survivor woken late (a loaded machine) may start submitting only after the kill: its ops
+        # then run among the survivors from the start, and the round does not test ops in flight.
+        late = [k for k in surv_idx if first[k]["t0"] > t_kill]
         LOG.append(f"kill of rank {victim_rank} {(t_kill - start_at) * 1e3:.0f} ms into ~{duration * 1e3:.0f} ms of "
                    f"ops: {n_failed} of {len(ops) * len(survivors)} survivor ops raised, kill-to-error "
                    + ", ".join(f"{o['t_done'] - t_kill:.3f}" for r in first.values() for o in r["ops"] if not o["ok"])
-                   + (" - missed the ops" if missed else ""))
-        if not missed:
+                   + (" - missed the ops" if missed else "")
+                   + (f" - survivors {late} started after the kill" if late else ""))
+        if not missed and not late:
             break
-        assert all(o["correct"] for r in first.values() for o in r["ops"]), first
+        assert all(o["correct"] for r in first.values() for o in r["ops"] if o["ok"]), first
     else:
-        pytest.fail("three kills in a row landed after the ops had finished; the machine is too erratic")
+        pytest.fail("three kills in a row landed after the ops had finished or before a survivor started; "
+                    "the machine is too erratic")
 
     for k, r in first.items():
         for o in r["ops"]:

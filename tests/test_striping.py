@@ -192,16 +192,21 @@ def test_kill_during_striped_op(cluster: Cluster, k: int, quantization) -> None:
         t_kill = victim.kill()
         first, final = _settle(survivors, cmd, repeat, t_kill)
         missed = all(r["ok"] and r["world_size"] == WORLD for r in first.values())
+        # A survivor woken late (a loaded machine) may start only after the kill: its ops then run among
+        # the survivors from the start, and the round does not test a kill during a striped op.
+        late = [i for i, r in first.items() if r["t0"] > t_kill]
         LOG.append(f"kill K={k} quantization={quantization}: {(t_kill - start_at) * 1e3:.0f} ms into "
                    f"{op_time * 1e3:.0f} ms of {repeat} ops; survivors raised after "
                    + ", ".join(f"{r['t'] - t_kill:.3f} s" for r in first.values() if not r["ok"])
-                   + f" ({sum(not r['ok'] for r in first.values())} of 2)" + (" - missed the ops" if missed else ""))
-        if not missed:
+                   + f" ({sum(not r['ok'] for r in first.values())} of 2)" + (" - missed the ops" if missed else "")
+                   + (f" - survivors {late} started after the kill" if late else ""))
+        if not missed and not late:
             break
-        assert all(r["ok"] and r["correct"] for r in first.values()), first
+        assert all(r["correct"] for r in first.values() if r["ok"]), first
         members = cluster.ranked(admit(cluster, survivors, [cluster.spawn()], comm))
     else:
-        pytest.fail("three kills in a row landed after the ops had finished; the machine is too erratic")
+        pytest.fail("three kills in a row landed after the ops had finished or before a survivor started; "
+                    "the machine is too erratic")
 
     errors = {i: r for i, r in first.items() if not r["ok"]}
     summary = {i: dict(first=(r["ok"], r.get("error"), r.get("world_size"), r["completed"],
