@@ -61,6 +61,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .bench_backends import BenchError, GlooBackend, PcclBackend, StateSyncBackend, time_ops, warm_up
 from .bench_report import compare, fmt_size, format_report, write_plot
 
 _DTYPES = ["float32", "float64", "float16", "int32", "int64", "int8", "uint8"]
@@ -73,10 +74,6 @@ _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "
           "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 
 Emit = Callable[[Dict[str, Any]], None]
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run or complete; the message says why."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,146 +138,6 @@ class Result:
             # A state sync's "bus" is the newcomer's link: it receives every byte once.
             factor = 1.0 if self.backend == "state" else (2.0 * (n - 1) / n if n > 0 else 0.0)
             self.busbw_GBps = self.algbw_GBps * factor
-
-
-# ------------------------------------------------------------------------------------------------
-# backends, as used inside one peer process
-# ------------------------------------------------------------------------------------------------
-class _Pccl:
-    name = "pccl"
-
-    def __init__(self, comm: Any, dtype: str, algorithm: str, quantization: Optional[str] = None) -> None:
-        self.comm = comm
-        self.dtype = dtype
-        self.algorithm = algorithm
-        self.quantization = quantization
-        self._token = np.zeros(1, dtype=np.float32)
-        self.last_algorithm = algorithm
-
-    def alloc(self, count: int) -> Any:
-        return np.zeros(count, dtype=self.dtype)
-
-    def barrier(self) -> None:
-        self.comm.all_reduce(self._token)
-
-    def op(self, x: Any) -> None:
-        self.last_algorithm = self.comm.all_reduce(x, algorithm=self.algorithm,
-                                                   quantization=self.quantization).algorithm
-
-    def close(self, graceful: bool = True) -> None:
-        pass
-
-
-class _Gloo:
-    """torch.distributed with the gloo backend, rendezvousing through a TCPStore that rank 0 hosts.
-
-    The store's address is handed to the other peers over pccl, so no extra port must be agreed on.
-    """
-
-    name = "gloo"
-
-    def __init__(self, comm: Any, rank: int, world: int, dtype: str, timeout: float, store_host: str) -> None:
-        from datetime import timedelta
-
-        import torch  # noqa: PLC0415 - imported only for --compare gloo
-        import torch.distributed as dist  # noqa: PLC0415
-
-        self.torch, self.dist = torch, dist
-        self.dtype = getattr(torch, dtype)
-        self.last_algorithm = "gloo"
-        info = np.zeros(5, dtype=np.int64)
-        store = None
-        if rank == 0:
-            store = dist.TCPStore(store_host, 0, world, is_master=True, timeout=timedelta(seconds=timeout),
-                                  wait_for_workers=False)
-            info[:4] = [int(b) for b in socket.inet_aton(socket.gethostbyname(store_host))]
-            info[4] = store.port
-        comm.all_reduce(info)  # SUM: everyone else contributes zeros, so this broadcasts rank 0's info
-        if rank != 0:
-            host = socket.inet_ntoa(bytes(int(b) for b in info[:4]))
-            store = dist.TCPStore(host, int(info[4]), world, is_master=False, timeout=timedelta(seconds=timeout))
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout))
-        self._store = store
-        self._token = torch.zeros(1, dtype=torch.float32)
-
-    def alloc(self, count: int) -> Any:
-        return self.torch.zeros(count, dtype=self.dtype)
-
-    def barrier(self) -> None:
-        self.dist.all_reduce(self._token)
-
-    def op(self, x: Any) -> None:
-        self.dist.all_reduce(x)
-
-    def close(self, graceful: bool = True) -> None:
-        if graceful:
-            self.dist.all_reduce(self._token)  # nobody tears down while another peer still needs the group
-        self.dist.destroy_process_group()
-
-
-class _StateSync:
-    """sync_shared_state of one entry to a newcomer: the last rank starts every iteration behind, with
-    zeros, and receives the entry from all other peers (send-only). prepare() resets it untimed."""
-
-    name = "state"
-
-    def __init__(self, comm: Any, rank: int, world: int, dtype: str) -> None:
-        import pccl_py  # noqa: PLC0415
-
-        self.pccl, self.comm, self.dtype = pccl_py, comm, dtype
-        self.newcomer = rank == world - 1
-        self.strategy = "receive_only" if self.newcomer else "send_only"
-        self.last_algorithm = "p2p"
-        self._token = np.zeros(1, dtype=np.float32)
-        self._revision = 0  # the group's revision, one step per sync across all sizes
-
-    def alloc(self, count: int) -> Any:
-        value = 0 if self.newcomer else 1
-        return self.pccl.SharedState({"w": np.full(count, value, dtype=self.dtype)}, revision=0)
-
-    def prepare(self, state: Any) -> None:
-        self._revision += 1
-        if self.newcomer:
-            state.entries["w"].tensor[...] = 0
-            state.revision = 0
-        else:
-            state.revision = self._revision
-
-    def barrier(self) -> None:
-        self.comm.all_reduce(self._token)
-
-    def op(self, state: Any) -> None:
-        info = self.comm.sync_shared_state(state, self.strategy)
-        if self.newcomer and info.received_keys != ["w"]:
-            raise BenchError(f"the newcomer did not receive the state: {info}")
-
-    def close(self, graceful: bool = True) -> None:
-        pass
-
-
-def _timed(backend: Any, x: Any, iters: int, tick: Callable[[], None]) -> Tuple[List[float], float]:
-    """`iters` timed operations on x: this peer's wall time of each, and the process CPU time they used."""
-    prepare = getattr(backend, "prepare", lambda x: None)  # untimed per-iteration setup
-    times: List[float] = []
-    cpu = 0.0
-    for _ in range(iters):
-        prepare(x)
-        backend.barrier()
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        backend.op(x)
-        t1 = time.perf_counter()
-        cpu += time.process_time() - c0
-        times.append(t1 - t0)
-        tick()
-    return times, cpu
-
-
-def _warm(backend: Any, count: int, warmup: int, tick: Callable[[], None]) -> Any:
-    """A fresh buffer for backend, after `warmup` untimed operations on it."""
-    x = backend.alloc(count)
-    _timed(backend, x, warmup, tick)
-    return x
 
 
 def _cpu_ticks() -> Optional[Tuple[int, int]]:
@@ -357,17 +214,17 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
         _join(comm, world, args.timeout)
         rank = comm.rank
         emit({"type": "joined", "rank": rank, "world_size": world})
-        backends.append(_Pccl(comm, args.dtype, args.algorithm,
+        backends.append(PcclBackend(comm, args.dtype, args.algorithm,
                               None if args.quantization == "none" else args.quantization))
         if args.shared_state:
             if world < 2:
                 raise BenchError("--shared-state needs at least 2 peers (holders and a newcomer)")
-            backends.append(_StateSync(comm, rank, world, args.dtype))
+            backends.append(StateSyncBackend(comm, rank, world, args.dtype))
         if args.compare == "gloo":
             if rank == 0:
                 emit({"type": "status", "message": "importing torch, starting gloo"})
             store_host = "127.0.0.1" if args.listen_host == "127.0.0.1" else _local_ip_towards(master.rsplit(":", 1)[0])
-            backends.append(_Gloo(comm, rank, world, args.dtype, args.timeout, store_host))
+            backends.append(GlooBackend(comm, rank, world, args.dtype, args.timeout, store_host))
         last_emit = [time.monotonic()]
 
         def tick() -> None:  # a sign of life for the parent's watchdog during long steps
@@ -385,7 +242,7 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
             count = max(1, size // itemsize)
             nbytes = count * itemsize
             warmup, iters = plan_iters(nbytes, args.iters, args.warmup, args.fixed_iters)
-            buffers = [_warm(b, count, warmup, tick) for b in backends]
+            buffers = [warm_up(b, count, warmup, tick) for b in backends]
             times: List[List[float]] = [[] for _ in backends]
             cpu = [0.0] * len(backends)
             ticks = _cpu_ticks()
@@ -396,8 +253,8 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
                           "size_bytes": nbytes, "iters": n})
                 last_emit[0] = time.monotonic()
                 if settle:
-                    _timed(backends[i], buffers[i], 1, tick)
-                t, c = _timed(backends[i], buffers[i], n, tick)
+                    time_ops(backends[i], buffers[i], 1, tick)
+                t, c = time_ops(backends[i], buffers[i], n, tick)
                 times[i] += t
                 cpu[i] += c
             steal = np.array([_steal_since(ticks)], dtype=np.float64)
