@@ -168,7 +168,10 @@ void Collective::process_in_order() {
 void Collective::sent() {
     std::lock_guard<std::mutex> lock(mutex_);
     --outstanding_;
-    if (outstanding_ == 0) cv_.notify_all();
+    // Only the completion exchange waits for the sends to drain. During the data phase the queue runs
+    // empty after nearly every forwarded piece, and waking the op's thread each time cost a context
+    // switch per piece and preempted the I/O threads it shares the cores with.
+    if (outstanding_ == 0 && progress_ == OpProgress::kDataDone) cv_.notify_all();
 }
 
 void Collective::fail(FailureKind kind, const std::string& why, int suspect_rank) {
