@@ -6,6 +6,7 @@ threads of one process; both would stall (or deadlock) if a blocked all_reduce h
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -124,3 +125,38 @@ def test_two_groups_progress_independently_in_one_process(tmp_path):
                 check_sum(spec["dtype"], spec["count"], spec["seed"], [worker.index, me], got)
         finally:
             run_concurrently(*[c.close for c in comms])
+
+
+def thread_names() -> set[str]:
+    """The names of this process's threads, as top -H and perf show them."""
+    names = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                names.add(f.read().strip())
+        except FileNotFoundError:  # the thread ended while we listed
+            pass
+    return names
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names from /proc")
+def test_core_threads_carry_names(master):
+    """Every thread the core starts is named for its job, so top -H, perf and gdb can tell pccl's work
+    from the application's (and from gloo's in one process). Unnamed, they would all be called after
+    the Python executable."""
+    a, b = connect_group(master.address, 2, timeout=30.0)
+    try:
+        xa, xb = np.ones(1000, np.float32), np.ones(1000, np.float32)
+        run_concurrently(lambda: a.all_reduce(xa), lambda: b.all_reduce(xb))
+        handle = a.all_reduce_async(xa)  # waits for b inside its own thread
+        expected = {"pccl-master", "pccl-listen", "pccl-control", "pccl-mesh", "pccl-async-op"}
+        seen: set[str] = set()
+        deadline = time.monotonic() + 5.0  # a new thread names itself first thing, but not atomically
+        while not expected <= seen and time.monotonic() < deadline:
+            seen |= thread_names()
+            time.sleep(0.01)
+        b.all_reduce(xb)
+        handle.wait()
+        assert expected <= seen, f"missing {sorted(expected - seen)} among {sorted(seen)}"
+    finally:
+        run_concurrently(a.close, b.close)

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "common/log.hpp"
+#include "common/thread_name.hpp"
 
 namespace pccl {
 namespace {
@@ -63,7 +64,10 @@ void Master::bind_if_needed() {
 
 void Master::start() {
     bind_if_needed();
-    thread_ = std::thread([this] { serve(); });
+    thread_ = std::thread([this] {
+        name_this_thread("pccl-master");
+        serve();
+    });
 }
 
 void Master::stop() {

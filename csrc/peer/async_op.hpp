@@ -6,6 +6,7 @@
 #include <memory>
 #include <thread>
 
+#include "common/thread_name.hpp"
 #include "peer/communicator.hpp"
 
 namespace pccl {
@@ -16,6 +17,7 @@ public:
         comm.check_usable();
         uint64_t ticket = comm.reserve_turn(spec.tag);
         thread_ = std::thread([this, &comm, spec, ticket] {
+            name_this_thread("pccl-async-op");
             try {
                 result_ = comm.all_reduce_in_turn(spec, ticket);
             } catch (...) {

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include "common/log.hpp"
+#include "common/thread_name.hpp"
 
 namespace pccl {
 Communicator::Communicator(CommConfig config) : config_(std::move(config)) {
@@ -53,7 +54,10 @@ void Communicator::connect() {
         state_ = State::kJoining;
     }
     send_to_master(encode_hello(h));
-    control_ = std::thread([this] { control_loop(); });
+    control_ = std::thread([this] {
+        name_this_thread("pccl-control");
+        control_loop();
+    });
 
     std::unique_lock<std::mutex> lock(mutex_);
     bool ok = cv_.wait_until(lock, deadline_after(config_.join_timeout), [&] {

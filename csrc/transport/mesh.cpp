@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "common/log.hpp"
+#include "common/thread_name.hpp"
 
 namespace pccl {
 namespace {
@@ -56,7 +57,10 @@ Mesh::~Mesh() { shutdown(); }
 
 void Mesh::start() {
     started_ = true;
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this] {
+        name_this_thread("pccl-mesh");
+        loop();
+    });
 }
 
 void Mesh::shutdown() {

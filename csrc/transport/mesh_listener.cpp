@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/log.hpp"
+#include "common/thread_name.hpp"
 
 namespace pccl {
 namespace {
@@ -19,7 +20,10 @@ constexpr double kMaxParkedSeconds = 10.0;
 MeshListener::MeshListener(const std::string& host, uint16_t port) {
     listener_ = listen_tcp(host, port, &port_, 1024);
     set_nonblocking(listener_.get(), true);
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this] {
+        name_this_thread("pccl-listen");
+        loop();
+    });
 }
 
 MeshListener::~MeshListener() { stop(); }
