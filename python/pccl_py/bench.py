@@ -234,19 +234,18 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
 
         itemsize = np.dtype(args.dtype).itemsize
         results: List[Result] = []
-        step, steps = 0, 0
-        for size in args.sizes:
-            _, iters = plan_iters(max(1, size // itemsize) * itemsize, args.iters, args.warmup, args.fixed_iters)
-            steps += len(_schedule(len(backends), iters))
+        plan = []  # per size: element count, bytes, warmup, timed iterations, timed blocks
         for size in args.sizes:
             count = max(1, size // itemsize)
-            nbytes = count * itemsize
-            warmup, iters = plan_iters(nbytes, args.iters, args.warmup, args.fixed_iters)
+            warmup, iters = plan_iters(count * itemsize, args.iters, args.warmup, args.fixed_iters)
+            plan.append((count, count * itemsize, warmup, iters, _schedule(len(backends), iters)))
+        step, steps = 0, sum(len(blocks) for *_, blocks in plan)
+        for count, nbytes, warmup, iters, blocks in plan:
             buffers = [warm_up(b, count, warmup, tick) for b in backends]
             times: List[List[float]] = [[] for _ in backends]
             cpu = [0.0] * len(backends)
             ticks = _cpu_ticks()
-            for i, n, settle in _schedule(len(backends), iters):
+            for i, n, settle in blocks:
                 step += 1
                 if rank == 0:
                     emit({"type": "progress", "step": step, "steps": steps, "backend": backends[i].name,

@@ -67,10 +67,8 @@ def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
     if host and host["loadavg_start"][0] > 0.5:
         lines.insert(2, f"warning: 1-min load average was {host['loadavg_start'][0]:.1f} before the run "
                         f"({host['cpus']} CPUs): other processes competed for the CPU, numbers are noisy")
-    stolen = {}  # size -> steal, where the hypervisor took a noticeable share of the CPUs
-    for r in res:
-        if (r.get("steal") or 0.0) > _STEAL_WARN:
-            stolen[r["size_bytes"]] = r["steal"]
+    # size -> steal, where the hypervisor took a noticeable share of the CPUs
+    stolen = {r["size_bytes"]: r["steal"] for r in res if (r.get("steal") or 0.0) > _STEAL_WARN}
     if stolen:
         sizes = ", ".join(f"{fmt_size(s)} ({v * 100:.0f}%)" for s, v in stolen.items())
         lines.insert(2, f"warning: the hypervisor took CPU time away (steal) while these sizes ran: {sizes}; "
