@@ -53,3 +53,12 @@ def recv_frames(s: socket.socket, count: int, timeout: float = 5.0) -> list[tupl
             break
         got += chunk
     return read_frames(got)
+
+
+def recv_control(s: socket.socket, count: int, timeout: float = 5.0) -> list[tuple[int, bytes]]:
+    """Like recv_frames, but skips the master's heartbeats (type 3), which arrive every 0.25 s."""
+    got: list[tuple[int, bytes]] = []
+    deadline = time.time() + timeout
+    while len(got) < count and time.time() < deadline:
+        got += [f for f in recv_frames(s, 1, max(0.05, deadline - time.time())) if f[0] != 3]
+    return got

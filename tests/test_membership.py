@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from control_frames import frame, hello, recv_frames
+from control_frames import frame, hello, recv_control, recv_frames
 from support import call, grow, reduce_all, reply_to, vote, wait_until
 
 SPEC = dict(dtype="float32", count=1001, op="SUM")
@@ -68,6 +68,56 @@ def test_join_epoch_sends_the_pending_count_before_the_vote_result(cluster):
         for s in (member, newcomer):
             if s is not None:
                 s.close()
+
+
+def test_voters_get_their_result_when_a_member_is_lost_during_the_admission(cluster):
+    """Admitting a newcomer takes a recovery round. If a member is lost during that round, the new
+    epoch's cause becomes 'lost', but the vote still ended and admitted the newcomer: every surviving
+    voter must get its VOTE_RESULT then, not wait out the vote timeout while the newcomer, already a
+    member, waits for them in its first op (the 10 s stalls pccl-stress found). Raw connections."""
+    def connect(port: int) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", cluster.master.port), timeout=5)
+        s.sendall(hello(group=80, hb_ms=30_000, port=port))
+        return s
+
+    socks: list[socket.socket] = []
+    try:
+        first = connect(21)
+        socks.append(first)
+        assert [t for t, _ in recv_control(first, 2)] == [2, 10]  # WELCOME, EPOCH 1
+        second = connect(22)
+        socks.append(second)
+        assert [t for t, _ in recv_control(second, 1)] == [2]
+        assert recv_control(first, 1) == [(6, struct.pack("<I", 1))]
+        first.sendall(frame(4, struct.pack("<QI", 1, 30_000)))  # VOTE: admit the second
+        assert recv_control(first, 1) == [(8, struct.pack("<Q", 2))]  # RECOVER 2
+        first.sendall(frame(9, struct.pack("<QII", 2, 0, 0)))
+        assert [t for t, _ in recv_control(first, 3)] == [10, 6, 5]
+        assert [t for t, _ in recv_control(second, 2)] == [10, 6]  # a member of epoch 2; PENDING 0
+
+        newcomer = connect(23)
+        socks.append(newcomer)
+        assert [t for t, _ in recv_control(newcomer, 1)] == [2]
+        for s in (first, second):
+            assert recv_control(s, 1) == [(6, struct.pack("<I", 1))]
+            s.sendall(frame(4, struct.pack("<QI", 2, 30_000)))  # both vote: the admission starts
+        for s in (first, second):
+            assert recv_control(s, 1) == [(8, struct.pack("<Q", 3))]  # RECOVER 3
+        first.sendall(frame(9, struct.pack("<QII", 3, 0, 0)))
+        second.close()  # lost before it answered
+        socks.remove(second)
+
+        t0 = time.monotonic()
+        got = recv_control(first, 3, timeout=10)
+        assert [t for t, _ in got] == [10, 6, 5], got  # EPOCH 3, PENDING 0, VOTE_RESULT
+        assert got[0][1][12] == 2  # the epoch's cause: lost (the member, not only the join)
+        assert got[1][1] == struct.pack("<I", 0)
+        assert got[2][1][:5] == struct.pack("<BI", 0, 1)  # not timed out, 1 admitted
+        assert time.monotonic() - t0 < 5, "the result came only with the vote timeout"
+        assert [t for t, _ in recv_control(newcomer, 2)] == [10, 6]  # admitted: EPOCH 3, PENDING 0
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_member_that_never_updates_topology_cannot_hang_the_others(cluster):

@@ -75,3 +75,22 @@ def test_ci_three_minute_run(tmp_path):
     assert r["ops_completed"] > 10_000, out
     assert r["events"]["master_restart"] > 0 and r["state_syncs"] > 1000, out
     assert r["ops_retried"] > 0, out  # kills did hit ops in flight, and those ops were retried
+
+
+def test_overlapping_freezes_are_excused_beyond_the_first_detection():
+    """Three members frozen a second apart hold the group for about three detections; a gap with no
+    freeze in it, or one freeze, gets no allowance (so a real hang during churn still fails)."""
+    from types import SimpleNamespace
+
+    from pccl_py.stress import _undetected_freeze_time
+
+    hb = 2.0
+    chained = [SimpleNamespace(slot=1, stops=[[46.0, 48.4]]), SimpleNamespace(slot=2, stops=[[47.0, 49.1]]),
+               SimpleNamespace(slot=3, stops=[[48.6, None]]), SimpleNamespace(slot=4, stops=[])]
+    # [46, 48] u [47, 49] u [48.6, 50.4] covers the whole 4.4 s gap of slot 4.
+    assert abs(_undetected_freeze_time(chained, 46.0, 50.4, hb, exclude=4) - 4.4) < 1e-9
+    # A member's own freeze never counts, and time frozen past hb (already evicted) does not either.
+    assert abs(_undetected_freeze_time(chained, 46.0, 50.4, hb, exclude=3) - 3.0) < 1e-9
+    one = [SimpleNamespace(slot=1, stops=[[10.0, 11.5]])]
+    assert abs(_undetected_freeze_time(one, 9.0, 25.0, hb, exclude=0) - 1.5) < 1e-9
+    assert _undetected_freeze_time(one, 12.0, 25.0, hb, exclude=0) == 0.0

@@ -483,7 +483,7 @@ void Master::finish_recovery(Group& g) {
     auto frame = encode_epoch(m);
     for (auto id : g.members)
         if (Peer* p = find(id)) send(*p, frame);
-    if (g.cause == EpochCause::kJoin) {
+    if (g.cause == EpochCause::kJoin || g.vote_admission) {
         // The pending count goes out first: a member handles frames in order, so once its
         // update_topology() returns, are_peers_pending() no longer counts the peers just admitted
         // (otherwise a caller could vote again at once, for nobody, and strand the next newcomer).
@@ -492,6 +492,7 @@ void Master::finish_recovery(Group& g) {
         for (auto id : g.voters)
             if (Peer* p = find(id)) send(*p, result);
         g.voters.clear();
+        g.vote_admission = false;
     }
     check_vote(g);
 }
@@ -503,6 +504,7 @@ void Master::check_vote(Group& g) {
     if (!g.pending.empty()) {
         g.admitting = g.pending;
         g.pending.clear();
+        g.vote_admission = true;
         start_recovery(g, EpochCause::kJoin, {});
         return;
     }

@@ -52,6 +52,9 @@ private:
         std::set<uint64_t> awaiting;
         std::map<uint64_t, Status> statuses;
         std::vector<uint64_t> admitting;
+        // This recovery carries out an admission that a vote decided. The voters are answered when it
+        // ends, even if a loss during it changed the epoch's cause.
+        bool vote_admission = false;
         TimePoint recovery_deadline;
         // After a master restart: members rejoin with what they knew, until all are back or the
         // deadline passes (see on_rejoin).
