@@ -472,6 +472,8 @@ void Master::finish_recovery(Group& g) {
     g.admitting.clear();
     g.statuses.clear();
     g.recovering = false;
+    const bool vote_ended = g.cause == EpochCause::kJoin || g.vote_admission;
+    g.vote_admission = false;
     if (g.members.empty()) return;
     EpochMsg m{g.id, g.epoch, g.cause, {}, decisions};
     for (auto id : g.members) {
@@ -483,7 +485,7 @@ void Master::finish_recovery(Group& g) {
     auto frame = encode_epoch(m);
     for (auto id : g.members)
         if (Peer* p = find(id)) send(*p, frame);
-    if (g.cause == EpochCause::kJoin || g.vote_admission) {
+    if (vote_ended) {
         // The pending count goes out first: a member handles frames in order, so once its
         // update_topology() returns, are_peers_pending() no longer counts the peers just admitted
         // (otherwise a caller could vote again at once, for nobody, and strand the next newcomer).
@@ -492,7 +494,6 @@ void Master::finish_recovery(Group& g) {
         for (auto id : g.voters)
             if (Peer* p = find(id)) send(*p, result);
         g.voters.clear();
-        g.vote_admission = false;
     }
     check_vote(g);
 }

@@ -25,8 +25,10 @@ Measures, all from worker reports (times are CLOCK_MONOTONIC, shared by the proc
   out gaps that overlap the peer's own freeze (and the wait for its own admission), plus the time
   since each running member's last progress at the end. Freezes of other members that overlap one
   gap add up: a frozen member holds every op until it is evicted (up to heartbeat_timeout), and
-  three freezes a second apart keep the group waiting for about three detections in a row. So a gap
-  counts only what is left once the time other members spent frozen and undetected, beyond the first
+  three freezes a second apart keep the group waiting for about three detections in a row. A master
+  restart before the eviction starts the detection over (the new master waits up to
+  heartbeat_timeout for every member to rejoin, and a frozen one cannot). So a gap counts only what
+  is left once the time other members spent frozen and undetected, beyond the first
   heartbeat_timeout of it, is taken out; a gap with no freeze in it counts whole.
 
 Exit code 1 on any wrong result, divergence, crash of a peer the run did not kill, stall longer
@@ -150,7 +152,7 @@ class Event:
     kind: str
     t: float
     slot: int = -1          # victim or newcomer
-    t_end: Optional[float] = None   # stop: when SIGCONT was sent
+    t_end: Optional[float] = None   # stop: when SIGCONT was sent; master_restart: when the new master was up
     evicted: bool = False   # stop: the frozen peer was evicted
     recovery: Optional[float] = None
 
@@ -160,10 +162,19 @@ def _frozen_during(w: WorkerProc, start: float, end: float) -> bool:
     return any(s <= end and (c is None or c >= start) for s, c in w.stops)
 
 
-def _undetected_freeze_time(workers: list, start: float, end: float, hb: float, exclude: int) -> float:
+def _undetected_freeze_time(workers: list, start: float, end: float, hb: float, exclude: int,
+                            restarts: Sequence[tuple[float, float]] = ()) -> float:
     """Seconds of [start, end] during which some member other than `exclude` was frozen and not yet
-    due for eviction (its first `hb` seconds frozen): the union of those intervals, clipped to the gap."""
-    spans = sorted((max(s, start), min(end, s + hb, c if c is not None else end))
+    due for eviction: the union of those intervals, clipped to the gap. A freeze is due `hb` after it
+    began, or `hb` after a master that restarted (killed, back up) before it was due came back up."""
+    def due(s: float) -> float:
+        d = s + hb
+        for killed, up in sorted(restarts):
+            if s <= killed < d:
+                d = up + hb
+        return d
+
+    spans = sorted((max(s, start), min(end, due(s), c if c is not None else end))
                    for w in workers if w.slot != exclude for s, c in w.stops)
     covered, reach = 0.0, start
     for a, b in spans:
@@ -218,7 +229,7 @@ class Stress:
         # a failed CI run leaves only this log directory behind.
         self.timeline_path = os.path.join(self.log_dir, "timeline.log")
 
-    def note(self, what: str, **fields: Any) -> None:
+    def note(self, what: str, /, **fields: Any) -> None:
         """Appends one line to timeline.log: seconds since the churn started, then what happened."""
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
         with open(self.timeline_path, "a") as f:
@@ -410,6 +421,7 @@ class Stress:
             self.master.kill()
             time.sleep(0.2)
             self.master.start()
+            e.t_end = _now()  # back up: a new master's rebuild window starts about now
         self.events.append(e)
         self.counts[kind] += 1
         self.note(f"event {kind}", slot=e.slot, pid=self.workers[e.slot].pid if e.slot in self.workers else "-")
@@ -536,12 +548,13 @@ class Stress:
     def longest_stall(self) -> tuple[float, str]:
         everyone = list(self.finished) + list(self.workers.values())
         hb = self.args.heartbeat_timeout
+        restarts = [(e.t, e.t_end) for e in self.events if e.kind == "master_restart" and e.t_end is not None]
         worst, where = 0.0, ""
 
         def consider(slot: int, start: float, end: float, what: str) -> None:
             nonlocal worst, where
             # Only the overlapping freezes beyond the first one's detection are excused (see the docstring).
-            excused = max(0.0, _undetected_freeze_time(everyone, start, end, hb, slot) - hb)
+            excused = max(0.0, _undetected_freeze_time(everyone, start, end, hb, slot, restarts) - hb)
             if end - start - excused > worst:
                 worst, where = end - start - excused, what + (
                     f" (a {end - start:.1f} s gap, {excused:.1f} s of it spent detecting further overlapping freezes)"
