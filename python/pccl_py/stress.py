@@ -761,7 +761,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="pause between a peer's steps, leaves CPU for the rest (default 0.005)")
     p.add_argument("--progress", choices=["auto", "rich", "plain", "none"], default="auto",
                    help="live progress: rich on a TTY when installed (auto), plain lines, or none")
-    p.add_argument("--log-dir", default=None, help="where the master's and workers' logs go (default: a temp dir)")
+    p.add_argument("--log-dir", default=None,
+                   help="where the master's and workers' logs and timeline.log go (default: a temp dir)")
     p.add_argument("--log-level", default="error", choices=["debug", "info", "warn", "error", "off"],
                    help="peers' core log level into their logs (default error)")
     a = p.parse_args(argv)
