@@ -425,7 +425,8 @@ class Stress:
             e.t_end = _now()  # back up: a new master's rebuild window starts about now
         self.events.append(e)
         self.counts[kind] += 1
-        self.note(f"event {kind}", slot=e.slot, pid=self.workers[e.slot].pid if e.slot in self.workers else "-")
+        self.note(f"event {kind}", slot=e.slot, pid=self.workers[e.slot].pid if e.slot in self.workers else "-",
+                  began=f"{e.t - self.t0:.3f}")  # a master restart is noted once the new master is up
         self.last_event = f"{kind}" + (f" slot {e.slot}" if e.slot >= 0 else "") + f" at {now - self.t0:.1f} s"
 
     def service(self) -> None:
