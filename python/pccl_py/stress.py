@@ -685,8 +685,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
             error = f"{type(exc).__name__}: {exc}"
     finally:
-        # Whatever happened, every child is killed and reaped by PID; a second Ctrl-C cannot cut this short.
+        # Whatever happened, every child is killed and reaped by PID; a second Ctrl-C or SIGTERM (timeout(1)
+        # and a shell's kill often both send one) cannot cut this short and orphan the master.
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             progress.close()
             stress.kill_all()
