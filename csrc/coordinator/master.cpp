@@ -6,6 +6,7 @@
 #include <cstring>
 #include <poll.h>
 #include <sys/socket.h>
+#include <utility>
 
 #include "common/log.hpp"
 #include "common/thread_name.hpp"
@@ -472,8 +473,8 @@ void Master::finish_recovery(Group& g) {
     g.admitting.clear();
     g.statuses.clear();
     g.recovering = false;
-    const bool vote_ended = g.cause == EpochCause::kJoin || g.vote_admission;
-    g.vote_admission = false;
+    // Whatever the epoch's cause turned out to be, an admission that a vote asked for ends that vote.
+    const bool vote_ended = std::exchange(g.vote_admission, false);
     if (g.members.empty()) return;
     EpochMsg m{g.id, g.epoch, g.cause, {}, decisions};
     for (auto id : g.members) {

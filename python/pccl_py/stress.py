@@ -167,10 +167,11 @@ def _undetected_freeze_time(workers: list, start: float, end: float, hb: float, 
                             restarts: Sequence[tuple[float, float]] = ()) -> float:
     """Seconds of [start, end] during which some member other than `exclude` was frozen and not yet
     due for eviction: the union of those intervals, clipped to the gap. A freeze is due `hb` after it
-    began, or `hb` after a master that restarted (killed, back up) before it was due came back up."""
+    began, or `hb` after a master that restarted (killed, back up; in time order) before it was due
+    came back up."""
     def due(s: float) -> float:
         d = s + hb
-        for killed, up in sorted(restarts):
+        for killed, up in restarts:
             if s <= killed < d:
                 d = up + hb
         return d
@@ -231,7 +232,7 @@ class Stress:
         # a failed CI run leaves only this log directory behind.
         self.timeline_path = os.path.join(self.log_dir, "timeline.log")
 
-    def note(self, what: str, /, **fields: Any) -> None:
+    def to_timeline(self, what: str, /, **fields: Any) -> None:
         """Appends one line to timeline.log: seconds since the churn started, then what happened."""
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
         with open(self.timeline_path, "a") as f:
@@ -305,7 +306,7 @@ class Stress:
             return
         ev = msg.get("ev")
         if ev != "stats":
-            self.note(f"slot {w.slot} says", **{k: v for k, v in msg.items() if k not in ("slot", "t")})
+            self.to_timeline(f"slot {w.slot} says", **{k: v for k, v in msg.items() if k not in ("slot", "t")})
         t = msg.get("t", _now())
         if ev == "joined":
             w.peer_id = msg.get("peer_id", 0)
@@ -348,7 +349,7 @@ class Stress:
         except subprocess.TimeoutExpired:
             w.signal(signal.SIGKILL)
             w.exit_code = w.proc.wait(timeout=10)
-        self.note(f"slot {w.slot} exited", pid=w.pid, code=w.exit_code, state=w.state)
+        self.to_timeline(f"slot {w.slot} exited", pid=w.pid, code=w.exit_code, state=w.state)
         if not w.expected_exit:
             why = w.fatal or f"exit code {w.exit_code}"
             self.crashes.append(f"worker slot {w.slot} (pid {w.pid}) died unexpectedly: {why}; log: {w.log_path}")
@@ -425,7 +426,7 @@ class Stress:
             e.t_end = _now()  # back up: a new master's rebuild window starts about now
         self.events.append(e)
         self.counts[kind] += 1
-        self.note(f"event {kind}", slot=e.slot, pid=self.workers[e.slot].pid if e.slot in self.workers else "-",
+        self.to_timeline(f"event {kind}", slot=e.slot, pid=self.workers[e.slot].pid if e.slot in self.workers else "-",
                   began=f"{e.t - self.t0:.3f}")  # a master restart is noted once the new master is up
         self.last_event = f"{kind}" + (f" slot {e.slot}" if e.slot >= 0 else "") + f" at {now - self.t0:.1f} s"
 
@@ -439,7 +440,7 @@ class Stress:
                 e.t_end = now
                 if w.alive():
                     w.signal(signal.SIGCONT)
-                    self.note(f"slot {w.slot} thawed", pid=w.pid)
+                    self.to_timeline(f"slot {w.slot} thawed", pid=w.pid)
                     w.stops[-1][1] = now
                     if w.state == "stopped":
                         w.state = "member"
@@ -473,7 +474,7 @@ class Stress:
 
     def teardown(self) -> None:
         """Thaw the frozen, kill those still joining, ask every member to leave, then kill the rest."""
-        self.note("teardown")
+        self.to_timeline("teardown")
         for due, w, e in self.pending_cont:
             e.t_end = _now()
             if w.alive():
@@ -559,7 +560,8 @@ class Stress:
             excused = max(0.0, _undetected_freeze_time(everyone, start, end, hb, slot, restarts) - hb)
             if end - start - excused > worst:
                 worst, where = end - start - excused, what + (
-                    f" (a {end - start:.1f} s gap, {excused:.1f} s of it spent detecting further overlapping freezes)"
+                    f" (a {end - start:.1f} s gap, {excused:.1f} s of it excused: other members frozen, not yet due "
+                    f"for eviction)"
                     if excused > 0 else "")
 
         for w in everyone:
