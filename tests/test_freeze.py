@@ -17,13 +17,16 @@ import time
 import pytest
 
 from fault_helpers import admit, join, read_text, wait_for
+from stall_monitor import assert_within, monitor
 
 HB = 2.0
 COMM = dict(heartbeat_timeout=HB, timeout=10.0)
+monitor()  # watching from import on: the bounds below allow for stalls of the whole machine
 
 
 def _evicted_message_ok(msg: str) -> bool:
     m = msg.lower()
+    # Either the master heard nothing for heartbeat_timeout, or a partner's data link did (and reported it).
     return "evicted" in m and "new communicator" in m and "heartbeat" in m
 
 
@@ -51,8 +54,7 @@ def test_frozen_peer_mid_op_is_evicted_and_can_rejoin(cluster, frozen_rank, algo
         if r["ok"]:
             continue
         assert r["error"] == "PeerLostError", r
-        dt = r["t"] - t_stop
-        assert dt < HB + 1.0, f"survivor {s.index} raised {dt:.2f} s after the freeze (heartbeat_timeout {HB})"
+        assert_within(t_stop, r["t"], HB + 1.0, f"survivor {s.index}'s PeerLostError after the freeze (heartbeat_timeout {HB})")
         assert r["input_unchanged"] and r["out_unchanged"], r
     assert len({r["completed"] for r in replies}) == 1, f"survivors disagree on how many ops completed: {replies}"
     assert len({r["ok"] for r in replies}) == 1, f"survivors disagree on the outcome: {replies}"
@@ -74,7 +76,7 @@ def test_frozen_peer_mid_op_is_evicted_and_can_rejoin(cluster, frozen_rank, algo
     assert not r["ok"] and r["error"] == "EvictedError", r
     # Bounded by the decision wait (2 x heartbeat_timeout + 2 s): usually well under a second, but under
     # heavy load the pending op has been seen to wait that out before noticing the eviction.
-    assert r["t"] - t_cont < 2 * HB + 4.0, f"the thawed peer needed {r['t'] - t_cont:.2f} s to notice its eviction"
+    assert_within(t_cont, r["t"], 2 * HB + 4.0, "the thawed peer's notice of its eviction")
     assert _evicted_message_ok(r["message"]), r["message"]
     assert r["input_unchanged"] and r["out_unchanged"], r
     assert r["completed"] <= replies[0]["completed"] + 1, (r, replies[0])

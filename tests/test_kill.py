@@ -37,11 +37,13 @@ import pytest
 from fault_helpers import join, refill, settle_survivors
 from harness import Cluster, Peer
 from reference import reference_result
+from stall_monitor import assert_within, monitor
 
 WORLD = 5
 KILLS = 60
 COMM = dict(heartbeat_timeout=3.0, timeout=30.0)
-ERROR_BOUND = 1.0  # seconds from kill to the survivor's exception
+ERROR_BOUND = 1.0  # seconds from kill to the survivor's exception, beyond any stall of the whole machine
+monitor()  # watching from import on, so that every kill's window is covered
 # (MiB, repeat): the ops of one call take roughly 0.3-0.7 s on a 2-core machine for every choice.
 SIZES = [(1, 30), (4, 6), (16, 1), (16, 2)]
 # Share of rounds whose kill moment is drawn over the whole call (input generation, ops, reply) rather
@@ -49,6 +51,7 @@ SIZES = [(1, 30), (4, 6), (16, 1), (16, 2)]
 ANY_MOMENT = 0.15
 
 KILL_TO_ERROR: list[float] = []
+KILL_TO_ERROR_NET: list[float] = []  # the same, net of the time the whole machine stood still
 KILL_TO_RECOVERED: list[float] = []  # kill -> first successful op of a survivor that had raised
 ROUNDS: list[dict] = []
 
@@ -188,7 +191,7 @@ def test_kill_random_peer_mid_op(bed: KillBed, i: int) -> None:
             KILL_TO_ERROR.append(dt)
             assert r["error"] == "PeerLostError", r
             assert "peer was lost" in r["message"], r
-            assert dt < ERROR_BOUND, f"survivor {k} raised {dt:.3f} s after the kill"
+            KILL_TO_ERROR_NET.append(assert_within(t_kill, r["t"], ERROR_BOUND, f"survivor {k}'s PeerLostError"))
             assert r["input_unchanged"] and r["out_unchanged"], f"survivor {k} buffers changed by a failed op: {r}"
             assert 0 <= r["completed"] < repeat, r
 
@@ -236,7 +239,7 @@ def _stats() -> dict:
     return dict(kills=len(ROUNDS), errors=len(KILL_TO_ERROR), **_distribution(KILL_TO_ERROR),
                 rounds_with_errors=sum(1 for r in ROUNDS if r["errors"]),
                 rounds_all_succeeded=sum(1 for r in ROUNDS if not r["errors"]),
-                recovered=_distribution(KILL_TO_RECOVERED))
+                recovered=_distribution(KILL_TO_RECOVERED), worst_machine_stall=monitor().worst())
 
 
 def _report() -> None:
@@ -254,6 +257,6 @@ def test_kill_stats(bed: KillBed) -> None:
     stats = _stats()
     assert len(ROUNDS) >= 50, f"only {len(ROUNDS)} kill rounds ran"
     assert stats["errors"], "no survivor ever raised PeerLostError: the kills never landed inside an op"
-    assert stats["max"] < ERROR_BOUND, stats
+    assert max(KILL_TO_ERROR_NET) < ERROR_BOUND, stats
     # Most kills must land inside an op, or the test does not test what it claims.
     assert stats["rounds_with_errors"] >= len(ROUNDS) // 2, stats

@@ -34,24 +34,30 @@ def spin(seconds: float) -> int:
     return n
 
 
+def best_rate(windows: int, seconds: float) -> float:
+    """spin()'s best rate (iterations/s) over several short windows. A shared CI machine can take the CPU
+    away for part of any one window; a GIL held by the library would slow every window alike."""
+    return max(spin(seconds) for _ in range(windows)) / seconds
+
+
 def check_sum(dtype: str, count: int, seed: int, indices: list[int], got: np.ndarray) -> None:
     ok, detail = results_match(dtype, got, reference_result(dtype, count, seed, indices, "SUM"), "SUM", len(indices))
     assert ok, detail
 
 
 def test_blocked_all_reduce_lets_other_threads_run(master):
-    """While one thread waits 2 s in all_reduce for its partner, the main thread keeps running Python
-    at (nearly) full speed. With the GIL held, the main thread could not even return from sleep()
+    """While one thread waits in all_reduce for its partner (which joins only after the measurement),
+    the main thread keeps running Python at (nearly) full speed. With the GIL held, the main thread could not even return from sleep()
     until the op ended."""
     a, b = connect_group(master.address, 2, timeout=30.0)
     try:
-        baseline = spin(0.2) / 0.2
+        baseline = best_rate(4, 0.1)
         xa, xb = np.full(1000, 1.0, np.float32), np.full(1000, 2.0, np.float32)
         op = Background(lambda: a.all_reduce(xa))
         t0 = time.monotonic()
         time.sleep(0.1)
         assert time.monotonic() - t0 < 1.0, "the main thread could not get the GIL back from the blocked op"
-        rate = spin(PARTNER_DELAY) / PARTNER_DELAY
+        rate = best_rate(10, 0.15)  # 1.5 s, inside the partner's delay
         assert not op.done(), "the op must have been blocked for the whole measurement"
         b.all_reduce(xb)
         assert op.result(timeout=30).world_size == 2

@@ -91,6 +91,21 @@ def _run_threads(fns: List[Callable[[], Any]], timeout: float) -> List[Any]:
     return results
 
 
+def _timed_attempts(measure: Callable[[], Any], fast_enough: Callable[[Any], bool], attempts: int = 3) -> List[Any]:
+    """Runs measure() until fast_enough(result) or `attempts` runs; returns every result.
+
+    The relay is Python threads in this process: on a loaded CI machine one run can be late by whatever
+    the CPU was taken away for. The emulator may never be *faster* than configured, so the callers check
+    their lower bounds on every result and their upper bound on the best one.
+    """
+    results = []
+    for _ in range(attempts):
+        results.append(measure())
+        if fast_enough(results[-1]):
+            break
+    return results
+
+
 # ---------------------------------------------------------------------------------------------
 # the relay alone
 
@@ -134,57 +149,74 @@ def test_bytes_arrive_unchanged_and_in_order_both_ways():
 
 
 def test_ping_pong_takes_the_configured_rtt():
-    with _relay(WanProfile(rtt_ms=100)) as (_relay_obj, dial, server):
-        c = dial()
-        s = _accept(server)
-        times = []
-        for i in range(5):
-            msg = bytes([i]) * 100
-            t0 = time.perf_counter()
-            c.sendall(msg)
-            s.sendall(_recv_exact(s, len(msg)))
-            assert _recv_exact(c, len(msg)) == msg
-            times.append(time.perf_counter() - t0)
-        c.close()
-        s.close()
-    assert min(times) >= 0.100, times
-    assert max(times) < 0.200, times
+    def measure() -> List[float]:
+        with _relay(WanProfile(rtt_ms=100)) as (_relay_obj, dial, server):
+            c = dial()
+            s = _accept(server)
+            times = []
+            for i in range(5):
+                msg = bytes([i]) * 100
+                t0 = time.perf_counter()
+                c.sendall(msg)
+                s.sendall(_recv_exact(s, len(msg)))
+                assert _recv_exact(c, len(msg)) == msg
+                times.append(time.perf_counter() - t0)
+            c.close()
+            s.close()
+        return times
+
+    runs = _timed_attempts(measure, lambda times: max(times) < 0.200)
+    assert min(min(times) for times in runs) >= 0.100, runs
+    assert max(runs[-1]) < 0.200, runs
 
 
 def test_flow_cap_limits_one_connection():
     """2 MB at 40 Mbit/s = 0.4 s (no RTT, so the time is the rate's alone)."""
     nbytes = 2_000_000
-    with _relay(WanProfile(flow_mbit=40)) as (_relay_obj, dial, server):
-        c = dial()
-        s = _accept(server)
-        payload = os.urandom(nbytes)
-        t0 = time.perf_counter()
-        _run_threads([lambda: c.sendall(payload), lambda: _recv_exact(s, nbytes)], timeout=20.0)
-        elapsed = time.perf_counter() - t0
-        c.close()
-        s.close()
-    assert 0.4 * 0.7 <= elapsed <= 0.4 * 1.3, elapsed
+    payload = os.urandom(nbytes)
+
+    def measure() -> float:
+        with _relay(WanProfile(flow_mbit=40)) as (_relay_obj, dial, server):
+            c = dial()
+            s = _accept(server)
+            t0 = time.perf_counter()
+            _run_threads([lambda: c.sendall(payload), lambda: _recv_exact(s, nbytes)], timeout=20.0)
+            elapsed = time.perf_counter() - t0
+            c.close()
+            s.close()
+        return elapsed
+
+    runs = _timed_attempts(measure, lambda elapsed: elapsed <= 0.4 * 1.3)
+    assert min(runs) >= 0.4 * 0.7, runs
+    assert runs[-1] <= 0.4 * 1.3, runs
 
 
 def test_link_cap_is_shared_by_the_flows():
     """4 flows of 80 Mbit/s on a 160 Mbit/s link: 4 x 1 MB take 0.2 s (not 0.1 s), each ~half its cap."""
     nconn, nbytes = 4, 1_000_000
-    with _relay(WanProfile(flow_mbit=80, link_mbit=160)) as (_relay_obj, dial, server):
-        clients = [dial() for _ in range(nconn)]
-        servers = [_accept(server) for _ in range(nconn)]
-        t0 = time.perf_counter()
-        done: List[float] = []
 
-        def receive(s: socket.socket) -> None:
-            _recv_exact(s, nbytes)
-            done.append(time.perf_counter() - t0)
+    def measure() -> List[float]:
+        with _relay(WanProfile(flow_mbit=80, link_mbit=160)) as (_relay_obj, dial, server):
+            clients = [dial() for _ in range(nconn)]
+            servers = [_accept(server) for _ in range(nconn)]
+            t0 = time.perf_counter()
+            done: List[float] = []
 
-        _run_threads([lambda c=c: c.sendall(bytes(nbytes)) for c in clients]
-                     + [lambda s=s: receive(s) for s in servers], timeout=20.0)
-        for sock in clients + servers:
-            sock.close()
-    assert 0.2 * 0.75 <= max(done) <= 0.2 * 1.35, done
-    assert min(done) >= 0.2 * 0.6, done  # fair-ish: no flow ran alone at its full 80 Mbit/s
+            def receive(s: socket.socket) -> None:
+                _recv_exact(s, nbytes)
+                done.append(time.perf_counter() - t0)
+
+            _run_threads([lambda c=c: c.sendall(bytes(nbytes)) for c in clients]
+                         + [lambda s=s: receive(s) for s in servers], timeout=20.0)
+            for sock in clients + servers:
+                sock.close()
+        return done
+
+    runs = _timed_attempts(measure, lambda done: max(done) <= 0.2 * 1.35)
+    for done in runs:
+        assert max(done) >= 0.2 * 0.75, runs  # the link cap held
+        assert min(done) >= 0.2 * 0.6, runs  # fair-ish: no flow ran alone at its full 80 Mbit/s
+    assert max(runs[-1]) <= 0.2 * 1.35, runs
 
 
 def test_unreachable_target_closes_the_client():

@@ -254,8 +254,8 @@ class Worker:
         cmd["start_at"]: wall-clock time to start submitting (buffers are prepared before).
         cmd["expect_by_world"]: {world_size: [worker indices]} whose contributions a result of that world
         size must hold. cmd["wait_timeout"]: seconds to wait for every op (default 60).
-        The reply lists per op: ok/error/message, t_submit, t_done (wall clock), world_size, sha, correct,
-        input_unchanged, out_unchanged (failed ops), tx_bytes.
+        The reply lists per op: ok/error/message, t_submit, t_returned (all_reduce_async returned),
+        t_done (wall clock), world_size, sha, correct, input_unchanged, out_unchanged (failed ops), tx_bytes.
         """
         specs = cmd["ops"]
         prepared = []
@@ -304,6 +304,7 @@ class Worker:
                 h = self.comm.all_reduce_async(b["x"], op=getattr(pccl_py.ReduceOp, o.get("op", "SUM")), out=b["out"],
                                                tag=int(o.get("tag", 0)), algorithm=o.get("algorithm", "auto"),
                                                **_quant_kwargs(o))
+                outcomes[i]["t_returned"] = time.time()
             except pccl_py.PCCLError as exc:
                 outcomes[i].update(ok=False, error=type(exc).__name__, message=str(exc), t_done=time.time(),
                                    submit_error=True, input_unchanged=_bytes(b["x"]) == b["x_orig"],

@@ -146,7 +146,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("rank", &Communicator::rank)
         .def_property_readonly("epoch", &Communicator::epoch)
         .def_property_readonly("peer_id", &Communicator::peer_id)
-        .def("check_usable", &Communicator::check_usable)
+        .def("check_usable", [](Communicator& c, const std::string& what) { c.check_usable(what.c_str()); })
         .def("all_reduce",
              [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo,
                 int quant) {

@@ -415,7 +415,7 @@ void Master::on_failure(Peer& p, const Failure& f) {
     if (f.kind == FailureKind::kLinkBroken && f.suspect != 0 && f.suspect != p.id) {
         Peer* s = find(f.suspect);
         if (s != nullptr && s->state == PeerState::kMember && s->hello.group == g.id) {
-            evict(*s, "its link to peer " + std::to_string(p.id) + " broke during an operation");
+            evict(*s, "peer " + std::to_string(p.id) + " found its link to this peer closed or silent for heartbeat_timeout during an operation");
             return;  // drop() already started the recovery
         }
     }

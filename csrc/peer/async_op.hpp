@@ -14,7 +14,7 @@ namespace pccl {
 class AsyncOp {
 public:
     AsyncOp(Communicator& comm, const CollectiveSpec& spec) {
-        comm.check_usable();
+        comm.check_usable("all_reduce_async");
         uint64_t ticket = comm.reserve_turn(spec.tag);
         thread_ = std::thread([this, &comm, spec, ticket] {
             name_this_thread("pccl-async-op");

@@ -70,9 +70,9 @@ void Communicator::connect() {
                                              " have not called update_topology(); close() and try again later");
 }
 
-void Communicator::check_usable() {
+void Communicator::check_usable(const char* what) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (state_ != State::kMember) throw_state_error("use");
+    if (state_ != State::kMember) throw_state_error(what);
 }
 
 void Communicator::update_topology() {
@@ -204,7 +204,7 @@ void Communicator::release_turn(uint32_t tag) {
 }
 
 ReduceResult Communicator::all_reduce(const CollectiveSpec& spec) {
-    check_usable();
+    check_usable("all_reduce");
     return all_reduce_in_turn(spec, reserve_turn(spec.tag));
 }
 
@@ -227,7 +227,7 @@ ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& requested, u
 }
 
 ReduceResult Communicator::exchange(const ExchangeSpec& spec) {
-    check_usable();
+    check_usable("exchange");
     OpCall call;
     call.tag = spec.tag;
     call.name = "exchange";

@@ -75,7 +75,7 @@ public:
     // Runs this peer's part of a point-to-point plan made for membership spec.epoch. A membership
     // change before or during it fails it with PeerLost (the plan no longer fits): re-plan and retry.
     ReduceResult exchange(const ExchangeSpec& spec);
-    void check_usable();
+    void check_usable(const char* what);  // what: the call, for the error message
 
 private:
     enum class State { kIdle, kJoining, kMember, kEvicted, kMasterLost, kClosed };

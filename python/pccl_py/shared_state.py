@@ -415,7 +415,7 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
                 raise InvalidArgumentError(
                     f"shared state entry {n!r} is read-only, but strategy {strategy.value} may have to write into it; "
                     "pass writeable arrays or use strategy send_only")
-    comm._core.check_usable()
+    comm._core.check_usable("sync_shared_state")
     last: Optional[int] = getattr(comm, "_state_revision", None)
     hashes = _hash_buffers(bufs)
     blob = json.dumps({"peer": comm.peer_id, "keys": [
