@@ -32,12 +32,14 @@ import pytest
 
 from fault_helpers import join
 from harness import Cluster, Peer
+from stall_monitor import assert_within, monitor
 
 WORLDS = [2, 3, 4]
 FORMATS = ["fp16", "bf16", "q8"]
 DTYPES = ["float32", "float64"]
 ALGORITHMS = ["ring", "star"]
 COMM = dict(timeout=30.0, heartbeat_timeout=3.0)
+monitor()  # watching from import on: a wall-clock bound below allows for stalls of the whole machine
 # A multiple of 256 * lcm(2, 3, 4): every ring chunk starts on a q8 block boundary for every world size,
 # so the q8 blocks are exactly [256 b, 256 b + 256). 1.2 MiB of float32: several 256 KiB ring pieces.
 COUNT = 307_200
@@ -237,7 +239,7 @@ def test_quantization_of_other_dtypes_is_refused_before_any_traffic(group) -> No
                               count=70_000, algorithm="ring", tag=0, timeout=30)
                 assert not r["ok"] and r["error"] == "InvalidArgumentError", (dtype, fmt, r)
                 assert "float32 and float64" in r["message"], r
-                assert r["input_unchanged"] and r["elapsed"] < 0.5, r
+                assert r["input_unchanged"] and r["elapsed"] < 2.0, r  # at once, not after any network wait
     res = _run(cluster, members, dtype="int32", count=70_000, seed=5, algorithm="ring", tag=0,
                expect_from=[m.index for m in members], timeout=30)
     assert all(r["correct"] and r["world_size"] == len(members) for r in res), res
@@ -302,5 +304,5 @@ def test_mismatch_reaches_a_peer_that_starts_late(cluster: Cluster) -> None:
     outcome = {rank: (r.get("error"), round(r["elapsed"], 2), r.get("message", "")[:70]) for rank, r in enumerate(res)}
     for rank in (0, 2):
         assert res[rank]["error"] == "MismatchError", outcome
-    assert res[1]["error"] == "MismatchError" and res[1]["elapsed"] < 1.0, (
-        f"the late peer did not learn of the mismatch: {outcome}")
+    assert res[1]["error"] == "MismatchError", f"the late peer did not learn of the mismatch: {outcome}"
+    assert_within(res[1]["t0"], res[1]["t"], 1.0, f"the late peer's MismatchError {outcome}")

@@ -23,10 +23,12 @@ dist = pytest.importorskip("torch.distributed")
 import pccl_py  # noqa: E402
 import pccl_py.torch as pccl_torch  # noqa: E402
 from support import connect_group, run_concurrently  # noqa: E402
+from stall_monitor import assert_within, monitor  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORKER = os.path.join(HERE, "torch_worker.py")
+monitor()  # watching from import on: the kill test's bounds allow for stalls of the whole machine
 
 
 def _free_port() -> int:
@@ -160,9 +162,10 @@ def test_killed_rank_fails_survivors_work_within_1s_and_timeout_is_honoured(tmp_
     assert 1.5 <= r0["timeout_after"] < 6.0, r0
     for r in results.values():
         assert r["error"] == "PeerLostError" and r["is_peer_lost"], r
-        assert r["fail_after_kill"] < 1.0, r
+        assert_within(r["killed_at"], r["failed_at"], 1.0, f"the work's PeerLostError {r}")
         assert r["future_failed"] and r["work_completed"], r
-        assert r["next_op"] == "PeerLostError" and r["next_op_after"] < 0.5, r
+        assert r["next_op"] == "PeerLostError", r
+        assert_within(r["next_op_start"], r["next_op_end"], 0.5, f"the refusal of the next op {r}")
 
 
 def test_torchrun_example(tmp_path):
