@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import pccl_py
 from harness import Cluster, Peer
+from pccl_py.machine_stalls import monitor
 
 # ---------------------------------------------------------------------------------------------
 # generic
@@ -181,3 +182,12 @@ def connect_group(address: str, n: int, admit_timeout: float = 30.0, **kwargs: A
     for m in members:
         assert m.world_size == n
     return members
+
+
+def assert_within(t0: float, t1: float, bound: float, what: str) -> float:
+    """Fails unless [t0, t1] (time.time()) lasted less than bound plus the time the whole machine stood
+    still within it (pccl_py.machine_stalls); returns the duration net of those stalls."""
+    stalled = monitor().stalled(t0, t1)
+    assert t1 - t0 < bound + stalled, (f"{what} took {t1 - t0:.3f} s, over the {bound} s bound even after "
+                                       f"the {stalled:.3f} s the whole machine stood still")
+    return t1 - t0 - stalled

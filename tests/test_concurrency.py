@@ -32,7 +32,8 @@ import pytest
 
 from fault_helpers import join, refill, settle_survivors
 from harness import Cluster, Peer
-from stall_monitor import assert_within, monitor
+from pccl_py.machine_stalls import monitor
+from support import assert_within
 
 WORLD = 3
 # Two connections per neighbour: concurrent ops share striped connections.

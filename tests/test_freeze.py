@@ -17,7 +17,8 @@ import time
 import pytest
 
 from fault_helpers import admit, join, read_text, wait_for
-from stall_monitor import assert_within, monitor
+from pccl_py.machine_stalls import monitor
+from support import assert_within
 
 HB = 2.0
 COMM = dict(heartbeat_timeout=HB, timeout=10.0)

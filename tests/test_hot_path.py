@@ -7,7 +7,8 @@ to the master, it would stall until the peers' master-silence deadline and fail.
 import signal
 import time
 
-from stall_monitor import assert_within, monitor
+from pccl_py.machine_stalls import monitor
+from support import assert_within
 
 HB = 10.0  # the master-silence deadline: an op that waited for the master would take this long and fail
 monitor()  # watching from import on

@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 
 from fault_helpers import join
-from stall_monitor import assert_within, monitor
+from pccl_py.machine_stalls import monitor
+from support import assert_within
 
 TIMEOUT = 5.0
 HB = 2.0

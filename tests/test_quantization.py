@@ -32,7 +32,8 @@ import pytest
 
 from fault_helpers import join
 from harness import Cluster, Peer
-from stall_monitor import assert_within, monitor
+from pccl_py.machine_stalls import monitor
+from support import assert_within
 
 WORLDS = [2, 3, 4]
 FORMATS = ["fp16", "bf16", "q8"]

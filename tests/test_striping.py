@@ -26,7 +26,8 @@ import pytest
 
 from fault_helpers import admit, settle_survivors
 from harness import Cluster, Peer
-from stall_monitor import assert_within, monitor
+from pccl_py.machine_stalls import monitor
+from support import assert_within
 
 WORLD = 3
 COMM = dict(timeout=30.0, heartbeat_timeout=3.0)

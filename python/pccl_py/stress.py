@@ -29,7 +29,9 @@ Measures, all from worker reports (times are CLOCK_MONOTONIC, shared by the proc
   restart before the eviction starts the detection over (the new master waits up to
   heartbeat_timeout for every member to rejoin, and a frozen one cannot). So a gap counts only what
   is left once the time other members spent frozen and undetected, beyond the first
-  heartbeat_timeout of it, is taken out; a gap with no freeze in it counts whole.
+  heartbeat_timeout of it, is taken out; a gap with no freeze in it counts whole. Time in which the
+  whole machine stood still (``machine_stalls``: an overloaded host or hypervisor steal) is taken out
+  too.
 
 Exit code 1 on any wrong result, divergence, crash of a peer the run did not kill, stall longer
 than heartbeat_timeout + 2 s, or a run that completed no ops; the reasons are printed.
@@ -52,6 +54,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from .machine_stalls import StallMonitor
 from .stress_report import Progress, format_report
 from .stress_worker import MAX_SLOTS
 
@@ -226,6 +229,7 @@ class Stress:
         self.pending_cont: list[tuple[float, WorkerProc, Event]] = []
         self.t0 = _now()
         self.t_end = self.t0
+        self.machine = StallMonitor(clock=_now)
         self.spawned = 0
         self.last_event = ""
         # One timeline of what the run did and what the workers said (stats aside), for post-mortems:
@@ -470,6 +474,7 @@ class Stress:
                 next_at = _now() + self.rng.uniform(a.min_interval, a.max_interval)
             progress.update(self)
         self.t_end = _now()
+        self.machine.stop()  # the run's window is over; what it recorded stays for the report
         self.teardown()
 
     def teardown(self) -> None:
@@ -557,12 +562,14 @@ class Stress:
         def consider(slot: int, start: float, end: float, what: str) -> None:
             nonlocal worst, where
             # Only the overlapping freezes beyond the first one's detection are excused (see the docstring).
-            excused = max(0.0, _undetected_freeze_time(everyone, start, end, hb, slot, restarts) - hb)
+            frozen = max(0.0, _undetected_freeze_time(everyone, start, end, hb, slot, restarts) - hb)
+            still = self.machine.stalled(start, end)
+            excused = min(end - start, frozen + still)
             if end - start - excused > worst:
+                reasons = ([f"{frozen:.1f} s other members frozen, not yet due for eviction"] if frozen > 0 else []) + (
+                    [f"{still:.1f} s the whole machine stood still"] if still > 0 else [])
                 worst, where = end - start - excused, what + (
-                    f" (a {end - start:.1f} s gap, {excused:.1f} s of it excused: other members frozen, not yet due "
-                    f"for eviction)"
-                    if excused > 0 else "")
+                    f" (a {end - start:.1f} s gap, excused: {'; '.join(reasons)})" if reasons else "")
 
         for w in everyone:
             for start, end in w.gaps:
@@ -604,6 +611,7 @@ class Stress:
             "join_failures": total["join_failures"], "evictions": total["evictions"],
             "master_losses": total["master_losses"],
             "longest_stall_s": round(stall, 3), "longest_stall_where": stall_where, "stall_limit_s": limit,
+            "worst_machine_stall_s": round(self.machine.worst(), 3),
             "recovery_s": self.recovery_times(),
             "peak_rss_mb": round(rss / 1024, 1), "peak_fds": fds,
             "survivor_crashes": len(self.crashes),

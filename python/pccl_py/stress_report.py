@@ -102,7 +102,8 @@ def format_report(r: dict) -> str:
     state = f"state syncs {r['state_syncs']} ({r['state_tx_bytes']} B sent), state divergences {r['state_divergences']}"
     lines.append(f"  wrong results {r['wrong_results']}, divergences {r['divergences']}; {state}")
     lines.append(f"  longest stall {r['longest_stall_s']:.2f} s (limit {r['stall_limit_s']:.1f} s) "
-                 f"{r['longest_stall_where']}")
+                 f"{r['longest_stall_where']}; the whole machine stood still for up to "
+                 f"{r['worst_machine_stall_s']:.2f} s at a time")
     lines.append("  recovery (event -> first op on a survivor reflecting it), seconds:")
     for kind, d in r["recovery_s"].items():
         extra = f", unobserved {d['unobserved']}" if d.get("unobserved") else ""

@@ -1,0 +1,50 @@
+"""pccl_py.machine_stalls sees a stop of the whole process (SIGSTOP, as a hypervisor's steal would be),
+and places it where it happened: the tests' wall-clock bounds and pccl-stress's stall limit rely on both."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pccl_py
+
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pccl_py.__file__)))
+
+_CHILD = """
+import json, sys, time
+from pccl_py.machine_stalls import StallMonitor
+m = StallMonitor()
+print("ready", flush=True)
+windows = json.loads(sys.stdin.readline())  # sent once the parent has stopped and resumed this process
+print(json.dumps([m.stalled(t0, t1) for t0, t1 in windows] + [m.worst()]), flush=True)
+"""
+
+
+def test_a_stopped_process_sees_its_stall_where_it_happened():
+    env = dict(os.environ, PYTHONPATH=_PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        t_stop = time.time()
+        child.send_signal(signal.SIGSTOP)
+        time.sleep(0.6)
+        child.send_signal(signal.SIGCONT)
+        t_cont = time.time()
+        time.sleep(0.3)
+        windows = [(t_stop - 0.05, t_cont + 0.05), (t_stop + 0.2, t_stop + 0.4), (t_cont + 0.1, time.time())]
+        child.stdin.write(json.dumps(windows) + "\n")
+        child.stdin.flush()
+        around, inside, after, worst = json.loads(child.stdout.readline())
+    finally:
+        child.kill()
+        child.wait(10)
+    assert 0.5 <= around <= 0.75, (around, inside, after, worst)  # the 0.6 s stop, give or take the scheduler
+    assert inside > 0.19, (around, inside, after, worst)  # all of a window inside the stop
+    assert after < 0.15, (around, inside, after, worst)  # a window after the stop excuses (next to) nothing
+    assert 0.5 <= worst <= 1.0, (around, inside, after, worst)
