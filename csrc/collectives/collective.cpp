@@ -5,6 +5,7 @@
 #include "collectives/buffer_pool.hpp"
 #include "collectives/ring.hpp"
 #include "collectives/star.hpp"
+#include "common/log.hpp"
 
 namespace pccl {
 namespace {
@@ -77,6 +78,16 @@ FrameHeader Collective::make_header(FrameType type, uint32_t slot, uint64_t offs
 
 RecvTarget Collective::target_for(int from, const FrameHeader& h) {
     if (h.descriptor() != desc_) {
+        // Both descriptors, once per op: a mismatch that the caller did not cause (inside a library
+        // collective under churn, say) is diagnosed from this line.
+        if (!failure().failed)
+            PCCL_WARN("collective",
+                      "descriptor mismatch on epoch %llu tag %u seq %llu: rank %d sent (type %u, dtype %u, op %u, "
+                      "algorithm %u, quant %u, count %llu, step %u), this op is (dtype %u, op %u, algorithm %u, "
+                      "quant %u, count %llu)",
+                      (unsigned long long)epoch_, spec_.tag, (unsigned long long)seq_, from, h.type, h.dtype, h.op,
+                      h.algorithm, h.quant, (unsigned long long)h.count, h.step, desc_.dtype, desc_.op,
+                      desc_.algorithm, desc_.quant, (unsigned long long)desc_.count);
         fail(FailureKind::kMismatch,
              "peers called different collectives on tag " + std::to_string(spec_.tag) +
                  " (kind, count, dtype, op or algorithm differ)",
