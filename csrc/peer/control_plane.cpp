@@ -289,7 +289,7 @@ void Communicator::handle_message(MsgType type, Reader& r) {
 
 void Communicator::on_recover(const Recover& m) {
     std::shared_ptr<Mesh> mesh;
-    std::set<std::shared_ptr<Collective>> ops;
+    std::vector<std::shared_ptr<Collective>> ops;
     std::map<uint32_t, uint64_t> committed;
     {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -297,7 +297,13 @@ void Communicator::on_recover(const Recover& m) {
         if (m.epoch <= epoch_) throw ProtocolError("recover request for an old epoch");
         ready_ = false;
         mesh = std::move(mesh_);
-        ops = inflight_;
+        // Only the closing epoch's ops. An op of an earlier epoch was decided by that epoch's EPOCH
+        // and merely waits for its caller's thread to take it out of inflight_; reported again, its
+        // (tag, seq) would name an op of this epoch, and the decision on it would abort that op on
+        // some members and owe a failure to others (seen under heavy load: every member then raised
+        // the next epoch's cause on a tag whose ops were all alike).
+        for (auto& op : inflight_)
+            if (op->epoch() == epoch_) ops.push_back(op);
         committed = committed_;
     }
     // Stop the data plane first: after this no frame can change any op's progress.
@@ -324,6 +330,7 @@ void Communicator::on_epoch(const EpochMsg& m) {
         std::map<uint32_t, uint64_t> done = committed_;  // ops of each tag finished here, decisions included
         std::set<std::pair<uint32_t, uint64_t>> mine;
         for (auto& op : inflight_) {
+            if (op->epoch() != epoch_) continue;  // decided with its own epoch (see on_recover)
             bool commit = false;
             for (auto& d : m.decisions)
                 if (d.tag == op->tag() && d.seq == op->seq()) commit = d.commit != 0;
