@@ -22,7 +22,9 @@ def train_step(params: dict, step: int) -> None:
         p += np.float32(0.01 * np.sin(step + len(name)))
 
 
-def peer(address: str, name: str, steps: int, joined: threading.Event, log: list) -> None:
+def peer(address: str, name: str, steps: int, joined: threading.Event, log: list, world: int = 1) -> None:
+    """Runs `steps` revisions, and beyond them until a step ran with `world` peers: the founders wait for
+    the late joiner, however slow its start, so that it never finds an empty group."""
     if name == "c":  # the late joiner starts from garbage
         params = {"w": np.random.default_rng(7).standard_normal(100_000).astype(np.float32),
                   "b": np.ones(100, np.float32)}
@@ -31,7 +33,8 @@ def peer(address: str, name: str, steps: int, joined: threading.Event, log: list
     comm = pccl_py.Communicator(address, listen_host="127.0.0.1", timeout=30).connect()
     joined.set()
     state = pccl_py.SharedState(params, revision=0)
-    while state.revision < steps:
+    synced_with = 0  # peers in the last sync
+    while state.revision < steps or (synced_with < world and state.revision < 100 * steps):
         # Members must agree on admitting newcomers at the same step: one MAX all-reduce of the flag.
         pending = np.array([comm.are_peers_pending()], dtype=np.uint8)
         comm.all_reduce(pending, op=pccl_py.ReduceOp.MAX)
@@ -39,6 +42,7 @@ def peer(address: str, name: str, steps: int, joined: threading.Event, log: list
             comm.update_topology()
             continue  # start the step again, together with the newcomer
         info = comm.sync_shared_state(state)  # a behind peer jumps to the group's revision here
+        synced_with = comm.world_size
         log.append((name, info.revision, info.rx_bytes, sorted(state.hashes().items())))
         train_step(params, state.revision)
         state.revision += 1
@@ -50,7 +54,7 @@ def main() -> None:
     address = f"127.0.0.1:{master.port}"
     log: list = []
     first, second, third = threading.Event(), threading.Event(), threading.Event()
-    founders = [threading.Thread(target=peer, args=(address, n, 40, e, log)) for n, e in (("a", first), ("b", second))]
+    founders = [threading.Thread(target=peer, args=(address, n, 40, e, log, 3)) for n, e in (("a", first), ("b", second))]
     founders[0].start()
     first.wait()
     founders[1].start()

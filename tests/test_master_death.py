@@ -122,7 +122,10 @@ def test_master_frozen_is_detected_as_lost(cluster):
             r = p.recv(timeout=HB + BOUND + 10)
             assert not r["ok"] and r["error"] == "MasterLostError", r
             assert_within(t_stop, r["t"], HB + 1.0, f"peer {p.index}'s notice of the silent master (heartbeat {HB} s)")
+        # Issued about heartbeat_timeout after the freeze: if this peer has not noticed the silence yet,
+        # the op starts, waits for members that stopped, and raises once its own timeout expires.
+        t_call = time.time()
         r = peers[2].call("all_reduce", dtype="float32", count=1000, seed=9, expect_from=None, timeout=BOUND + 10)
-        _assert_master_lost(r, t_stop, f"peer {peers[2].index} all_reduce")
+        _assert_master_lost(r, t_call, f"peer {peers[2].index} all_reduce")
     finally:
         cluster.master.kill(signal.SIGCONT)
