@@ -8,6 +8,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pccl_py  # noqa: E402
 from harness import Cluster  # noqa: E402
 from support import connect_group  # noqa: E402
+from pccl_py.machine_stalls import monitor  # noqa: E402
+
+# Started before any test module runs, so that every window a wall-clock bound asks about is watched
+# (support.assert_within).
+monitor()
 
 
 @pytest.fixture

@@ -32,14 +32,12 @@ import pytest
 
 from fault_helpers import join, refill, settle_survivors
 from harness import Cluster, Peer
-from pccl_py.machine_stalls import monitor
 from support import assert_within
 
 WORLD = 3
 # Two connections per neighbour: concurrent ops share striped connections.
 COMM = dict(timeout=30.0, heartbeat_timeout=3.0, connections_per_peer=2)
 ERROR_BOUND = 1.0  # seconds from the kill to a survivor's PeerLostError, beyond any stall of the machine
-monitor()  # watching from import on, so that every kill's window is covered
 KiB, MiB = 1 << 10, 1 << 20
 ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "uint8": 1}
 

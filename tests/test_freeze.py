@@ -17,12 +17,10 @@ import time
 import pytest
 
 from fault_helpers import admit, join, read_text, wait_for
-from pccl_py.machine_stalls import monitor
 from support import assert_within
 
 HB = 2.0
 COMM = dict(heartbeat_timeout=HB, timeout=10.0)
-monitor()  # watching from import on: the bounds below allow for stalls of the whole machine
 
 
 def _evicted_message_ok(msg: str) -> bool:

@@ -7,11 +7,9 @@ to the master, it would stall until the peers' master-silence deadline and fail.
 import signal
 import time
 
-from pccl_py.machine_stalls import monitor
 from support import assert_within
 
 HB = 10.0  # the master-silence deadline: an op that waited for the master would take this long and fail
-monitor()  # watching from import on
 
 
 def test_all_reduce_needs_no_master(cluster):

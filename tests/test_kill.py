@@ -44,7 +44,6 @@ WORLD = 5
 KILLS = 60
 COMM = dict(heartbeat_timeout=3.0, timeout=30.0)
 ERROR_BOUND = 1.0  # seconds from kill to the survivor's exception, beyond any stall of the whole machine
-monitor()  # watching from import on, so that every kill's window is covered
 # (MiB, repeat): the ops of one call take roughly 0.3-0.7 s on a 2-core machine for every choice.
 SIZES = [(1, 30), (4, 6), (16, 1), (16, 2)]
 # Share of rounds whose kill moment is drawn over the whole call (input generation, ops, reply) rather

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 from fault_helpers import join
-from pccl_py.machine_stalls import monitor
 from support import assert_within
 
 TIMEOUT = 5.0
@@ -19,7 +18,6 @@ COMM = dict(heartbeat_timeout=HB, timeout=TIMEOUT)
 # waits for members that have already stopped, and raises when its own timeout (counted from its start,
 # a moment after the kill) expires - hence the 1 s of slack.
 BOUND = TIMEOUT + 1.0  # beyond any stall of the whole machine
-monitor()  # watching from import on
 
 
 def _assert_master_lost(r: dict, t_kill: float, what: str) -> None:

@@ -32,7 +32,6 @@ import pytest
 
 from fault_helpers import join
 from harness import Cluster, Peer
-from pccl_py.machine_stalls import monitor
 from support import assert_within
 
 WORLDS = [2, 3, 4]
@@ -40,7 +39,6 @@ FORMATS = ["fp16", "bf16", "q8"]
 DTYPES = ["float32", "float64"]
 ALGORITHMS = ["ring", "star"]
 COMM = dict(timeout=30.0, heartbeat_timeout=3.0)
-monitor()  # watching from import on: a wall-clock bound below allows for stalls of the whole machine
 # A multiple of 256 * lcm(2, 3, 4): every ring chunk starts on a q8 block boundary for every world size,
 # so the q8 blocks are exactly [256 b, 256 b + 256). 1.2 MiB of float32: several 256 KiB ring pieces.
 COUNT = 307_200

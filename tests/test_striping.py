@@ -26,13 +26,11 @@ import pytest
 
 from fault_helpers import admit, settle_survivors
 from harness import Cluster, Peer
-from pccl_py.machine_stalls import monitor
 from support import assert_within
 
 WORLD = 3
 COMM = dict(timeout=30.0, heartbeat_timeout=3.0)
 ERROR_BOUND = 1.0  # seconds from the kill to a survivor's PeerLostError, beyond any stall of the machine
-monitor()  # watching from import on, so that every kill's window is covered
 MiB = 1 << 20
 PIECE = 256 << 10
 FDS: dict[int, int] = {}

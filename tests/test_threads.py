@@ -47,8 +47,8 @@ def check_sum(dtype: str, count: int, seed: int, indices: list[int], got: np.nda
 
 def test_blocked_all_reduce_lets_other_threads_run(master):
     """While one thread waits in all_reduce for its partner (which joins only after the measurement),
-    the main thread keeps running Python at (nearly) full speed. With the GIL held, the main thread could not even return from sleep()
-    until the op ended."""
+    the main thread keeps running Python at (nearly) full speed. With the GIL held, the main thread could
+    not even return from sleep() until the op ended."""
     a, b = connect_group(master.address, 2, timeout=30.0)
     try:
         baseline = best_rate(4, 0.1)

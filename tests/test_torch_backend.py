@@ -22,13 +22,11 @@ dist = pytest.importorskip("torch.distributed")
 
 import pccl_py  # noqa: E402
 import pccl_py.torch as pccl_torch  # noqa: E402
-from pccl_py.machine_stalls import monitor  # noqa: E402
 from support import assert_within, connect_group, run_concurrently  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORKER = os.path.join(HERE, "torch_worker.py")
-monitor()  # watching from import on: the kill test's bounds allow for stalls of the whole machine
 
 
 def _free_port() -> int:
