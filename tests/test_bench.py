@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import pccl_py
@@ -127,3 +129,42 @@ def test_bench_plot_without_matplotlib_is_a_clear_error(tmp_path):
 def test_bench_does_not_import_torch_without_compare():
     code = "import sys, pccl_py.bench as b; b.build_parser().parse_args([]); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30, env=_env())
+
+
+def test_bench_ratio_interval_separates_a_real_difference_from_noise():
+    from pccl_py.bench_report import ratio_interval
+
+    rng = np.random.default_rng(1)
+    gloo = 0.030 * (1 + 0.05 * rng.standard_normal(40))
+    faster = 0.020 * (1 + 0.05 * rng.standard_normal(40))
+    lo, hi = ratio_interval(faster, gloo)
+    assert 1.0 < lo < 0.030 / 0.020 < hi  # 1.5x, clearly apart
+    same = 0.030 * (1 + 0.05 * rng.standard_normal(40))
+    lo, hi = ratio_interval(same, gloo)
+    assert lo < 1.0 < hi
+    assert ratio_interval(same, gloo) == (lo, hi)  # seeded: the report can be rebuilt from its JSON
+    assert all(math.isnan(v) for v in ratio_interval([], gloo))
+
+
+def test_bench_report_says_when_a_slower_size_is_within_noise():
+    import argparse
+
+    from pccl_py.bench import Result
+    from pccl_py.bench_report import compare, format_report
+
+    def report(pccl_times, gloo_times):
+        rs = [Result(b, "ring", 1 << 24, 1 << 22, "float32", 3, 1, len(t), list(t), 0.5, 0.0)
+              for b, t in (("pccl", pccl_times), ("gloo", gloo_times))]
+        data = {"world_size": 3, "results": [r.__dict__ for r in rs]}
+        data["comparison"] = compare(data["results"])
+        args = argparse.Namespace(dtype="float32", algorithm="auto", quantization="none", connections=1)
+        return data["comparison"][0], format_report(data, args)
+
+    rng = np.random.default_rng(2)
+    gloo = list(0.030 * (1 + 0.2 * rng.standard_normal(8)))
+    row, text = report([t * 1.02 for t in gloo], gloo)  # 2% slower, iterations spread by 20%
+    assert row["busbw_ratio_interval"][0] < 1.0 < row["busbw_ratio_interval"][1]
+    assert "pccl slower than gloo at: 16 MiB" in text and "within noise" in text
+    row, text = report([t * 1.5 for t in gloo], gloo)  # far slower
+    assert row["busbw_ratio_interval"][1] < 1.0
+    assert "pccl slower than gloo at: 16 MiB" in text and "within noise" not in text

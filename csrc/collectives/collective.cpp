@@ -142,8 +142,28 @@ void Collective::run_piece(uint32_t slot, size_t piece) {
     } catch (const Interrupted&) {
         return;  // the op failed, froze or timed out: whoever waits for it finds out from failure_
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (++pieces_processed_ == pieces_total_) cv_.notify_all();
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (++pieces_processed_ != pieces_total_) return;
+        // This peer now holds its whole result. The thread that got here (usually the I/O thread)
+        // announces it at once instead of waking the op's thread to do so: the last peer's notices
+        // gate every member's commit, and with 3 peers on 2 cores each wake-up on that path waited
+        // for a core (measured: the commit came about 0.45 ms sooner at 16 MiB). The op's thread has
+        // nothing to do before the commit; the notices' sends or arrivals wake it.
+        if (failure_.failed || frozen_) {
+            cv_.notify_all();
+            return;
+        }
+        progress_ = OpProgress::kDataDone;
+        done_announced_ = true;
+        outstanding_ += world_ - 1;
+    }
+    send_done_notices();
+}
+
+void Collective::send_done_notices() {
+    for (int r = 0; r < world_; ++r)
+        if (r != rank_) mesh_->send(r, 0, make_header(FrameType::kDone, 0, 0, 0), nullptr, shared_from_this());
 }
 
 void Collective::process_all_arrivals() {
@@ -234,22 +254,19 @@ void Collective::wait_piece(uint32_t slot, size_t piece) {
 void Collective::execute(TimePoint deadline) {
     deadline_ = deadline;
     data_phase();
+    // Completion exchange: one small frame to every member. Nobody publishes a result before everyone
+    // holds it, so a failure from here on can still be resolved to the same outcome everywhere. The
+    // notices may already be out (run_piece()).
+    bool announce;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         check_interrupt();
         progress_ = OpProgress::kDataDone;
+        announce = !done_announced_;
+        if (announce) outstanding_ += world_ - 1;
+        done_announced_ = true;
     }
-    // Completion exchange: one small frame to every member. Nobody publishes a result before everyone
-    // holds it, so a failure from here on can still be resolved to the same outcome everywhere.
-    for (int r = 0; r < world_; ++r) {
-        if (r == rank_) continue;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            check_interrupt();
-            ++outstanding_;
-        }
-        mesh_->send(r, 0, make_header(FrameType::kDone, 0, 0, 0), nullptr, shared_from_this());
-    }
+    if (announce) send_done_notices();
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
         if (dones_ == world_ - 1 && outstanding_ == 0 && !frozen_) {

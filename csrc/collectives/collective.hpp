@@ -144,6 +144,7 @@ protected:
 private:
     void check_interrupt();  // with mutex_ held
     void run_piece(uint32_t slot, size_t piece);
+    void send_done_notices();
     FrameHeader make_header(FrameType type, uint32_t slot, uint64_t offset, uint32_t length) const;
 
     std::mutex mutex_;
@@ -160,6 +161,7 @@ private:
     bool frozen_ = false;
     OpProgress progress_ = OpProgress::kRunning;
     bool committed_ = false;
+    bool done_announced_ = false;  // the completion notices are queued
     int decision_ = 0;  // 0 none, 1 commit, 2 abort
     EpochCause decision_cause_ = EpochCause::kLost;
     uint64_t tx_bytes_ = 0, rx_bytes_ = 0, swapped_bytes_ = 0;

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "collectives/buffer_pool.hpp"
+
 namespace pccl {
 namespace {
 constexpr int kEarlyRoute = 1;
@@ -10,7 +12,7 @@ constexpr int kEarlyRoute = 1;
 void OpRouter::deliver(Collective& op, const Early& e) {
     try {
         RecvTarget t = op.target_for(e.from, e.header);
-        if (t.dst && e.header.length) std::memcpy(t.dst, e.payload->data(), e.header.length);
+        if (t.dst && e.header.length) std::memcpy(t.dst, e.payload.get(), e.header.length);
         op.on_frame(e.from, e.header);
     } catch (const Error& err) {
         op.fail(FailureKind::kLinkBroken, std::string("protocol violation from a peer: ") + err.what(), e.from);
@@ -60,8 +62,10 @@ RecvTarget OpRouter::on_header(int from, const FrameHeader& h) {
             if (early_bytes_ + h.length > kMaxEarlyBytes)
                 throw ProtocolError("peer is too far ahead: more than 2 GiB of frames for operations not started here");
             early_bytes_ += h.length;
-            auto buf = std::make_shared<std::vector<uint8_t>>(h.length);
-            return RecvTarget{buf->data(), buf, kEarlyRoute};
+            // Pooled and not zeroed: with peers a millisecond apart every op meets a few early
+            // pieces, and fresh zeroed blocks of this size cost page faults and unmaps each time.
+            std::shared_ptr<uint8_t[]> buf = acquire_buffer(h.length);
+            return RecvTarget{buf.get(), buf, kEarlyRoute};
         }
     }
     return op->target_for(from, h);
@@ -80,7 +84,7 @@ void OpRouter::on_frame(int from, const FrameHeader& h, RecvTarget& target) {
         op->on_frame(from, h);
         return;
     }
-    Early e{from, h, std::static_pointer_cast<std::vector<uint8_t>>(target.keep)};
+    Early e{from, h, std::shared_ptr<uint8_t[]>(target.keep, static_cast<uint8_t*>(target.keep.get()))};
     if (it != ops_.end()) {
         early_bytes_ -= h.length;
         deliver(*it->second, e);

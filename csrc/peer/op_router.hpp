@@ -33,7 +33,7 @@ private:
     struct Early {
         int from;
         FrameHeader header;
-        std::shared_ptr<std::vector<uint8_t>> payload;
+        std::shared_ptr<uint8_t[]> payload;
     };
     static void deliver(Collective& op, const Early& e);
 

@@ -58,6 +58,7 @@ Mesh::~Mesh() { shutdown(); }
 void Mesh::start() {
     started_ = true;
     thread_ = std::thread([this] {
+        io_thread_.store(std::this_thread::get_id());
         name_this_thread("pccl-mesh");
         loop();
     });
@@ -94,6 +95,12 @@ void Mesh::send(int rank, int conn_index, const FrameHeader& h, const void* data
     // queue is empty: only the first entry needs a wake. Saves a system call and a thread wake-up per
     // pipelined piece.
     if (!was_empty) return;
+    // The I/O thread itself queues forwarded pieces and completion notices while it handles a read;
+    // it writes them before it next waits, without a system call to wake itself.
+    if (std::this_thread::get_id() == io_thread_.load(std::memory_order_relaxed)) {
+        self_queued_ = true;
+        return;
+    }
     uint64_t one = 1;
     (void)!::write(wake_.get(), &one, sizeof one);
 }
@@ -261,8 +268,9 @@ void Mesh::loop() {
     const double keepalive_every = heartbeat_timeout_ / 4.0;
     std::vector<epoll_event> events(64);
     while (!stop_ && !failed_) {
+        // A send this thread queued after the last write pass must not wait for the next event.
         int n = epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()),
-                           static_cast<int>(keepalive_every * 1000 / 2) + 1);
+                           self_queued_ ? 0 : static_cast<int>(keepalive_every * 1000 / 2) + 1);
         if (n < 0 && errno != EINTR) break;
         bool wake = false;
         for (int i = 0; i < n && !failed_; ++i) {
@@ -280,6 +288,10 @@ void Mesh::loop() {
                 if (!handle_write(c)) break;
         }
         if (stop_ || failed_) break;
+        if (self_queued_) {
+            self_queued_ = false;
+            wake = true;
+        }
         if (wake) {
             for (auto& c : conns_) {
                 bool has;

@@ -105,6 +105,8 @@ private:
     std::mutex mutex_;
     std::mutex shutdown_mutex_;  // the op thread and the control thread may both stop a mesh
     std::thread thread_;
+    std::atomic<std::thread::id> io_thread_{};
+    bool self_queued_ = false;  // the I/O thread queued a send itself: write before waiting again
     std::atomic<bool> stop_{false};
     std::atomic<bool> failed_{false};
     bool started_ = false;

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
 
 _STEAL_WARN = 0.05  # steal share above which a size's numbers are flagged
+_INTERVAL = 0.90  # confidence of the interval given for each pccl/gloo ratio
 
 
 def fmt_size(n: int) -> str:
@@ -34,6 +37,25 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
 
 
+def ratio_interval(pccl_times: Sequence[float], gloo_times: Sequence[float], level: float = _INTERVAL,
+                   resamples: int = 4000, seed: int = 0) -> Tuple[float, float]:
+    """Bootstrap interval of the busbw ratio (gloo's median time / pccl's) at confidence `level`.
+
+    A single ratio cannot say whether a few percent either way is the code or the machine: on a shared
+    VM, iterations of one size spread by tens of percent. Resampling each backend's own iterations shows
+    how far the ratio of medians moves with that spread; when the interval contains 1.0 the run cannot
+    tell the two apart. Seeded, so a report is reproducible from its JSON.
+    """
+    p, g = np.asarray(pccl_times, dtype=float), np.asarray(gloo_times, dtype=float)
+    if p.size == 0 or g.size == 0 or (p <= 0).any() or (g <= 0).any():
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    p_med = np.median(rng.choice(p, (resamples, p.size)), axis=1)
+    g_med = np.median(rng.choice(g, (resamples, g.size)), axis=1)
+    lo, hi = np.quantile(g_med / p_med, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def compare(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """pccl vs gloo per size (busbw and median latency ratios), and shared-state sync throughput vs
     pccl's all-reduce busbw."""
@@ -47,6 +69,7 @@ def compare(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if g is not None:
             row["busbw_ratio"] = _ratio(p["busbw_GBps"], g["busbw_GBps"])
             row["latency_ratio"] = _ratio(p["median_s"], g["median_s"])
+            row["busbw_ratio_interval"] = list(ratio_interval(p["times_s"], g["times_s"]))
         st = by.get(("state", size))
         if st is not None:
             row["state_ratio"] = _ratio(st["busbw_GBps"], p["busbw_GBps"])
@@ -104,14 +127,19 @@ def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
         lines += [f"{fmt_size(c['size_bytes']):>9}  {c['state_ratio']:>16.2f}x" for c in state_rows]
     rows = [c for c in data.get("comparison") or [] if "busbw_ratio" in c]
     if rows:
+        level = f"{_INTERVAL * 100:.0f}%"
         lines += ["", "pccl vs gloo (busbw ratio > 1: pccl faster; latency ratio < 1: pccl faster)",
-                  f"{'size':>9}  {'busbw pccl/gloo':>16} {'latency pccl/gloo':>18}"]
+                  f"interval: where the busbw ratio lies with {level} confidence, given how the iterations spread",
+                  f"{'size':>9}  {'busbw pccl/gloo':>16} {level + ' interval':>14} {'latency pccl/gloo':>18}"]
         slower = []
         for c in rows:
-            lines.append(f"{fmt_size(c['size_bytes']):>9}  {c['busbw_ratio']:>15.2f}x {c['latency_ratio']:>17.2f}x")
+            lo, hi = c.get("busbw_ratio_interval") or (float("nan"), float("nan"))
+            lines.append(f"{fmt_size(c['size_bytes']):>9}  {c['busbw_ratio']:>15.2f}x {f'{lo:.2f}-{hi:.2f}':>14} "
+                         f"{c['latency_ratio']:>17.2f}x")
             if c["latency_ratio"] > 1.0:
+                noise = (f", within noise: the {level} interval reaches {hi:.2f}" if hi >= 1.0 else "")
                 slower.append(f"{fmt_size(c['size_bytes'])} ({c['latency_ratio']:.2f}x gloo's time, "
-                              f"{(1 - c['busbw_ratio']) * 100:.0f}% less busbw)")
+                              f"{(1 - c['busbw_ratio']) * 100:.0f}% less busbw{noise})")
         lines.append("")
         lines.append("pccl slower than gloo at: " + ", ".join(slower) if slower else "pccl is not slower than gloo "
                      "at any size measured")
