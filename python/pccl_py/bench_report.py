@@ -69,7 +69,7 @@ def compare(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if g is not None:
             row["busbw_ratio"] = _ratio(p["busbw_GBps"], g["busbw_GBps"])
             row["latency_ratio"] = _ratio(p["median_s"], g["median_s"])
-            row["busbw_ratio_interval"] = list(ratio_interval(p["times_s"], g["times_s"]))
+            row["busbw_ratio_interval"] = list(ratio_interval(p.get("times_s") or [], g.get("times_s") or []))
         st = by.get(("state", size))
         if st is not None:
             row["state_ratio"] = _ratio(st["busbw_GBps"], p["busbw_GBps"])
