@@ -154,11 +154,17 @@ void Collective::run_piece(uint32_t slot, size_t piece) {
             cv_.notify_all();
             return;
         }
-        progress_ = OpProgress::kDataDone;
-        done_announced_ = true;
-        outstanding_ += world_ - 1;
+        if (!claim_done_notices()) return;
     }
     send_done_notices();
+}
+
+bool Collective::claim_done_notices() {
+    progress_ = OpProgress::kDataDone;
+    if (done_announced_) return false;
+    done_announced_ = true;
+    outstanding_ += world_ - 1;
+    return true;
 }
 
 void Collective::send_done_notices() {
@@ -261,10 +267,7 @@ void Collective::execute(TimePoint deadline) {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         check_interrupt();
-        progress_ = OpProgress::kDataDone;
-        announce = !done_announced_;
-        if (announce) outstanding_ += world_ - 1;
-        done_announced_ = true;
+        announce = claim_done_notices();
     }
     if (announce) send_done_notices();
     std::unique_lock<std::mutex> lock(mutex_);

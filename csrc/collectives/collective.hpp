@@ -144,6 +144,8 @@ protected:
 private:
     void check_interrupt();  // with mutex_ held
     void run_piece(uint32_t slot, size_t piece);
+    // With mutex_ held: marks the data phase done; true if the caller is the one to send the notices.
+    bool claim_done_notices();
     void send_done_notices();
     FrameHeader make_header(FrameType type, uint32_t slot, uint64_t offset, uint32_t length) const;
 
