@@ -31,12 +31,25 @@ Mesh::Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<M
     ev.events = EPOLLIN;
     ev.data.u64 = UINT64_MAX;
     epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+    // Whether lending payloads pays depends on how many members share this machine's CPUs.
+    std::vector<bool> on_this_host(conns.size(), false);
+    int members_here = 1;
+    for (size_t r = 0; r < conns.size(); ++r) {
+        if (conns[r].empty()) continue;
+        on_this_host[r] = peer_on_this_host(conns[r].front().get());
+        members_here += on_this_host[r];
+    }
+    if (members_here > 1 && !PageSender::worth_lending(true, members_here))
+        PCCL_DEBUG("mesh", "epoch %llu: %d members on this host: payloads between them are copied, not lent",
+                   (unsigned long long)epoch, members_here);
     auto now = Clock::now();
     for (size_t r = 0; r < conns.size(); ++r) {
+        const bool lend_ok = PageSender::worth_lending(on_this_host[r], members_here);
         for (auto& fd : conns[r]) {
             auto c = std::make_unique<Conn>();
             c->fd = std::move(fd);
             c->rank = static_cast<int>(r);
+            c->lend_ok = lend_ok;
             c->id = conns_.size();
             c->last_rx = c->last_tx = now;
             set_nonblocking(c->fd.get(), true);
@@ -87,7 +100,7 @@ void Mesh::send(int rank, int conn_index, const FrameHeader& h, const void* data
         std::lock_guard<std::mutex> lock(mutex_);
         was_empty = conns_[ci]->queue.empty();
         // Small payloads are cheaper to copy than to lend.
-        bool lend = by_reference && h.length >= PageSender::kMinBytes && PageSender::enabled();
+        bool lend = by_reference && h.length >= PageSender::kMinBytes && conns_[ci]->lend_ok;
         conns_[ci]->queue.push_back(SendReq{h, static_cast<const uint8_t*>(data), 0, std::move(completion), lend});
     }
     // A non-empty queue is already the I/O thread's business (it is writing it, waiting for EPOLLOUT,

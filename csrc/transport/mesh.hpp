@@ -86,6 +86,7 @@ private:
         RecvTarget rx_target;
         TimePoint last_rx, last_tx;
         std::unique_ptr<PageSender> pages;  // I/O thread only; made on the first payload lent
+        bool lend_ok = false;               // PageSender::worth_lending for this peer; fixed at construction
     };
 
     void loop();

@@ -8,8 +8,9 @@
 // which can be long after the send "completed". Only payloads whose memory stays unmodified until the
 // receiving peer has acknowledged them may go this way. Collectives satisfy it: nothing they send is
 // written again before every member has reported, in the completion exchange, that it received
-// everything; and a failed op's bytes are never used by anyone. Setting PCCL_ZERO_COPY_SEND=0 in the
-// environment sends everything by copy.
+// everything; and a failed op's bytes are never used by anyone.
+//
+// Lending is not always cheaper: see worth_lending().
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -23,8 +24,10 @@ public:
     // Payloads smaller than this are copied: below it the system calls cost more than the copy.
     static constexpr size_t kMinBytes = 64u << 10;
 
-    // False when the environment says PCCL_ZERO_COPY_SEND=0.
-    static bool enabled();
+    // Whether payloads on a connection should be lent. PCCL_ZERO_COPY_SEND=0 in the environment: never;
+    // =1: always. Unset: always, except to a peer on this host when this host runs more members of the
+    // group than this process may use CPUs; there the copy is cheaper (page_sender.cpp says why).
+    static bool worth_lending(bool peer_on_this_host, int members_on_this_host);
 
     enum class Status {
         kDone,         // everything handed to the socket

@@ -143,6 +143,11 @@ static std::string addr_string(int fd, bool local) {
 std::string local_ip(int fd) { return addr_string(fd, true); }
 std::string peer_ip(int fd) { return addr_string(fd, false); }
 
+bool peer_on_this_host(int fd) {
+    std::string peer = peer_ip(fd);
+    return !peer.empty() && (peer.rfind("127.", 0) == 0 || peer == local_ip(fd));
+}
+
 bool send_all(int fd, const void* data, size_t len, TimePoint deadline) {
     auto* p = static_cast<const uint8_t*>(data);
     while (len > 0) {

@@ -53,6 +53,9 @@ void set_nodelay(int fd);
 void set_nonblocking(int fd, bool on);
 std::string local_ip(int fd);
 std::string peer_ip(int fd);
+// True when the connected peer is a process on this machine: its address is a loopback address or the
+// address of this end.
+bool peer_on_this_host(int fd);
 
 // Blocking send with a deadline: false on timeout, Error(kIo) on error.
 bool send_all(int fd, const void* data, size_t len, TimePoint deadline);
