@@ -12,51 +12,40 @@
 namespace pccl {
 namespace {
 
-template <typename T, typename Conv>
-PCCL_KERNEL void encode_16(const void* src, size_t n, uint8_t* wire, Conv conv) {
+// 16-bit formats: eight elements at a time, then the scalar conversions for the tail (the same bits).
+template <typename T, bool BF16>
+PCCL_KERNEL void encode_16(const void* src, size_t n, uint8_t* wire) {
     auto* s = static_cast<const T*>(src);
-    for (size_t i = 0; i < n; ++i) {
-        uint16_t h = conv(static_cast<float>(s[i]));
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f f;
+        v8u h;
+        load8(s + i, f);
+        float_to_half8<BF16>(f, h);
+        store8_low_u16(h, wire + 2 * i);
+    }
+    for (; i < n; ++i) {
+        uint16_t h = float_to_half<BF16>(static_cast<float>(s[i]));
         std::memcpy(wire + 2 * i, &h, 2);
     }
 }
 
-template <typename T, typename Conv>
-PCCL_KERNEL void decode_16(const uint8_t* wire, size_t n, void* dst, Conv conv) {
+template <typename T, bool BF16>
+PCCL_KERNEL void decode_16(const uint8_t* wire, size_t n, void* dst) {
     auto* d = static_cast<T*>(dst);
-    for (size_t i = 0; i < n; ++i) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8u h;
+        v8f f;
+        load8_u16(wire + 2 * i, h);
+        half_to_float8<BF16>(h, f);
+        store8(f, d + i);
+    }
+    for (; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, wire + 2 * i, 2);
-        d[i] = static_cast<T>(conv(h));
+        d[i] = static_cast<T>(half_to_float<BF16>(h));
     }
-}
-
-// GCC/Clang vector extensions: explicit 8-lane arithmetic that compiles to AVX2 in the avx2 clone and
-// to pairs of SSE operations in the baseline one, with the same IEEE operations per lane either way.
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef uint8_t v8b __attribute__((vector_size(8)));
-
-// An out-parameter rather than a return value: returning a 32-byte vector from a function compiled
-// without AVX would change the calling convention.
-template <typename T>
-inline void load8(const T* p, v8f& out) {
-    // Unaligned vector loads through an under-aligned vector type: a memcpy into `out` was lowered
-    // to two 16-byte stores and a 32-byte reload, a store-forwarding stall on every load.
-    typedef T v8t __attribute__((vector_size(8 * sizeof(T)), aligned(alignof(T)), may_alias));
-    if constexpr (std::is_same_v<T, float>)
-        out = *reinterpret_cast<const v8t*>(p);
-    else
-        out = __builtin_convertvector(*reinterpret_cast<const v8t*>(p), v8f);
-}
-
-template <typename T>
-inline void store8(const v8f& v, T* p) {
-    typedef T v8t __attribute__((vector_size(8 * sizeof(T)), aligned(alignof(T)), may_alias));
-    if constexpr (std::is_same_v<T, float>)
-        *reinterpret_cast<v8t*>(p) = v;
-    else
-        *reinterpret_cast<v8t*>(p) = __builtin_convertvector(v, v8t);
 }
 
 // Stores the low byte of each lane of four code vectors: 32 bytes, in order. Byte shuffles: GCC's
@@ -200,12 +189,23 @@ PCCL_KERNEL void decode_reduce_q8(const uint8_t* wire, size_t n, const T* mine, 
     });
 }
 
-template <typename T, ReduceOp OP, typename Conv>
-PCCL_KERNEL void decode_reduce_16(const uint8_t* wire, size_t n, const T* mine, T* out, Conv conv) {
-    for (size_t i = 0; i < n; ++i) {
+template <typename T, ReduceOp OP, bool BF16>
+PCCL_KERNEL void decode_reduce_16(const uint8_t* wire, size_t n, const T* mine, T* out) {
+    size_t i = 0;
+    if constexpr (std::is_same_v<T, float>)
+        for (; i + 8 <= n; i += 8) {
+            v8u h;
+            v8f decoded, m, r;
+            load8_u16(wire + 2 * i, h);
+            half_to_float8<BF16>(h, decoded);
+            load8(mine + i, m);
+            combine8<OP>(decoded, m, r);
+            store8(r, out + i);
+        }
+    for (; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, wire + 2 * i, 2);
-        out[i] = combine<T, OP>(static_cast<T>(conv(h)), mine[i]);
+        out[i] = combine<T, OP>(static_cast<T>(half_to_float<BF16>(h)), mine[i]);
     }
 }
 
@@ -215,8 +215,8 @@ void decode_reduce_typed(Quant q, const uint8_t* wire, size_t n, const void* min
     auto* o = static_cast<T*>(out);
     switch (q) {
         case Quant::kQ8: return decode_reduce_q8<T, OP>(wire, n, m, o);
-        case Quant::kFp16: return decode_reduce_16<T, OP>(wire, n, m, o, fp16_to_float);
-        case Quant::kBf16: return decode_reduce_16<T, OP>(wire, n, m, o, bf16_to_float);
+        case Quant::kFp16: return decode_reduce_16<T, OP, false>(wire, n, m, o);
+        case Quant::kBf16: return decode_reduce_16<T, OP, true>(wire, n, m, o);
         default: break;
     }
 }
@@ -265,10 +265,8 @@ void encode(Quant q, DType t, const void* src, size_t elems, uint8_t* wire) {
     bool f64 = t == DType::kFloat64;
     switch (q) {
         case Quant::kNone: std::memcpy(wire, src, elems * dtype_size(t)); return;
-        case Quant::kFp16:
-            return f64 ? encode_16<double>(src, elems, wire, float_to_fp16) : encode_16<float>(src, elems, wire, float_to_fp16);
-        case Quant::kBf16:
-            return f64 ? encode_16<double>(src, elems, wire, float_to_bf16) : encode_16<float>(src, elems, wire, float_to_bf16);
+        case Quant::kFp16: return f64 ? encode_16<double, false>(src, elems, wire) : encode_16<float, false>(src, elems, wire);
+        case Quant::kBf16: return f64 ? encode_16<double, true>(src, elems, wire) : encode_16<float, true>(src, elems, wire);
         case Quant::kQ8: return f64 ? encode_q8<double>(src, elems, wire) : encode_q8<float>(src, elems, wire);
         case Quant::kCount: break;
     }
@@ -285,10 +283,8 @@ void decode(Quant q, DType t, const uint8_t* wire, size_t elems, void* dst) {
     bool f64 = t == DType::kFloat64;
     switch (q) {
         case Quant::kNone: std::memcpy(dst, wire, elems * dtype_size(t)); return;
-        case Quant::kFp16:
-            return f64 ? decode_16<double>(wire, elems, dst, fp16_to_float) : decode_16<float>(wire, elems, dst, fp16_to_float);
-        case Quant::kBf16:
-            return f64 ? decode_16<double>(wire, elems, dst, bf16_to_float) : decode_16<float>(wire, elems, dst, bf16_to_float);
+        case Quant::kFp16: return f64 ? decode_16<double, false>(wire, elems, dst) : decode_16<float, false>(wire, elems, dst);
+        case Quant::kBf16: return f64 ? decode_16<double, true>(wire, elems, dst) : decode_16<float, true>(wire, elems, dst);
         case Quant::kQ8: return f64 ? decode_q8<double>(wire, elems, dst) : decode_q8<float>(wire, elems, dst);
         case Quant::kCount: break;
     }

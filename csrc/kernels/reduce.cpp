@@ -23,12 +23,20 @@ PCCL_KERNEL void reduce_half(void* dst, const void* a, const void* b, size_t n) 
     auto* d = static_cast<uint16_t*>(dst);
     auto* x = static_cast<const uint16_t*>(a);
     auto* y = static_cast<const uint16_t*>(b);
-    for (size_t i = 0; i < n; ++i) {
-        float fa = BF16 ? bf16_to_float(x[i]) : fp16_to_float(x[i]);
-        float fb = BF16 ? bf16_to_float(y[i]) : fp16_to_float(y[i]);
-        float r = combine<float, OP>(fa, fb);
-        d[i] = BF16 ? float_to_bf16(r) : float_to_fp16(r);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8u hx, hy, hr;
+        v8f fa, fb, r;
+        load8_u16(x + i, hx);
+        load8_u16(y + i, hy);
+        half_to_float8<BF16>(hx, fa);
+        half_to_float8<BF16>(hy, fb);
+        combine8<OP>(fa, fb, r);
+        float_to_half8<BF16>(r, hr);
+        store8_low_u16(hr, d + i);
     }
+    for (; i < n; ++i)
+        d[i] = float_to_half<BF16>(combine<float, OP>(half_to_float<BF16>(x[i]), half_to_float<BF16>(y[i])));
 }
 
 template <ReduceOp OP>
@@ -64,13 +72,20 @@ PCCL_KERNEL void divide_plain(void* data, size_t n, size_t world) {
 }
 
 template <bool BF16>
-void divide_half(void* data, size_t n, size_t world) {
+PCCL_KERNEL void divide_half(void* data, size_t n, size_t world) {
     auto* p = static_cast<uint16_t*>(data);
     float w = static_cast<float>(world);
-    for (size_t i = 0; i < n; ++i) {
-        float v = (BF16 ? bf16_to_float(p[i]) : fp16_to_float(p[i])) / w;
-        p[i] = BF16 ? float_to_bf16(v) : float_to_fp16(v);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8u h;
+        v8f f;
+        load8_u16(p + i, h);
+        half_to_float8<BF16>(h, f);
+        f = f / w;
+        float_to_half8<BF16>(f, h);
+        store8_low_u16(h, p + i);
     }
+    for (; i < n; ++i) p[i] = float_to_half<BF16>(half_to_float<BF16>(p[i]) / w);
 }
 
 }  // namespace
