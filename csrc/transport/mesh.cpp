@@ -39,12 +39,14 @@ Mesh::Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<M
         on_this_host[r] = peer_on_this_host(conns[r].front().get());
         members_here += on_this_host[r];
     }
-    if (members_here > 1 && !PageSender::worth_lending(true, members_here))
+    const bool lend_here = PageSender::worth_lending(true, members_here);
+    const bool lend_away = PageSender::worth_lending(false, members_here);
+    if (members_here > 1 && !lend_here)
         PCCL_DEBUG("mesh", "epoch %llu: %d members on this host: payloads between them are copied, not lent",
                    (unsigned long long)epoch, members_here);
     auto now = Clock::now();
     for (size_t r = 0; r < conns.size(); ++r) {
-        const bool lend_ok = PageSender::worth_lending(on_this_host[r], members_here);
+        const bool lend_ok = on_this_host[r] ? lend_here : lend_away;
         for (auto& fd : conns[r]) {
             auto c = std::make_unique<Conn>();
             c->fd = std::move(fd);
