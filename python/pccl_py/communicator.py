@@ -16,8 +16,7 @@ from .errors import InvalidArgumentError
 from .ops import Algorithm, ReduceInfo, ReduceOp
 from . import shared_state as _shared_state
 
-# Tags from here up belong to pccl_py's own collectives (shared-state sync); user ops cannot collide.
-MAX_USER_TAG = 0xFFFF0000
+from .tags import MAX_USER_TAG  # tags from here up belong to pccl_py's own collectives
 
 _ALGORITHMS = {"auto": Algorithm.AUTO, "ring": Algorithm.RING, "star": Algorithm.STAR}
 # Wire codes, shared with csrc/kernels/codec.hpp.
@@ -236,6 +235,12 @@ class Communicator:
         """all_reduce on a reserved tag, for pccl_py's own multi-step collectives."""
         args, _keep = self._prepare(x, None, op, tag, "auto", None, max_tag=2**32)
         return ReduceInfo.from_core(self._core.all_reduce(*args))
+
+    def _internal_all_reduce_async(self, x: Any, *, op: ReduceOp, tag: int, out: Any = None,
+                                   quantization: Optional[str] = None) -> AllReduceHandle:
+        """all_reduce_async on a reserved tag (pccl_py.tags), for the library's own protocols."""
+        args, keep = self._prepare(x, out, op, tag, "auto", quantization, max_tag=2**32)
+        return AllReduceHandle(self._core.all_reduce_async(*args), keep)
 
     def all_reduce_async(self, x: Any, *, op: ReduceOp = ReduceOp.SUM, out: Any = None, tag: int = 0,
                          algorithm: Union[str, Algorithm] = "auto",

@@ -32,9 +32,8 @@ from . import _core
 from .buffers import Buffer, describe
 from .errors import InvalidArgumentError, MismatchError, PeerLostError, SharedStateError
 from .ops import ReduceOp
+from .tags import STATE_TAG
 
-# The top of the tag space is reserved for pccl_py's own collectives (see Communicator.all_reduce).
-STATE_TAG = 0xFFFFFFFF
 _NO_REVISION = (1 << 64) - 1
 _HEADER_WORDS = 8
 _MAX_ATTEMPTS = 20
@@ -130,6 +129,9 @@ class SyncInfo:
     retries: int = 0  # restarts after a peer loss or membership change mid-sync
     rounds: int = 0   # exchange rounds; more than one means an entry failed verification and was re-fetched
     failovers: int = 0  # restarts because a peer was lost while bytes were moving
+    # Everything this sync sent and received, its table gathers and verification rounds included.
+    total_tx_bytes: int = 0
+    total_rx_bytes: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +353,20 @@ class _Restart(Exception):
     """The gathered tables do not describe one consistent membership: start the sync over."""
 
 
-def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes) -> Tuple[List[PeerMeta], int, int]:
+class _Traffic:
+    """Bytes a sync moved in all its collectives, failed attempts excluded (their ops did not report)."""
+
+    def __init__(self) -> None:
+        self.tx = self.rx = 0
+
+    def add(self, info: Any) -> Any:
+        self.tx += info.tx_bytes
+        self.rx += info.rx_bytes
+        return info
+
+
+def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes,
+                   traffic: _Traffic) -> Tuple[List[PeerMeta], int, int]:
     world = comm.world_size
     header = np.zeros((world, _HEADER_WORDS), dtype=np.uint64)
     rank = comm.rank
@@ -360,7 +375,7 @@ def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes) -> Tuple[List
     header[rank] = header_row
     header[rank, 1] = comm.epoch
     header[rank, 2] = rank
-    info = comm._internal_all_reduce(header, ReduceOp.SUM, STATE_TAG)
+    info = traffic.add(comm._internal_all_reduce(header, ReduceOp.SUM, STATE_TAG))
     if info.world_size != world or info.rank != rank:
         raise _Restart()
     for i in range(world):
@@ -371,7 +386,7 @@ def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes) -> Tuple[List
     width = int(header[:, 6].max())
     blobs = np.zeros((world, width), dtype=np.uint8)
     blobs[rank, :len(blob)] = np.frombuffer(blob, dtype=np.uint8)
-    info2 = comm._internal_all_reduce(blobs, ReduceOp.SUM, STATE_TAG)
+    info2 = traffic.add(comm._internal_all_reduce(blobs, ReduceOp.SUM, STATE_TAG))
     if info2.epoch != info.epoch:
         raise _Restart()
     peers = []
@@ -430,9 +445,10 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
     # Restarts: a member died or the membership changed under the sync. A MismatchError can only come
     # from members that sized a table for different memberships, so it restarts too.
     restart = (_Restart, PeerLostError, MismatchError)
+    traffic = _Traffic()
     for attempt in range(_MAX_ATTEMPTS):
         try:
-            peers, epoch, rank = _gather_tables(comm, row, blob)
+            peers, epoch, rank = _gather_tables(comm, row, blob, traffic)
         except restart as exc:
             last_error = exc
             continue
@@ -442,7 +458,7 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
             raise cls(msg)
         seen_revision = plan.revision
         try:
-            received, t, r, rounds = _transfer(comm, plan, peers, epoch, rank, bufs)
+            received, t, r, rounds = _transfer(comm, plan, peers, epoch, rank, bufs, traffic)
         except restart as exc:
             failovers += isinstance(exc, PeerLostError)
             last_error = exc
@@ -460,7 +476,8 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
         state.revision = plan.revision
         comm._state_revision = plan.revision
         return SyncInfo(revision=plan.revision, tx_bytes=tx, rx_bytes=rx, received_keys=sorted(received),
-                        retries=attempt, rounds=rounds, failovers=failovers)
+                        retries=attempt, rounds=rounds, failovers=failovers,
+                        total_tx_bytes=traffic.tx, total_rx_bytes=traffic.rx)
     raise PeerLostError(f"sync_shared_state: the membership kept changing; gave up after {_MAX_ATTEMPTS} attempts "
                         f"(last error: {last_error}); your tensors are unchanged")
 
@@ -470,7 +487,7 @@ def _shape(tensor: Any) -> Tuple[int, ...]:
 
 
 def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, rank: int,
-              bufs: Mapping[str, Buffer]) -> Tuple[Optional[Dict[str, np.ndarray]], int, int, int]:
+              bufs: Mapping[str, Buffer], traffic: _Traffic) -> Tuple[Optional[Dict[str, np.ndarray]], int, int, int]:
     """Runs the exchange rounds. Returns (verified staging buffers of this peer, or None if some entry
     could not be verified; tx bytes; rx bytes; rounds run)."""
     sizes = {k.name: k.nbytes for k in peers[0].keys}
@@ -490,6 +507,8 @@ def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, 
         result = comm._core.exchange(STATE_TAG, epoch, _plan_digest(transfers, round_index), len(transfers), sends, recvs)
         tx += result["tx_bytes"]
         rx += result["rx_bytes"]
+        traffic.tx += result["tx_bytes"]
+        traffic.rx += result["rx_bytes"]
         arrived = sorted({t.key for t in transfers if t.dst == rank})
         bad = [name for name in arrived
                if _core.content_hash(staging[name].ctypes.data, sizes[name]) != plan.target_hash[name]]
@@ -501,7 +520,7 @@ def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, 
         table = np.zeros((len(peers), len(keys)), dtype=np.uint8)
         for name in bad:
             table[rank, keys.index(name)] = 1
-        info = comm._internal_all_reduce(table, ReduceOp.MAX, STATE_TAG)
+        info = traffic.add(comm._internal_all_reduce(table, ReduceOp.MAX, STATE_TAG))
         if info.epoch != epoch:
             raise _Restart()
         failed = {r: [keys[j] for j in np.flatnonzero(table[r])] for r in range(len(peers)) if table[r].any()}

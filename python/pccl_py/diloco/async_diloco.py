@@ -1,0 +1,97 @@
+"""AsyncDiLoCo: the reduce of round t runs behind round t+1's compute; its update lands one round late.
+
+Why this exists: on a slow link the synchronous reduce leaves every peer idle for as long as the
+network needs. Here, at the end of round t, a peer starts reducing round t's pseudo-gradient in the
+background and immediately trains round t+1 from the global parameters it has; at the end of round
+t+1 it collects round t's average (by then usually complete), applies it, and starts round t+1's
+reduce. The caller blocks only for what is left of the reduce, the outer update and the boundary
+sync. Each round's pseudo-gradient is measured from where that round started (the anchor), so the
+delayed update is still an honest average of what the peers learnt.
+
+The traps:
+- Admission must not change the membership under a reduce in flight: the in-flight reduce is
+  finished first, then the group votes and syncs, then the next reduce starts, with the newcomer.
+- The newcomer trained nothing for the reduce that starts right after its admission: it joins it
+  with weight 0 (zeros), so it does not dilute the average (see reduce.py). The founders do the same
+  right after they construct, which keeps every member's op sequence identical.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..errors import InvalidArgumentError
+from .base import _OUTER, OuterLoop
+from .reduce import FinishedReduce, ReduceResult
+from .report import OuterStepReport
+
+
+class AsyncDiLoCo(OuterLoop):
+    """DiLoCo with the outer update of round t applied at the end of round t+1 (same arguments as
+    DiLoCo); the reduce runs in the background meanwhile."""
+
+    def __init__(self, model: Any, inner_optimizer: Any, comm: Any, sync_every: int = 50, outer_lr: float = 0.7,
+                 outer_momentum: float = 0.9, nesterov: bool = True, quantization: Optional[str] = None,
+                 error_feedback: bool = True) -> None:
+        super().__init__(model, inner_optimizer, comm, sync_every=sync_every, outer_lr=outer_lr,
+                         outer_momentum=outer_momentum, nesterov=nesterov, quantization=quantization,
+                         error_feedback=error_feedback, anchors=True)
+        frag = self.fragments[0]
+        self._inflight: Any = self._start_reduce(frag, None, weight=0)
+
+    def _after_inner_step(self, inner_step: int) -> Optional[OuterStepReport]:
+        if inner_step % self.sync_every:
+            return None
+        t0 = time.monotonic()
+        frag = self.fragments[0]
+        result = self._inflight.wait()
+        self._inflight = None
+        self._apply(frag, result)
+        if result.contributors > 0:
+            self._counters[_OUTER] += 1
+        boundary = self._boundary(result.pending)
+        assert frag.anchor is not None
+        self._inflight = self._start_reduce(frag, frag.anchor)
+        frag.write_model(frag.global_)
+        frag.anchor.copy_(frag.global_)
+        return self._report(self.outer_step, result, boundary=boundary, blocked=time.monotonic() - t0)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """As DiLoCo's, plus the reduce of the last round: waited for, so the checkpoint holds its
+        result and a restored run applies exactly what this one would have."""
+        state = super().state_dict()
+        result = self._inflight.wait()
+        state["inflight"] = {"sum": self.fragments[0].recv.clone(), "contributors": result.contributors,
+                             "pending": result.pending, "world_size": result.world_size}
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        saved = state.get("inflight") if isinstance(state, dict) else None
+        recv = self.fragments[0].recv
+        if not isinstance(saved, dict) or not isinstance(saved.get("sum"), torch.Tensor) \
+                or saved["sum"].shape != recv.shape or saved["sum"].dtype != recv.dtype:
+            raise InvalidArgumentError("not an AsyncDiLoCo state_dict of this model: the in-flight reduce is missing or "
+                                       "has another shape")
+        self._inflight.wait()  # our own zero-weight reduce must not write recv after the copy below
+        super().load_state_dict(state)
+        recv.copy_(saved["sum"])
+        now = time.monotonic()
+        self._inflight = FinishedReduce(ReduceResult(
+            contributors=int(saved["contributors"]), pending=bool(saved["pending"]),
+            world_size=int(saved["world_size"]), epoch=self._comm.epoch, tx_bytes=0, rx_bytes=0, retries=0, lost=0,
+            started=now, finished=now))
+
+    def close(self) -> None:
+        """Waits for the reduce in flight (its result is dropped; errors are swallowed)."""
+        if self._inflight is not None:
+            try:
+                self._inflight.wait()
+            except Exception:  # noqa: BLE001 - closing: nothing will use the result
+                pass
+        super().close()
+
+
+__all__ = ["AsyncDiLoCo"]
