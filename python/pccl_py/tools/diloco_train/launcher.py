@@ -1,0 +1,371 @@
+"""The launcher: a master, N peer processes, churn, an emulated WAN, and the run's record.
+
+Why this exists: comparing training algorithms needs many runs that differ in one thing only, and
+each run needs real processes (a SIGKILL has to be a real SIGKILL) without leaving any behind. The
+launcher runs a ``pccl_py.Master`` in-process, starts the peers (``python -m
+pccl_py.tools.diloco_train.peer``), reads their JSON-line reports, kills and replaces peers under
+``--churn``, routes their traffic through :class:`pccl_py.wan.WanRelay` under ``--wan``, tells them
+when to stop, and writes the record (:mod:`.record`).
+
+The traps to avoid:
+
+- Leaving processes behind. Every peer is tracked by PID and SIGKILLed and reaped in a ``finally``;
+  peers also die with the launcher (``die_with_parent``) if it is killed itself; every wait has a
+  deadline, and the whole run a hard time limit.
+- Stopping peers at different steps. A time-limited run tells every live peer to stop at one inner
+  step on a sync boundary, far enough ahead (two outer steps) that no peer has passed it yet; peers
+  started later get it on their command line.
+- A newcomer still waiting to join when the group finishes would be admitted into the empty group
+  and start alone from scratch: once no peer is training any more, waiting newcomers are killed.
+- Importing torch here: the launcher only moves JSON, and torch costs seconds and hundreds of MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from . import record
+from .display import Display
+from .peer import MARK, PROGRESS_EVERY
+
+ALGOS = ("ddp", "diloco", "async", "streaming", "solo")
+LIVE = ("starting", "joining", "training")
+STOP_MARGIN = 2 * PROGRESS_EVERY  # inner steps beyond the fastest report before a stop takes effect
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the same cleanup as for Ctrl-C runs."""
+
+
+@dataclass
+class PeerProc:
+    index: int                 # order of start; slots are reused by newcomers
+    slot: int
+    role: str                  # "founder" or "newcomer"
+    proc: subprocess.Popen
+    started_t: float
+    status: str = "starting"   # starting -> joining -> training -> done | killed | failed | cut
+    joined_t: Optional[float] = None
+    ended_t: Optional[float] = None
+    joined_at_step: Optional[int] = None
+    inner_step: int = 0
+    outer_step: int = 0
+    world_size: int = 0
+    loss: Optional[float] = None
+    eval_loss: Optional[float] = None
+    tx_bytes: int = 0
+    longest_step_s: float = 0.0
+    eval_curve: list = field(default_factory=list)
+    outer_reports: list = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    error: str = ""
+    stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace, display: Display) -> None:
+        self.args = args
+        self.display = display
+        self.rng = random.Random(args.seed)
+        self.t0 = time.monotonic()
+        self.events: "queue.Queue[tuple[int, dict]]" = queue.Queue()
+        self.peers: list[PeerProc] = []
+        self.churn_events: list[dict] = []
+        self.problems: list[str] = []
+        self.master: Any = None
+        self.relay: Any = None
+        self.stop_at: Optional[int] = None
+        self.next_kill: Optional[float] = None
+        self.wall_seconds = 0.0
+        self.model_info: dict = {}  # the model's size and the corpus' digest, from the first peer that joined
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def live(self, *states: str) -> list[PeerProc]:
+        return [p for p in self.peers if p.status in (states or LIVE)]
+
+    def spawn(self, slot: int, role: str) -> PeerProc:
+        a = self.args
+        argv = [sys.executable, "-m", "pccl_py.tools.diloco_train.peer", "--slot", str(slot), "--algo", a.algo,
+                "--world-size", str(a.peers), "--inner-steps", str(self.stop_at or a.inner_steps),
+                "--sync-every", str(a.sync_every), "--fragments", str(a.fragments), "--overlap", str(a.overlap),
+                "--mixing", str(a.mixing),
+                "--quantization", a.quantization, "--outer-lr", str(a.outer_lr),
+                "--outer-momentum", str(a.outer_momentum), "--seed", str(a.seed), "--model", a.model,
+                "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--warmup", str(a.warmup),
+                "--eval-every", str(a.eval_every), "--eval-sequences", str(a.eval_sequences),
+                "--log-level", a.log_level, "--parent-pid", str(os.getpid())]
+        if self.master is not None:
+            argv += ["--master", self.master.address]
+        if role == "founder":
+            argv.append("--founder")
+        if a.no_error_feedback:
+            argv.append("--no-error-feedback")
+        if self.relay is not None:  # every peer advertises its relay port, so all peer traffic crosses the WAN
+            port = _free_port()
+            host, relay_port = self.relay.add_mapping(("127.0.0.1", 0), ("127.0.0.1", port))
+            argv += ["--listen-port", str(port), "--advertise-address", f"{host}:{relay_port}"]
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(x for x in (package_root, env.get("PYTHONPATH")) if x)
+        # A session of its own: a Ctrl-C in the terminal reaches only the launcher, which kills the peers.
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, bufsize=1, env=env, start_new_session=True)
+        p = PeerProc(len(self.peers), slot, role, proc, self.now())
+        self.peers.append(p)
+        threading.Thread(target=self._read_stdout, args=(p,), daemon=True).start()
+        threading.Thread(target=self._read_stderr, args=(p,), daemon=True).start()
+        return p
+
+    def _read_stdout(self, p: PeerProc) -> None:
+        assert p.proc.stdout is not None
+        for line in p.proc.stdout:
+            if line.startswith(MARK):
+                try:
+                    self.events.put((p.index, json.loads(line[len(MARK):])))
+                except ValueError:
+                    pass
+        self.events.put((p.index, {"event": "_eof"}))
+
+    def _read_stderr(self, p: PeerProc) -> None:
+        assert p.proc.stderr is not None
+        for line in p.proc.stderr:
+            p.stderr_tail.append(line.rstrip())
+
+    def tell(self, p: PeerProc, msg: dict) -> None:
+        try:
+            assert p.proc.stdin is not None
+            p.proc.stdin.write(json.dumps(msg) + "\n")
+            p.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # it died meanwhile; its end is reported by its stdout reader
+
+    def kill(self, p: PeerProc) -> None:
+        if p.proc.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            p.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            self.problems.append(f"slot {p.slot} (pid {p.pid}) did not die after SIGKILL")
+
+    # -- events from peers ---------------------------------------------------------------------------
+    def handle(self, p: PeerProc, ev: dict) -> None:
+        kind, t = ev.get("event"), self.now()
+        if kind == "started":
+            p.status = "joining" if p.status == "starting" else p.status
+        elif kind == "joined":
+            p.status, p.joined_t, p.joined_at_step = "training", t, ev["inner_step"]
+            p.inner_step, p.world_size = ev["inner_step"], ev["world_size"]
+            self.model_info = self.model_info or {"model": ev.get("model"), "text_sha256": ev.get("text_sha256")}
+            if p.role == "newcomer":
+                self.churn_events.append({"t": t, "kind": "join", "slot": p.slot, "pid": p.pid,
+                                          "inner_step": ev["inner_step"], "world_size": ev["world_size"]})
+                self.display.event(f"++ slot {p.slot}: newcomer pid {p.pid} joined at inner step {ev['inner_step']} "
+                                   f"(world size {ev['world_size']})")
+        elif kind == "progress":
+            p.inner_step, p.loss, p.tx_bytes = ev["inner_step"], ev["loss"], ev["tx_bytes"]
+            p.world_size, p.outer_step, p.longest_step_s = ev["world_size"], ev["outer_step"], ev["longest_step_s"]
+        elif kind == "eval":
+            p.eval_loss = ev["eval_loss"]
+            p.eval_curve.append({"inner_step": ev["inner_step"], "eval_loss": ev["eval_loss"],
+                                 "tx_bytes": ev["tx_bytes"], "t": round(t, 3)})
+        elif kind == "outer":
+            p.outer_reports.append({"t": round(t, 3), "inner_step": ev["inner_step"],
+                                    "step_seconds": ev["step_seconds"], **ev["report"]})
+            p.outer_step = ev["report"].get("outer_step", p.outer_step)
+            p.tx_bytes = ev.get("tx_total", p.tx_bytes)
+        elif kind == "done":
+            p.final, p.status, p.ended_t = ev, "done", t
+            p.inner_step, p.tx_bytes, p.longest_step_s = ev["inner_step"], ev["tx_bytes"], ev["longest_step_s"]
+        elif kind == "error":
+            p.error = f"{ev['error']}: {ev['message']}"
+        elif kind == "_eof" and p.status in LIVE:
+            p.proc.wait(timeout=10.0)
+            p.status, p.ended_t = "failed", t
+            tail = "\n    ".join(list(p.stderr_tail)[-8:])
+            self.problems.append(f"slot {p.slot} (pid {p.pid}) exited with code {p.proc.returncode} at inner step "
+                                 f"{p.inner_step}: {p.error or 'no error reported'}" + (f"\n    {tail}" if tail else ""))
+            self.display.event(f"!! slot {p.slot}: pid {p.pid} failed ({p.error or f'exit code {p.proc.returncode}'})")
+
+    # -- churn and stopping ----------------------------------------------------------------------------
+    def churn(self) -> None:
+        a = self.args
+        training = self.live("training")
+        if self.next_kill is None:
+            if len(training) == a.peers and all(p.status == "training" for p in self.peers):
+                self.next_kill = self.now() + a.churn_every * self.rng.uniform(0.75, 1.25)
+            return
+        if self.now() < self.next_kill:
+            return
+        near_end = max((p.inner_step for p in training), default=0) >= (self.stop_at or a.inner_steps) - 2 * a.sync_every
+        if near_end or len(training) < 2 or self.live("starting", "joining"):
+            self.next_kill = self.now() + 1.0  # not now: try again in a second
+            return
+        victim = self.rng.choice(training)
+        self.kill(victim)
+        victim.status, victim.ended_t = "killed", self.now()
+        self.churn_events.append({"t": victim.ended_t, "kind": "kill", "slot": victim.slot, "pid": victim.pid,
+                                  "inner_step": victim.inner_step})
+        self.display.event(f"xx slot {victim.slot}: SIGKILL pid {victim.pid} at inner step {victim.inner_step}")
+        newcomer = self.spawn(victim.slot, "newcomer")
+        self.churn_events.append({"t": self.now(), "kind": "start", "slot": newcomer.slot, "pid": newcomer.pid})
+        self.display.event(f".. slot {newcomer.slot}: newcomer pid {newcomer.pid} started, connecting")
+        self.next_kill = self.now() + a.churn_every * self.rng.uniform(0.75, 1.25)
+
+    def maybe_stop(self) -> None:
+        """Past 80% of the time limit: every peer stops at one inner step on a sync boundary."""
+        a = self.args
+        if self.stop_at is not None or self.now() < 0.8 * a.time_limit:
+            return
+        fastest = max((p.inner_step for p in self.live("training")), default=0)
+        boundary = 1 if a.algo in ("ddp", "solo") else a.sync_every
+        target = -(-(fastest + STOP_MARGIN) // boundary) * boundary
+        if target >= a.inner_steps:
+            return
+        self.stop_at = target
+        for p in self.live():
+            self.tell(p, {"cmd": "stop_at", "inner_step": target})
+        self.display.event(f"-- time limit: every peer stops at inner step {target}")
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        a = self.args
+        if a.algo != "solo":
+            import pccl_py  # noqa: PLC0415
+
+            self.master = pccl_py.Master("127.0.0.1", 0).start()
+        if a.wan is not None:
+            from pccl_py.wan import WanRelay  # noqa: PLC0415
+
+            self.relay = WanRelay(a.wan).start()
+        self.display.event(f"{a.peers} peers, --algo {a.algo}, master {self.master.address if self.master else '-'}"
+                           + (f", WAN {a.wan.describe()}" if a.wan is not None else ""))
+        for slot in range(a.peers):
+            self.spawn(slot, "founder")
+        hard_deadline = 1.2 * a.time_limit  # the peers are told to stop at 80%; this only catches hangs
+        while True:
+            try:
+                index, ev = self.events.get(timeout=0.2)
+                self.handle(self.peers[index], ev)
+                continue  # drain everything queued before looking at the clock
+            except queue.Empty:
+                pass
+            if a.churn:
+                self.churn()
+            self.maybe_stop()
+            self.display.update(self)
+            if not self.live("training") and not [p for p in self.live() if p.role == "founder"]:
+                break
+            if self.now() > hard_deadline:
+                self.problems.append(f"the run did not finish within 1.2 x --time-limit ({hard_deadline:.0f} s)")
+                break
+        for p in self.live():  # newcomers still waiting for a group that has finished
+            self.kill(p)
+            p.status, p.ended_t = "cut", self.now()
+        self.wall_seconds = self.now()
+
+    def cleanup(self) -> None:
+        """SIGKILL and reap, by PID, every peer still running; stop the relay and the master. Never raises."""
+        for p in self.peers:
+            self.kill(p)
+            for stream in (p.proc.stdin, p.proc.stdout, p.proc.stderr):
+                try:
+                    if stream is not None:
+                        stream.close()
+                except OSError:
+                    pass
+        for thing in (self.relay, self.master):
+            if thing is not None:
+                try:
+                    thing.stop()
+                except Exception as exc:  # noqa: BLE001 - cleanup goes on
+                    print(f"diloco_train: stopping {type(thing).__name__} failed: {exc}", file=sys.stderr)
+        self.relay = self.master = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def execute(args: argparse.Namespace) -> tuple[dict, bool]:
+    """Runs one training run; returns its record and whether it passed. Every child is reaped on the way out."""
+    display = Display(args.progress, f"diloco_train --algo {args.algo}")
+    run = Run(args, display)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    old_term = signal.signal(signal.SIGTERM, on_sigterm)
+    interrupted = False
+    try:
+        run.run()
+    except (KeyboardInterrupt, _Terminated):
+        interrupted = True
+        run.problems.append("interrupted")
+    finally:
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot cut the cleanup short
+        try:
+            display.close()
+            run.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+    left = [p for p in run.peers if p.proc.poll() is None]
+    if left:
+        run.problems.append("could not reap " + ", ".join(f"pid {p.pid}" for p in left))
+    rec = record.build(run)
+    return rec, bool(rec["passed"]) and not interrupted
+
+
+def build_parser(prog: str = "python -m pccl_py.tools.diloco_train") -> argparse.ArgumentParser:
+    from .cli import add_arguments  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog=prog, description=(
+        "Local peers train a character-level transformer on CPython's pydoc topics with DDP, DiLoCo, async or "
+        "streaming DiLoCo, or alone; optionally under churn and an emulated WAN. Writes a JSON record and a plot."))
+    add_arguments(p)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .cli import validate  # noqa: PLC0415
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate(parser, args)
+    if args.sources:  # --plot OUT.png --from a.json b.json: plot earlier runs, train nothing
+        return record.plot_files(args.sources, args.plot)
+    rec, ok = execute(args)
+    print(record.summary(rec), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rec, f, indent=1)
+        print(f"record written to {args.json}")
+    if args.plot:
+        code = record.plot_records([rec], args.plot)
+        ok = ok and code == 0
+    return 0 if ok else 1
