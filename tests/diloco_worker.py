@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -46,7 +47,7 @@ def flat(model: torch.nn.Module) -> np.ndarray:
 
 
 def emit(**event) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.write(json.dumps({"t": time.time(), **event}) + "\n")
     sys.stdout.flush()
 
 

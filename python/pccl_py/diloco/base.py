@@ -56,13 +56,13 @@ class OuterLoop:
             raise InvalidArgumentError(f"inner_optimizer must be a torch.optim.Optimizer, not {type(inner_optimizer).__name__}")
         if not isinstance(error_feedback, bool):
             raise InvalidArgumentError(f"error_feedback must be True or False, not {error_feedback!r}")
-        self._comm = communicator_of(comm)
-        if self._comm.world_size <= 0:
-            raise InvalidArgumentError("comm is not a member of a group yet: call comm.connect() before creating DiLoCo")
         self._quant = check_quantization(quantization)
         self._outer = OuterSGD(outer_lr, outer_momentum, nesterov)
         params = model_parameters(model)
         groups = partition(params, fragments)
+        self._comm = communicator_of(comm)
+        if self._comm.world_size <= 0:
+            raise InvalidArgumentError("comm is not a member of a group yet: call comm.connect() before creating DiLoCo")
         self.sync_every = sync_every
         self.model = model
         self.inner_optimizer = inner_optimizer
