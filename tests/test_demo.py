@@ -1,16 +1,20 @@
-"""The user-facing entry points work end to end: ``pccl-demo``, examples/basic_allreduce.py and
-examples/shared_state.py.
+"""The user-facing entry points work end to end: ``pccl-demo`` (training under churn), ``pccl-demo
+--allreduce``, examples/basic_allreduce.py and examples/shared_state.py.
 
-Both run as subprocesses, exactly as a user would start them, each with a timeout. The demo's own
-output is the evidence: it must show the SIGKILL, the PeerLostError and its recovery, and the
-admission, and it must end with the verdict that every result stayed correct.
+All run as subprocesses, exactly as a user would start them, each with a timeout. The demos' own
+output is the evidence: the training demo must show a SIGKILL and a newcomer joining, and end with
+every peer's final eval loss and the verdict that the parameters are bitwise identical on every peer;
+the all-reduce demo must show the PeerLostError, its recovery and the admission.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 import pccl_py
 
@@ -30,8 +34,42 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
 
 
-def test_demo_survives_kill_and_admits_a_peer() -> None:
-    r = _run(["-m", "pccl_py.demo"], timeout=60)
+def test_demo_trains_through_a_kill_and_a_join() -> None:
+    pytest.importorskip("torch")
+    # A shorter run than the default (75 s limit, a kill about every 20 s), with the same checks.
+    r = _run(["-m", "pccl_py.demo", "--time-limit", "45", "--churn-every", "8", "--progress", "plain"], timeout=150)
+    out = r.stdout
+    assert r.returncode == 0, f"exit code {r.returncode}\n--- stdout\n{out}\n--- stderr\n{r.stderr[-3000:]}"
+    assert re.search(r"SIGKILL pid \d+ at inner step \d+", out), out        # a kill...
+    assert re.search(r"newcomer pid \d+ joined at inner step \d+", out), out  # ...and a join into the running group
+    kills = int(re.search(r"churn: (\d+) kill\(s\), (\d+) join\(s\)", out).group(1))
+    assert kills >= 1, out
+    done = re.findall(r"done\s+final eval loss (\d+\.\d+)", out)
+    assert len(done) >= 2 and len(set(done)) == 1, out                      # every finisher's eval loss, all equal
+    assert "parameters bitwise identical on every peer" in out, out
+    assert "PASSED" in out and "Traceback" not in out, out
+
+
+def test_demo_fails_cleanly_when_out_of_time() -> None:
+    pytest.importorskip("torch")
+    # Too short to even start training: the demo must fail with exit code 1, without claiming success,
+    # and leave no process behind.
+    r = _run(["-m", "pccl_py.demo", "--time-limit", "3"], timeout=60)
+    assert r.returncode == 1, r.stdout
+    assert "FAILED" in r.stdout, r.stdout
+    assert "bitwise identical" not in r.stdout, r.stdout
+    assert "could not reap" not in r.stdout, r.stdout
+
+
+def test_demo_without_torch_says_what_to_install() -> None:
+    code = "import sys, pccl_py.demo as d; d._torch_available = lambda: False; sys.exit(d.main([]))"
+    r = _run(["-c", code], timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert 'pip install "pccl_py[torch]"' in r.stderr, r.stderr
+
+
+def test_allreduce_demo_survives_kill_and_admits_a_peer() -> None:
+    r = _run(["-m", "pccl_py.demo", "--allreduce"], timeout=60)
     out = r.stdout
     assert r.returncode == 0, f"exit code {r.returncode}\n--- stdout\n{out}\n--- stderr\n{r.stderr}"
     assert "SIGKILL" in out, out                              # the kill
@@ -42,9 +80,9 @@ def test_demo_survives_kill_and_admits_a_peer() -> None:
     assert "Traceback" not in out + r.stderr, r.stderr
 
 
-def test_demo_reports_failure_with_exit_code_1() -> None:
+def test_allreduce_demo_reports_failure_with_exit_code_1() -> None:
     # A time limit too short to finish: the demo must fail cleanly, without claiming success.
-    r = _run(["-m", "pccl_py.demo", "--time-limit", "0.5"], timeout=60)
+    r = _run(["-m", "pccl_py.demo", "--allreduce", "--time-limit", "0.5"], timeout=60)
     assert r.returncode == 1, r.stdout
     assert "every result stayed correct" not in r.stdout, r.stdout
     assert "RESULT: FAILED" in r.stdout, r.stdout

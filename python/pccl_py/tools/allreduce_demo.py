@@ -1,4 +1,4 @@
-"""``pccl-demo``: watch a peer group survive a SIGKILL and admit a newcomer, and check every result.
+"""``pccl-demo --allreduce``: watch a peer group survive a SIGKILL and admit a newcomer, and check every result.
 
 Why this exists: the claims pccl_py makes are about what happens when things go wrong. A peer
 that dies mid-op makes the op fail on every survivor with PeerLostError and leaves their buffers
@@ -8,7 +8,7 @@ peer. Unit tests check this piece by piece; this demo shows it happening in one 
 anyone can start with a single command, using real processes and real sockets on this machine.
 
 What it does: it starts a master in this process and ``--peers`` peer processes (each is
-``python -m pccl_py.demo --peer ...``), and drives them over socketpairs through ``--steps``
+``python -m pccl_py.tools.allreduce_demo --peer ...``), and drives them over socketpairs through ``--steps``
 all-reduce steps. Each step, peer ``i`` contributes ``2**i * w`` (float64), where ``w`` is a vector
 of random integers in [1, 2**20) drawn from (``--seed``, step). The sum is ``mask * w``, where ``mask`` has bit ``i`` set for every peer that
 took part. So each result says exactly who took part, and it is exact in float64 whatever order the
@@ -46,7 +46,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ._process import die_with_parent
+from .._process import die_with_parent
 
 ELEMENTS = 32_768            # 256 KiB of float64: above the 64 KiB STAR limit, so AUTO runs the ring
 OP_TIMEOUT = 10.0            # Communicator(timeout=): per all_reduce / update_topology
@@ -305,12 +305,12 @@ class Demo:
         return min(cap, left)
 
     def spawn(self, index: int) -> PeerHandle:
-        """Starts `python -m pccl_py.demo --peer INDEX ...`, talking to us over one end of a socketpair."""
+        """Starts `python -m pccl_py.tools.allreduce_demo --peer INDEX ...`, talking to us over one end of a socketpair."""
         ours, theirs = socket.socketpair()
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(x for x in (package_root, env.get("PYTHONPATH")) if x)
-        cmd = [sys.executable, "-m", "pccl_py.demo", "--peer", str(index), "--fd", str(theirs.fileno()),
+        cmd = [sys.executable, "-m", "pccl_py.tools.allreduce_demo", "--peer", str(index), "--fd", str(theirs.fileno()),
                "--master", self.address, "--seed", str(self.args.seed), "--log-level", self.args.log_level,
                "--parent-pid", str(os.getpid())]
         try:
@@ -583,7 +583,7 @@ def summarize(demo: Demo, error: Optional[str]) -> bool:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="pccl-demo",
+        prog="pccl-demo --allreduce",
         description="A master and local peer processes all-reduce in a loop while one peer is SIGKILLed and a new "
                     "one joins; every result is checked.")
     parser.add_argument("--steps", type=int, default=12, help="all-reduce steps (default 12, at least 3)")

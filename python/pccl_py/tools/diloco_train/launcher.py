@@ -219,7 +219,9 @@ class Run:
             return
         if self.now() < self.next_kill:
             return
-        near_end = max((p.inner_step for p in training), default=0) >= (self.stop_at or a.inner_steps) - 2 * a.sync_every
+        # Not near the end: a newcomer needs time to start (torch's import alone takes seconds) and to join.
+        near_end = (max((p.inner_step for p in training), default=0) >= (self.stop_at or a.inner_steps) - 2 * a.sync_every
+                    or self.now() > 0.8 * a.time_limit - max(10.0, 0.15 * a.time_limit))
         if near_end or len(training) < 2 or self.live("starting", "joining"):
             self.next_kill = self.now() + 1.0  # not now: try again in a second
             return
@@ -341,13 +343,13 @@ def execute(args: argparse.Namespace) -> tuple[dict, bool]:
     return rec, bool(rec["passed"]) and not interrupted
 
 
-def build_parser(prog: str = "python -m pccl_py.tools.diloco_train") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m pccl_py.tools.diloco_train", demo: bool = False) -> argparse.ArgumentParser:
     from .cli import add_arguments  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog=prog, description=(
         "Local peers train a character-level transformer on CPython's pydoc topics with DDP, DiLoCo, async or "
         "streaming DiLoCo, or alone; optionally under churn and an emulated WAN. Writes a JSON record and a plot."))
-    add_arguments(p)
+    add_arguments(p, demo=demo)
     return p
 
 
