@@ -20,6 +20,9 @@ The traps to avoid:
 - A newcomer with fresh Adam moments next to members with warm ones: the members' ``exp_avg`` /
   ``exp_avg_sq`` and the step counter are part of the synced state, so every member applies bitwise
   the same update afterwards and the parameters stay identical.
+- Keeping one torch process group across admissions. It numbers its ops from 0, and the number picks
+  the pccl tag, so a newcomer's fresh group and the members' old one would never meet on a tag (a
+  hang until the op timeout). Every member makes a new group after each admission.
 - Reading bytes sent from the torch ``Work`` objects: they carry no ``ReduceInfo``. The backend's
   communicator is wrapped in :class:`_ByteCounter`, which adds up what each pccl op reports.
 """
@@ -33,7 +36,7 @@ import torch
 
 import pccl_py
 
-SYNC_ATTEMPTS = 16
+ATTEMPTS = 16  # consecutive failures of one op (each a lost peer or a timeout) before giving up
 
 
 class _Counted:
@@ -97,7 +100,7 @@ class ElasticDDP:
 
         self._comm = comm
         self._counter = _ByteCounter(comm)
-        self._pg = pccl_py.torch.wrap_communicator(self._counter)  # type: ignore[arg-type]
+        self._pg: Any = None  # made after the first sync, and again after every admission (see _new_group)
         self._opts = dist.AllreduceOptions()
         self._opts.reduceOp = dist.ReduceOp.AVG
         self._opt = inner_opt
@@ -118,6 +121,7 @@ class ElasticDDP:
         # the group expects revision >= 2, so a newcomer (revision 1) is always behind and can never win
         # the election with its fresh weights, even against a single member.
         self._sync()
+        self._new_group()
 
     @property
     def tx_bytes(self) -> int:
@@ -132,12 +136,14 @@ class ElasticDDP:
             flat[offset:offset + n].copy_(p.grad.reshape(-1) if p.grad is not None else torch.zeros(n))
             offset += n
         flat[-1] = 1.0 if self._comm.are_peers_pending() else 0.0
-        while True:
+        for attempt in range(ATTEMPTS):
             try:
                 self._pg.allreduce([flat], self._opts).wait()
                 break
-            except pccl_py.PeerLostError:
-                self.retries += 1
+            except (pccl_py.PeerLostError, pccl_py.TimeoutError):
+                self.retries += 1  # failed on every member alike, so every member retries alike
+                if attempt + 1 == ATTEMPTS:
+                    raise
         offset = 0
         for p in self._params:
             n = p.numel()
@@ -158,19 +164,32 @@ class ElasticDDP:
                 # among whoever is a member now (skipping it here would leave us in a different op).
                 self.retries += 1
             self._sync()
+            self._new_group()
         return None
+
+    def _new_group(self) -> None:
+        """A fresh torch process group on the communicator, made by every member at the same point.
+
+        The group names its ops by their position in its own sequence (pccl tag ``tag_base + n % 8``). A
+        newcomer's group starts at n = 0 while the members' are hundreds of ops in, so without this their
+        gradient all-reduces would wait on different tags until the op timeout. Every member therefore
+        starts over with a new group whenever someone is admitted (retries after a lost peer happen on
+        every survivor alike and keep the members' sequences equal in between)."""
+        if self._pg is not None:
+            self._pg.shutdown()  # stops its completer thread; the communicator stays open
+        self._pg = pccl_py.torch.wrap_communicator(self._counter)  # type: ignore[arg-type]
 
     def _sync(self) -> None:
         """One shared-state sync: newcomers receive the weights, Adam's moments and the step counter."""
         self._meta[0] = self.inner_step
-        for attempt in range(SYNC_ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             self._state.revision = self._synced + 1
             try:
                 info = self._comm.sync_shared_state(self._state)
                 break
             except (pccl_py.PeerLostError, pccl_py.TimeoutError):
                 self.retries += 1
-                if attempt + 1 == SYNC_ATTEMPTS:
+                if attempt + 1 == ATTEMPTS:
                     raise
         self._synced = info.revision
         self._state_tx += info.tx_bytes
