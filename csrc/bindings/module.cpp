@@ -8,6 +8,7 @@
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "coordinator/master.hpp"
+#include "kernels/codec.hpp"
 #include "kernels/hash.hpp"
 #include "peer/async_op.hpp"
 #include "peer/communicator.hpp"
@@ -30,16 +31,20 @@ const char* exception_name(ErrorCode code) {
     }
 }
 
-CollectiveSpec make_spec(uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algorithm,
-                         int quant) {
+void check_dtype_and_quant(int dtype, int quant) {
     if (dtype < 0 || dtype >= static_cast<int>(DType::kCount)) throw Error(ErrorCode::kInvalidArgument, "unknown dtype code");
-    if (op < 0 || op >= static_cast<int>(ReduceOp::kCount)) throw Error(ErrorCode::kInvalidArgument, "unknown op code");
-    if (algorithm < 0 || algorithm > 2) throw Error(ErrorCode::kInvalidArgument, "unknown algorithm code");
     if (quant < 0 || quant >= static_cast<int>(Quant::kCount)) throw Error(ErrorCode::kInvalidArgument, "unknown quantization code");
     if (!quant_supports(static_cast<Quant>(quant), static_cast<DType>(dtype)))
         throw Error(ErrorCode::kInvalidArgument, std::string("quantization ") + quant_name(static_cast<Quant>(quant)) +
                                                      " applies to float32 and float64 tensors only, not " +
                                                      dtype_name(static_cast<DType>(dtype)));
+}
+
+CollectiveSpec make_spec(uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algorithm,
+                         int quant) {
+    if (op < 0 || op >= static_cast<int>(ReduceOp::kCount)) throw Error(ErrorCode::kInvalidArgument, "unknown op code");
+    if (algorithm < 0 || algorithm > 2) throw Error(ErrorCode::kInvalidArgument, "unknown algorithm code");
+    check_dtype_and_quant(dtype, quant);
     CollectiveSpec s;
     s.src = reinterpret_cast<const uint8_t*>(src);
     s.dst = reinterpret_cast<uint8_t*>(dst);
@@ -96,6 +101,14 @@ PYBIND11_MODULE(_core, m) {
     m.def("copy_bytes", [](uintptr_t dst, uintptr_t src, size_t bytes) {
         if (bytes) std::memcpy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
     }, py::call_guard<py::gil_scoped_release>());
+
+    // dst = decode(encode(src)), blocks starting at src[0]: what error feedback subtracts. dst may be src.
+    m.def("quantize_roundtrip", [](int quant, int dtype, uintptr_t src, uintptr_t dst, size_t count) {
+        check_dtype_and_quant(dtype, quant);
+        py::gil_scoped_release release;
+        quantize_roundtrip(static_cast<Quant>(quant), static_cast<DType>(dtype), reinterpret_cast<const void*>(src),
+                           count, reinterpret_cast<void*>(dst));
+    }, py::arg("quant_code"), py::arg("dtype_code"), py::arg("src_ptr"), py::arg("dst_ptr"), py::arg("count"));
 
     py::class_<Master>(m, "Master")
         .def(py::init<std::string, uint16_t>(), py::arg("host"), py::arg("port"))

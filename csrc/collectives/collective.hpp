@@ -27,8 +27,10 @@ enum class Algorithm : uint8_t { kAuto = 0, kRing = 1, kStar = 2, kExchange = 3 
 // matter yet.
 constexpr size_t kStarMaxBytes = 64u << 10;
 // Ring chunks travel in pieces of this many (unquantized) bytes so that receiving, reducing and
-// forwarding overlap. A multiple of every element size times the q8 block.
+// forwarding overlap. A multiple of every element size times the q8 and q4 blocks, so that every piece
+// starts on a block boundary and has a fixed wire offset.
 constexpr size_t kPieceBytes = 256u << 10;
+static_assert((kPieceBytes / 8) % kQ8Block == 0 && (kPieceBytes / 8) % kQ4Block == 0);
 
 Algorithm choose_algorithm(Algorithm requested, size_t bytes);
 

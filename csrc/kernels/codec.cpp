@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/combine.hpp"
 #include "kernels/half.hpp"
@@ -68,9 +69,53 @@ inline void store_low_bytes(const v8i (&codes)[4], uint8_t* out) {
 #endif
 }
 
+// Min and max of one block of `len` elements, and `poison`, which becomes NaN if any element is NaN or
+// infinite (x * 0). Min and max need no NaN care: a block with a NaN is poisoned whatever they return.
+// A full block (len == Block, a multiple of 32) runs eight lanes at a time; min and max are exact and
+// the poison is 0 or NaN in any order, so both paths give the same three values.
+template <size_t Block, typename T>
+PCCL_VEC_INLINE void block_range(const T* x, size_t len, float& lo, float& hi, float& poison) {
+    static_assert(Block % 32 == 0);
+    if (len == Block) {
+        // Four independent accumulators each: one would chain every step on the last one's latency.
+        v8f lo8[4], hi8[4], p8[4] = {};
+        for (int k = 0; k < 4; ++k) {
+            load8(x + 8 * k, lo8[k]);
+            hi8[k] = lo8[k];
+        }
+        for (size_t i = 0; i < Block; i += 32)
+            for (int k = 0; k < 4; ++k) {
+                v8f v;
+                load8(x + i + 8 * k, v);
+                lo8[k] = v < lo8[k] ? v : lo8[k];
+                hi8[k] = v > hi8[k] ? v : hi8[k];
+                p8[k] += v * 0.0f;
+            }
+        for (int k = 1; k < 4; ++k) {
+            lo8[0] = lo8[k] < lo8[0] ? lo8[k] : lo8[0];
+            hi8[0] = hi8[k] > hi8[0] ? hi8[k] : hi8[0];
+            p8[0] += p8[k];
+        }
+        lo = lo8[0][0], hi = hi8[0][0], poison = p8[0][0];
+        for (int k = 1; k < 8; ++k) {
+            lo = std::min(lo, lo8[0][k]);
+            hi = std::max(hi, hi8[0][k]);
+            poison += p8[0][k];
+        }
+    } else {
+        lo = hi = static_cast<float>(x[0]);
+        poison = 0.0f;
+        for (size_t i = 0; i < len; ++i) {
+            float v = static_cast<float>(x[i]);
+            lo = std::min(lo, v);
+            hi = std::max(hi, v);
+            poison += v * 0.0f;
+        }
+    }
+}
+
 // Min-max 8-bit quantization. A block holding any NaN or infinity cannot be scaled; it is sent with a
-// NaN step and decodes to NaN throughout, so non-finite values are never silently replaced. Min and
-// max need no NaN care: a block with a NaN is poisoned whatever they return.
+// NaN step and decodes to NaN throughout, so non-finite values are never silently replaced.
 // With `adopt`, each element is then overwritten by the value its code decodes to (the same
 // `lo + code * step` as decode_q8), while the block is still in L1.
 // Always inlined: it must be compiled as part of each target clone of its callers.
@@ -80,43 +125,8 @@ __attribute__((always_inline)) inline void encode_q8_blocks(T* s, size_t n, uint
         const size_t len = std::min(kQ8Block, n - b);
         T* x = s + b;
         uint8_t* out = wire + (b / kQ8Block) * (kQ8Block + 8);
-        float lo, hi, poison;  // poison becomes NaN if any element is NaN or infinite (x * 0)
-        if (len == kQ8Block) {
-            // Four independent accumulators each: one would chain every step on the last one's latency.
-            v8f lo8[4], hi8[4], p8[4] = {};
-            for (int k = 0; k < 4; ++k) {
-                load8(x + 8 * k, lo8[k]);
-                hi8[k] = lo8[k];
-            }
-            for (size_t i = 0; i < kQ8Block; i += 32)
-                for (int k = 0; k < 4; ++k) {
-                    v8f v;
-                    load8(x + i + 8 * k, v);
-                    lo8[k] = v < lo8[k] ? v : lo8[k];
-                    hi8[k] = v > hi8[k] ? v : hi8[k];
-                    p8[k] += v * 0.0f;
-                }
-            for (int k = 1; k < 4; ++k) {
-                lo8[0] = lo8[k] < lo8[0] ? lo8[k] : lo8[0];
-                hi8[0] = hi8[k] > hi8[0] ? hi8[k] : hi8[0];
-                p8[0] += p8[k];
-            }
-            lo = lo8[0][0], hi = hi8[0][0], poison = p8[0][0];
-            for (int k = 1; k < 8; ++k) {
-                lo = std::min(lo, lo8[0][k]);
-                hi = std::max(hi, hi8[0][k]);
-                poison += p8[0][k];
-            }
-        } else {
-            lo = hi = static_cast<float>(x[0]);
-            poison = 0.0f;
-            for (size_t i = 0; i < len; ++i) {
-                float v = static_cast<float>(x[i]);
-                lo = std::min(lo, v);
-                hi = std::max(hi, v);
-                poison += v * 0.0f;
-            }
-        }
+        float lo, hi, poison;
+        block_range<kQ8Block>(x, len, lo, hi, poison);
         float step = (hi - lo) / 255.0f;
         if (poison != 0.0f || !std::isfinite(step)) {
             step = std::numeric_limits<float>::quiet_NaN();
@@ -189,6 +199,163 @@ PCCL_KERNEL void decode_reduce_q8(const uint8_t* wire, size_t n, const T* mine, 
     });
 }
 
+// --- q4 -----------------------------------------------------------------------------------------
+// Min-max 4-bit blocks of kQ4Block elements with a bfloat16 header: the min rounded down and the step
+// rounded up to bfloat16, so codes 0..15 still span [min, max]. Decoded values are lo + code * step in
+// float32, the same expression in every path. NaN and infinity poison the block like q8's, and so
+// does a min, range or step that leaves float32's range.
+
+// float32 -> bfloat16 bits, rounded toward -inf (down) or +inf (up). Finite inputs only; a result
+// past the largest bfloat16 becomes an infinity, which the caller's finiteness check catches.
+inline uint16_t bf16_round(float v, bool up) {
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    const bool negative = b >> 31;
+    uint32_t t = b >> 16;
+    if ((b & 0xFFFFu) != 0 && negative != up) ++t;  // away from zero: down for negatives, up for positives
+    return static_cast<uint16_t>(t);
+}
+
+inline float bf16_bits_to_float(uint16_t h) {
+    uint32_t b = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+}
+
+// Eight 4-bit codes (four bytes, element k in bits 4k..4k+3 of the little-endian word) as floats.
+PCCL_VEC_INLINE void load8_nibbles(const uint8_t* p, v8f& out) {
+    uint32_t w;
+    std::memcpy(&w, p, 4);
+    const v8u shift = {0, 4, 8, 12, 16, 20, 24, 28};
+    v8u v = (v8u{w, w, w, w, w, w, w, w} >> shift) & 15u;
+    out = __builtin_convertvector((v8i)v, v8f);
+}
+
+inline unsigned nibble(const uint8_t* codes, size_t i) { return (codes[i >> 1] >> ((i & 1) * 4)) & 15u; }
+
+// Encodes blocks of q4 like encode_q8_blocks (and with Adopt, overwrites each element by its decoded
+// value). Always inlined into each target clone of its callers.
+template <typename T, bool Adopt>
+__attribute__((always_inline)) inline void encode_q4_blocks(T* s, size_t n, uint8_t* wire) {
+    static_assert(kQ4Block % 64 == 0);
+    for (size_t b = 0; b < n; b += kQ4Block) {
+        const size_t len = std::min(kQ4Block, n - b);
+        T* x = s + b;
+        uint8_t* out = wire + (b / kQ4Block) * kQ4BlockBytes;
+        float lo, hi, poison;
+        block_range<kQ4Block>(x, len, lo, hi, poison);
+        uint16_t lo_bits = 0, step_bits = 0x7FC0;  // a NaN step: the block decodes to NaN throughout
+        if (poison == 0.0f) {
+            lo_bits = bf16_round(lo, false);
+            float range = (hi - bf16_bits_to_float(lo_bits)) / 15.0f;
+            if (std::isfinite(range)) step_bits = bf16_round(range, true);
+            // The largest decoded value, lo + 15 * step, must be finite too (step was rounded up).
+            const float top = bf16_bits_to_float(lo_bits) + 15.0f * bf16_bits_to_float(step_bits);
+            if (!std::isfinite(bf16_bits_to_float(lo_bits)) || !std::isfinite(top)) {
+                lo_bits = 0;
+                step_bits = 0x7FC0;
+            }
+        }
+        std::memcpy(out, &lo_bits, 2);
+        std::memcpy(out + 2, &step_bits, 2);
+        lo = bf16_bits_to_float(lo_bits);
+        const float step = bf16_bits_to_float(step_bits);
+        const float inv = step > 0.0f ? 1.0f / step : 0.0f;
+        uint8_t* codes_out = out + 4;
+        size_t i = 0;
+#if defined(__clang__) || __GNUC__ >= 12
+        for (; i + 64 <= len; i += 64) {
+            v8i codes[8];
+            for (int k = 0; k < 8; ++k) {
+                v8f q;
+                load8(x + i + 8 * k, q);
+                q = (q - lo) * inv;
+                q = q > 0.0f ? q : 0.0f;
+                q = q < 15.0f ? q : 15.0f;
+                codes[k] = __builtin_convertvector(q + 0.5f, v8i);  // round half up; each in [0, 15]
+            }
+            v8i packed[4];
+            for (int m = 0; m < 4; ++m) {
+                v8i even = __builtin_shufflevector(codes[2 * m], codes[2 * m + 1], 0, 2, 4, 6, 8, 10, 12, 14);
+                v8i odd = __builtin_shufflevector(codes[2 * m], codes[2 * m + 1], 1, 3, 5, 7, 9, 11, 13, 15);
+                packed[m] = even | (odd << 4);
+            }
+            store_low_bytes(packed, codes_out + i / 2);
+            if constexpr (Adopt)
+                for (int k = 0; k < 8; ++k) store8(lo + __builtin_convertvector(codes[k], v8f) * step, x + i + 8 * k);
+        }
+#endif
+        for (; i < len; ++i) {
+            float q = (static_cast<float>(x[i]) - lo) * inv;
+            q = q > 0.0f ? q : 0.0f;  // the vector path's clamps, NaN (of a poisoned block) included
+            q = q < 15.0f ? q : 15.0f;
+            const unsigned code = static_cast<unsigned>(static_cast<int>(q + 0.5f));
+            if (i & 1)
+                codes_out[i >> 1] = static_cast<uint8_t>(codes_out[i >> 1] | (code << 4));
+            else
+                codes_out[i >> 1] = static_cast<uint8_t>(code);
+            if constexpr (Adopt) x[i] = static_cast<T>(lo + static_cast<float>(code) * step);
+        }
+    }
+}
+
+template <typename T>
+PCCL_KERNEL void encode_q4(const void* src, size_t n, uint8_t* wire) {
+    encode_q4_blocks<T, false>(const_cast<T*>(static_cast<const T*>(src)), n, wire);  // read only
+}
+
+template <typename T>
+PCCL_KERNEL void encode_adopt_q4(void* values, size_t n, uint8_t* wire) {
+    encode_q4_blocks<T, true>(static_cast<T*>(values), n, wire);
+}
+
+// out = decoded (op) mine with Reduce, else out = decoded; eight lanes at a time where the combine is
+// in float, with the scalar path's operations per element.
+template <typename T, ReduceOp OP, bool Reduce>
+__attribute__((always_inline)) inline void decode_q4_blocks(const uint8_t* wire, size_t n, const T* mine, T* out) {
+    for (size_t b = 0; b < n; b += kQ4Block) {
+        const uint8_t* in = wire + (b / kQ4Block) * kQ4BlockBytes;
+        uint16_t lo_bits, step_bits;
+        std::memcpy(&lo_bits, in, 2);
+        std::memcpy(&step_bits, in + 2, 2);
+        const float lo = bf16_bits_to_float(lo_bits), step = bf16_bits_to_float(step_bits);
+        const uint8_t* codes = in + 4;
+        const size_t len = std::min(kQ4Block, n - b);
+        size_t i = 0;
+        if constexpr (!Reduce || std::is_same_v<T, float>)
+            for (; i + 8 <= len; i += 8) {
+                v8f v;
+                load8_nibbles(codes + i / 2, v);
+                v = lo + v * step;
+                if constexpr (Reduce) {
+                    v8f m, r;
+                    load8(mine + b + i, m);
+                    combine8<OP>(v, m, r);
+                    v = r;
+                }
+                store8(v, out + b + i);
+            }
+        for (; i < len; ++i) {
+            const T v = static_cast<T>(lo + static_cast<float>(nibble(codes, i)) * step);
+            if constexpr (Reduce)
+                out[b + i] = combine<T, OP>(v, mine[b + i]);
+            else
+                out[b + i] = v;
+        }
+    }
+}
+
+template <typename T>
+PCCL_KERNEL void decode_q4(const uint8_t* wire, size_t n, void* dst) {
+    decode_q4_blocks<T, ReduceOp::kSum, false>(wire, n, nullptr, static_cast<T*>(dst));
+}
+
+template <typename T, ReduceOp OP>
+PCCL_KERNEL void decode_reduce_q4(const uint8_t* wire, size_t n, const T* mine, T* out) {
+    decode_q4_blocks<T, OP, true>(wire, n, mine, out);
+}
+
 template <typename T, ReduceOp OP, bool BF16>
 PCCL_KERNEL void decode_reduce_16(const uint8_t* wire, size_t n, const T* mine, T* out) {
     size_t i = 0;
@@ -215,6 +382,7 @@ void decode_reduce_typed(Quant q, const uint8_t* wire, size_t n, const void* min
     auto* o = static_cast<T*>(out);
     switch (q) {
         case Quant::kQ8: return decode_reduce_q8<T, OP>(wire, n, m, o);
+        case Quant::kQ4: return decode_reduce_q4<T, OP>(wire, n, m, o);
         case Quant::kFp16: return decode_reduce_16<T, OP, false>(wire, n, m, o);
         case Quant::kBf16: return decode_reduce_16<T, OP, true>(wire, n, m, o);
         default: break;
@@ -241,9 +409,9 @@ void decode_reduce(Quant q, DType t, ReduceOp op, const uint8_t* wire, size_t el
 }
 
 const char* quant_name(Quant q) {
-    static const char* names[] = {"none", "fp16", "bf16", "q8"};
+    static const char* names[] = {"none", "fp16", "bf16", "q8", "q4"};
     auto i = static_cast<size_t>(q);
-    return i < 4 ? names[i] : "?";
+    return i < 5 ? names[i] : "?";
 }
 
 bool quant_supports(Quant q, DType t) {
@@ -256,6 +424,10 @@ size_t wire_bytes(Quant q, DType t, size_t elems) {
         case Quant::kFp16:
         case Quant::kBf16: return elems * 2;
         case Quant::kQ8: return elems + ((elems + kQ8Block - 1) / kQ8Block) * 8;
+        case Quant::kQ4: {
+            const size_t rest = elems % kQ4Block;
+            return (elems / kQ4Block) * kQ4BlockBytes + (rest ? 4 + (rest + 1) / 2 : 0);
+        }
         case Quant::kCount: break;
     }
     return 0;
@@ -268,6 +440,7 @@ void encode(Quant q, DType t, const void* src, size_t elems, uint8_t* wire) {
         case Quant::kFp16: return f64 ? encode_16<double, false>(src, elems, wire) : encode_16<float, false>(src, elems, wire);
         case Quant::kBf16: return f64 ? encode_16<double, true>(src, elems, wire) : encode_16<float, true>(src, elems, wire);
         case Quant::kQ8: return f64 ? encode_q8<double>(src, elems, wire) : encode_q8<float>(src, elems, wire);
+        case Quant::kQ4: return f64 ? encode_q4<double>(src, elems, wire) : encode_q4<float>(src, elems, wire);
         case Quant::kCount: break;
     }
 }
@@ -275,6 +448,8 @@ void encode(Quant q, DType t, const void* src, size_t elems, uint8_t* wire) {
 void encode_adopt(Quant q, DType t, void* values, size_t elems, uint8_t* wire) {
     if (q == Quant::kQ8)
         return t == DType::kFloat64 ? encode_adopt_q8<double>(values, elems, wire) : encode_adopt_q8<float>(values, elems, wire);
+    if (q == Quant::kQ4)
+        return t == DType::kFloat64 ? encode_adopt_q4<double>(values, elems, wire) : encode_adopt_q4<float>(values, elems, wire);
     encode(q, t, values, elems, wire);
     decode(q, t, wire, elems, values);
 }
@@ -286,8 +461,21 @@ void decode(Quant q, DType t, const uint8_t* wire, size_t elems, void* dst) {
         case Quant::kFp16: return f64 ? decode_16<double, false>(wire, elems, dst) : decode_16<float, false>(wire, elems, dst);
         case Quant::kBf16: return f64 ? decode_16<double, true>(wire, elems, dst) : decode_16<float, true>(wire, elems, dst);
         case Quant::kQ8: return f64 ? decode_q8<double>(wire, elems, dst) : decode_q8<float>(wire, elems, dst);
+        case Quant::kQ4: return f64 ? decode_q4<double>(wire, elems, dst) : decode_q4<float>(wire, elems, dst);
         case Quant::kCount: break;
     }
+}
+
+void quantize_roundtrip(Quant q, DType t, const void* src, size_t elems, void* dst) {
+    const size_t esize = dtype_size(t);
+    if (dst != src && elems) std::memmove(dst, src, elems * esize);
+    if (q == Quant::kNone) return;
+    // Spans of whole blocks, so the blocks are those of one encode() of the whole run.
+    constexpr size_t kSpan = 16384;
+    static_assert(kSpan % kQ8Block == 0 && kSpan % kQ4Block == 0);
+    std::vector<uint8_t> wire(wire_bytes(q, t, std::min(kSpan, elems)));
+    for (size_t at = 0; at < elems; at += kSpan)
+        encode_adopt(q, t, static_cast<uint8_t*>(dst) + at * esize, std::min(kSpan, elems - at), wire.data());
 }
 
 }  // namespace pccl

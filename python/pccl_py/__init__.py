@@ -18,6 +18,7 @@ from .errors import (
 )
 from .master import Master, set_log_level
 from .ops import Algorithm, ReduceInfo, ReduceOp
+from .quantization import quantize_roundtrip
 from .shared_state import SharedState, StateEntry, SyncInfo, SyncStrategy
 
 __version__ = "0.1.0"
@@ -26,4 +27,5 @@ __all__ = [
     "Master", "Communicator", "AllReduceHandle", "ReduceOp", "ReduceInfo", "Algorithm", "set_log_level",
     "PCCLError", "InvalidArgumentError", "PeerLostError", "TimeoutError", "MasterLostError", "EvictedError",
     "MismatchError", "ClosedError", "SharedStateError", "SharedState", "StateEntry", "SyncInfo", "SyncStrategy",
+    "quantize_roundtrip",
 ]

@@ -20,14 +20,15 @@ from .tags import MAX_USER_TAG  # tags from here up belong to pccl_py's own coll
 
 _ALGORITHMS = {"auto": Algorithm.AUTO, "ring": Algorithm.RING, "star": Algorithm.STAR}
 # Wire codes, shared with csrc/kernels/codec.hpp.
-_QUANTIZATIONS = {None: 0, "none": 0, "fp16": 1, "bf16": 2, "q8": 3}
+_QUANTIZATIONS = {None: 0, "none": 0, "fp16": 1, "bf16": 2, "q8": 3, "q4": 4}
 
 
 def _quantization(value: Optional[str]) -> int:
     try:
         return _QUANTIZATIONS[value.lower() if isinstance(value, str) else value]
     except (KeyError, TypeError):
-        raise InvalidArgumentError(f"quantization must be None, 'fp16', 'bf16' or 'q8', not {value!r}") from None
+        raise InvalidArgumentError(
+            f"quantization must be None, 'fp16', 'bf16', 'q8' or 'q4', not {value!r}") from None
 
 
 def _algorithm(value: Union[str, Algorithm]) -> Algorithm:
@@ -220,7 +221,7 @@ class Communicator:
         In place unless out is given. x (and out) are numpy arrays or CPU torch tensors, contiguous,
         used without copying. On failure x and out are unchanged.
 
-        quantization ("fp16", "bf16" or "q8"; float32/float64 only) shrinks what travels on the wire;
+        quantization ("fp16", "bf16", "q8" or "q4"; float32/float64 only) shrinks what travels on the wire;
         each hop encodes once and every peer decodes the same bytes, so results stay bitwise
         identical across peers. See docs/quantization.md for error bounds and NaN/Inf handling.
 
