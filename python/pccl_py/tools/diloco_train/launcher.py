@@ -43,7 +43,7 @@ from .peer import MARK, PROGRESS_EVERY
 
 ALGOS = ("ddp", "diloco", "async", "streaming", "solo")
 LIVE = ("starting", "joining", "training")
-STOP_MARGIN = 2 * PROGRESS_EVERY  # inner steps beyond the fastest report before a stop takes effect
+STOP_MARGIN_S = 2.0  # a stop takes effect this many seconds of training (at least 2 reports) after the fastest report
 
 
 class _Terminated(BaseException):
@@ -93,6 +93,7 @@ class Run:
         self.relay: Any = None
         self.stop_at: Optional[int] = None
         self.next_kill: Optional[float] = None
+        self.first_joined: Optional[float] = None  # when training started (the stop margin needs the step rate)
         self.wall_seconds = 0.0
         self.model_info: dict = {}  # the model's size and the corpus' digest, from the first peer that joined
 
@@ -177,6 +178,7 @@ class Run:
             p.status = "joining" if p.status == "starting" else p.status
         elif kind == "joined":
             p.status, p.joined_t, p.joined_at_step = "training", t, ev["inner_step"]
+            self.first_joined = self.first_joined or t
             p.inner_step, p.world_size = ev["inner_step"], ev["world_size"]
             self.model_info = self.model_info or {"model": ev.get("model"), "text_sha256": ev.get("text_sha256")}
             if p.role == "newcomer":
@@ -208,6 +210,20 @@ class Run:
             self.problems.append(f"slot {p.slot} (pid {p.pid}) exited with code {p.proc.returncode} at inner step "
                                  f"{p.inner_step}: {p.error or 'no error reported'}" + (f"\n    {tail}" if tail else ""))
             self.display.event(f"!! slot {p.slot}: pid {p.pid} failed ({p.error or f'exit code {p.proc.returncode}'})")
+
+    def drain(self, wait: float) -> None:
+        """Handles the peers' reports: waits up to `wait` s for the first, then takes what is queued, for at
+        most `wait` s. Peers report many times a second; returning only once the queue stays empty would
+        starve the clock, the churn and the display."""
+        until = time.monotonic() + wait
+        try:
+            index, ev = self.events.get(timeout=wait)
+            self.handle(self.peers[index], ev)
+            while time.monotonic() < until:
+                index, ev = self.events.get_nowait()
+                self.handle(self.peers[index], ev)
+        except queue.Empty:
+            pass
 
     # -- churn and stopping ----------------------------------------------------------------------------
     def churn(self) -> None:
@@ -242,8 +258,12 @@ class Run:
         if self.stop_at is not None or self.now() < 0.8 * a.time_limit:
             return
         fastest = max((p.inner_step for p in self.live("training")), default=0)
+        # Far enough ahead that no peer is past it when the command arrives: a peer already past it would
+        # stop where it is, and leave the others to finish without it.
+        rate = fastest / max(self.now() - (self.first_joined or 0.0), 1.0)
+        margin = max(2 * PROGRESS_EVERY, int(rate * STOP_MARGIN_S) + 1)
         boundary = 1 if a.algo in ("ddp", "solo") else a.sync_every
-        target = -(-(fastest + STOP_MARGIN) // boundary) * boundary
+        target = -(-(fastest + margin) // boundary) * boundary
         if target >= a.inner_steps:
             return
         self.stop_at = target
@@ -268,12 +288,7 @@ class Run:
             self.spawn(slot, "founder")
         hard_deadline = 1.2 * a.time_limit  # the peers are told to stop at 80%; this only catches hangs
         while True:
-            try:
-                index, ev = self.events.get(timeout=0.2)
-                self.handle(self.peers[index], ev)
-                continue  # drain everything queued before looking at the clock
-            except queue.Empty:
-                pass
+            self.drain(0.2)
             if a.churn:
                 self.churn()
             self.maybe_stop()
