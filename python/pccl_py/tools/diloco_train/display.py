@@ -59,7 +59,7 @@ class Display:
             if now - self.last >= 0.25:
                 self.last = now
                 self.live.update(self._table(run))
-        elif not self.quiet and now - self.last >= 5.0:
+        elif not self.quiet and now - self.last >= 5.0 and run.live():
             self.last = now
             print(self._line(run), flush=True)
 
@@ -94,7 +94,10 @@ class Display:
         events = Text("\n".join(self.recent) or "-", style="dim")
         return Group(t, Text("recent:", style="bold"), events)
 
-    def close(self) -> None:
+    def close(self, run: Any = None) -> None:
+        """Stops the live view, leaving the table as it ended (not as of its last refresh)."""
+        if self.live is not None and run is not None:
+            self.live.update(self._table(run))
         if self.live is not None:
             self.live.stop()
             self.live = None

@@ -95,6 +95,7 @@ class Run:
         self.next_kill: Optional[float] = None
         self.first_joined: Optional[float] = None  # when training started (the stop margin needs the step rate)
         self.wall_seconds = 0.0
+        self.relay_stats: Optional[dict] = None  # --wan: what the relay carried
         self.model_info: dict = {}  # the model's size and the corpus' digest, from the first peer that joined
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -177,15 +178,23 @@ class Run:
         if kind == "started":
             p.status = "joining" if p.status == "starting" else p.status
         elif kind == "joined":
-            p.status, p.joined_t, p.joined_at_step = "training", t, ev["inner_step"]
+            rejoin = p.joined_t is not None  # back after an eviction
+            if not rejoin:
+                p.joined_t, p.joined_at_step = t, ev["inner_step"]
+            p.status, p.inner_step, p.world_size = "training", ev["inner_step"], ev["world_size"]
             self.first_joined = self.first_joined or t
-            p.inner_step, p.world_size = ev["inner_step"], ev["world_size"]
             self.model_info = self.model_info or {"model": ev.get("model"), "text_sha256": ev.get("text_sha256")}
-            if p.role == "newcomer":
-                self.churn_events.append({"t": t, "kind": "join", "slot": p.slot, "pid": p.pid,
-                                          "inner_step": ev["inner_step"], "world_size": ev["world_size"]})
-                self.display.event(f"++ slot {p.slot}: newcomer pid {p.pid} joined at inner step {ev['inner_step']} "
+            if p.role == "newcomer" or rejoin:
+                self.churn_events.append({"t": t, "kind": "rejoin" if rejoin else "join", "slot": p.slot,
+                                          "pid": p.pid, "inner_step": ev["inner_step"], "world_size": ev["world_size"]})
+                who = "evicted peer" if rejoin else "newcomer"
+                self.display.event(f"++ slot {p.slot}: {who} pid {p.pid} joined at inner step {ev['inner_step']} "
                                    f"(world size {ev['world_size']})")
+        elif kind == "evicted":
+            p.status = "joining"
+            self.churn_events.append({"t": t, "kind": "evicted", "slot": p.slot, "pid": p.pid,
+                                      "inner_step": p.inner_step})
+            self.display.event(f"!! slot {p.slot}: pid {p.pid} was evicted ({ev['message'][:80]}); rejoining")
         elif kind == "progress":
             p.inner_step, p.loss, p.tx_bytes = ev["inner_step"], ev["loss"], ev["tx_bytes"]
             p.world_size, p.outer_step, p.longest_step_s = ev["world_size"], ev["outer_step"], ev["longest_step_s"]
@@ -298,6 +307,8 @@ class Run:
             if self.now() > hard_deadline:
                 self.problems.append(f"the run did not finish within 1.2 x --time-limit ({hard_deadline:.0f} s)")
                 break
+        if self.relay is not None:
+            self.relay_stats = self.relay.stats()
         for p in self.live():  # newcomers still waiting for a group that has finished
             self.kill(p)
             p.status, p.ended_t = "cut", self.now()
@@ -346,7 +357,7 @@ def execute(args: argparse.Namespace) -> tuple[dict, bool]:
     finally:
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot cut the cleanup short
         try:
-            display.close()
+            display.close(run)
             run.cleanup()
         finally:
             signal.signal(signal.SIGINT, old_int)

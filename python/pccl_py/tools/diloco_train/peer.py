@@ -54,7 +54,6 @@ class Reporter:
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
-        self.t0 = time.monotonic()
         self._lock = threading.Lock()
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -107,11 +106,27 @@ def learning_rate(args: argparse.Namespace, step: int) -> float:
     return args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
 
 
+def join_group(args: argparse.Namespace, model: Any, inner_opt: Any, founder: bool) -> tuple[Any, Any]:
+    """Connects to the master and builds the algorithm: (comm, algo); comm is None for solo."""
+    import pccl_py  # noqa: PLC0415
+    from pccl_py.diloco import admit_until  # noqa: PLC0415
+
+    comm = None
+    if args.algo != "solo":
+        comm = pccl_py.Communicator(args.master, timeout=TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                                    listen_host="127.0.0.1", listen_port=args.listen_port,
+                                    advertise_address=args.advertise_address or None)
+        comm.connect()  # a newcomer waits here until the members admit it
+        if founder:  # only the peers started together; never a newcomer joining a running group
+            admit_until(comm, world_size=args.world_size, timeout=ADMIT_TIMEOUT)
+    return comm, make_algorithm(args, model, inner_opt, comm)  # a newcomer receives the group's state here
+
+
 def train(args: argparse.Namespace, out: Reporter, stop: StopTarget) -> None:
+    """The training loop: plain torch, plus ``algo.step()`` after every inner optimizer step."""
     import torch  # noqa: PLC0415
 
     import pccl_py  # noqa: PLC0415
-    from pccl_py.diloco import admit_until  # noqa: PLC0415
 
     from .data import Corpus  # noqa: PLC0415
     from .model import SIZES, build_model  # noqa: PLC0415
@@ -120,16 +135,7 @@ def train(args: argparse.Namespace, out: Reporter, stop: StopTarget) -> None:
     corpus = Corpus(SIZES[args.model].context)
     model = build_model(args.model, corpus.vocab_size, args.seed)  # the same weights on every founder
     inner_opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-
-    comm = None
-    if args.algo != "solo":
-        comm = pccl_py.Communicator(args.master, timeout=TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                                    listen_host="127.0.0.1", listen_port=args.listen_port,
-                                    advertise_address=args.advertise_address or None)
-        comm.connect()  # a newcomer waits here until the members admit it
-        if args.founder:
-            admit_until(comm, world_size=args.world_size, timeout=ADMIT_TIMEOUT)
-    algo = make_algorithm(args, model, inner_opt, comm)  # a newcomer receives the group's state here
+    comm, algo = join_group(args, model, inner_opt, founder=args.founder)
     meter = Meter(out, args, comm, corpus.eval_batches(args.eval_sequences))
     meter.joined(algo, model)
 
@@ -140,14 +146,25 @@ def train(args: argparse.Namespace, out: Reporter, stop: StopTarget) -> None:
         x, y = corpus.batch(args.seed, args.slot, step, args.batch_size)  # this slot's data for this step
         loss = model.loss(x, y)
         loss.backward()
-        with meter.communicating():
-            if args.algo == "ddp":
-                algo.all_reduce_gradients()  # the baseline: average the gradients every step
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        inner_opt.step()
-        inner_opt.zero_grad(set_to_none=True)
-        with meter.communicating():
-            report = algo.step()  # DiLoCo: an OuterStepReport every H inner steps, None in between
+        try:
+            with meter.communicating():
+                if args.algo == "ddp":
+                    algo.all_reduce_gradients()  # the baseline: average the gradients every step
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            inner_opt.step()
+            inner_opt.zero_grad(set_to_none=True)
+            with meter.communicating():
+                report = algo.step()  # DiLoCo: an OuterStepReport every H inner steps, None in between
+        except pccl_py.EvictedError as exc:
+            # Silent for longer than heartbeat_timeout (frozen, or a dead link): the group went on without
+            # us. Rejoin as a newcomer; the algorithm's constructor hands us the group's current state.
+            inner_opt.zero_grad(set_to_none=True)
+            meter.evicted(exc)
+            algo.close()
+            comm.close()
+            comm, algo = join_group(args, model, inner_opt, founder=False)
+            meter.joined(algo, model, comm)
+            continue
         meter.after_step(algo, model, loss.item(), report, last=algo.inner_step >= stop.value)
 
     meter.finish(algo, model)
@@ -169,15 +186,20 @@ class Meter:
         self.losses: list[float] = []
         self.last_eval = -1
 
-    def joined(self, algo: Any, model: Any) -> None:
+    def joined(self, algo: Any, model: Any, comm: Any = None) -> None:
         """Admitted (a newcomer: holding the group's state): reported with an eval of where we start."""
         from .data import text_sha256  # noqa: PLC0415
         from .model import describe, evaluate  # noqa: PLC0415
 
+        self.comm = comm or self.comm
         self.out.emit("joined", inner_step=algo.inner_step, world_size=self.world_size(),
                       peer_id=self.comm.peer_id if self.comm else 0, model=describe(model), text_sha256=text_sha256())
         self.out.emit("eval", inner_step=algo.inner_step, eval_loss=evaluate(model, self.eval_batches),
                       tx_bytes=self.bytes_sent(algo))
+
+    def evicted(self, exc: BaseException) -> None:
+        self.took = 0.0
+        self.out.emit("evicted", message=str(exc)[:300])
 
     def world_size(self) -> int:
         return self.comm.world_size if self.comm is not None else 1

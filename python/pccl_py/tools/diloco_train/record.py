@@ -77,6 +77,7 @@ def build(run: Any) -> dict:
         "wall_seconds": round(run.wall_seconds, 3),
         "peers": peers,
         "curve": group_curve(peers),
+        "wan_relay": run.relay_stats,
         "churn_events": [{k: (round(v, 3) if k == "t" else v) for k, v in e.items()} for e in run.churn_events],
         "final": {
             # solo: every peer has its own weights, so this is the mean of their eval losses
