@@ -177,6 +177,11 @@ class Communicator:
         return self._core.epoch
 
     @property
+    def state_revision(self) -> Optional[int]:
+        """Revision of this communicator's last successful shared-state sync (None before the first)."""
+        return self._state_revision
+
+    @property
     def peer_id(self) -> int:
         """Identifier the master gave this peer (0 before connect())."""
         return self._core.peer_id

@@ -10,9 +10,9 @@ The traps:
 - Deciding to vote from a member's own ``are_peers_pending()`` lets members disagree (one sees the
   newcomer, another does not yet) and stalls the group for a whole op timeout. The decision comes
   from the reduced control op instead, which every member reads identically.
-- A newcomer's fresh parameters must never win the shared-state election. Every peer starts at
-  revision 1; a group that has synced once expects at least revision 2, so a newcomer is always
-  "behind" and receives, whatever the group's size.
+- A newcomer's fresh parameters must never win the shared-state election. Every fresh communicator
+  starts at revision 1; a group that has synced once expects at least revision 2, so a newcomer is
+  always "behind" and receives, whatever the group's size.
 """
 
 from __future__ import annotations
@@ -78,8 +78,10 @@ class GroupState:
         entries = dict(entries)
         entries["counters"] = counters
         self._comm = comm
-        self.state = SharedState(entries, revision=1)
-        self._synced = 0  # revision of this peer's last successful sync; 0: never synced
+        # Revision of this peer's last successful sync: 0 on a fresh communicator, so the first sync
+        # uses revision 1; a communicator that synced before (a DiLoCo created again) continues.
+        self._synced = comm.state_revision or 0
+        self.state = SharedState(entries, revision=self._synced + 1)
 
     def sync(self) -> SyncInfo:
         """One sync, re-run if the membership changes under it. Every member calls it at the same
