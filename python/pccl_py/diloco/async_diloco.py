@@ -4,8 +4,8 @@ Why this exists: on a slow link the synchronous reduce leaves every peer idle fo
 network needs. Here, at the end of round t, a peer starts reducing round t's pseudo-gradient in the
 background and immediately trains round t+1 from the global parameters it has; at the end of round
 t+1 it collects round t's average (by then usually complete), applies it, and starts round t+1's
-reduce. The caller blocks only for what is left of the reduce, the outer update and the boundary
-sync. Each round's pseudo-gradient is measured from where that round started (the anchor), so the
+reduce. The caller blocks only for what is left of the reduce and the outer update (and, when a
+peer is waiting to join, for admission and the shared-state sync). Each round's pseudo-gradient is measured from where that round started (the anchor), so the
 delayed update is still an honest average of what the peers learnt.
 
 The traps:
@@ -14,6 +14,9 @@ The traps:
 - The newcomer trained nothing for the reduce that starts right after its admission: it joins it
   with weight 0 (zeros), so it does not dilute the average (see reduce.py). The founders do the same
   right after they construct, which keeps every member's op sequence identical.
+- A boundary with nobody to admit does not block on the shared-state sync: the sync runs on the
+  next reduce's thread, before it, while the caller trains. It only reads the global parameters and
+  momentum, which the caller leaves alone until it has waited for that reduce.
 """
 
 from __future__ import annotations
@@ -49,12 +52,18 @@ class AsyncDiLoCo(OuterLoop):
         frag = self.fragments[0]
         result = self._inflight.wait()
         self._inflight = None
+        self._check_repair(result)
         self._apply(frag, result)
         if result.contributors > 0:
             self._counters[_OUTER] += 1
-        boundary = self._boundary(result.pending)
         assert frag.anchor is not None
-        self._inflight = self._start_reduce(frag, frag.anchor)
+        weight = 0 if result.repaired else 1
+        if result.pending:
+            boundary = self._boundary(True)
+            self._inflight = self._start_reduce(frag, frag.anchor, weight)
+        else:
+            boundary = (0, 0, 0, 0.0)
+            self._inflight = self._start_reduce(frag, frag.anchor, weight, before=self._deferred_boundary())
         frag.write_model(frag.global_)
         frag.anchor.copy_(frag.global_)
         return self._report(self.outer_step, result, boundary=boundary, blocked=time.monotonic() - t0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -72,14 +72,18 @@ class OuterLoop:
                      residual=self._quant is not None and error_feedback, anchor=anchors)
             for i, g in enumerate(groups)]
         self._counters = torch.zeros(2, dtype=torch.int64)
+        # The counters as of the last boundary: what the shared state holds. step() advances _counters
+        # while a deferred sync may be hashing the snapshot on another thread.
+        self._snapshot = torch.zeros(2, dtype=torch.int64)
         entries: Dict[str, torch.Tensor] = {}
         for frag in self.fragments:
             entries.update({f"params/{n}": v for n, v in frag.views(frag.global_).items()})
             if frag.momentum is not None:
                 entries.update({f"momentum/{n}": v for n, v in frag.views(frag.momentum).items()})
-        self._group = GroupState(self._comm, entries, self._counters)
+        self._group = GroupState(self._comm, entries, self._snapshot)
         # Founders elect one initialisation; a newcomer receives the group's parameters and counters.
         self._group.sync()
+        self._counters.copy_(self._snapshot)
         for frag in self.fragments:
             frag.write_model(frag.global_)
             if frag.anchor is not None:
@@ -117,14 +121,15 @@ class OuterLoop:
         raise NotImplementedError
 
     # -- pieces the variants combine -----------------------------------------------------------------
-    def _start_reduce(self, frag: Fragment, start: Optional[torch.Tensor], weight: int = 1) -> PseudoGradientReduce:
-        """Computes frag.send (start - model, error feedback applied; zeros if start is None) and
-        starts its reduce."""
-        if start is None:
+    def _start_reduce(self, frag: Fragment, start: Optional[torch.Tensor], weight: int = 1,
+                      before: Optional[Callable[[], Any]] = None) -> PseudoGradientReduce:
+        """Computes frag.send (start - model, error feedback applied; zeros if start is None or the
+        weight is 0) and starts its reduce, after `before` (a deferred sync) on the same thread."""
+        if start is None or weight == 0:
             frag.send.zero_()
         else:
             pseudo_gradient(frag, start, self._quant, self.error_feedback)
-        return PseudoGradientReduce(self._comm, frag, weight, self._quant)
+        return PseudoGradientReduce(self._comm, frag, weight, self._quant, before)
 
     def _apply(self, frag: Fragment, result: ReduceResult) -> None:
         """global -= outer step of the mean pseudo-gradient (nothing if nobody contributed)."""
@@ -132,11 +137,27 @@ class OuterLoop:
             self._outer.apply(frag, average_into(frag, result))
 
     def _boundary(self, pending: bool) -> tuple:
-        """Admission and the shared-state sync: (joined, tx, rx, seconds)."""
+        """Admission and the shared-state sync, now: (joined, tx, rx, seconds)."""
         t0 = time.monotonic()
+        self._snapshot.copy_(self._counters)
         joined = self._group.admit(pending)
         info = self._group.sync()
         return joined, info.total_tx_bytes, info.total_rx_bytes, time.monotonic() - t0
+
+    def _deferred_boundary(self) -> Callable[[], Any]:
+        """A boundary with nobody to admit, for the asynchronous variants: the shared-state sync is
+        returned as a job for the next reduce's thread. Until that reduce is waited for, the caller
+        must not write the global parameters or the momentum (the job hashes them)."""
+        self._snapshot.copy_(self._counters)
+        return self._group.sync
+
+    @staticmethod
+    def _check_repair(result: ReduceResult) -> None:
+        if result.repaired:
+            # Only a CPU that rounds the outer update differently from the group's gets here: this peer
+            # trained the last round from its own global parameters, now replaced by the group's.
+            log.warning("the shared-state sync replaced this peer's global parameters with the group's; "
+                        "its last pseudo-gradient was measured from its own and it sits out the next reduce")
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -174,6 +195,7 @@ class OuterLoop:
                 t.copy_(saved[role])
         self._counters[_OUTER] = int(state["outer_step"])
         self._counters[_INNER] = int(state["inner_step"])
+        self._snapshot.copy_(self._counters)
 
     def close(self) -> None:
         """Waits for a reduce still in flight (its result is dropped). The communicator stays open."""
@@ -190,8 +212,8 @@ class OuterLoop:
                 fragment: Optional[int] = None) -> OuterStepReport:
         joined, tx, rx, seconds = boundary
         return OuterStepReport(
-            outer_step=outer_step, world_size=result.world_size, tx_bytes=result.tx_bytes + tx,
-            rx_bytes=result.rx_bytes + rx, comm_seconds=result.seconds + seconds, blocked_seconds=blocked,
+            outer_step=outer_step, world_size=result.world_size, tx_bytes=result.tx_bytes + result.before_tx + tx,
+            rx_bytes=result.rx_bytes + result.before_rx + rx, comm_seconds=result.seconds + seconds, blocked_seconds=blocked,
             retries=result.retries, joined=joined, lost=result.lost, contributors=result.contributors,
             fragment=fragment)
 

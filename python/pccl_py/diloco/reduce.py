@@ -16,6 +16,11 @@ The traps:
 - A lost or evicted peer must never surface as a partial average: PeerLostError and TimeoutError
   re-run the pair among the survivors, in the background for the asynchronous variants.
 - Every wait is bounded: each op has the communicator's timeout, and the attempts are capped.
+
+A reduce can carry a job to run first on its thread (``before``): the asynchronous variants defer a
+steady-state shared-state sync there, so that it verifies the group's state while the caller trains
+instead of while it waits. The job's ops come before the reduce's in every member's sequence, since
+every member defers the same syncs (the decision comes from the reduced pending flag).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
@@ -59,6 +64,9 @@ class ReduceResult:
     lost: int
     started: float     # time.monotonic() when the first attempt started
     finished: float    # ... and when the successful one completed
+    before_tx: int = 0        # bytes of the job run before the reduce (a deferred shared-state sync)
+    before_rx: int = 0
+    repaired: bool = False    # that sync had to overwrite this peer's state (it differed from the group's)
 
     @property
     def seconds(self) -> float:
@@ -70,8 +78,10 @@ class PseudoGradientReduce:
 
     Don't touch frag.send or frag.recv until wait() returned."""
 
-    def __init__(self, comm: Any, frag: Fragment, weight: int, quantization: Optional[str]) -> None:
+    def __init__(self, comm: Any, frag: Fragment, weight: int, quantization: Optional[str],
+                 before: Optional[Callable[[], Any]] = None) -> None:
         self._comm = comm
+        self._before = before
         self._frag = frag
         self._weight = weight
         self._quant = quantization
@@ -113,8 +123,9 @@ class PseudoGradientReduce:
     def _run(self) -> None:
         ctrl_in = np.array([self._weight, 0], dtype=np.int64)
         ctrl_out = np.zeros(2, dtype=np.int64)
-        world_before = self._comm.world_size
         try:
+            synced = self._before() if self._before is not None else None
+            world_before = self._comm.world_size
             for attempt in range(MAX_ATTEMPTS):
                 try:
                     ctrl, data = self._attempt(ctrl_in, ctrl_out)
@@ -126,7 +137,10 @@ class PseudoGradientReduce:
                     contributors=int(ctrl_out[0]), pending=bool(ctrl_out[1]), world_size=data.world_size,
                     epoch=data.epoch, tx_bytes=ctrl.tx_bytes + data.tx_bytes, rx_bytes=ctrl.rx_bytes + data.rx_bytes,
                     retries=attempt, lost=max(0, world_before - data.world_size), started=self.started,
-                    finished=time.monotonic())
+                    finished=time.monotonic(),
+                    before_tx=synced.total_tx_bytes if synced is not None else 0,
+                    before_rx=synced.total_rx_bytes if synced is not None else 0,
+                    repaired=bool(synced is not None and synced.received_keys))
                 return
             self._error = PeerLostError(
                 f"the pseudo-gradient reduce failed {MAX_ATTEMPTS} times in a row (membership kept changing or "

@@ -7,6 +7,10 @@ steps: its reduce starts ``overlap`` (tau) inner steps before its update is appl
 background meanwhile. Only one fragment's bytes are ever in flight, so the peak traffic per sync is
 about 1/F of DiLoCo's.
 
+A cycle end with nobody to admit does not block on the shared-state sync: it runs on the thread of
+the next cycle's first reduce, before it (the global parameters and momentum stay untouched until
+that reduce has been waited for).
+
 Schedule, with p the position in the cycle (1..H): fragment f is applied at a_f = (f+1)*H//F and its
 reduce starts at a_f - tau. The last fragment is applied at p = H, the cycle's end, where the outer
 step counter advances and the group admits newcomers and syncs the shared state; nothing is in flight
@@ -22,7 +26,7 @@ which keeps some local progress but lets the peers' copies differ until the next
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ..errors import InvalidArgumentError
 from .base import _OUTER, OuterLoop
@@ -64,26 +68,36 @@ class StreamingDiLoCo(OuterLoop):
         self._apply_at = [(f + 1) * sync_every // count for f in range(count)]
         self._start_at = [a - overlap for a in self._apply_at]
         self._inflight: Dict[int, PseudoGradientReduce] = {}
+        self._deferred: Optional[Callable[[], Any]] = None  # the last cycle end's sync, not run yet
 
     def _after_inner_step(self, inner_step: int) -> Optional[OuterStepReport]:
         p = inner_step % self.sync_every or self.sync_every
         for f, frag in enumerate(self.fragments):
             if self.overlap and p == self._start_at[f]:
-                self._inflight[f] = self._start_reduce(frag, frag.global_)
+                self._inflight[f] = self._start(frag)
         for f, frag in enumerate(self.fragments):
             if p != self._apply_at[f]:
                 continue
             t0 = time.monotonic()
-            reduce = self._inflight.pop(f, None) or self._start_reduce(frag, frag.global_)
+            reduce = self._inflight.pop(f, None) or self._start(frag)
             result = reduce.wait()
+            self._check_repair(result)
             self._apply(frag, result)
             frag.mix_into_model(frag.global_, keep=self.mixing)
             boundary: tuple = (0, 0, 0, 0.0)
             if f == len(self.fragments) - 1:
                 self._counters[_OUTER] += 1
-                boundary = self._boundary(result.pending)
+                if result.pending:
+                    boundary = self._boundary(True)
+                else:
+                    self._deferred = self._deferred_boundary()
             return self._report(self.outer_step, result, boundary=boundary, blocked=time.monotonic() - t0, fragment=f)
         return None
+
+    def _start(self, frag: Any) -> PseudoGradientReduce:
+        """Starts frag's reduce; the cycle's deferred shared-state sync, if any, runs first on its thread."""
+        before, self._deferred = self._deferred, None
+        return self._start_reduce(frag, frag.global_, before=before)
 
     def state_dict(self) -> Dict[str, Any]:
         """As DiLoCo's. Taken with a fragment's reduce in flight, the checkpoint cannot hold its result:
