@@ -213,7 +213,10 @@ class Run:
         elif kind == "error":
             p.error = f"{ev['error']}: {ev['message']}"
         elif kind == "_eof" and p.status in LIVE:
-            p.proc.wait(timeout=10.0)
+            try:
+                p.proc.wait(timeout=10.0)
+            except subprocess.TimeoutExpired:  # closed its stdout but lives on: no use to anyone
+                self.kill(p)
             p.status, p.ended_t = "failed", t
             tail = "\n    ".join(list(p.stderr_tail)[-8:])
             self.problems.append(f"slot {p.slot} (pid {p.pid}) exited with code {p.proc.returncode} at inner step "
