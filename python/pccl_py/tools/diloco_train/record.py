@@ -159,6 +159,12 @@ def plot_records(records: Sequence[dict], path: str) -> int:
             ax_bytes.plot(*zip(*sent), marker=".", color=line.get_color(), label=name)
         else:  # sends nothing: a log axis has no 0, so its final loss is a horizontal reference
             ax_bytes.axhline(curve[-1]["eval_loss"], linestyle="--", color=line.get_color(), label=f"{name} (sends nothing)")
+    losses = [p["eval_loss"] for rec in records for p in rec["curve"]]
+    starts = [rec["curve"][0]["eval_loss"] for rec in records if rec["curve"]]
+    if losses and starts:  # a run that diverged would squash every other line: cut it at the starting loss
+        top = min(max(losses), max(starts)) * 1.05
+        for ax in (ax_step, ax_bytes):
+            ax.set_ylim(min(losses) * 0.95, top)
     ax_step.set_xlabel("inner step")
     ax_bytes.set_xlabel("MB sent per peer (log scale)")
     ax_bytes.set_xscale("log")
