@@ -91,7 +91,7 @@ def make_algorithm(args: argparse.Namespace, model: Any, inner_opt: Any, comm: A
     from pccl_py import diloco  # noqa: PLC0415 - torch is imported by the peers only
 
     common = dict(sync_every=args.sync_every, outer_lr=args.outer_lr, outer_momentum=args.outer_momentum,
-                  nesterov=True, quantization=None if args.quantization == "none" else args.quantization,
+                  nesterov=args.outer_momentum > 0, quantization=None if args.quantization == "none" else args.quantization,
                   error_feedback=not args.no_error_feedback)
     if args.algo == "diloco":
         return diloco.DiLoCo(model, inner_opt, comm, **common)
