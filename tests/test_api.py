@@ -110,7 +110,7 @@ BAD_CALLS = [
     pytest.param(lambda: (_x(), {"op": "XOR"}), id="bad_op"),
     pytest.param(lambda: (_x(), {"algorithm": "tree"}), id="bad_algorithm"),
     pytest.param(lambda: (_x(), {"tag": -1}), id="negative_tag"),
-    pytest.param(lambda: (_x(), {"quantization": "q4"}), id="bad_quantization"),
+    pytest.param(lambda: (_x(), {"quantization": "q2"}), id="bad_quantization"),
     pytest.param(lambda: (_meta_tensor(), {}), id="torch_meta_device", marks=needs_torch),
     pytest.param(lambda: (_strided_tensor(), {}), id="torch_non_contiguous", marks=needs_torch),
 ]
