@@ -24,42 +24,42 @@ def _wan(text: str):  # noqa: ANN202 - a WanProfile; pccl_py.wan is pure Python 
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_arguments(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--algo", choices=["ddp", "diloco", "async", "streaming", "solo"], default="diloco",
                    help="ddp: gradients all-reduced every step (baseline); diloco / async / streaming: the DiLoCo "
-                        "variants; solo: no communication, each peer alone (default diloco)")
-    g.add_argument("--peers", type=int, default=4, help="peers started together (default 4)")
-    g.add_argument("--inner-steps", type=int, default=1000, help="inner steps of the group (default 1000)")
-    g.add_argument("--sync-every", type=int, default=50, metavar="H", help="inner steps per outer step (default 50)")
-    g.add_argument("--fragments", type=int, default=4, metavar="F", help="streaming: parameter fragments (default 4)")
+                        "variants; solo: no communication, each peer alone (default %(default)s)")
+    g.add_argument("--peers", type=int, default=4, help="peers started together (default %(default)s)")
+    g.add_argument("--inner-steps", type=int, default=1000, help="inner steps of the group (default %(default)s)")
+    g.add_argument("--sync-every", type=int, default=50, metavar="H", help="inner steps per outer step (default %(default)s)")
+    g.add_argument("--fragments", type=int, default=4, metavar="F", help="streaming: parameter fragments (default %(default)s)")
     g.add_argument("--overlap", type=int, default=5, metavar="TAU",
                    help="streaming: inner steps between a fragment's reduce starting and its update being applied "
-                        "(default 5; must be < H / F)")
+                        "(default %(default)s; must be < H / F)")
     g.add_argument("--mixing", type=float, default=0.0, metavar="M",
-                   help="streaming: share of the local fragment kept when the global one is applied (default 0)")
+                   help="streaming: share of the local fragment kept when the global one is applied (default %(default)s)")
     g.add_argument("--quantization", choices=["none", "fp16", "bf16", "q8", "q4"], default="none",
-                   help="DiLoCo's pseudo-gradient wire format (default none: float32)")
+                   help="DiLoCo's pseudo-gradient wire format; none is float32 (default %(default)s)")
     g.add_argument("--no-error-feedback", action="store_true", help="do not carry quantization error into the next round")
-    g.add_argument("--outer-lr", type=float, default=0.7, help="outer SGD learning rate (default 0.7)")
-    g.add_argument("--outer-momentum", type=float, default=0.9, help="outer Nesterov momentum (default 0.9)")
-    g.add_argument("--seed", type=int, default=0, help="initialisation, data order, churn victims (default 0)")
+    g.add_argument("--outer-lr", type=float, default=0.7, help="outer SGD learning rate (default %(default)s)")
+    g.add_argument("--outer-momentum", type=float, default=0.9, help="outer Nesterov momentum; 0: plain SGD (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="initialisation, data order, churn victims (default %(default)s)")
     g.add_argument("--model", choices=MODEL_SIZES, default="default",
-                   help="model size: default (d=128, 2 layers), small (d=64), tiny (d=32, 1 layer, for tests)")
-    g.add_argument("--batch-size", type=int, default=16, help="sequences per peer per inner step (default 16)")
-    g.add_argument("--lr", type=float, default=3e-3, help="inner AdamW learning rate (default 3e-3)")
-    g.add_argument("--warmup", type=int, default=50, help="inner steps of linear learning-rate warmup (default 50)")
+                   help="model size: default (d=128, 2 layers), small (d=64), tiny (d=32, 1 layer, for tests) (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=16, help="sequences per peer per inner step (default %(default)s)")
+    g.add_argument("--lr", type=float, default=3e-3, help="inner AdamW learning rate (default %(default)s)")
+    g.add_argument("--warmup", type=int, default=50, help="inner steps of linear learning-rate warmup (default %(default)s)")
     g.add_argument("--eval-every", type=int, default=0, help="inner steps between evals (default: --sync-every)")
-    g.add_argument("--eval-sequences", type=int, default=64, help="eval windows (fixed subset of the eval split)")
+    g.add_argument("--eval-sequences", type=int, default=64, help="eval windows, a fixed subset of the eval split (default %(default)s)")
     g = p.add_argument_group("environment")
     g.add_argument("--churn", action="store_true", help="SIGKILL a random peer about every --churn-every s and start "
                                                         "a newcomer that joins the running group")
-    g.add_argument("--churn-every", type=float, default=20.0, help="mean seconds between kills (default 20)")
+    g.add_argument("--churn-every", type=float, default=20.0, help="mean seconds between kills (default %(default)s)")
     g.add_argument("--wan", metavar="RTT_MS,FLOW_MBIT,LINK_MBIT", type=_wan, default=None,
                    help="route all peer traffic through the WAN emulator (pccl_py.wan), e.g. 50,100,1000")
-    g.add_argument("--time-limit", type=float, default=75.0 if demo else 1800.0,
+    g.add_argument("--time-limit", type=float, default=1800.0,
                    help="seconds; at 80%% of it every peer is told to stop at the next sync boundary, and the run "
-                        f"fails if it has not ended by 1.2x (default {75 if demo else 1800})")
+                        "fails if it has not ended by 1.2x (default %(default)s)")
     g = p.add_argument_group("output")
     g.add_argument("--json", metavar="FILE", default=None, help="write the run's record here")
     g.add_argument("--plot", metavar="FILE.png", default=None,

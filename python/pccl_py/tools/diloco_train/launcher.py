@@ -372,13 +372,13 @@ def execute(args: argparse.Namespace) -> tuple[dict, bool]:
     return rec, bool(rec["passed"]) and not interrupted
 
 
-def build_parser(prog: str = "python -m pccl_py.tools.diloco_train", demo: bool = False) -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m pccl_py.tools.diloco_train") -> argparse.ArgumentParser:
     from .cli import add_arguments  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog=prog, description=(
         "Local peers train a character-level transformer on CPython's pydoc topics with DDP, DiLoCo, async or "
         "streaming DiLoCo, or alone; optionally under churn and an emulated WAN. Writes a JSON record and a plot."))
-    add_arguments(p, demo=demo)
+    add_arguments(p)
     return p
 
 
