@@ -115,6 +115,10 @@ def main() -> None:
     except pccl_py.PCCLError as exc:
         emit(event="error", type=type(exc).__name__, message=str(exc), trace=traceback.format_exc())
         sys.exit(3)
+    if cfg.get("flush"):
+        report = algo.flush()
+        emit(event="flush", outer_step=algo.outer_step, applied=report is not None,
+             params=flat(model).tolist() if cfg.get("dump") else None)
     emit(event="done", inner_step=algo.inner_step, outer_step=algo.outer_step,
          hash=hashlib.sha256(flat(model).tobytes()).hexdigest())
     algo.close()

@@ -205,7 +205,7 @@ def test_diloco_matches_a_numpy_reference_with_nesterov_momentum(run: Run) -> No
 
 
 def test_async_matches_the_one_round_delayed_reference(run: Run) -> None:
-    names = run_group(run, 3, algo="async", steps=20, dump=True)
+    names = run_group(run, 3, algo="async", steps=20, dump=True, flush=True)
     start = np.array(run.events["p0"][0]["params"], dtype=np.float64)
     theta, m = start.copy(), np.zeros_like(start)
     anchor = start.copy()           # where the current round started
@@ -223,6 +223,12 @@ def test_async_matches_the_one_round_delayed_reference(run: Run) -> None:
             assert e["outer_step"] == (inner // 4) - 1  # the first round's end applies nothing
         assert len({e["hash"] for e in peers.values()}) == 1
     assert np.abs(theta - start).max() > 1e-3
+    # flush() applies the last round's reduce at once instead of a round later.
+    _nesterov(theta, m, pending, BASE["outer_lr"], BASE["momentum"])
+    for n in names:
+        flushed = next(e for e in run.events[n] if e["event"] == "flush")
+        assert flushed["applied"] and flushed["outer_step"] == 5
+        assert np.abs(np.array(flushed["params"]) - theta).max() < 1e-5
 
 
 def test_streaming_reduces_every_parameter_exactly_once_per_cycle(run: Run) -> None:

@@ -68,6 +68,26 @@ class AsyncDiLoCo(OuterLoop):
         frag.anchor.copy_(frag.global_)
         return self._report(self.outer_step, result, boundary=boundary, blocked=time.monotonic() - t0)
 
+    def flush(self) -> Optional[OuterStepReport]:
+        """Applies the last round's reduce now instead of one round later, loads the new global
+        parameters into the model, and restarts the pipeline with a zero-weight reduce (as after
+        construction), so training may go on. Every member must call it at the same inner step: it is
+        a boundary. Without it, the final global parameters lack the last round's update."""
+        t0 = time.monotonic()
+        frag = self.fragments[0]
+        result = self._inflight.wait()
+        self._inflight = None
+        self._check_repair(result)
+        self._apply(frag, result)
+        if result.contributors > 0:
+            self._counters[_OUTER] += 1
+        boundary = self._boundary(result.pending)
+        assert frag.anchor is not None
+        frag.write_model(frag.global_)
+        frag.anchor.copy_(frag.global_)
+        self._inflight = self._start_reduce(frag, None, weight=0)
+        return self._report(self.outer_step, result, boundary=boundary, blocked=time.monotonic() - t0)
+
     def state_dict(self) -> Dict[str, Any]:
         """As DiLoCo's, plus the reduce of the last round: waited for, so the checkpoint holds its
         result and a restored run applies exactly what this one would have."""

@@ -197,6 +197,12 @@ class OuterLoop:
         self._counters[_INNER] = int(state["inner_step"])
         self._snapshot.copy_(self._counters)
 
+    def flush(self) -> Optional[OuterStepReport]:
+        """Applies whatever reduce is still in flight, so that the global parameters include every
+        round trained (call it on every member at the same inner step, at the end of training, before
+        evaluating or saving the final model). DiLoCo has nothing in flight: returns None."""
+        return None
+
     def close(self) -> None:
         """Waits for a reduce still in flight (its result is dropped). The communicator stays open."""
         self._closed = True
