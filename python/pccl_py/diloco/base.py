@@ -48,7 +48,7 @@ class OuterLoop:
 
     def __init__(self, model: Any, inner_optimizer: Any, comm: Any, *, sync_every: int, outer_lr: float,
                  outer_momentum: float, nesterov: bool, quantization: Optional[str], error_feedback: bool,
-                 fragments: int = 1, anchors: bool = False) -> None:
+                 fragments: int = 1) -> None:
         # Everything is checked before any traffic.
         if not isinstance(sync_every, int) or isinstance(sync_every, bool) or sync_every < 1:
             raise InvalidArgumentError(f"sync_every must be an int >= 1 (inner steps per outer step), not {sync_every!r}")
@@ -69,7 +69,7 @@ class OuterLoop:
         self.error_feedback = error_feedback
         self.fragments: List[Fragment] = [
             Fragment(i, [params[j] for j in g], momentum=self._outer.momentum > 0,
-                     residual=self._quant is not None and error_feedback, anchor=anchors)
+                     residual=self._quant is not None and error_feedback)
             for i, g in enumerate(groups)]
         self._counters = torch.zeros(2, dtype=torch.int64)
         # The counters as of the last boundary: what the shared state holds. step() advances _counters
@@ -86,8 +86,6 @@ class OuterLoop:
         self._counters.copy_(self._snapshot)
         for frag in self.fragments:
             frag.write_model(frag.global_)
-            if frag.anchor is not None:
-                frag.anchor.copy_(frag.global_)
         self._closed = False
 
     # -- counters ---------------------------------------------------------------------------------
@@ -161,8 +159,7 @@ class OuterLoop:
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """The outer state: counters, and per fragment the global parameters, momentum, residual and
-        anchor. Checkpoint the model and the inner optimizer alongside it as usual."""
+        """The outer state: counters, and per fragment the global parameters, momentum and residual. Checkpoint the model and the inner optimizer alongside it as usual."""
         return {
             "algorithm": type(self).__name__,
             "outer_step": self.outer_step,

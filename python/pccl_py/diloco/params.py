@@ -67,7 +67,7 @@ class Fragment:
     """A contiguous run of parameters and the flat buffers DiLoCo keeps for it (CPU memory)."""
 
     def __init__(self, index: int, params: Sequence[Tuple[str, torch.nn.Parameter]], *,
-                 momentum: bool, residual: bool, anchor: bool) -> None:
+                 momentum: bool, residual: bool) -> None:
         self.index = index
         self.names = [name for name, _ in params]
         self.params = [p for _, p in params]
@@ -87,7 +87,6 @@ class Fragment:
         self.send = buf()                          # this peer's pseudo-gradient (never written by a reduce)
         self.recv = buf()                          # the reduced sum
         self.residual = buf() if residual else None  # quantization error carried into the next round
-        self.anchor = buf() if anchor else None    # where this peer's current round started, if not global_
         self.read_model(self.global_)
 
     @property
@@ -121,7 +120,7 @@ class Fragment:
     def buffers(self) -> Dict[str, torch.Tensor]:
         """The buffers a checkpoint must keep, by role."""
         out = {"global": self.global_}
-        for role, t in (("momentum", self.momentum), ("residual", self.residual), ("anchor", self.anchor)):
+        for role, t in (("momentum", self.momentum), ("residual", self.residual)):
             if t is not None:
                 out[role] = t
         return out

@@ -167,6 +167,9 @@ def train(args: argparse.Namespace, out: Reporter, stop: StopTarget) -> None:
             continue
         meter.after_step(algo, model, loss.item(), report, last=algo.inner_step >= stop.value)
 
+    if hasattr(algo, "flush"):  # the DiLoCo variants (not the ddp and solo stand-ins)
+        with meter.communicating():
+            algo.flush()  # AsyncDiLoCo: apply the round still in flight, so the final model includes it
     meter.finish(algo, model)
     algo.close()
     if comm is not None:
