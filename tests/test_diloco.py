@@ -41,7 +41,7 @@ BASE = dict(seed=1, dim=8, hidden=16, H=4, outer_lr=0.7, momentum=0.9, nesterov=
 class Run:
     """A master in this process and worker processes; every process is killed by PID on exit."""
 
-    def __init__(self, tmp_path: Any, time_limit: float = 90.0) -> None:
+    def __init__(self, tmp_path: Any, time_limit: float = 180.0) -> None:
         self.master = pccl_py.Master("127.0.0.1", 0).start()
         self.address = self.master.address
         self.tmp = tmp_path

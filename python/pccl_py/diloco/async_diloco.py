@@ -43,41 +43,27 @@ class AsyncDiLoCo(OuterLoop):
     """DiLoCo with the outer update of round t applied at the end of round t+1 (same arguments as
     DiLoCo); the reduce runs in the background meanwhile."""
 
-    def __init__(self, model: Any, inner_optimizer: Any, comm: Any, sync_every: int = 50, outer_lr: float = 0.7,
-                 outer_momentum: float = 0.9, nesterov: bool = True, quantization: Optional[str] = None,
-                 error_feedback: bool = True) -> None:
-        super().__init__(model, inner_optimizer, comm, sync_every=sync_every, outer_lr=outer_lr,
-                         outer_momentum=outer_momentum, nesterov=nesterov, quantization=quantization,
-                         error_feedback=error_feedback)
-        frag = self.fragments[0]
-        self._inflight: Any = self._start_reduce(frag, None, weight=0)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Nothing trained yet: a zero-weight reduce keeps every member's op sequence the same as a
+        # newcomer's, which starts the same way right after its admission.
+        self._inflight: Any = self._start_reduce(self.fragments[0], None, weight=0)
 
     def _after_inner_step(self, inner_step: int) -> Optional[OuterStepReport]:
         if inner_step % self.sync_every:
             return None
-        t0 = time.monotonic()
-        frag = self.fragments[0]
-        result = self._inflight.wait()
-        self._inflight = None
-        self._check_repair(result)
-        self._apply(frag, result)
-        if result.contributors > 0:
-            self._counters[_OUTER] += 1
-        weight = 0 if result.repaired else 1
-        if result.pending:
-            boundary = self._boundary(True)
-            self._inflight = self._start_reduce(frag, frag.global_, weight)
-        else:
-            boundary = (0, 0, 0, 0.0)
-            self._inflight = self._start_reduce(frag, frag.global_, weight, before=self._deferred_boundary())
-        frag.write_model(frag.global_)
-        return self._report(self.outer_step, result, boundary=boundary, blocked=time.monotonic() - t0)
+        return self._round_end(flush=False)
 
     def flush(self) -> Optional[OuterStepReport]:
         """Applies the last round's reduce now instead of one round later, loads the new global
         parameters into the model, and restarts the pipeline with a zero-weight reduce (as after
         construction), so training may go on. Every member must call it at the same inner step: it is
         a boundary. Without it, the final global parameters lack the last round's update."""
+        return self._round_end(flush=True)
+
+    def _round_end(self, flush: bool) -> OuterStepReport:
+        """Collects and applies the reduce in flight, then starts the next one: this round's
+        pseudo-gradient (weight 0 if the sync just repaired this peer), or zeros when flushing."""
         t0 = time.monotonic()
         frag = self.fragments[0]
         result = self._inflight.wait()
@@ -86,9 +72,15 @@ class AsyncDiLoCo(OuterLoop):
         self._apply(frag, result)
         if result.contributors > 0:
             self._counters[_OUTER] += 1
-        boundary = self._boundary(result.pending)
+        start = None if flush else frag.global_
+        weight = 0 if flush or result.repaired else 1
+        if result.pending or flush:
+            boundary = self._boundary(result.pending)
+            self._inflight = self._start_reduce(frag, start, weight)
+        else:
+            boundary = (0, 0, 0, 0.0)
+            self._inflight = self._start_reduce(frag, start, weight, before=self._deferred_boundary())
         frag.write_model(frag.global_)
-        self._inflight = self._start_reduce(frag, None, weight=0)
         return self._report(self.outer_step, result, boundary=boundary, blocked=time.monotonic() - t0)
 
     def state_dict(self) -> Dict[str, Any]:

@@ -46,9 +46,9 @@ def communicator_of(comm: Any) -> Communicator:
 class OuterLoop:
     """Base of the DiLoCo variants; see DiLoCo for the arguments."""
 
-    def __init__(self, model: Any, inner_optimizer: Any, comm: Any, *, sync_every: int, outer_lr: float,
-                 outer_momentum: float, nesterov: bool, quantization: Optional[str], error_feedback: bool,
-                 fragments: int = 1) -> None:
+    def __init__(self, model: Any, inner_optimizer: Any, comm: Any, sync_every: int = 50, outer_lr: float = 0.7,
+                 outer_momentum: float = 0.9, nesterov: bool = True, quantization: Optional[str] = None,
+                 error_feedback: bool = True, *, fragments: int = 1) -> None:
         # Everything is checked before any traffic.
         if not isinstance(sync_every, int) or isinstance(sync_every, bool) or sync_every < 1:
             raise InvalidArgumentError(f"sync_every must be an int >= 1 (inner steps per outer step), not {sync_every!r}")

@@ -14,7 +14,7 @@ costs one retry, not a wrong step.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from .base import _OUTER, OuterLoop
 from .report import OuterStepReport
@@ -36,13 +36,6 @@ class DiLoCo(OuterLoop):
     Creating it talks to the group: founders elect one initialisation; a peer joining a running
     group receives the group's parameters, momentum and counters into its model.
     """
-
-    def __init__(self, model: Any, inner_optimizer: Any, comm: Any, sync_every: int = 50, outer_lr: float = 0.7,
-                 outer_momentum: float = 0.9, nesterov: bool = True, quantization: Optional[str] = None,
-                 error_feedback: bool = True) -> None:
-        super().__init__(model, inner_optimizer, comm, sync_every=sync_every, outer_lr=outer_lr,
-                         outer_momentum=outer_momentum, nesterov=nesterov, quantization=quantization,
-                         error_feedback=error_feedback)
 
     def _after_inner_step(self, inner_step: int) -> Optional[OuterStepReport]:
         if inner_step % self.sync_every:
