@@ -22,7 +22,7 @@ from ..communicator import Communicator
 from ..errors import InvalidArgumentError
 from .membership import GroupState
 from .outer import OuterSGD, check_quantization, pseudo_gradient
-from .params import Fragment, model_parameters, partition
+from .params import Fragment, ModelBuffers, model_parameters, partition
 from .reduce import FinishedReduce, PseudoGradientReduce, ReduceResult, average_into
 from .report import OuterStepReport
 
@@ -59,7 +59,8 @@ class OuterLoop:
         self._quant = check_quantization(quantization)
         self._outer = OuterSGD(outer_lr, outer_momentum, nesterov)
         params = model_parameters(model)
-        groups = partition(params, fragments)
+        buffers = ModelBuffers(params, momentum=self._outer.momentum > 0)
+        ranges = partition(buffers.numel, len(params), fragments)
         self._comm = communicator_of(comm)
         if self._comm.world_size <= 0:
             raise InvalidArgumentError("comm is not a member of a group yet: call comm.connect() before creating DiLoCo")
@@ -68,18 +69,15 @@ class OuterLoop:
         self.inner_optimizer = inner_optimizer
         self.error_feedback = error_feedback
         self.fragments: List[Fragment] = [
-            Fragment(i, [params[j] for j in g], momentum=self._outer.momentum > 0,
-                     residual=self._quant is not None and error_feedback)
-            for i, g in enumerate(groups)]
+            Fragment(i, buffers, lo, hi, residual=self._quant is not None and error_feedback)
+            for i, (lo, hi) in enumerate(ranges)]
         self._counters = torch.zeros(2, dtype=torch.int64)
         # The counters as of the last boundary: what the shared state holds. step() advances _counters
         # while a deferred sync may be hashing the snapshot on another thread.
         self._snapshot = torch.zeros(2, dtype=torch.int64)
-        entries: Dict[str, torch.Tensor] = {}
-        for frag in self.fragments:
-            entries.update({f"params/{n}": v for n, v in frag.views(frag.global_).items()})
-            if frag.momentum is not None:
-                entries.update({f"momentum/{n}": v for n, v in frag.views(frag.momentum).items()})
+        entries: Dict[str, torch.Tensor] = {f"params/{n}": v for n, v in buffers.views(buffers.global_).items()}
+        if buffers.momentum is not None:
+            entries.update({f"momentum/{n}": v for n, v in buffers.views(buffers.momentum).items()})
         self._group = GroupState(self._comm, entries, self._snapshot)
         # Founders elect one initialisation; a newcomer receives the group's parameters and counters.
         self._group.sync()
