@@ -7,7 +7,7 @@ encoder and decoder as all_reduce (csrc/kernels/codec.cpp), with the GIL release
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 

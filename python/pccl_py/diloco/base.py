@@ -23,7 +23,7 @@ from ..errors import InvalidArgumentError
 from .membership import GroupState
 from .outer import OuterSGD, check_quantization, pseudo_gradient
 from .params import Fragment, ModelBuffers, model_parameters, partition
-from .reduce import FinishedReduce, PseudoGradientReduce, ReduceResult, average_into
+from .reduce import PseudoGradientReduce, ReduceResult, average_into
 from .report import OuterStepReport
 
 log = logging.getLogger("pccl_py.diloco")
@@ -219,4 +219,4 @@ class OuterLoop:
             fragment=fragment)
 
 
-__all__ = ["OuterLoop", "communicator_of", "FinishedReduce"]
+__all__ = ["OuterLoop", "communicator_of"]
