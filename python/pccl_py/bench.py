@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-iters", action="store_true", help="run exactly --iters/--warmup at every size")
     p.add_argument("--connections", type=int, default=1, metavar="K", help="TCP connections per peer pair (default 1)")
     p.add_argument("--algorithm", default="auto", choices=["auto", "ring", "star"], help="pccl algorithm (default auto)")
-    p.add_argument("--quantization", default="none", choices=["none", "fp16", "bf16", "q8"],
+    p.add_argument("--quantization", default="none", choices=["none", "fp16", "bf16", "q8", "q4"],
                    help="pccl wire quantization for float32/float64 (default none)")
     p.add_argument("--shared-state", action="store_true",
                    help="also time sync_shared_state of each size to a newcomer (the last rank) from the other "
