@@ -101,10 +101,6 @@ class Fragment:
         self.residual = buf() if residual else None  # quantization error carried into the next round
         self.read_model(self.global_)
 
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.global_.element_size()
-
     @torch.no_grad()
     def read_model(self, flat: torch.Tensor) -> None:
         for p, start, n, at in self._pieces:

@@ -91,9 +91,6 @@ class PseudoGradientReduce:
         self._thread = threading.Thread(target=self._run, name=f"pccl-diloco-reduce-{frag.index}", daemon=True)
         self._thread.start()
 
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
     def wait(self) -> ReduceResult:
         self._thread.join()
         if self._error is not None:
@@ -154,10 +151,6 @@ class FinishedReduce:
 
     def __init__(self, result: ReduceResult) -> None:
         self._result = result
-        self.started = result.started
-
-    def done(self) -> bool:
-        return True
 
     def wait(self) -> ReduceResult:
         return self._result

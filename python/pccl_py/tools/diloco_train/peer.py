@@ -280,33 +280,21 @@ def _report_dict(report: Any) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The launcher passes every training setting explicitly; their defaults live in cli.py only."""
     p = argparse.ArgumentParser(prog="python -m pccl_py.tools.diloco_train.peer",
                                 description="One training peer (started by pccl_py.tools.diloco_train).")
     p.add_argument("--master", default="")
-    p.add_argument("--slot", type=int, required=True)
     p.add_argument("--founder", action="store_true", help="one of the peers started together (admits until --world-size)")
-    p.add_argument("--world-size", type=int, default=1)
-    p.add_argument("--algo", choices=["ddp", "diloco", "async", "streaming", "solo"], default="diloco")
-    p.add_argument("--inner-steps", type=int, default=1000)
-    p.add_argument("--sync-every", type=int, default=50)
-    p.add_argument("--fragments", type=int, default=4)
-    p.add_argument("--overlap", type=int, default=5)
-    p.add_argument("--mixing", type=float, default=0.0)
-    p.add_argument("--quantization", default="none")
     p.add_argument("--no-error-feedback", action="store_true")
-    p.add_argument("--outer-lr", type=float, default=0.7)
-    p.add_argument("--outer-momentum", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="default")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--eval-sequences", type=int, default=64)
     p.add_argument("--listen-port", type=int, default=0)
     p.add_argument("--advertise-address", default="")
-    p.add_argument("--log-level", default="error")
-    p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--algo", choices=["ddp", "diloco", "async", "streaming", "solo"], required=True)
+    for flag, kind in (("--slot", int), ("--world-size", int), ("--inner-steps", int), ("--sync-every", int),
+                       ("--fragments", int), ("--overlap", int), ("--mixing", float), ("--quantization", str),
+                       ("--outer-lr", float), ("--outer-momentum", float), ("--seed", int), ("--model", str),
+                       ("--batch-size", int), ("--lr", float), ("--warmup", int), ("--eval-every", int),
+                       ("--eval-sequences", int), ("--log-level", str), ("--parent-pid", int)):
+        p.add_argument(flag, type=kind, required=True)
     return p
 
 
