@@ -17,7 +17,7 @@ def frame(msg_type: int, body: bytes = b"") -> bytes:
     return struct.pack("<I", len(b)) + b
 
 
-def hello_body(group=0, hb_ms=5000, host="127.0.0.1", port=1, conns=1, magic=PROTOCOL_MAGIC, version=1,
+def hello_body(group=0, hb_ms=5000, host="127.0.0.1", port=1, conns=1, magic=PROTOCOL_MAGIC, version=2,
                host_len=None) -> bytes:
     h = host.encode()
     return (struct.pack("<IHII", magic, version, group, hb_ms) + struct.pack("<H", len(h) if host_len is None else host_len)

@@ -67,6 +67,7 @@ py::dict to_dict(const ReduceResult& r) {
     d["algorithm"] = r.algorithm == Algorithm::kStar ? "star" : r.algorithm == Algorithm::kRing ? "ring" : "exchange";
     d["epoch"] = r.epoch;
     d["retries"] = r.retries;
+    d["peers_pending"] = r.peers_pending;
     return d;
 }
 

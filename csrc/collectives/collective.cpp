@@ -117,6 +117,7 @@ void Collective::on_frame(int from, const FrameHeader& h) {
             if (from < 0 || from >= world_ || done_from_[from]) throw ProtocolError("duplicate completion notice");
             done_from_[from] = 1;
             ++dones_;
+            if (h.flags & kDonePeersPending) pending_seen_ = true;
             cv_.notify_all();
             return;
         }
@@ -163,13 +164,17 @@ bool Collective::claim_done_notices() {
     progress_ = OpProgress::kDataDone;
     if (done_announced_) return false;
     done_announced_ = true;
+    own_pending_ = pending_source_ != nullptr && pending_source_->load() > 0;
+    pending_seen_ = pending_seen_ || own_pending_;
     outstanding_ += world_ - 1;
     return true;
 }
 
 void Collective::send_done_notices() {
+    FrameHeader h = make_header(FrameType::kDone, 0, 0, 0);
+    h.flags = own_pending_ ? kDonePeersPending : 0;  // fixed by claim_done_notices(), which ran before
     for (int r = 0; r < world_; ++r)
-        if (r != rank_) mesh_->send(r, 0, make_header(FrameType::kDone, 0, 0, 0), nullptr, shared_from_this());
+        if (r != rank_) mesh_->send(r, 0, h, nullptr, shared_from_this());
 }
 
 void Collective::process_all_arrivals() {
@@ -288,18 +293,28 @@ void Collective::publish() {
         std::memcpy(spec_.dst, work_.get(), bytes_);
 }
 
-OpProgress Collective::freeze() {
+OpProgress Collective::freeze(bool* pending_seen) {
     std::lock_guard<std::mutex> lock(mutex_);
     frozen_ = true;
     cv_.notify_all();
+    *pending_seen = pending_seen_;
     return committed_ ? OpProgress::kDataDone : progress_;
 }
 
-void Collective::decide(bool commit, EpochCause cause) {
+void Collective::decide(bool commit, EpochCause cause, bool pending) {
     std::lock_guard<std::mutex> lock(mutex_);
     decision_ = commit ? 1 : 2;
     decision_cause_ = cause;
+    // Commit: a member that committed before the recovery reported the full OR, so the master's copy
+    // is it; if none did, every member adopts the same union of partial views. Abort: the epoch's
+    // pending count, which every member gets in the same message. Either way all agree.
+    if (!committed_) pending_seen_ = pending;
     cv_.notify_all();
+}
+
+bool Collective::peers_pending() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pending_seen_;
 }
 
 bool Collective::wait_decision(TimePoint deadline, bool* commit, EpochCause* cause) {

@@ -3,6 +3,7 @@
 // thread runs the algorithm (ring or star) over them. The caller's input and output are never written
 // before the op commits, so an aborted op leaves them bitwise unchanged (invariant 2).
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -71,10 +72,20 @@ public:
     // Copies the result to the caller's output. Only after a commit.
     virtual void publish();
 
+    // --- admission flag ---------------------------------------------------------------------
+    // The communicator's count of peers pending admission, read when this peer sends its completion
+    // notices (set before execute(); may be null: the flag is then false).
+    void set_pending_source(const std::atomic<uint32_t>* source) { pending_source_ = source; }
+    // After a commit: whether any member saw peers pending when it finished its part. Every member
+    // gets the same answer (it is the OR of everyone's notice, or the master's decision's copy of it).
+    bool peers_pending();
+
     // --- recovery (control thread) ---------------------------------------------------------
-    // Freezes the op: from now on only the master's decision can finish it. Returns its progress.
-    OpProgress freeze();
-    void decide(bool commit, EpochCause cause);
+    // Freezes the op: from now on only the master's decision can finish it. Returns its progress and
+    // sets *pending_seen to the OR of the flags this peer holds so far (its own and the notices in).
+    OpProgress freeze(bool* pending_seen);
+    // pending: for a commit, the agreed flag the master computed from every member's report.
+    void decide(bool commit, EpochCause cause, bool pending = false);
     // Waits for decide(); returns false on deadline.
     bool wait_decision(TimePoint deadline, bool* commit, EpochCause* cause);
 
@@ -166,6 +177,9 @@ private:
     OpProgress progress_ = OpProgress::kRunning;
     bool committed_ = false;
     bool done_announced_ = false;  // the completion notices are queued
+    const std::atomic<uint32_t>* pending_source_ = nullptr;
+    bool own_pending_ = false;   // this peer's flag, fixed when it claims its completion notices
+    bool pending_seen_ = false;  // own_pending_ OR every notice received; replaced by a commit decision
     int decision_ = 0;  // 0 none, 1 commit, 2 abort
     EpochCause decision_cause_ = EpochCause::kLost;
     uint64_t tx_bytes_ = 0, rx_bytes_ = 0, swapped_bytes_ = 0;

@@ -25,22 +25,30 @@ std::string ids_to_string(const std::vector<uint64_t>& ids) {
 
 // A member whose data is not needed for an op cannot exist: decide COMMIT only when every survivor
 // has the complete result (it committed the op, or finished the data phase), else ABORT everywhere.
+// A commit carries the OR of the pending flags the survivors saw for the op: one that committed it
+// before the recovery saw every member's, so the OR is what it already told its caller.
 std::vector<Decision> decide(const std::map<uint64_t, Status>& statuses) {
     std::set<std::pair<uint32_t, uint64_t>> keys;
     for (auto& [_, st] : statuses)
         for (auto& op : st.ops) keys.insert({op.tag, op.seq});
     std::vector<Decision> out;
     for (auto& [tag, seq] : keys) {
-        bool commit = true;
+        bool commit = true, pending = false;
         for (auto& [_, st] : statuses) {
             bool ok = false;
             for (auto& t : st.tags)
-                if (t.tag == tag && t.committed > seq) ok = true;
+                if (t.tag == tag && t.committed > seq) {
+                    ok = true;
+                    if (t.committed == seq + 1) pending = pending || t.pending;
+                }
             for (auto& op : st.ops)
-                if (op.tag == tag && op.seq == seq && op.progress == OpProgress::kDataDone) ok = true;
+                if (op.tag == tag && op.seq == seq) {
+                    pending = pending || op.pending;
+                    if (op.progress == OpProgress::kDataDone) ok = true;
+                }
             if (!ok) commit = false;
         }
-        out.push_back(Decision{tag, seq, static_cast<uint8_t>(commit)});
+        out.push_back(Decision{tag, seq, static_cast<uint8_t>(commit), static_cast<uint8_t>(commit && pending)});
     }
     return out;
 }
@@ -476,7 +484,8 @@ void Master::finish_recovery(Group& g) {
     // Whatever the epoch's cause turned out to be, an admission that a vote asked for ends that vote.
     const bool vote_ended = std::exchange(g.vote_admission, false);
     if (g.members.empty()) return;
-    EpochMsg m{g.id, g.epoch, g.cause, {}, decisions};
+    const uint32_t still_pending = static_cast<uint32_t>(g.pending.size());
+    EpochMsg m{g.id, g.epoch, g.cause, {}, decisions, still_pending};
     for (auto id : g.members) {
         Peer* p = find(id);
         m.members.push_back(MemberInfo{id, p->hello.host, p->hello.port, p->hello.connections});
@@ -491,7 +500,7 @@ void Master::finish_recovery(Group& g) {
         // update_topology() returns, are_peers_pending() no longer counts the peers just admitted
         // (otherwise a caller could vote again at once, for nobody, and strand the next newcomer).
         broadcast_pending(g);
-        auto result = encode_vote_result(VoteResult{0, admitted, ""});
+        auto result = encode_vote_result(VoteResult{0, admitted, still_pending, ""});
         for (auto id : g.voters)
             if (Peer* p = find(id)) send(*p, result);
         g.voters.clear();
@@ -510,7 +519,7 @@ void Master::check_vote(Group& g) {
         start_recovery(g, EpochCause::kJoin, {});
         return;
     }
-    auto result = encode_vote_result(VoteResult{0, 0, ""});
+    auto result = encode_vote_result(VoteResult{0, 0, 0, ""});
     for (auto id : g.voters)
         if (Peer* p = find(id)) send(*p, result);
     g.voters.clear();
@@ -556,7 +565,7 @@ void Master::timers() {
                           "update_topology() timed out after %.1f s: member(s) %s did not call it; pending peers stay "
                           "pending, call update_topology() again on every member",
                           g.vote_timeout, ids_to_string(missing).c_str());
-            auto result = encode_vote_result(VoteResult{1, 0, msg});
+            auto result = encode_vote_result(VoteResult{1, 0, 0, msg});
             for (auto id : g.voters)
                 if (Peer* p = find(id)) send(*p, result);
             g.voters.clear();

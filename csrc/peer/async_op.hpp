@@ -13,13 +13,13 @@ namespace pccl {
 
 class AsyncOp {
 public:
-    AsyncOp(Communicator& comm, const CollectiveSpec& spec) {
+    AsyncOp(Communicator& comm, const CollectiveSpec& spec) : comm_(comm) {
         comm.check_usable("all_reduce_async");
         uint64_t ticket = comm.reserve_turn(spec.tag);
         thread_ = std::thread([this, &comm, spec, ticket] {
             name_this_thread("pccl-async-op");
             try {
-                result_ = comm.all_reduce_in_turn(spec, ticket);
+                result_ = comm.all_reduce_in_turn(spec, ticket, &agreed_);
             } catch (...) {
                 error_ = std::current_exception();
             }
@@ -33,13 +33,21 @@ public:
     AsyncOp& operator=(const AsyncOp&) = delete;
 
     bool done() const { return done_.load(); }
+    // The op's agreed pending flag is adopted here, when the caller takes the outcome, not when the
+    // op's thread finished: callers that wait for their ops in the same order then see the same flag
+    // even when several ops finished in different orders on different peers.
     ReduceResult wait() {
         if (thread_.joinable()) thread_.join();
+        if (!adopted_) comm_.adopt_agreed_pending(agreed_);
+        adopted_ = true;
         if (error_) std::rethrow_exception(error_);
         return result_;
     }
 
 private:
+    Communicator& comm_;
+    std::optional<bool> agreed_;
+    bool adopted_ = false;
     std::thread thread_;
     std::atomic<bool> done_{false};
     ReduceResult result_;

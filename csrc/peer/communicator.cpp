@@ -101,12 +101,26 @@ void Communicator::update_topology() {
                              [&] { return ready_ || is_terminal(static_cast<int>(state_)); });
     if (is_terminal(static_cast<int>(state_))) throw_state_error("update_topology");
     if (!ok) throw Error(ErrorCode::kTimeout, "update_topology(): the new membership did not become usable in time");
+    // Every voter gets the same result, and a newcomer admitted by it gets the same count in its epoch.
+    agreed_pending_ = vote_result_->pending > 0;
+    agreed_fresh_ = true;
 }
 
 bool Communicator::peers_pending() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (state_ != State::kMember) throw_state_error("are_peers_pending");
-    return pending_ > 0;
+    // Alone, nobody can disagree; polled with no op in between, nobody is inside an op to be stranded
+    // by a vote (and the agreed value could never change).
+    if (members_.size() == 1 || !agreed_fresh_) return pending_.load() > 0;
+    agreed_fresh_ = false;
+    return agreed_pending_;
+}
+
+void Communicator::adopt_agreed_pending(const std::optional<bool>& agreed) {
+    if (!agreed) return;  // the op never ran (bad arguments, wrong state): nothing was agreed
+    std::lock_guard<std::mutex> lock(mutex_);
+    agreed_pending_ = *agreed;
+    agreed_fresh_ = true;
 }
 
 int Communicator::world_size() {
@@ -203,16 +217,25 @@ void Communicator::release_turn(uint32_t tag) {
     cv_.notify_all();
 }
 
+// Adopts an op's agreed pending flag when its outcome, result or error, leaves for the caller.
+struct AdoptOnReturn {
+    Communicator* comm;
+    std::optional<bool> agreed;
+    ~AdoptOnReturn() { comm->adopt_agreed_pending(agreed); }
+};
+
 ReduceResult Communicator::all_reduce(const CollectiveSpec& spec) {
     check_usable("all_reduce");
-    return all_reduce_in_turn(spec, reserve_turn(spec.tag));
+    AdoptOnReturn adopt{this, {}};
+    return all_reduce_in_turn(spec, reserve_turn(spec.tag), &adopt.agreed);
 }
 
-ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& requested, uint64_t ticket) {
+ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& requested, uint64_t ticket, std::optional<bool>* agreed) {
     CollectiveSpec spec = requested;
     spec.swap_pages = spec.swap_pages && config_.swap_result_pages;
     OpCall call;
     call.tag = spec.tag;
+    call.agreed = agreed;
     call.make = [spec](uint64_t epoch, uint64_t seq, int world, int rank, Mesh* mesh) {
         return make_collective(spec, epoch, seq, world, rank, mesh);
     };
@@ -228,8 +251,10 @@ ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& requested, u
 
 ReduceResult Communicator::exchange(const ExchangeSpec& spec) {
     check_usable("exchange");
+    AdoptOnReturn adopt{this, {}};
     OpCall call;
     call.tag = spec.tag;
+    call.agreed = &adopt.agreed;
     call.name = "exchange";
     call.planned_epoch = spec.epoch;
     call.make = [spec](uint64_t, uint64_t seq, int world, int rank, Mesh* mesh) -> std::shared_ptr<Collective> {
@@ -287,10 +312,11 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         // the very op that recovery aborted on the others.
         auto owed = owed_failures_.find(tag);
         if (owed != owed_failures_.end() && !owed->second.empty()) {
-            EpochCause cause = owed->second.front();
+            OwedFailure failure = owed->second.front();
             owed->second.pop_front();
+            if (call.agreed) *call.agreed = failure.pending;
             lock.unlock();
-            throw_aborted(call.name, cause, " (tag " + std::to_string(tag) + ")",
+            throw_aborted(call.name, failure.cause, " (tag " + std::to_string(tag) + ")",
                           "it failed on the other members before this peer called it");
         }
         if (call.planned_epoch && call.planned_epoch != epoch_)
@@ -304,11 +330,14 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         if (members_.size() == 1) {
             call.alone();
             committed_[tag] = seq + 1;
+            result.peers_pending = committed_pending_[tag] = pending_.load() > 0;
+            if (call.agreed) *call.agreed = result.peers_pending;
             return result;
         }
         mesh = mesh_;
         router = router_;
         op = call.make(epoch_, seq, static_cast<int>(members_.size()), rank_, mesh.get());
+        op->set_pending_source(&pending_);
         inflight_.insert(op);
     }
     // Routing hands over early frames (possibly large copies), so it happens outside mutex_. An
@@ -330,7 +359,12 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         op->publish();
         finish();
         std::lock_guard<std::mutex> lock(mutex_);
-        if (epoch_ == op->epoch()) committed_[tag] = std::max(committed_[tag], op->seq() + 1);
+        result.peers_pending = op->peers_pending();
+        if (call.agreed) *call.agreed = result.peers_pending;
+        if (epoch_ == op->epoch() && op->seq() + 1 >= committed_[tag]) {
+            committed_[tag] = op->seq() + 1;
+            committed_pending_[tag] = result.peers_pending;
+        }
         result.tx_bytes = op->tx_bytes();
         result.rx_bytes = op->rx_bytes();
         result.swapped_bytes = op->swapped_bytes();
@@ -372,6 +406,9 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
     if (commit) return succeed();
     abandon_if_terminal();
     finish();
+    // Aborted by the master's decision: every member adopts the pending count of the epoch that
+    // carried it (a transparent re-run instead gets the flag of the run that completes).
+    if (call.agreed) *call.agreed = op->peers_pending();
     if ((cause == EpochCause::kJoin || cause == EpochCause::kLeft) && !call.planned_epoch) {
         *retry = true;  // nobody failed: re-run among the new membership, invisibly to the caller
         return result;

@@ -49,6 +49,7 @@ struct ReduceResult {
     Algorithm algorithm = Algorithm::kRing;
     uint64_t epoch = 0;
     int retries = 0;  // transparent re-runs after a graceful leave or a join
+    bool peers_pending = false;  // agreed by every member at the op's end (see peers_pending())
 };
 
 class Communicator {
@@ -60,6 +61,11 @@ public:
 
     void connect();
     void update_topology();
+    // Whether peers wait for admission, as agreed by every member at the same point of the op
+    // sequence: the value carried by the outcome this peer's caller received last (an op's return or
+    // error, an async op's wait(), update_topology(), connect()). A second call with no such outcome
+    // in between returns the master's live count instead, so an idle polling loop still sees newcomers;
+    // so does a member alone in its group. See docs/architecture.md, "Admission".
     bool peers_pending();
     int world_size();
     int rank();
@@ -71,7 +77,10 @@ public:
     // Reserves this op's place in its tag's order now (in the caller's thread), so async ops on one tag
     // run in submission order on every peer.
     uint64_t reserve_turn(uint32_t tag);
-    ReduceResult all_reduce_in_turn(const CollectiveSpec& spec, uint64_t ticket);
+    // agreed: set to the op's agreed pending flag once its outcome (result or error) is known, for
+    // the caller to adopt when it hands that outcome over (adopt_agreed_pending()).
+    ReduceResult all_reduce_in_turn(const CollectiveSpec& spec, uint64_t ticket, std::optional<bool>* agreed = nullptr);
+    void adopt_agreed_pending(const std::optional<bool>& agreed);
     // Runs this peer's part of a point-to-point plan made for membership spec.epoch. A membership
     // change before or during it fails it with PeerLost (the plan no longer fits): re-plan and retry.
     ReduceResult exchange(const ExchangeSpec& spec);
@@ -106,6 +115,7 @@ private:
         uint64_t planned_epoch = 0;  // nonzero: only valid in this epoch, never re-run transparently
         std::function<std::shared_ptr<Collective>(uint64_t epoch, uint64_t seq, int world, int rank, Mesh* mesh)> make;
         std::function<void()> alone;  // the whole op when this peer is the only member
+        std::optional<bool>* agreed = nullptr;  // receives the op's agreed pending flag, if it gets one
     };
     ReduceResult run_in_turn(const OpCall& call, uint64_t ticket);
     ReduceResult run_once(const OpCall& call, bool* retry);
@@ -137,8 +147,17 @@ private:
     std::map<uint32_t, uint64_t> committed_;
     // Ops that failed on other members before this peer started them: this peer's next op on the tag
     // is that op, so it fails the same way without running (every member sees one outcome per op).
-    std::map<uint32_t, std::deque<EpochCause>> owed_failures_;
-    uint32_t pending_ = 0;
+    struct OwedFailure {
+        EpochCause cause;
+        bool pending;  // the flag of the epoch that decided it, which the others adopted with the error
+    };
+    std::map<uint32_t, std::deque<OwedFailure>> owed_failures_;
+    std::map<uint32_t, bool> committed_pending_;  // per tag: the agreed flag of its last committed op
+    // The master's live count (PENDING messages). Atomic: ops read it, without mutex_, when they send
+    // their completion notices.
+    std::atomic<uint32_t> pending_{0};
+    bool agreed_pending_ = false;  // see peers_pending()
+    bool agreed_fresh_ = false;    // agreed_pending_ was set since peers_pending() last returned it
     std::optional<VoteResult> vote_result_;
     std::optional<Vote> vote_outstanding_;  // sent, no result yet: re-sent to a restarted master
     bool master_away_ = false;

@@ -291,6 +291,7 @@ void Communicator::on_recover(const Recover& m) {
     std::shared_ptr<Mesh> mesh;
     std::vector<std::shared_ptr<Collective>> ops;
     std::map<uint32_t, uint64_t> committed;
+    std::map<uint32_t, bool> committed_pending;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (state_ != State::kMember) throw ProtocolError("recover request while not a member");
@@ -305,13 +306,18 @@ void Communicator::on_recover(const Recover& m) {
         for (auto& op : inflight_)
             if (op->epoch() == epoch_) ops.push_back(op);
         committed = committed_;
+        committed_pending = committed_pending_;
     }
     // Stop the data plane first: after this no frame can change any op's progress.
     if (mesh) mesh->shutdown();
     Status st;
     st.epoch = m.epoch;
-    for (auto& op : ops) st.ops.push_back(OpReport{op->tag(), op->seq(), op->freeze()});
-    for (auto& [tag, n] : committed) st.tags.push_back(TagReport{tag, n});
+    for (auto& op : ops) {
+        bool seen = false;
+        OpProgress progress = op->freeze(&seen);
+        st.ops.push_back(OpReport{op->tag(), op->seq(), progress, static_cast<uint8_t>(seen)});
+    }
+    for (auto& [tag, n] : committed) st.tags.push_back(TagReport{tag, n, static_cast<uint8_t>(committed_pending[tag])});
     send_to_master(encode_status(st));
 }
 
@@ -331,25 +337,34 @@ void Communicator::on_epoch(const EpochMsg& m) {
         std::set<std::pair<uint32_t, uint64_t>> mine;
         for (auto& op : inflight_) {
             if (op->epoch() != epoch_) continue;  // decided with its own epoch (see on_recover)
-            bool commit = false;
+            bool commit = false, pending = m.pending > 0;
             for (auto& d : m.decisions)
-                if (d.tag == op->tag() && d.seq == op->seq()) commit = d.commit != 0;
-            op->decide(commit, m.cause);
+                if (d.tag == op->tag() && d.seq == op->seq()) {
+                    commit = d.commit != 0;
+                    if (commit) pending = d.pending != 0;
+                }
+            op->decide(commit, m.cause, pending);
             mine.insert({op->tag(), op->seq()});
             if (commit) done[op->tag()] = std::max(done[op->tag()], op->seq() + 1);
         }
         if (m.cause != EpochCause::kJoin && m.cause != EpochCause::kLeft) {
             for (auto& d : m.decisions)
                 if (!d.commit && !mine.count({d.tag, d.seq}) && done[d.tag] == d.seq)
-                    owed_failures_[d.tag].push_back(m.cause);
+                    owed_failures_[d.tag].push_back(OwedFailure{m.cause, m.pending > 0});
         }
         if (my_rank >= 0) {
+            if (state_ == State::kJoining) {
+                // The voters' update_topology() returns this same count (VoteResult::pending).
+                agreed_pending_ = m.pending > 0;
+                agreed_fresh_ = true;
+            }
             epoch_ = m.epoch;
             members_ = m.members;
             rank_ = my_rank;
             state_ = State::kMember;
             next_seq_.clear();
             committed_.clear();
+            committed_pending_.clear();
             uint64_t epoch = m.epoch;
             router_ = std::make_shared<OpRouter>([this, epoch](int from, const std::string&) {
                 report_failure(epoch, FailureKind::kLinkBroken, from);

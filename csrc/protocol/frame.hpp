@@ -14,6 +14,11 @@ constexpr uint32_t kMaxFramePayload = 4u << 20;
 
 enum class FrameType : uint8_t { kData = 1, kDone = 2, kKeepalive = 3 };
 
+// A completion notice's sender saw peers pending admission when it finished its part. Every member
+// receives every other member's notice before it commits, so all of them agree on the OR of these
+// flags: that is what are_peers_pending() returns after the op (see Communicator::peers_pending()).
+constexpr uint8_t kDonePeersPending = 1;
+
 // The descriptor of a collective, repeated in every frame so a receiver can detect a peer that called
 // a different collective under the same (tag, seq).
 struct OpDescriptor {
@@ -40,7 +45,8 @@ struct FrameHeader {
     uint64_t offset;  // byte offset inside the region this step writes
     uint32_t length;  // payload bytes after the header
     uint8_t quant;
-    uint8_t reserved[3];
+    uint8_t flags;  // completion notices only: kDonePeersPending
+    uint8_t reserved[2];
 
     OpDescriptor descriptor() const { return OpDescriptor{dtype, op, algorithm, quant, count}; }
 };
@@ -68,6 +74,9 @@ inline void validate_frame_header(const FrameHeader& h, uint64_t epoch) {
         throw ProtocolError("frame for epoch " + std::to_string(h.epoch) + " on a connection of epoch " + std::to_string(epoch));
     if (h.length > kMaxFramePayload) throw ProtocolError("frame payload of " + std::to_string(h.length) + " bytes exceeds the cap");
     if (h.type != static_cast<uint8_t>(FrameType::kData) && h.length != 0) throw ProtocolError("control frame with payload");
+    if (h.reserved[0] != 0 || h.reserved[1] != 0) throw ProtocolError("nonzero reserved bytes in a frame header");
+    if (h.flags != 0 && (h.type != static_cast<uint8_t>(FrameType::kDone) || h.flags != kDonePeersPending))
+        throw ProtocolError("unknown frame flags " + std::to_string(h.flags));
 }
 
 }  // namespace pccl

@@ -151,6 +151,7 @@ std::vector<uint8_t> encode_vote_result(const VoteResult& m) {
     Writer w = begin(MsgType::kVoteResult);
     w.put<uint8_t>(m.timed_out);
     w.put<uint32_t>(m.admitted);
+    w.put<uint32_t>(m.pending);
     w.put_string(m.message);
     return finish(w);
 }
@@ -159,6 +160,7 @@ VoteResult decode_vote_result(Reader& r) {
     VoteResult m;
     m.timed_out = r.get_enum(2, "timed-out flag");
     m.admitted = r.get_count(kMaxMembers, "admitted");
+    m.pending = r.get_count(kMaxPending, "pending");
     m.message = r.get_string(kMaxTextLength);
     r.expect_end();
     return m;
@@ -171,7 +173,7 @@ std::vector<uint8_t> encode_pending(uint32_t count) {
 }
 
 uint32_t decode_pending(Reader& r) {
-    uint32_t n = r.get_count(kMaxMembers * 16, "pending");
+    uint32_t n = r.get_count(kMaxPending, "pending");
     r.expect_end();
     return n;
 }
@@ -214,11 +216,13 @@ std::vector<uint8_t> encode_status(const Status& m) {
         w.put<uint32_t>(op.tag);
         w.put<uint64_t>(op.seq);
         w.put<uint8_t>(static_cast<uint8_t>(op.progress));
+        w.put<uint8_t>(op.pending);
     }
     w.put<uint32_t>(static_cast<uint32_t>(m.tags.size()));
     for (auto& t : m.tags) {
         w.put<uint32_t>(t.tag);
         w.put<uint64_t>(t.committed);
+        w.put<uint8_t>(t.pending);
     }
     return finish(w);
 }
@@ -232,12 +236,14 @@ Status decode_status(Reader& r) {
         op.tag = r.get<uint32_t>();
         op.seq = r.get<uint64_t>();
         op.progress = static_cast<OpProgress>(r.get_enum(static_cast<uint8_t>(OpProgress::kCount), "op progress"));
+        op.pending = r.get_enum(2, "pending flag");
     }
     uint32_t t = r.get_count(kMaxReportedOps, "reported tag");
     m.tags.resize(t);
     for (auto& tr : m.tags) {
         tr.tag = r.get<uint32_t>();
         tr.committed = r.get<uint64_t>();
+        tr.pending = r.get_enum(2, "pending flag");
     }
     r.expect_end();
     return m;
@@ -255,7 +261,9 @@ std::vector<uint8_t> encode_epoch(const EpochMsg& m) {
         w.put<uint32_t>(d.tag);
         w.put<uint64_t>(d.seq);
         w.put<uint8_t>(d.commit);
+        w.put<uint8_t>(d.pending);
     }
+    w.put<uint32_t>(m.pending);
     return finish(w);
 }
 
@@ -273,7 +281,9 @@ EpochMsg decode_epoch(Reader& r) {
         dec.tag = r.get<uint32_t>();
         dec.seq = r.get<uint64_t>();
         dec.commit = r.get_enum(2, "commit flag");
+        dec.pending = r.get_enum(2, "pending flag");
     }
+    m.pending = r.get_count(kMaxPending, "pending");
     r.expect_end();
     return m;
 }

@@ -11,10 +11,11 @@
 namespace pccl {
 
 constexpr uint32_t kProtocolMagic = 0x4C434350;  // "PCCL"
-constexpr uint16_t kProtocolVersion = 1;
+constexpr uint16_t kProtocolVersion = 2;  // 2: pending flags in votes, reports, decisions and epochs
 constexpr uint32_t kMaxControlMessage = 1 << 20;
 constexpr uint32_t kMaxMembers = 4096;
 constexpr uint32_t kMaxReportedOps = 65536;
+constexpr uint32_t kMaxPending = kMaxMembers * 16;  // peers waiting for admission, as counted in messages
 constexpr size_t kMaxHostLength = 255;
 constexpr size_t kMaxTextLength = 1024;
 
@@ -65,6 +66,7 @@ struct Vote {
 struct VoteResult {
     uint8_t timed_out = 0;
     uint32_t admitted = 0;
+    uint32_t pending = 0;  // peers still pending once this vote is settled (the voters' agreed flag)
     std::string message;
 };
 
@@ -82,11 +84,13 @@ struct OpReport {
     uint32_t tag = 0;
     uint64_t seq = 0;
     OpProgress progress = OpProgress::kRunning;
+    uint8_t pending = 0;  // a completion notice of this op (or this peer's own) said peers were pending
 };
 
 struct TagReport {
     uint32_t tag = 0;
     uint64_t committed = 0;  // ops of this tag committed in the closed epoch
+    uint8_t pending = 0;     // the agreed pending flag of the last of them
 };
 
 struct Status {
@@ -106,6 +110,7 @@ struct Decision {
     uint32_t tag = 0;
     uint64_t seq = 0;
     uint8_t commit = 0;
+    uint8_t pending = 0;  // for a commit: the op's agreed pending flag (OR of what the members saw)
 };
 
 struct EpochMsg {
@@ -114,6 +119,7 @@ struct EpochMsg {
     EpochCause cause = EpochCause::kJoin;
     std::vector<MemberInfo> members;
     std::vector<Decision> decisions;
+    uint32_t pending = 0;  // peers pending once this epoch starts: a newcomer's and an aborted op's flag
 };
 
 // Sent to a master that restarted: what this member knew, so the master can rebuild the group.

@@ -158,7 +158,16 @@ class Communicator:
         self._core.update_topology()
 
     def are_peers_pending(self) -> bool:
-        """True if peers are waiting for the members to call update_topology()."""
+        """True if peers are waiting for the members to call update_topology().
+
+        Every member gets the same answer at the same point of its op sequence, so the loop
+        ``op; if comm.are_peers_pending(): comm.update_topology()`` never strands a member inside an
+        op while another votes. The answer is the one agreed at the end of the outcome this peer
+        received last: an op's result or error (an async op's at ``wait()``), ``update_topology()``
+        or ``connect()``; ``ReduceInfo.peers_pending`` carries the same value. Two calls with no such
+        outcome in between (an idle polling loop), or a member alone in its group, get the master's
+        live count instead: then no member is inside an op, so a vote cannot strand anyone.
+        """
         return self._core.are_peers_pending()
 
     @property

@@ -36,6 +36,9 @@ class ReduceInfo:
     retries: int  # transparent re-runs caused by a graceful leave or a join mid-op
     rank: int = -1  # this peer's rank in the membership the op ran in
     swapped_bytes: int = 0  # of the result, published by swapping memory pages instead of copying
+    # Whether peers wait for admission, as every member agreed at the end of this op: the value
+    # are_peers_pending() returns after it (see Communicator.are_peers_pending).
+    peers_pending: bool = False
 
     @classmethod
     def from_core(cls, d: dict) -> "ReduceInfo":

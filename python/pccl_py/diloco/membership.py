@@ -7,9 +7,10 @@ peer is waiting, then every member, and the newcomer from its constructor, runs 
 sync. In steady state that sync moves only hashes and proves the peers still agree bit for bit.
 
 The traps:
-- Deciding to vote from a member's own ``are_peers_pending()`` lets members disagree (one sees the
-  newcomer, another does not yet) and stalls the group for a whole op timeout. The decision comes
-  from the reduced control op instead, which every member reads identically.
+- Deciding to vote from a view that members do not share stalls the group for a whole op timeout (one
+  sees the newcomer and votes, another starts its next op). ``are_peers_pending()`` is agreed only at
+  the same point of the caller's op sequence, and here the reduces finish on a background thread, so
+  the decision comes from the reduced control op instead, which every member reads identically.
 - A newcomer's fresh parameters must never win the shared-state election. Every fresh communicator
   starts at revision 1; a group that has synced once expects at least revision 2, so a newcomer is
   always "behind" and receives, whatever the group's size.

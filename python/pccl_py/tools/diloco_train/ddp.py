@@ -13,10 +13,11 @@ Both expose what the training loop in :mod:`.peer` uses on every algorithm: ``in
 
 The traps to avoid:
 
-- Admitting a newcomer on some members but not on others. ``are_peers_pending()`` is a local view
-  that can differ between members at the same step, so the flag rides along in the gradient
-  all-reduce (one extra element, averaged: non-zero iff any member saw a pending peer), and every
-  member then votes ``update_topology()`` after the same step.
+- Admitting a newcomer on some members but not on others. ``are_peers_pending()`` is agreed at the
+  same point of the communicator's op sequence, but the torch backend may finish a step's bucketed
+  all-reduces in any order, so the flag rides along in the gradient all-reduce (one extra element,
+  averaged: non-zero iff any member saw a pending peer), and every member then votes
+  ``update_topology()`` after the same step.
 - A newcomer with fresh Adam moments next to members with warm ones: the members' ``exp_avg`` /
   ``exp_avg_sq`` and the step counter are part of the synced state, so every member applies bitwise
   the same update afterwards and the parameters stay identical.
