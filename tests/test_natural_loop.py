@@ -179,3 +179,53 @@ def test_natural_admission_loop_under_churn(tmp_path) -> None:
         longest = r["slow"][0] if r["slow"] else (0.0, "-", "-", 0.0)
         print(f"seed {seed}: longest wait {longest}, events {r['timeline']}")
         assert longest[0] <= LIMIT, f"a call waited {longest[0]} s > heartbeat_timeout + 1 s: {r['slow'][:5]} ({where})"
+
+
+
+def test_every_member_reads_the_same_flag_after_each_op() -> None:
+    """ReduceInfo.peers_pending and are_peers_pending() agree op by op while a newcomer arrives at an
+    arbitrary moment; the flag does turn on; a second call with no op in between is the live count; and
+    the vote it leads to admits the newcomer with the same flag on both sides."""
+    import threading
+
+    import numpy as np
+
+    import pccl_py
+    from support import Background, connect_group, new_comm, run_concurrently
+
+    master = pccl_py.Master("127.0.0.1", 0).start()
+    members = connect_group(master.address, 3)
+    newcomer = new_comm(master.address)
+    try:
+        ops = 300
+        seen: list[list[tuple[bool, bool]]] = [[] for _ in members]
+        quarter = threading.Event()
+
+        def loop(i: int) -> None:
+            x = np.ones(256, dtype=np.float32)
+            for k in range(ops):
+                info = members[i].all_reduce(x, out=np.empty_like(x))
+                seen[i].append((info.peers_pending, members[i].are_peers_pending()))
+                if k == ops // 4:
+                    quarter.set()
+
+        joining = Background(lambda: (quarter.wait(30), newcomer.connect()))
+        run_concurrently(*[lambda i=i: loop(i) for i in range(len(members))], timeout=120)
+        for i in range(1, len(members)):
+            assert seen[i] == seen[0], f"member {i} disagrees with member 0 at op {next(k for k in range(ops) if seen[i][k] != seen[0][k])}"
+        assert all(info == flag for info, flag in seen[0]), "are_peers_pending() differs from the op's ReduceInfo"
+        assert not seen[0][0][0] and seen[0][-1][0], "the newcomer was never seen pending"
+        # Once turned on, it stays on until a vote: the newcomer waits in connect().
+        first = next(k for k in range(ops) if seen[0][k][0])
+        assert all(flag for flag, _ in seen[0][first:])
+        # Polling with no op in between reads the master's live count (the newcomer is still waiting).
+        assert all(m.are_peers_pending() for m in members)
+        run_concurrently(*[m.update_topology for m in members], timeout=60)
+        joining.result(60)
+        assert newcomer.world_size == 4
+        flags = [m.are_peers_pending() for m in members + [newcomer]]
+        assert flags == [False] * 4, flags
+    finally:
+        for c in members + [newcomer]:
+            c.close()
+        master.stop()
