@@ -65,7 +65,7 @@ public:
     // sequence: the value carried by the outcome this peer's caller received last (an op's return or
     // error, an async op's wait(), update_topology(), connect()). A second call with no such outcome
     // in between returns the master's live count instead, so an idle polling loop still sees newcomers;
-    // so does a member alone in its group. See docs/architecture.md, "Admission".
+    // so does a member alone in its group. See docs/architecture.md, "Agreeing on pending peers".
     bool peers_pending();
     int world_size();
     int rank();
