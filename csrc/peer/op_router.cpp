@@ -50,12 +50,13 @@ RecvTarget OpRouter::on_header(int from, const FrameHeader& h) {
     std::shared_ptr<Collective> op;
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        Key key{h.tag, h.seq};
-        auto it = ops_.find(key);
+        // Copies: the header is packed, and binding a reference to a misaligned field is undefined.
+        const uint32_t tag = h.tag;
+        auto it = ops_.find(Key{tag, uint64_t{h.seq}});
         if (it != ops_.end()) {
             op = it->second;
         } else {
-            auto r = retired_.find(h.tag);
+            auto r = retired_.find(tag);
             if (r != retired_.end() && h.seq < r->second)
                 throw ProtocolError("frame for an operation that already finished (tag " + std::to_string(h.tag) +
                                     ", seq " + std::to_string(h.seq) + ")");
@@ -73,7 +74,7 @@ RecvTarget OpRouter::on_header(int from, const FrameHeader& h) {
 
 void OpRouter::on_frame(int from, const FrameHeader& h, RecvTarget& target) {
     std::unique_lock<std::mutex> lock(mutex_);
-    Key key{h.tag, h.seq};
+    Key key{uint32_t{h.tag}, uint64_t{h.seq}};  // copies of the packed fields (see on_header())
     auto it = ops_.find(key);
     if (target.route != kEarlyRoute) {
         if (it == ops_.end()) return;

@@ -127,7 +127,7 @@ void MeshListener::loop() {
                 else if (parked_.size() >= kMaxParked) reject = "too many parked connections";
                 else {
                     set_nonblocking(p.fd.get(), false);
-                    parked_[Key{h.epoch, h.from_peer, h.conn_index}] = Parked{std::move(p.fd), Clock::now()};
+                    parked_[Key{uint64_t{h.epoch}, uint64_t{h.from_peer}, uint16_t{h.conn_index}}] = Parked{std::move(p.fd), Clock::now()};
                     cv_.notify_all();
                     done = true;
                 }
