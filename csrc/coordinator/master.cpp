@@ -305,6 +305,7 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
         g.rebuilding = true;
         g.claims.clear();
         g.rebuild_due.clear();
+        g.rebuild_lost.clear();
         g.failure_while_rebuilding = false;
         // Live members redial every 100 ms, so they are back within moments of the first; one that is
         // not back within its heartbeat timeout would count as dead anywhere else too. The window is
@@ -326,15 +327,17 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
     // What this member last heard from the others dates their silence. A member goes quiet once, and
     // its heartbeat deadline runs from then, master restart or not: the old master would have evicted
     // it at that time, and the new one must not wait a fresh heartbeat_timeout for it. Any claimant that
-    // heard from it more recently (the latest evidence wins) keeps it in.
+    // heard from it more recently keeps it in (the latest evidence wins), except that a closed link is
+    // final: a claimant that was itself frozen reads what a dead member sent before it died as news.
+    // Either way a live member is back within the redial floor, which no evidence shortens.
     const auto now = Clock::now();
     const auto hb = std::chrono::milliseconds(m.hello.heartbeat_timeout_ms);
     std::set<uint64_t> reported;
     for (const auto& h : m.heard) {
-        const TimePoint last = now - std::chrono::milliseconds(h.silent_ms);
-        const TimePoint due = h.lost ? last : last + hb;
+        const TimePoint due = now - std::chrono::milliseconds(h.silent_ms) + hb;
         auto [it, fresh] = g.rebuild_due.emplace(h.peer_id, due);
         if (!fresh) it->second = std::max(it->second, due);
+        if (h.lost) g.rebuild_lost.insert(h.peer_id);
         reported.insert(h.peer_id);
     }
     for (const auto& mi : m.members)  // no evidence on it here: it may take the whole window
@@ -353,7 +356,7 @@ void Master::check_rebuild(Group& g) {
     for (const auto& [id, due] : g.rebuild_due) {
         if (g.claims.count(id)) continue;
         all_back = false;
-        waiting = waiting || due > now;
+        waiting = waiting || (due > now && !g.rebuild_lost.count(id));
     }
     if (all_back || now > g.rebuild_deadline || (!waiting && now >= g.rebuild_floor)) finish_rebuild(g);
 }
@@ -361,6 +364,7 @@ void Master::check_rebuild(Group& g) {
 void Master::finish_rebuild(Group& g) {
     g.rebuilding = false;
     g.rebuild_due.clear();
+    g.rebuild_lost.clear();
     // The most recent claim is the reference; members it lists come first, in its ring order.
     const Rejoin* ref = nullptr;
     for (auto& [id, c] : g.claims)

@@ -63,9 +63,10 @@ private:
         TimePoint rebuild_deadline;  // the window's hard end: the first claim's heartbeat timeout
         TimePoint rebuild_floor;     // it stays open at least this long, for live members to redial
         // Every member a claim lists, with the moment the claims' evidence makes it due: heartbeat_timeout
-        // after the latest any claimant heard from it, or that moment itself if its link was lost. The
-        // window closes once each of them is back or due (check_rebuild).
+        // after the latest any claimant heard from it. Members whose link some claimant saw close are
+        // due at once (rebuild_lost). The window closes once each of them is back or due (check_rebuild).
         std::map<uint64_t, TimePoint> rebuild_due;
+        std::set<uint64_t> rebuild_lost;
         bool failure_while_rebuilding = false;
         EpochCause rebuild_cause = EpochCause::kLost;
     };
