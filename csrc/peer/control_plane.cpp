@@ -179,7 +179,8 @@ bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) 
         std::lock_guard<std::mutex> lock(mutex_);
         if (config_.master_grace > 0 && state_ == State::kMember) {
             master_away_ = true;
-            claim = Rejoin{hello_, peer_id_, epoch_, static_cast<uint8_t>(ready_ ? 1 : 0), members_};
+            // heard: filled in at each send
+            claim = Rejoin{hello_, peer_id_, epoch_, static_cast<uint8_t>(ready_ ? 1 : 0), members_, {}};
         }
     }
     if (!claim.peer_id) {
