@@ -81,9 +81,10 @@ def test_ci_three_minute_run(tmp_path):
 
 
 def test_overlapping_freezes_are_excused_beyond_the_first_detection():
-    """Three members frozen a second apart hold the group for about three detections, and a master
-    restart during a freeze restarts its detection; a gap with no freeze in it, or one plain freeze,
-    gets no allowance (so a real hang during churn still fails)."""
+    """Three members frozen a second apart hold the group for about three detections, and a master that
+    is down when a freeze falls due delays its detection until just after it is back (but a restart
+    never starts a detection over); a gap with no freeze in it, or one plain freeze, gets no allowance
+    (so a real hang during churn still fails)."""
     from types import SimpleNamespace
 
     from pccl_py.stress import _undetected_freeze_time
@@ -98,8 +99,13 @@ def test_overlapping_freezes_are_excused_beyond_the_first_detection():
     one = [SimpleNamespace(slot=1, stops=[[10.0, 11.5]])]
     assert abs(_undetected_freeze_time(one, 9.0, 25.0, hb, exclude=0) - 1.5) < 1e-9
     assert _undetected_freeze_time(one, 12.0, 25.0, hb, exclude=0) == 0.0
-    # A master restart 1.8 s into a 5 s freeze (back up 0.5 s later) starts the detection over: the
-    # new master waits hb for the frozen member to rejoin. One that restarts after the eviction does not.
+    # A master restart during a 5 s freeze does not start its detection over (the new master dates the
+    # silence from what the others last heard): back up 0.5 s after a kill 1.8 s into the freeze, it
+    # still leaves the frozen member out hb after the freeze began. Only a master that is down, or
+    # just back, when the freeze falls due delays it, to MASTER_REDIAL after it came back up.
+    from pccl_py.stress import MASTER_REDIAL
+
     frozen = [SimpleNamespace(slot=1, stops=[[10.0, 15.0]])]
-    assert abs(_undetected_freeze_time(frozen, 10.0, 20.0, hb, 0, [(11.8, 12.3)]) - 4.3) < 1e-9
+    assert abs(_undetected_freeze_time(frozen, 10.0, 20.0, hb, 0, [(11.0, 11.3)]) - 2.0) < 1e-9
+    assert abs(_undetected_freeze_time(frozen, 10.0, 20.0, hb, 0, [(11.8, 12.3)]) - (2.3 + MASTER_REDIAL)) < 1e-9
     assert abs(_undetected_freeze_time(frozen, 10.0, 20.0, hb, 0, [(12.5, 13.0)]) - 2.0) < 1e-9

@@ -109,11 +109,58 @@ class Worker:
         # --- added for the shared-state tests ------------------------------------------------------
         if name == "sync_state":
             return self.sync_state(cmd)
+        # --- added for the overlapping-fault tests --------------------------------------------------
+        if name == "reduce_loop":
+            return self.reduce_loop(cmd)
         raise ValueError(f"unknown command {name}")
 
     def state(self) -> dict:
         c = self.comm
         return {"ok": True, "rank": c.rank, "world_size": c.world_size, "peer_id": c.peer_id, "epoch": c.epoch}
+
+    def reduce_loop(self, cmd: dict) -> dict:
+        """All-reduces back to back, as a training loop would, until the members agree that cmd["until"]
+        (time.time()) has passed: each op carries a last lane in which a member past `until` puts 1, and
+        everyone stops after the first result in which it is set (a loop that stopped on its own clock
+        would leave the others waiting in one more op). An op that raises PeerLostError or TimeoutError is
+        retried at once (every survivor sees the same outcome, so the retries line up); any other error
+        ends the loop and is reported. Each op is an exact float64 SUM whose result names its contributors
+        (pccl_py.stress_worker's ident op), so every result is checked against the members that made it.
+        Reports the longest wait between two successful ops (from the loop's start) and every wait over
+        0.25 s, with time.time() stamps."""
+        from pccl_py.stress_worker import check_exact, exact_contribution
+
+        until, size, seed = float(cmd["until"]), int(cmd.get("count", 256)), int(cmd.get("seed", 0))
+        step, ok, failed, wrong, end = 0, 0, [], [], None
+        worlds: set = set()
+        last_ok = t0 = time.time()
+        longest, gaps = [0.0, t0, t0], []
+        stop = False
+        while not stop:
+            x = np.append(exact_contribution(self.index, seed, step, 2, size), 0.0)
+            x[-1] = 1.0 if time.time() >= until else 0.0
+            original = x.tobytes()
+            try:
+                info = self.comm.all_reduce(x, op=pccl_py.ReduceOp.SUM, tag=int(cmd.get("tag", 0)))
+            except (pccl_py.PeerLostError, pccl_py.TimeoutError) as exc:
+                failed.append({"t": time.time(), "error": type(exc).__name__, "unchanged": x.tobytes() == original})
+                continue  # the same step again
+            except pccl_py.PCCLError as exc:
+                end = {"t": time.time(), "error": type(exc).__name__, "message": str(exc)}
+                break
+            now = time.time()
+            slots, why = check_exact(x[:-1], seed, step, 2)
+            if slots is None or len(slots) != info.world_size:
+                wrong.append({"step": step, "world_size": info.world_size, "why": why or f"contributors {sorted(slots)}"})
+            else:
+                worlds.add(len(slots))
+            if now - last_ok > longest[0]:
+                longest = [now - last_ok, last_ok, now]
+            if now - last_ok > 0.25:
+                gaps.append([last_ok, now])
+            last_ok, ok, step, stop = now, ok + 1, step + 1, x[-1] > 0
+        return {"ok": True, "ops_ok": ok, "failed": failed, "wrong": wrong, "end": end, "longest": longest,
+                "gaps": gaps, "worlds": sorted(worlds), "t0": t0, "t": time.time()}
 
     def all_reduce(self, cmd: dict) -> dict:
         """Runs cmd["repeat"] all-reduces on generated inputs and reports outcome, timing and correctness.
@@ -454,4 +501,8 @@ def tcp_conns() -> list:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` writes every thread's stack to the peer's log
     Worker(int(sys.argv[1])).run()

@@ -16,6 +16,11 @@ namespace {
 constexpr double kHandshakeTimeout = 5.0;
 constexpr double kHeartbeatEvery = 0.25;
 constexpr size_t kMaxOutBuffer = 16u << 20;
+// How long a restarted master's rebuild window stays open at least, whatever the claims say about the
+// missing members: a live member redials every 100 ms, so it is back within a few tries of the first
+// one. (A member that is not back by then and that the claims show silent for its heartbeat timeout
+// is left out: waiting for it longer would re-arm a detection that began before the restart.)
+constexpr double kRedialWindow = 0.5;
 
 std::string ids_to_string(const std::vector<uint64_t>& ids) {
     std::string s;
@@ -307,11 +312,15 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
         }
         g.rebuilding = true;
         g.claims.clear();
+        g.rebuild_due.clear();
+        g.rebuild_lost.clear();
         g.failure_while_rebuilding = false;
         // Live members redial every 100 ms, so they are back within moments of the first; one that is
         // not back within its heartbeat timeout would count as dead anywhere else too. The window is
-        // not extended by later claims: every second of it stalls the group.
+        // not extended by later claims: every second of it stalls the group. It closes earlier once
+        // every missing member is due by what the claims report (check_rebuild).
         g.rebuild_deadline = deadline_after(m.hello.heartbeat_timeout_ms / 1000.0);
+        g.rebuild_floor = std::min(g.rebuild_deadline, deadline_after(kRedialWindow));
     }
     if (find(m.peer_id)) return refuse("its peer id is taken");
     for (const auto& mi : m.members) next_peer_id_ = std::max(next_peer_id_, mi.peer_id + 1);
@@ -323,15 +332,47 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
     send(p, encode_welcome(Welcome{m.peer_id, 1}));
     PCCL_INFO("master", "peer %llu rejoined group %u (epoch %llu, %zu of %zu members back)", (unsigned long long)m.peer_id,
               g.id, (unsigned long long)m.epoch, g.claims.size(), m.members.size());
-    // Everyone the first claim lists is back: no need to wait out the window.
-    const auto& first = g.claims.begin()->second.members;
-    bool all = true;
-    for (const auto& mi : first) all = all && g.claims.count(mi.peer_id);
-    if (all) finish_rebuild(g);
+    // What this member last heard from the others dates their silence. A member goes quiet once, and
+    // its heartbeat deadline runs from then, master restart or not: the old master would have evicted
+    // it at that time, and the new one must not wait a fresh heartbeat_timeout for it. Any claimant that
+    // heard from it more recently keeps it in (the latest evidence wins), except that a closed link is
+    // final: a claimant that was itself frozen reads what a dead member sent before it died as news.
+    // Either way a live member is back within the redial floor, which no evidence shortens.
+    const auto now = Clock::now();
+    const auto hb = std::chrono::milliseconds(m.hello.heartbeat_timeout_ms);
+    std::set<uint64_t> reported;
+    for (const auto& h : m.heard) {
+        const TimePoint due = now - std::chrono::milliseconds(h.silent_ms) + hb;
+        auto [it, fresh] = g.rebuild_due.emplace(h.peer_id, due);
+        if (!fresh) it->second = std::max(it->second, due);
+        if (h.lost) g.rebuild_lost.insert(h.peer_id);
+        reported.insert(h.peer_id);
+    }
+    for (const auto& mi : m.members)  // no evidence on it here: it may take the whole window
+        if (mi.peer_id != m.peer_id && !reported.count(mi.peer_id)) g.rebuild_due[mi.peer_id] = g.rebuild_deadline;
+    g.rebuild_due.emplace(m.peer_id, now);
+    check_rebuild(g);
+}
+
+// Closes the rebuild window as soon as waiting longer cannot change its outcome: every member a claim
+// lists is back, or (after the redial floor) every one still missing is due by the claims' evidence,
+// or the window's hard end has come.
+void Master::check_rebuild(Group& g) {
+    if (!g.rebuilding) return;
+    const auto now = Clock::now();
+    bool all_back = true, waiting = false;
+    for (const auto& [id, due] : g.rebuild_due) {
+        if (g.claims.count(id)) continue;
+        all_back = false;
+        waiting = waiting || (due > now && !g.rebuild_lost.count(id));
+    }
+    if (all_back || now > g.rebuild_deadline || (!waiting && now >= g.rebuild_floor)) finish_rebuild(g);
 }
 
 void Master::finish_rebuild(Group& g) {
     g.rebuilding = false;
+    g.rebuild_due.clear();
+    g.rebuild_lost.clear();
     // The most recent claim is the reference; members it lists come first, in its ring order.
     const Rejoin* ref = nullptr;
     for (auto& [id, c] : g.claims)
@@ -547,7 +588,7 @@ void Master::timers() {
         if (beat) send(*p, heartbeat);
     }
     for (auto& [gid, g] : groups_) {
-        if (g.rebuilding && now > g.rebuild_deadline) finish_rebuild(g);
+        check_rebuild(g);
         if (g.recovering && now > g.recovery_deadline) {
             // Members that did not report their op state in time are frozen or cut off.
             std::vector<uint64_t> silent(g.awaiting.begin(), g.awaiting.end());

@@ -60,7 +60,13 @@ private:
         // deadline passes (see on_rejoin).
         bool rebuilding = false;
         std::map<uint64_t, Rejoin> claims;
-        TimePoint rebuild_deadline;
+        TimePoint rebuild_deadline;  // the window's hard end: the first claim's heartbeat timeout
+        TimePoint rebuild_floor;     // it stays open at least this long, for live members to redial
+        // Every member a claim lists, with the moment the claims' evidence makes it due: heartbeat_timeout
+        // after the latest any claimant heard from it. Members whose link some claimant saw close are
+        // due at once (rebuild_lost). The window closes once each of them is back or due (check_rebuild).
+        std::map<uint64_t, TimePoint> rebuild_due;
+        std::set<uint64_t> rebuild_lost;
         bool failure_while_rebuilding = false;
         EpochCause rebuild_cause = EpochCause::kLost;
     };
@@ -76,6 +82,7 @@ private:
     void evict(Peer& p, const std::string& reason);
     void on_hello(Peer& p, const Hello& h);
     void on_rejoin(Peer& p, const Rejoin& m);
+    void check_rebuild(Group& g);
     void finish_rebuild(Group& g);
     void rekey(Peer& p, uint64_t id);
     void on_failure(Peer& p, const Failure& f);

@@ -102,6 +102,10 @@ private:
     bool reconnect_master(const std::string& why, FrameAssembler& in);
     // Waits (bounded by master_grace) while the master is away; mutex_ held through lock.
     void wait_for_master(std::unique_lock<std::mutex>& lock);
+    // Folds what a mesh of epoch_ heard from each member into heard_; mutex_ held.
+    void absorb_heard(const Mesh& mesh);
+    // heard_ as the rejoin claim reports it, for the other members of `members`; mutex_ held.
+    std::vector<LastHeard> last_heard(const std::vector<MemberInfo>& members);
 
     // shared helpers
     void send_to_master(const std::vector<uint8_t>& frame);
@@ -161,6 +165,16 @@ private:
     std::optional<VoteResult> vote_result_;
     std::optional<Vote> vote_outstanding_;  // sent, no result yet: re-sent to a restarted master
     bool master_away_ = false;
+    // When this peer last heard from each other member of epoch_ (by peer id) over their data links, and
+    // whether a link to it closed or failed. Starts at the moment the epoch's membership arrives (the
+    // master vouched for every member then) and takes in each mesh as it is retired or when the master
+    // is lost; a restarted master uses it to hold a missing member to the heartbeat deadline that began
+    // when it went quiet (Rejoin::heard).
+    struct Heard {
+        TimePoint at;
+        bool lost = false;
+    };
+    std::map<uint64_t, Heard> heard_;
     Hello hello_;
     uint64_t failure_reported_epoch_ = 0;
     struct Turns {

@@ -150,13 +150,37 @@ void Communicator::wait_for_master(std::unique_lock<std::mutex>& lock) {
                    [&] { return !master_away_ || is_terminal(static_cast<int>(state_)); });
 }
 
+void Communicator::absorb_heard(const Mesh& mesh) {
+    auto links = mesh.heard();
+    for (size_t r = 0; r < links.size() && r < members_.size(); ++r) {
+        if (!links[r].linked) continue;
+        Heard& h = heard_[members_[r].peer_id];
+        h.at = std::max(h.at, links[r].last_rx);
+        h.lost = h.lost || links[r].lost;
+    }
+}
+
+std::vector<LastHeard> Communicator::last_heard(const std::vector<MemberInfo>& members) {
+    std::vector<LastHeard> out;
+    const auto now = Clock::now();
+    for (const auto& mi : members) {
+        auto it = heard_.find(mi.peer_id);
+        if (mi.peer_id == peer_id_ || it == heard_.end()) continue;
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - it->second.at).count();
+        ms = std::clamp<int64_t>(ms, 0, UINT32_MAX);
+        out.push_back(LastHeard{mi.peer_id, static_cast<uint32_t>(ms), static_cast<uint8_t>(it->second.lost ? 1 : 0)});
+    }
+    return out;
+}
+
 bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) {
     Rejoin claim;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (config_.master_grace > 0 && state_ == State::kMember) {
             master_away_ = true;
-            claim = Rejoin{hello_, peer_id_, epoch_, static_cast<uint8_t>(ready_ ? 1 : 0), members_};
+            // heard: filled in at each send
+            claim = Rejoin{hello_, peer_id_, epoch_, static_cast<uint8_t>(ready_ ? 1 : 0), members_, {}};
         }
     }
     if (!claim.peer_id) {
@@ -184,6 +208,13 @@ bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) 
             master_ = std::move(fd);
         }
         in = FrameAssembler{};
+        {
+            // Measured now, not when the master was lost: the master dates each silence from the
+            // claim's arrival.
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (mesh_) absorb_heard(*mesh_);
+            claim.heard = last_heard(claim.members);
+        }
         send_to_master(encode_rejoin(claim));
         // The answer is a welcome (taken back) or an eviction; anything after the welcome stays in
         // `in` for the control loop.
@@ -297,6 +328,7 @@ void Communicator::on_recover(const Recover& m) {
         if (state_ != State::kMember) throw ProtocolError("recover request while not a member");
         if (m.epoch <= epoch_) throw ProtocolError("recover request for an old epoch");
         ready_ = false;
+        if (mesh_) absorb_heard(*mesh_);  // the last this peer hears from the others until the next epoch
         mesh = std::move(mesh_);
         // Only the closing epoch's ops. An op of an earlier epoch was decided by that epoch's EPOCH
         // and merely waits for its caller's thread to take it out of inflight_; reported again, its
@@ -390,6 +422,14 @@ void Communicator::build_mesh(uint64_t epoch, const std::vector<MemberInfo>& mem
     // it builds.
     auto deadline = deadline_after(std::max(0.5, config_.heartbeat_timeout / 2));
     send_to_master(encode_empty(MsgType::kHeartbeat));
+    {
+        // The master just vouched for every member of this epoch; from now on silence counts afresh.
+        std::lock_guard<std::mutex> lock(mutex_);
+        const auto now = Clock::now();
+        heard_.clear();
+        for (const auto& mi : members)
+            if (mi.peer_id != me) heard_[mi.peer_id] = Heard{now, false};
+    }
     std::vector<std::vector<Fd>> conns(static_cast<size_t>(n));
     int suspect = -1;
     try {

@@ -1,5 +1,7 @@
 #include "protocol/messages.hpp"
 
+#include <set>
+
 namespace pccl {
 namespace {
 
@@ -90,6 +92,12 @@ std::vector<uint8_t> encode_rejoin(const Rejoin& m) {
     w.put<uint8_t>(m.settled);
     w.put<uint32_t>(static_cast<uint32_t>(m.members.size()));
     for (const auto& mi : m.members) put_member(w, mi);
+    w.put<uint32_t>(static_cast<uint32_t>(m.heard.size()));
+    for (const auto& h : m.heard) {
+        w.put<uint64_t>(h.peer_id);
+        w.put<uint32_t>(h.silent_ms);
+        w.put<uint8_t>(h.lost);
+    }
     return finish(w);
 }
 
@@ -106,6 +114,20 @@ Rejoin decode_rejoin(Reader& r) {
         found = found || m.members.back().peer_id == m.peer_id;
     }
     if (m.peer_id == 0 || m.epoch == 0 || !found) throw ProtocolError("rejoin without a valid peer id, epoch and own membership");
+    std::set<uint64_t> others;  // whom it may report on: the other members of its claim, once each
+    for (const auto& mi : m.members)
+        if (mi.peer_id != m.peer_id) others.insert(mi.peer_id);
+    uint32_t k = r.get_count(static_cast<uint32_t>(others.size()), "last-heard");
+    for (uint32_t i = 0; i < k; ++i) {
+        LastHeard h;
+        h.peer_id = r.get<uint64_t>();
+        h.silent_ms = r.get<uint32_t>();
+        h.lost = r.get_enum(2, "link-lost flag");
+        if (!others.erase(h.peer_id))
+            throw ProtocolError("rejoin reports what it last heard from a peer that is not another member of its claim, "
+                                "or reports one twice");
+        m.heard.push_back(h);
+    }
     r.expect_end();
     return m;
 }

@@ -122,6 +122,16 @@ struct EpochMsg {
     uint32_t pending = 0;  // peers pending once this epoch starts: a newcomer's and an aborted op's flag
 };
 
+// What a rejoining member last heard from another member of its claimed epoch over their data links.
+// A restarted master knows nothing of who went silent when; this is what lets it hold a missing
+// member to the heartbeat deadline that began when that member went quiet, instead of starting a
+// new one (docs/operations.md, "Overlapping faults").
+struct LastHeard {
+    uint64_t peer_id = 0;
+    uint32_t silent_ms = 0;  // since the last byte received from it (saturates at ~49 days)
+    uint8_t lost = 0;        // 1: a link to it closed or failed (more than silence)
+};
+
 // Sent to a master that restarted: what this member knew, so the master can rebuild the group.
 struct Rejoin {
     Hello hello;
@@ -129,6 +139,7 @@ struct Rejoin {
     uint64_t epoch = 0;
     uint8_t settled = 1;  // 0: the peer was between epochs (mid-recovery) when the master died
     std::vector<MemberInfo> members;  // ring order of that epoch; contains peer_id
+    std::vector<LastHeard> heard;     // other members only, each at most once
 };
 
 struct Evicted {

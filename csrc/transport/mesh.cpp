@@ -54,6 +54,7 @@ Mesh::Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<M
             c->lend_ok = lend_ok;
             c->id = conns_.size();
             c->last_rx = c->last_tx = now;
+            c->rx_ticks.store(now.time_since_epoch().count(), std::memory_order_relaxed);
             set_nonblocking(c->fd.get(), true);
             // Socket buffers are left to the kernel's autotuning: a fixed size would cap one
             // connection at buffer/RTT on long links.
@@ -129,8 +130,22 @@ void Mesh::update_interest(Conn& c, bool want_write) {
     epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &e);
 }
 
-void Mesh::fail(Conn& c, const std::string& reason) {
+std::vector<Mesh::Heard> Mesh::heard() const {
+    std::vector<Heard> out(conn_index_.size());
+    for (size_t r = 0; r < conn_index_.size(); ++r) {
+        for (int ci : conn_index_[r]) {
+            TimePoint t{Clock::duration(conns_[ci]->rx_ticks.load(std::memory_order_relaxed))};
+            if (!out[r].linked || t > out[r].last_rx) out[r].last_rx = t;
+            out[r].linked = true;
+        }
+        out[r].lost = lost_rank_.load(std::memory_order_relaxed) == static_cast<int>(r);
+    }
+    return out;
+}
+
+void Mesh::fail(Conn& c, const std::string& reason, bool link_lost) {
     if (failed_.exchange(true)) return;
+    if (link_lost) lost_rank_.store(c.rank, std::memory_order_relaxed);
     PCCL_DEBUG("mesh", "epoch %llu: connection to rank %d failed: %s", (unsigned long long)epoch_, c.rank, reason.c_str());
     handler_->on_failure(c.rank, reason);
 }
@@ -141,6 +156,7 @@ ssize_t Mesh::read_some(Conn& c, void* dst, size_t len) {
     ssize_t n = ::recv(c.fd.get(), dst, len, 0);
     if (n > 0) {
         c.last_rx = Clock::now();
+        c.rx_ticks.store(c.last_rx.time_since_epoch().count(), std::memory_order_relaxed);
         return n;
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
@@ -323,7 +339,7 @@ void Mesh::loop() {
         for (auto& c : conns_) {
             if (failed_) break;
             if (std::chrono::duration<double>(now - c->last_rx).count() > heartbeat_timeout_) {
-                fail(*c, "no bytes received for the heartbeat timeout (silent link)");
+                fail(*c, "no bytes received for the heartbeat timeout (silent link)", /*link_lost=*/false);
                 break;
             }
             if (std::chrono::duration<double>(now - c->last_tx).count() > keepalive_every) {

@@ -62,6 +62,16 @@ public:
     void send(int rank, int conn_index, const FrameHeader& h, const void* data,
               std::shared_ptr<SendCompletion> completion, bool by_reference = false);
     uint64_t epoch() const { return epoch_; }
+    // What this mesh last heard from each member, by rank: the newest byte received on any of its
+    // connections, and whether one of them closed or failed (more than silence). A restarted master
+    // learns from this how long a missing member has been quiet (Rejoin::heard). Callable from any
+    // thread, while the mesh runs or after it stopped.
+    struct Heard {
+        bool linked = false;  // this peer has connections to that rank (not to itself)
+        TimePoint last_rx{};
+        bool lost = false;
+    };
+    std::vector<Heard> heard() const;
     // Stops the I/O thread and closes every connection; afterwards no buffer is touched. Idempotent.
     void shutdown();
 
@@ -85,6 +95,7 @@ private:
         bool rx_in_payload = false;
         RecvTarget rx_target;
         TimePoint last_rx, last_tx;
+        std::atomic<Clock::rep> rx_ticks{0};  // last_rx for other threads (heard())
         std::unique_ptr<PageSender> pages;  // I/O thread only; made on the first payload lent
         bool lend_ok = false;               // PageSender::worth_lending for this peer; fixed at construction
     };
@@ -94,7 +105,9 @@ private:
     ssize_t read_some(Conn& c, void* dst, size_t len);
     bool deliver(Conn& c);
     bool handle_write(Conn& c);
-    void fail(Conn& c, const std::string& reason);
+    // link_lost: the connection closed or failed; false when it only went silent (heard() tells the two
+    // apart: silence is already in last_rx).
+    void fail(Conn& c, const std::string& reason, bool link_lost = true);
     void update_interest(Conn& c, bool want_write);
 
     uint64_t epoch_;
@@ -110,6 +123,7 @@ private:
     bool self_queued_ = false;  // the I/O thread queued a send itself: write before waiting again
     std::atomic<bool> stop_{false};
     std::atomic<bool> failed_{false};
+    std::atomic<int> lost_rank_{-1};  // the rank whose link closed or failed first, if one did
     bool started_ = false;
     std::vector<uint8_t> discard_;
 };

@@ -26,12 +26,13 @@ Measures, all from worker reports (times are CLOCK_MONOTONIC, shared by the proc
   since each running member's last progress at the end. Freezes of other members that overlap one
   gap add up: a frozen member holds every op until it is evicted (up to heartbeat_timeout), and
   three freezes a second apart keep the group waiting for about three detections in a row. A master
-  restart before the eviction starts the detection over (the new master waits up to
-  heartbeat_timeout for every member to rejoin, and a frozen one cannot). So a gap counts only what
-  is left once the time other members spent frozen and undetected, beyond the first
-  heartbeat_timeout of it, is taken out; a gap with no freeze in it counts whole. Time in which the
-  whole machine stood still (``machine_stalls``: an overloaded host or hypervisor steal) is taken out
-  too.
+  restart does not start a detection over (the restarted master dates each member's silence from
+  what the others last heard of it), but nothing is decided while no master is up: a freeze whose
+  heartbeat_timeout ends during an outage is due ``MASTER_REDIAL`` after the new master came up. So a
+  gap counts only what is left once the time other members spent frozen and not yet due, beyond the
+  first heartbeat_timeout of it, is taken out; a gap with no freeze in it counts whole. Time in which
+  the whole machine stood still (``machine_stalls``: an overloaded host or hypervisor steal) is taken
+  out too.
 
 Exit code 1 on any wrong result, divergence, crash of a peer the run did not kill, stall longer
 than heartbeat_timeout + 2 s, or a run that completed no ops; the reasons are printed.
@@ -61,6 +62,9 @@ from .stress_worker import MAX_SLOTS
 EVENT_KINDS = ("spawn", "kill", "stop", "leave", "master_restart")
 EVENT_WEIGHTS = {"spawn": 3.0, "kill": 2.0, "stop": 1.0, "leave": 1.0, "master_restart": 0.5}
 LEAVE_LIMIT = 30.0        # a peer asked to leave must have exited by then
+# A restarted master keeps its rebuild window open at least this long for live members to redial
+# (kRedialWindow in csrc/coordinator/master.cpp); a missing member is left out no earlier.
+MASTER_REDIAL = 0.5
 
 
 def _now() -> float:
@@ -170,13 +174,14 @@ def _undetected_freeze_time(workers: list, start: float, end: float, hb: float, 
                             restarts: Sequence[tuple[float, float]] = ()) -> float:
     """Seconds of [start, end] during which some member other than `exclude` was frozen and not yet
     due for eviction: the union of those intervals, clipped to the gap. A freeze is due `hb` after it
-    began, or `hb` after a master that restarted (killed, back up; in time order) before it was due
-    came back up."""
+    began; when a master restart (killed, back up; in time order) had the master down at that moment,
+    it is due MASTER_REDIAL after the new master came up (the restart does not start the detection
+    over: the new master dates the silence from what the other members last heard)."""
     def due(s: float) -> float:
         d = s + hb
         for killed, up in restarts:
-            if s <= killed < d:
-                d = up + hb
+            if killed < d < up + MASTER_REDIAL:
+                d = up + MASTER_REDIAL
         return d
 
     spans = sorted((max(s, start), min(end, due(s), c if c is not None else end))
