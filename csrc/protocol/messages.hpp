@@ -11,7 +11,7 @@
 namespace pccl {
 
 constexpr uint32_t kProtocolMagic = 0x4C434350;  // "PCCL"
-constexpr uint16_t kProtocolVersion = 2;  // 2: pending flags in votes, reports, decisions and epochs
+constexpr uint16_t kProtocolVersion = 2;  // 2: pending flags in votes, reports, decisions and epochs; last-heard evidence in rejoins
 constexpr uint32_t kMaxControlMessage = 1 << 20;
 constexpr uint32_t kMaxMembers = 4096;
 constexpr uint32_t kMaxReportedOps = 65536;
