@@ -223,7 +223,7 @@ def test_unsupported_device_op_and_p2p_raise_clear_errors():
             pg.allreduce([torch.empty(2, device="meta")], dist.AllreduceOptions())
         opts = dist.AllreduceOptions()
         opts.reduceOp = dist.ReduceOp.BAND
-        with pytest.raises(pccl_py.InvalidArgumentError, match="SUM, AVG, PRODUCT, MIN and MAX"):
+        with pytest.raises(pccl_py.InvalidArgumentError, match="SUM, AVG, PRODUCT, MIN, MAX and PREMUL_SUM, not .*BAND"):
             pg.allreduce([torch.ones(2)], opts)
         opts.reduceOp = dist.ReduceOp.MAX
         with pytest.raises(pccl_py.InvalidArgumentError, match="complex tensors support SUM and AVG"):

@@ -29,6 +29,7 @@ from ..communicator import Communicator
 from ..errors import ClosedError, InvalidArgumentError, PeerLostError
 from ..master import Master
 from ..ops import ReduceOp
+from .errors import for_torch
 from .staging import Staged, empty_cpu, stage, stage_all
 from .work import Completer, PcclWork
 
@@ -51,8 +52,41 @@ def _pccl_op(op: Any) -> ReduceOp:
     for torch_op, pccl_op in _OPS.items():
         if op == torch_op:
             return pccl_op
+    name = getattr(op, "op", op)  # a ReduceOp object names its type in .op (RedOpType.BAND, ...)
     raise InvalidArgumentError(
-        f"the pccl backend supports ReduceOp SUM, AVG, PRODUCT, MIN and MAX, not {op}")
+        f"the pccl backend supports ReduceOp SUM, AVG, PRODUCT, MIN, MAX and PREMUL_SUM, not {name}")
+
+
+class _Reduction:
+    """A torch reduction as pccl runs it: a pccl op, and for PREMUL_SUM the factor each rank applies
+    to its own input first (torch's ``_make_nccl_premul_sum(factor)``: the result is
+    ``sum_i factor_i * x_i``, with ``factor_i`` the factor given on rank i)."""
+
+    def __init__(self, opts: Any) -> None:
+        op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
+        self.factor: Optional[float] = None
+        if op == dist.ReduceOp.PREMUL_SUM:
+            factor = op.factor
+            if isinstance(factor, torch.Tensor):
+                if factor.numel() != 1:
+                    raise InvalidArgumentError(
+                        f"PREMUL_SUM needs a scalar factor (a number or a one-element tensor), got a tensor of "
+                        f"shape {tuple(factor.shape)}")
+                factor = factor.item()
+            self.factor = float(factor)
+            self.op = ReduceOp.SUM
+        else:
+            self.op = _pccl_op(op)
+
+    def input(self, flat: torch.Tensor) -> torch.Tensor:
+        """What this rank contributes: ``flat`` itself, or for PREMUL_SUM a scaled copy (the caller's
+        tensor stays as it was until the result is written, so a failed op leaves it unchanged)."""
+        if self.factor is None:
+            return flat
+        if not (flat.dtype.is_floating_point or flat.dtype.is_complex):
+            raise InvalidArgumentError(
+                f"PREMUL_SUM is defined for floating-point and complex tensors, not {flat.dtype}")
+        return flat * self.factor
 
 
 def _reducible(flat: torch.Tensor, op: ReduceOp) -> tuple[torch.Tensor, ReduceOp]:
@@ -88,7 +122,8 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     """
 
     def __init__(self, comm: Communicator, rank: int, size: int, *, dynamic: bool = False, owns_comm: bool = True,
-                 master: Optional[Master] = None, tag_base: int = DEFAULT_TAG_BASE, name: str = "pccl") -> None:
+                 master: Optional[Master] = None, tag_base: int = DEFAULT_TAG_BASE, name: str = "pccl",
+                 timeout: Optional[float] = None) -> None:
         super().__init__(rank, size)
         self._comm = comm
         self._rank = rank
@@ -101,6 +136,9 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         self._completer = Completer(f"pccl-completer-{name}")
         self._closed = False
         self._on_shutdown: list[Callable[[], None]] = []
+        self._timeout = timeout  # pccl's op timeout in seconds, for torch's timeout wording (None: unknown)
+        self._group_name = name
+        self._group_desc = name
 
     # -- identity ----------------------------------------------------------------------------------
     def getBackendName(self) -> str:  # noqa: N802 - torch's trampoline name
@@ -117,6 +155,23 @@ class ProcessGroupPCCL(dist.ProcessGroup):
 
     def size(self) -> int:
         return self.getSize()
+
+    # torch names every group (dist.new_group, destroy_process_group look it up by name). torch's
+    # ProcessGroup keeps the name in its registered C++ backends, and a Python ProcessGroup has none,
+    # so the name and description live here.
+    def _set_group_name(self, name: str) -> None:
+        self._group_name = name
+
+    @property
+    def group_name(self) -> str:
+        return self._group_name
+
+    def _set_group_desc(self, desc: str) -> None:
+        self._group_desc = desc
+
+    @property
+    def group_desc(self) -> str:
+        return self._group_desc
 
     @property
     def communicator(self) -> Communicator:
@@ -143,7 +198,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         return self._tag_base + next(self._seq) % TAGS, rank, size
 
     def _submit(self, pending: Sequence[collectives.Pending], result: list[torch.Tensor],
-                after: Callable[[], None] = lambda: None) -> PcclWork:
+                after: Callable[[], None] = lambda: None, what: str = "collective") -> PcclWork:
         def finish() -> None:
             error: Optional[BaseException] = None
             for p in pending:  # wait for all, so no buffer is still in use when the Work fails
@@ -152,25 +207,29 @@ class ProcessGroupPCCL(dist.ProcessGroup):
                 except BaseException as exc:  # noqa: BLE001 - the first error fails the Work
                     error = error or exc
             if error is not None:
-                raise error
+                # torch's convention: a DistBackendError, timeouts worded "Timed out waiting <n>ms".
+                raise for_torch(error, what, self._timeout) from error
             after()
         return self._completer.submit(PcclWork(result), finish)
 
-    def _all_reduce(self, flat: torch.Tensor, op: ReduceOp, tag: int, out: Optional[torch.Tensor] = None
+    def _all_reduce(self, flat: torch.Tensor, red: "_Reduction", tag: int, out: Optional[torch.Tensor] = None
                     ) -> collectives.Pending:
-        x, pop = _reducible(flat, op)
+        src = red.input(flat)
+        if src is not flat and out is None:
+            out = flat  # PREMUL_SUM reduces a scaled copy into the caller's tensor
+        x, pop = _reducible(src, red.op)
         if x.numel() == 0:
             return collectives.Pending([])
-        o = None if out is None else _reducible(out, op)[0]
+        o = None if out is None else _reducible(out, red.op)[0]
         return collectives.Pending([self._comm.all_reduce_async(x, op=pop, out=o, tag=tag)])
 
     # -- all_reduce --------------------------------------------------------------------------------
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
-        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        red = _Reduction(opts)
         tag, _, _ = self._begin()
         staged = stage_all(tensors)
-        pending = [self._all_reduce(s.flat, op, tag) for s in staged]
-        return self._submit(pending, list(tensors), lambda: _unstage_all(staged))
+        pending = [self._all_reduce(s.flat, red, tag) for s in staged]
+        return self._submit(pending, list(tensors), lambda: _unstage_all(staged), "all_reduce")
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
         return self.allreduce(tensors, opts)
@@ -182,7 +241,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         staged = stage_all(tensors, read=True)
         pending = [collectives.broadcast_async(self._comm, s.flat, root, tag=tag, rank=rank) for s in staged]
         after = (lambda: None) if rank == root else (lambda: _unstage_all(staged))
-        return self._submit(pending, list(tensors), after)
+        return self._submit(pending, list(tensors), after, "broadcast")
 
     # -- all_gather --------------------------------------------------------------------------------
     def _gather_into(self, inp: torch.Tensor, out_flat: torch.Tensor, tag: int, rank: int,
@@ -195,8 +254,11 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         return collectives.all_gather_async(self._comm, src.flat, out_flat, tag=tag, rank=rank, world_size=size)
 
     def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
-                  opts: Any = None) -> PcclWork:
+                  opts: Any = None, what: str = "all_gather") -> PcclWork:
         tag, rank, size = self._begin()
+        if len(output_lists) != len(inputs):
+            raise InvalidArgumentError(f"{what} needs one output list per input tensor, got {len(output_lists)} "
+                                       f"lists for {len(inputs)} inputs")
         pending, copies = [], []
         for outs, inp in zip(output_lists, inputs):
             if len(outs) != size:
@@ -211,7 +273,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
             for outs, scratch, n in copies:
                 for i, o in enumerate(outs):
                     o.copy_(scratch[i * n:(i + 1) * n].view(o.shape))
-        return self._submit(pending, [t for outs in output_lists for t in outs], after)
+        return self._submit(pending, [t for outs in output_lists for t in outs], after, what)
 
     def all_gather_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> PcclWork:
         return self.all_gather_single_coalesced([output], [inp], opts)
@@ -226,29 +288,46 @@ class ProcessGroupPCCL(dist.ProcessGroup):
             s = stage(out, read=False)
             staged.append(s)
             pending.append(self._gather_into(inp, s.flat, tag, rank, size))
-        return self._submit(pending, list(outputs), lambda: _unstage_all(staged))
+        return self._submit(pending, list(outputs), lambda: _unstage_all(staged), "all_gather_into_tensor")
 
     allgather_into_tensor_coalesced = all_gather_single_coalesced
 
     def allgather_coalesced(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                             opts: Any = None) -> PcclWork:
-        return self.allgather(output_lists, inputs, opts)
+        """``dist.all_gather_coalesced``: ``output_lists[r][j]`` receives rank r's ``inputs[j]``.
+
+        The nesting is the transpose of :meth:`allgather`'s (``output_lists[j][r]``), and the inputs may
+        differ in shape and dtype from each other (not across ranks)."""
+        size = self.getSize()
+        if len(output_lists) != size:
+            raise InvalidArgumentError(
+                f"all_gather_coalesced needs one output list per rank ({size}), got {len(output_lists)}")
+        for r, outs in enumerate(output_lists):
+            if len(outs) != len(inputs):
+                raise InvalidArgumentError(
+                    f"all_gather_coalesced: output list {r} has {len(outs)} tensors for {len(inputs)} inputs")
+            for j, (o, i) in enumerate(zip(outs, inputs)):
+                if o.dtype != i.dtype:
+                    raise InvalidArgumentError(
+                        f"all_gather_coalesced: output [{r}][{j}] is {o.dtype}, input {j} is {i.dtype}")
+        per_input = [[output_lists[r][j] for r in range(size)] for j in range(len(inputs))]
+        return self.allgather(per_input, inputs, opts, "all_gather_coalesced")
 
     # -- reduce_scatter ----------------------------------------------------------------------------
-    def _reduce_scatter_into(self, out: Staged, inp: torch.Tensor, op: ReduceOp, tag: int, rank: int,
+    def _reduce_scatter_into(self, out: Staged, inp: torch.Tensor, red: "_Reduction", tag: int, rank: int,
                              size: int) -> collectives.Pending:
         src = stage(inp)
-        x, pop = _reducible(src.flat, op)
-        o, _ = _reducible(out.flat, op)
+        x, pop = _reducible(red.input(src.flat), red.op)
+        o, _ = _reducible(out.flat, red.op)
         return collectives.reduce_scatter_async(self._comm, x, o, op=pop, tag=tag, rank=rank, world_size=size)
 
     def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                                         opts: Any = None) -> PcclWork:
-        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        red = _Reduction(opts)
         tag, rank, size = self._begin()
         staged = [stage(o, read=False) for o in outputs]
-        pending = [self._reduce_scatter_into(s, i, op, tag, rank, size) for s, i in zip(staged, inputs)]
-        return self._submit(pending, list(outputs), lambda: _unstage_all(staged))
+        pending = [self._reduce_scatter_into(s, i, red, tag, rank, size) for s, i in zip(staged, inputs)]
+        return self._submit(pending, list(outputs), lambda: _unstage_all(staged), "reduce_scatter_tensor")
 
     reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
 
@@ -259,7 +338,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
 
     def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
                        opts: Any = None) -> PcclWork:
-        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        red = _Reduction(opts)
         tag, rank, size = self._begin()
         pending, staged = [], []
         for out, ins in zip(outputs, input_lists):
@@ -268,21 +347,21 @@ class ProcessGroupPCCL(dist.ProcessGroup):
             flat = torch.cat([i.reshape(-1).cpu() for i in ins])
             s = stage(out, read=False)
             staged.append(s)
-            pending.append(self._reduce_scatter_into(s, flat, op, tag, rank, size))
-        return self._submit(pending, list(outputs), lambda: _unstage_all(staged))
+            pending.append(self._reduce_scatter_into(s, flat, red, tag, rank, size))
+        return self._submit(pending, list(outputs), lambda: _unstage_all(staged), "reduce_scatter")
 
     # -- rooted collectives, built on the above ------------------------------------------------------
     def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
-        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        red = _Reduction(opts)
         root = opts.rootRank if opts is not None else 0
         tag, rank, _ = self._begin()
         staged = stage_all(tensors)
         if rank == root:
-            pending = [self._all_reduce(s.flat, op, tag) for s in staged]
-            return self._submit(pending, list(tensors), lambda: _unstage_all(staged))
+            pending = [self._all_reduce(s.flat, red, tag) for s in staged]
+            return self._submit(pending, list(tensors), lambda: _unstage_all(staged), "reduce")
         # Non-root ranks contribute and keep their input as it was.
-        pending = [self._all_reduce(s.flat, op, tag, out=torch.empty_like(s.flat)) for s in staged]
-        return self._submit(pending, list(tensors))
+        pending = [self._all_reduce(s.flat, red, tag, out=torch.empty_like(s.flat)) for s in staged]
+        return self._submit(pending, list(tensors), what="reduce")
 
     def gather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                opts: Any = None) -> PcclWork:
@@ -336,7 +415,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     # -- barrier and point-to-point -----------------------------------------------------------------
     def barrier(self, opts: Any = None) -> PcclWork:
         tag, _, _ = self._begin()
-        return self._submit([collectives.barrier_async(self._comm, tag=tag)], [])
+        return self._submit([collectives.barrier_async(self._comm, tag=tag)], [], what="barrier")
 
     def send(self, tensors: list[torch.Tensor], dst: int, tag: int = 0) -> PcclWork:
         raise NotImplementedError("the pccl backend has no point-to-point send/recv yet; use broadcast or a "
