@@ -78,32 +78,43 @@ class _Reduction:
         else:
             self.op = _pccl_op(op)
 
+    def check(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Raises InvalidArgumentError for a tensor this reduction cannot take (call it before _begin)."""
+        for t in tensors:
+            if self.factor is not None and not (t.dtype.is_floating_point or t.dtype.is_complex):
+                raise InvalidArgumentError(
+                    f"PREMUL_SUM is defined for floating-point and complex tensors, not {t.dtype}")
+            _check_reducible(t.dtype, self.op)
+
     def input(self, flat: torch.Tensor) -> torch.Tensor:
         """What this rank contributes: ``flat`` itself, or for PREMUL_SUM a scaled copy (the caller's
         tensor stays as it was until the result is written, so a failed op leaves it unchanged)."""
         if self.factor is None:
             return flat
-        if not (flat.dtype.is_floating_point or flat.dtype.is_complex):
-            raise InvalidArgumentError(
-                f"PREMUL_SUM is defined for floating-point and complex tensors, not {flat.dtype}")
+        self.check([flat])
         return flat * self.factor
+
+
+def _check_reducible(dtype: torch.dtype, op: ReduceOp) -> None:
+    if dtype.is_complex:
+        if op not in (ReduceOp.SUM, ReduceOp.AVG):
+            raise InvalidArgumentError(f"complex tensors support SUM and AVG only, not {op.name}")
+    elif dtype == torch.bool:
+        if op not in _BOOL_OPS:
+            raise InvalidArgumentError(f"bool tensors support SUM, PRODUCT, MIN and MAX, not {op.name}")
+    elif str(dtype).replace("torch.", "") not in DTYPE_CODES:
+        raise InvalidArgumentError(
+            f"the pccl backend cannot reduce {dtype}; supported: {', '.join(DTYPE_CODES)}, complex "
+            "(SUM/AVG) and bool")
 
 
 def _reducible(flat: torch.Tensor, op: ReduceOp) -> tuple[torch.Tensor, ReduceOp]:
     """A view of flat that pccl can reduce with op, and the op to use (complex and bool need one)."""
+    _check_reducible(flat.dtype, op)
     if flat.dtype.is_complex:
-        if op not in (ReduceOp.SUM, ReduceOp.AVG):
-            raise InvalidArgumentError(f"complex tensors support SUM and AVG only, not {op.name}")
         return torch.view_as_real(flat).view(-1), op
     if flat.dtype == torch.bool:
-        if op not in _BOOL_OPS:
-            raise InvalidArgumentError(f"bool tensors support SUM, PRODUCT, MIN and MAX, not {op.name}")
         return flat.view(torch.uint8), _BOOL_OPS[op]
-    name = str(flat.dtype).replace("torch.", "")
-    if name not in DTYPE_CODES:
-        raise InvalidArgumentError(
-            f"the pccl backend cannot reduce {flat.dtype}; supported: {', '.join(DTYPE_CODES)}, complex "
-            "(SUM/AVG) and bool")
     return flat, op
 
 
@@ -183,7 +194,11 @@ class ProcessGroupPCCL(dist.ProcessGroup):
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _begin(self) -> tuple[int, int, int]:
-        """(tag, rank, size) for the next operation; fails fast when the group is unusable."""
+        """(tag, rank, size) for the next operation; fails fast when the group is unusable.
+
+        It numbers the operation, so every argument error must be raised *before* it: a call that
+        fails its checks after taking a number on one rank only shifts that rank's later operations
+        onto other tags than its peers' (they then time out)."""
         if self._closed:
             raise ClosedError("this pccl process group was shut down")
         if self._dynamic:
@@ -226,8 +241,9 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     # -- all_reduce --------------------------------------------------------------------------------
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
         red = _Reduction(opts)
-        tag, _, _ = self._begin()
         staged = stage_all(tensors)
+        red.check([s.flat for s in staged])
+        tag, _, _ = self._begin()
         pending = [self._all_reduce(s.flat, red, tag) for s in staged]
         return self._submit(pending, list(tensors), lambda: _unstage_all(staged), "all_reduce")
 
@@ -237,37 +253,46 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     # -- broadcast ---------------------------------------------------------------------------------
     def broadcast(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
         root = opts.rootRank if opts is not None else 0
-        tag, rank, _ = self._begin()
         staged = stage_all(tensors, read=True)
+        tag, rank, _ = self._begin()
         pending = [collectives.broadcast_async(self._comm, s.flat, root, tag=tag, rank=rank) for s in staged]
         after = (lambda: None) if rank == root else (lambda: _unstage_all(staged))
         return self._submit(pending, list(tensors), after, "broadcast")
 
     # -- all_gather --------------------------------------------------------------------------------
+    @staticmethod
+    def _check_gather(src_flat: torch.Tensor, out_flat: torch.Tensor, size: int) -> None:
+        if out_flat.dtype != src_flat.dtype or out_flat.numel() != src_flat.numel() * size:
+            raise InvalidArgumentError(
+                f"all_gather output must hold {size} x {src_flat.numel()} elements of {src_flat.dtype}, got "
+                f"{out_flat.numel()} of {out_flat.dtype}")
+
     def _gather_into(self, inp: torch.Tensor, out_flat: torch.Tensor, tag: int, rank: int,
                      size: int) -> collectives.Pending:
         src = stage(inp)
-        if out_flat.dtype != src.flat.dtype or out_flat.numel() != src.flat.numel() * size:
-            raise InvalidArgumentError(
-                f"all_gather output must hold {size} x {src.flat.numel()} elements of {src.flat.dtype}, got "
-                f"{out_flat.numel()} of {out_flat.dtype}")
+        self._check_gather(src.flat, out_flat, size)
         return collectives.all_gather_async(self._comm, src.flat, out_flat, tag=tag, rank=rank, world_size=size)
 
     def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                   opts: Any = None, what: str = "all_gather") -> PcclWork:
-        tag, rank, size = self._begin()
+        size = self.getSize()
         if len(output_lists) != len(inputs):
             raise InvalidArgumentError(f"{what} needs one output list per input tensor, got {len(output_lists)} "
                                        f"lists for {len(inputs)} inputs")
-        pending, copies = [], []
+        srcs, copies = [], []
         for outs, inp in zip(output_lists, inputs):
             if len(outs) != size:
                 raise InvalidArgumentError(f"all_gather needs {size} output tensors, got {len(outs)}")
             if any(o.numel() != inp.numel() for o in outs):
                 raise InvalidArgumentError("all_gather output tensors must have as many elements as the input")
+            src = stage(inp)
             scratch = empty_cpu(inp.numel() * size, inp.dtype, inp)
-            pending.append(self._gather_into(inp, scratch, tag, rank, size))
+            self._check_gather(src.flat, scratch, size)
+            srcs.append(src)
             copies.append((outs, scratch, inp.numel()))
+        tag, rank, size = self._begin()
+        pending = [collectives.all_gather_async(self._comm, src.flat, scratch, tag=tag, rank=rank, world_size=size)
+                   for src, (_, scratch, _) in zip(srcs, copies)]
 
         def after() -> None:
             for outs, scratch, n in copies:
@@ -282,12 +307,14 @@ class ProcessGroupPCCL(dist.ProcessGroup):
 
     def all_gather_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                                     opts: Any = None) -> PcclWork:
+        size = self.getSize()
+        staged = [stage(out, read=False) for out in outputs]
+        srcs = [stage(inp) for inp in inputs]
+        for out, src in zip(staged, srcs):
+            self._check_gather(src.flat, out.flat, size)
         tag, rank, size = self._begin()
-        pending, staged = [], []
-        for out, inp in zip(outputs, inputs):
-            s = stage(out, read=False)
-            staged.append(s)
-            pending.append(self._gather_into(inp, s.flat, tag, rank, size))
+        pending = [collectives.all_gather_async(self._comm, src.flat, out.flat, tag=tag, rank=rank, world_size=size)
+                   for out, src in zip(staged, srcs)]
         return self._submit(pending, list(outputs), lambda: _unstage_all(staged), "all_gather_into_tensor")
 
     allgather_into_tensor_coalesced = all_gather_single_coalesced
@@ -314,20 +341,31 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         return self.allgather(per_input, inputs, opts, "all_gather_coalesced")
 
     # -- reduce_scatter ----------------------------------------------------------------------------
-    def _reduce_scatter_into(self, out: Staged, inp: torch.Tensor, red: "_Reduction", tag: int, rank: int,
-                             size: int) -> collectives.Pending:
-        src = stage(inp)
-        x, pop = _reducible(red.input(src.flat), red.op)
-        o, _ = _reducible(out.flat, red.op)
-        return collectives.reduce_scatter_async(self._comm, x, o, op=pop, tag=tag, rank=rank, world_size=size)
+    def _reduce_scatter(self, staged_outputs: Sequence[Staged], input_flats: Sequence[torch.Tensor],
+                        red: "_Reduction", what: str, result: list[torch.Tensor]) -> PcclWork:
+        """Checks every pair first, then numbers the operation and issues one pccl reduce_scatter each."""
+        size = self.getSize()
+        red.check(input_flats)
+        for out, flat in zip(staged_outputs, input_flats):
+            if out.flat.dtype != flat.dtype or flat.numel() != out.flat.numel() * size:
+                raise InvalidArgumentError(
+                    f"{what} input must hold {size} x {out.flat.numel()} elements of {out.flat.dtype}, got "
+                    f"{flat.numel()} of {flat.dtype}")
+        tag, rank, size = self._begin()
+        pending = []
+        for out, flat in zip(staged_outputs, input_flats):
+            x, pop = _reducible(red.input(flat), red.op)
+            o, _ = _reducible(out.flat, red.op)
+            pending.append(collectives.reduce_scatter_async(self._comm, x, o, op=pop, tag=tag, rank=rank,
+                                                            world_size=size))
+        return self._submit(pending, result, lambda: _unstage_all(staged_outputs), what)
 
     def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                                         opts: Any = None) -> PcclWork:
         red = _Reduction(opts)
-        tag, rank, size = self._begin()
         staged = [stage(o, read=False) for o in outputs]
-        pending = [self._reduce_scatter_into(s, i, red, tag, rank, size) for s, i in zip(staged, inputs)]
-        return self._submit(pending, list(outputs), lambda: _unstage_all(staged), "reduce_scatter_tensor")
+        flats = [stage(i).flat for i in inputs]
+        return self._reduce_scatter(staged, flats, red, "reduce_scatter_tensor", list(outputs))
 
     reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
 
@@ -339,23 +377,21 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
                        opts: Any = None) -> PcclWork:
         red = _Reduction(opts)
-        tag, rank, size = self._begin()
-        pending, staged = [], []
-        for out, ins in zip(outputs, input_lists):
+        size = self.getSize()
+        for ins in input_lists:
             if len(ins) != size:
                 raise InvalidArgumentError(f"reduce_scatter needs {size} input tensors, got {len(ins)}")
-            flat = torch.cat([i.reshape(-1).cpu() for i in ins])
-            s = stage(out, read=False)
-            staged.append(s)
-            pending.append(self._reduce_scatter_into(s, flat, red, tag, rank, size))
-        return self._submit(pending, list(outputs), lambda: _unstage_all(staged), "reduce_scatter")
+        staged = [stage(o, read=False) for o in outputs]
+        flats = [torch.cat([i.reshape(-1).cpu() for i in ins]) for ins in input_lists]
+        return self._reduce_scatter(staged, flats, red, "reduce_scatter", list(outputs))
 
     # -- rooted collectives, built on the above ------------------------------------------------------
     def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
         red = _Reduction(opts)
         root = opts.rootRank if opts is not None else 0
-        tag, rank, _ = self._begin()
         staged = stage_all(tensors)
+        red.check([s.flat for s in staged])
+        tag, rank, _ = self._begin()
         if rank == root:
             pending = [self._all_reduce(s.flat, red, tag) for s in staged]
             return self._submit(pending, list(tensors), lambda: _unstage_all(staged), "reduce")
