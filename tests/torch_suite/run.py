@@ -89,13 +89,23 @@ class _Recorder(unittest.TextTestResult):
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     temp = tempfile.TemporaryDirectory(prefix="torch-suite-")
-    os.makedirs(os.path.join(temp.name, "barrier"))
+    try:
+        return _run(args, temp.name)
+    finally:
+        temp.cleanup()
+
+
+def _run(args: argparse.Namespace, temp: str) -> int:
+    os.makedirs(os.path.join(temp, "barrier"))
+    # torch's harness leaves a store file per test in the temporary directory: keep them all in ours.
+    tempfile.tempdir = temp
     env = {
+        "TMPDIR": temp,
         "BACKEND": args.backend,
         "WORLD_SIZE": str(args.world_size),
-        "TEMP_DIR": temp.name,
+        "TEMP_DIR": temp,
         # file:// as in torch's CI, so the tests that re-initialise the default group run.
-        "INIT_METHOD": "file://" + os.path.join(temp.name, "shared_init_file"),
+        "INIT_METHOD": "file://" + os.path.join(temp, "shared_init_file"),
         "DISTRIBUTED_TESTS_DEFAULT_TIMEOUT": str(args.test_timeout),
         "PCCL_LOG_LEVEL": os.environ.get("PCCL_LOG_LEVEL", "error"),
         "OMP_NUM_THREADS": "1",
