@@ -223,7 +223,7 @@ def test_unsupported_device_op_and_p2p_raise_clear_errors():
             pg.allreduce([torch.empty(2, device="meta")], dist.AllreduceOptions())
         opts = dist.AllreduceOptions()
         opts.reduceOp = dist.ReduceOp.BAND
-        with pytest.raises(pccl_py.InvalidArgumentError, match="SUM, AVG, PRODUCT, MIN and MAX"):
+        with pytest.raises(pccl_py.InvalidArgumentError, match="SUM, AVG, PRODUCT, MIN, MAX and PREMUL_SUM, not .*BAND"):
             pg.allreduce([torch.ones(2)], opts)
         opts.reduceOp = dist.ReduceOp.MAX
         with pytest.raises(pccl_py.InvalidArgumentError, match="complex tensors support SUM and AVG"):
@@ -267,6 +267,62 @@ def test_work_future_is_done_when_wait_returns_and_callbacks_may_wait_on_their_o
         with pytest.raises(RuntimeError, match="would deadlock"):
             gated_chain.wait()
         assert later.wait() and torch.equal(later.result()[0], torch.full((3,), 2.0))
+    finally:
+        for c in comms:
+            c.close()
+        master.stop()
+
+
+def test_premul_sum_coalesced_gather_and_torch_wording_of_errors():
+    master = pccl_py.Master().start()
+    comms = connect_group(master.address, 3, timeout=1.5)
+    try:
+        pgs = [pccl_torch.wrap_communicator(c) for c in comms]
+
+        def premul(factor):
+            opts = dist.AllreduceOptions()
+            opts.reduceOp = dist._make_nccl_premul_sum(factor)
+            return opts
+
+        # PREMUL_SUM: every rank scales its own input by its own factor (a number or a 1-element tensor).
+        factors = [0.5, torch.tensor([2.0]), 4.0]
+        xs = [torch.full((5,), float(pg.rank() + 1)) for pg in pgs]
+        expected = sum(float(f) * (pg.rank() + 1) for f, pg in zip(factors, pgs))
+        _in_threads([lambda pg=pg, x=x, f=f: pg.allreduce([x], premul(f)).wait() for pg, x, f in zip(pgs, xs, factors)])
+        assert all(torch.equal(x, torch.full((5,), expected)) for x in xs), xs
+        # ... and in reduce_scatter_tensor (each rank keeps its slice of the scaled sum).
+        outs = [torch.empty(2) for _ in pgs]
+        rs_opts = dist.ReduceScatterOptions()
+        rs_opts.reduceOp = dist._make_nccl_premul_sum(3.0)
+        _in_threads([lambda pg=pg, o=o: pg.reduce_scatter_tensor_coalesced([o], [torch.arange(6.0)], rs_opts).wait()
+                     for pg, o in zip(pgs, outs)])
+        for pg, o in zip(pgs, outs):
+            r = pg.rank()
+            assert torch.equal(o, 9.0 * torch.arange(6.0)[2 * r:2 * r + 2]), (r, o)
+        with pytest.raises(pccl_py.InvalidArgumentError, match="PREMUL_SUM is defined for floating-point"):
+            pgs[0].allreduce([torch.ones(2, dtype=torch.int32)], premul(2.0))
+
+        # all_gather_coalesced: output_lists[rank][j] holds rank's input j (shapes may differ per j).
+        ins = [[torch.full((2,), float(pg.rank())), torch.full((1, 3), 10.0 + pg.rank())] for pg in pgs]
+        gathered = [[[torch.empty(2), torch.empty(1, 3)] for _ in pgs] for _ in pgs]
+        _in_threads([lambda pg=pg, o=o, i=i: pg.allgather_coalesced(o, i).wait() for pg, o, i in zip(pgs, gathered, ins)])
+        for out in gathered:
+            for r in range(3):
+                assert torch.equal(out[r][0], torch.full((2,), float(r)))
+                assert torch.equal(out[r][1], torch.full((1, 3), 10.0 + r))
+        with pytest.raises(pccl_py.InvalidArgumentError, match="one output list per rank"):
+            pgs[0].allgather_coalesced([[torch.empty(2)]], [torch.ones(2)])
+
+        # A timeout fails the Work as torch words it, is both pccl's and torch's error, and leaves
+        # the input of a PREMUL_SUM (reduced from a scaled copy) as it was.
+        x = torch.full((4,), 7.0)
+        t0 = time.monotonic()
+        with pytest.raises(dist.DistBackendError, match=r"pccl all_reduce: Timed out waiting ") as info:
+            pgs[0].allreduce([x], premul(2.0)).wait()
+        assert 1.2 <= time.monotonic() - t0 < 10.0
+        assert isinstance(info.value, pccl_py.TimeoutError)
+        assert isinstance(info.value.__cause__, pccl_py.TimeoutError)
+        assert torch.equal(x, torch.full((4,), 7.0))
     finally:
         for c in comms:
             c.close()

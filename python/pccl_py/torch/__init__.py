@@ -61,7 +61,7 @@ def create_process_group(dist_backend_opts: Any, backend_options: Any = None) ->
         if master is not None:
             master.stop()
         raise
-    pg = ProcessGroupPCCL(comm, rank, size, master=master, name=group_name)
+    pg = ProcessGroupPCCL(comm, rank, size, master=master, name=group_name, timeout=timeout)
     if is_default:
         pg._on_shutdown.append(lambda: rendezvous.forget_default_master(address))
     return pg

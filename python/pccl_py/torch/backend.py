@@ -29,6 +29,7 @@ from ..communicator import Communicator
 from ..errors import ClosedError, InvalidArgumentError, PeerLostError
 from ..master import Master
 from ..ops import ReduceOp
+from .errors import for_torch
 from .staging import Staged, empty_cpu, stage, stage_all
 from .work import Completer, PcclWork
 
@@ -51,25 +52,69 @@ def _pccl_op(op: Any) -> ReduceOp:
     for torch_op, pccl_op in _OPS.items():
         if op == torch_op:
             return pccl_op
+    name = getattr(op, "op", op)  # a ReduceOp object names its type in .op (RedOpType.BAND, ...)
     raise InvalidArgumentError(
-        f"the pccl backend supports ReduceOp SUM, AVG, PRODUCT, MIN and MAX, not {op}")
+        f"the pccl backend supports ReduceOp SUM, AVG, PRODUCT, MIN, MAX and PREMUL_SUM, not {name}")
+
+
+class _Reduction:
+    """A torch reduction as pccl runs it: a pccl op, and for PREMUL_SUM the factor each rank applies
+    to its own input first (torch's ``_make_nccl_premul_sum(factor)``: the result is
+    ``sum_i factor_i * x_i``, with ``factor_i`` the factor given on rank i)."""
+
+    def __init__(self, opts: Any) -> None:
+        op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
+        self.factor: Optional[float] = None
+        if op == dist.ReduceOp.PREMUL_SUM:
+            factor = op.factor
+            if isinstance(factor, torch.Tensor):
+                if factor.numel() != 1:
+                    raise InvalidArgumentError(
+                        f"PREMUL_SUM needs a scalar factor (a number or a one-element tensor), got a tensor of "
+                        f"shape {tuple(factor.shape)}")
+                factor = factor.item()
+            self.factor = float(factor)
+            self.op = ReduceOp.SUM
+        else:
+            self.op = _pccl_op(op)
+
+    def check(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Raises InvalidArgumentError for a tensor this reduction cannot take (call it before _begin)."""
+        for t in tensors:
+            if self.factor is not None and not (t.dtype.is_floating_point or t.dtype.is_complex):
+                raise InvalidArgumentError(
+                    f"PREMUL_SUM is defined for floating-point and complex tensors, not {t.dtype}")
+            _check_reducible(t.dtype, self.op)
+
+    def input(self, flat: torch.Tensor) -> torch.Tensor:
+        """What this rank contributes: ``flat`` itself, or for PREMUL_SUM a scaled copy (the caller's
+        tensor stays as it was until the result is written, so a failed op leaves it unchanged)."""
+        if self.factor is None:
+            return flat
+        self.check([flat])
+        return flat * self.factor
+
+
+def _check_reducible(dtype: torch.dtype, op: ReduceOp) -> None:
+    if dtype.is_complex:
+        if op not in (ReduceOp.SUM, ReduceOp.AVG):
+            raise InvalidArgumentError(f"complex tensors support SUM and AVG only, not {op.name}")
+    elif dtype == torch.bool:
+        if op not in _BOOL_OPS:
+            raise InvalidArgumentError(f"bool tensors support SUM, PRODUCT, MIN and MAX, not {op.name}")
+    elif str(dtype).replace("torch.", "") not in DTYPE_CODES:
+        raise InvalidArgumentError(
+            f"the pccl backend cannot reduce {dtype}; supported: {', '.join(DTYPE_CODES)}, complex "
+            "(SUM/AVG) and bool")
 
 
 def _reducible(flat: torch.Tensor, op: ReduceOp) -> tuple[torch.Tensor, ReduceOp]:
     """A view of flat that pccl can reduce with op, and the op to use (complex and bool need one)."""
+    _check_reducible(flat.dtype, op)
     if flat.dtype.is_complex:
-        if op not in (ReduceOp.SUM, ReduceOp.AVG):
-            raise InvalidArgumentError(f"complex tensors support SUM and AVG only, not {op.name}")
         return torch.view_as_real(flat).view(-1), op
     if flat.dtype == torch.bool:
-        if op not in _BOOL_OPS:
-            raise InvalidArgumentError(f"bool tensors support SUM, PRODUCT, MIN and MAX, not {op.name}")
         return flat.view(torch.uint8), _BOOL_OPS[op]
-    name = str(flat.dtype).replace("torch.", "")
-    if name not in DTYPE_CODES:
-        raise InvalidArgumentError(
-            f"the pccl backend cannot reduce {flat.dtype}; supported: {', '.join(DTYPE_CODES)}, complex "
-            "(SUM/AVG) and bool")
     return flat, op
 
 
@@ -88,7 +133,8 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     """
 
     def __init__(self, comm: Communicator, rank: int, size: int, *, dynamic: bool = False, owns_comm: bool = True,
-                 master: Optional[Master] = None, tag_base: int = DEFAULT_TAG_BASE, name: str = "pccl") -> None:
+                 master: Optional[Master] = None, tag_base: int = DEFAULT_TAG_BASE, name: str = "pccl",
+                 timeout: Optional[float] = None) -> None:
         super().__init__(rank, size)
         self._comm = comm
         self._rank = rank
@@ -101,6 +147,9 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         self._completer = Completer(f"pccl-completer-{name}")
         self._closed = False
         self._on_shutdown: list[Callable[[], None]] = []
+        self._timeout = timeout  # pccl's op timeout in seconds, for torch's timeout wording (None: unknown)
+        self._group_name = name
+        self._group_desc = name
 
     # -- identity ----------------------------------------------------------------------------------
     def getBackendName(self) -> str:  # noqa: N802 - torch's trampoline name
@@ -118,6 +167,23 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     def size(self) -> int:
         return self.getSize()
 
+    # torch names every group (dist.new_group, destroy_process_group look it up by name). torch's
+    # ProcessGroup keeps the name in its registered C++ backends, and a Python ProcessGroup has none,
+    # so the name and description live here.
+    def _set_group_name(self, name: str) -> None:
+        self._group_name = name
+
+    @property
+    def group_name(self) -> str:
+        return self._group_name
+
+    def _set_group_desc(self, desc: str) -> None:
+        self._group_desc = desc
+
+    @property
+    def group_desc(self) -> str:
+        return self._group_desc
+
     @property
     def communicator(self) -> Communicator:
         """The underlying pccl Communicator."""
@@ -128,7 +194,11 @@ class ProcessGroupPCCL(dist.ProcessGroup):
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _begin(self) -> tuple[int, int, int]:
-        """(tag, rank, size) for the next operation; fails fast when the group is unusable."""
+        """(tag, rank, size) for the next operation; fails fast when the group is unusable.
+
+        It numbers the operation, so every argument error must be raised *before* it: a call that
+        fails its checks after taking a number on one rank only shifts that rank's later operations
+        onto other tags than its peers' (they then time out)."""
         if self._closed:
             raise ClosedError("this pccl process group was shut down")
         if self._dynamic:
@@ -143,7 +213,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         return self._tag_base + next(self._seq) % TAGS, rank, size
 
     def _submit(self, pending: Sequence[collectives.Pending], result: list[torch.Tensor],
-                after: Callable[[], None] = lambda: None) -> PcclWork:
+                after: Callable[[], None] = lambda: None, what: str = "collective") -> PcclWork:
         def finish() -> None:
             error: Optional[BaseException] = None
             for p in pending:  # wait for all, so no buffer is still in use when the Work fails
@@ -152,25 +222,30 @@ class ProcessGroupPCCL(dist.ProcessGroup):
                 except BaseException as exc:  # noqa: BLE001 - the first error fails the Work
                     error = error or exc
             if error is not None:
-                raise error
+                # torch's convention: a DistBackendError, timeouts worded "Timed out waiting <n>ms".
+                raise for_torch(error, what, self._timeout) from error
             after()
         return self._completer.submit(PcclWork(result), finish)
 
-    def _all_reduce(self, flat: torch.Tensor, op: ReduceOp, tag: int, out: Optional[torch.Tensor] = None
+    def _all_reduce(self, flat: torch.Tensor, red: "_Reduction", tag: int, out: Optional[torch.Tensor] = None
                     ) -> collectives.Pending:
-        x, pop = _reducible(flat, op)
+        src = red.input(flat)
+        if src is not flat and out is None:
+            out = flat  # PREMUL_SUM reduces a scaled copy into the caller's tensor
+        x, pop = _reducible(src, red.op)
         if x.numel() == 0:
             return collectives.Pending([])
-        o = None if out is None else _reducible(out, op)[0]
+        o = None if out is None else _reducible(out, red.op)[0]
         return collectives.Pending([self._comm.all_reduce_async(x, op=pop, out=o, tag=tag)])
 
     # -- all_reduce --------------------------------------------------------------------------------
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
-        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        tag, _, _ = self._begin()
+        red = _Reduction(opts)
         staged = stage_all(tensors)
-        pending = [self._all_reduce(s.flat, op, tag) for s in staged]
-        return self._submit(pending, list(tensors), lambda: _unstage_all(staged))
+        red.check([s.flat for s in staged])
+        tag, _, _ = self._begin()
+        pending = [self._all_reduce(s.flat, red, tag) for s in staged]
+        return self._submit(pending, list(tensors), lambda: _unstage_all(staged), "all_reduce")
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
         return self.allreduce(tensors, opts)
@@ -178,40 +253,52 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     # -- broadcast ---------------------------------------------------------------------------------
     def broadcast(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
         root = opts.rootRank if opts is not None else 0
-        tag, rank, _ = self._begin()
         staged = stage_all(tensors, read=True)
+        tag, rank, _ = self._begin()
         pending = [collectives.broadcast_async(self._comm, s.flat, root, tag=tag, rank=rank) for s in staged]
         after = (lambda: None) if rank == root else (lambda: _unstage_all(staged))
-        return self._submit(pending, list(tensors), after)
+        return self._submit(pending, list(tensors), after, "broadcast")
 
     # -- all_gather --------------------------------------------------------------------------------
+    @staticmethod
+    def _check_gather(src_flat: torch.Tensor, out_flat: torch.Tensor, size: int) -> None:
+        if out_flat.dtype != src_flat.dtype or out_flat.numel() != src_flat.numel() * size:
+            raise InvalidArgumentError(
+                f"all_gather output must hold {size} x {src_flat.numel()} elements of {src_flat.dtype}, got "
+                f"{out_flat.numel()} of {out_flat.dtype}")
+
     def _gather_into(self, inp: torch.Tensor, out_flat: torch.Tensor, tag: int, rank: int,
                      size: int) -> collectives.Pending:
         src = stage(inp)
-        if out_flat.dtype != src.flat.dtype or out_flat.numel() != src.flat.numel() * size:
-            raise InvalidArgumentError(
-                f"all_gather output must hold {size} x {src.flat.numel()} elements of {src.flat.dtype}, got "
-                f"{out_flat.numel()} of {out_flat.dtype}")
+        self._check_gather(src.flat, out_flat, size)
         return collectives.all_gather_async(self._comm, src.flat, out_flat, tag=tag, rank=rank, world_size=size)
 
     def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
-                  opts: Any = None) -> PcclWork:
-        tag, rank, size = self._begin()
-        pending, copies = [], []
+                  opts: Any = None, what: str = "all_gather") -> PcclWork:
+        size = self.getSize()
+        if len(output_lists) != len(inputs):
+            raise InvalidArgumentError(f"{what} needs one output list per input tensor, got {len(output_lists)} "
+                                       f"lists for {len(inputs)} inputs")
+        srcs, copies = [], []
         for outs, inp in zip(output_lists, inputs):
             if len(outs) != size:
                 raise InvalidArgumentError(f"all_gather needs {size} output tensors, got {len(outs)}")
             if any(o.numel() != inp.numel() for o in outs):
                 raise InvalidArgumentError("all_gather output tensors must have as many elements as the input")
+            src = stage(inp)
             scratch = empty_cpu(inp.numel() * size, inp.dtype, inp)
-            pending.append(self._gather_into(inp, scratch, tag, rank, size))
+            self._check_gather(src.flat, scratch, size)
+            srcs.append(src)
             copies.append((outs, scratch, inp.numel()))
+        tag, rank, size = self._begin()
+        pending = [collectives.all_gather_async(self._comm, src.flat, scratch, tag=tag, rank=rank, world_size=size)
+                   for src, (_, scratch, _) in zip(srcs, copies)]
 
         def after() -> None:
             for outs, scratch, n in copies:
                 for i, o in enumerate(outs):
                     o.copy_(scratch[i * n:(i + 1) * n].view(o.shape))
-        return self._submit(pending, [t for outs in output_lists for t in outs], after)
+        return self._submit(pending, [t for outs in output_lists for t in outs], after, what)
 
     def all_gather_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> PcclWork:
         return self.all_gather_single_coalesced([output], [inp], opts)
@@ -220,35 +307,65 @@ class ProcessGroupPCCL(dist.ProcessGroup):
 
     def all_gather_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                                     opts: Any = None) -> PcclWork:
+        size = self.getSize()
+        staged = [stage(out, read=False) for out in outputs]
+        srcs = [stage(inp) for inp in inputs]
+        for out, src in zip(staged, srcs):
+            self._check_gather(src.flat, out.flat, size)
         tag, rank, size = self._begin()
-        pending, staged = [], []
-        for out, inp in zip(outputs, inputs):
-            s = stage(out, read=False)
-            staged.append(s)
-            pending.append(self._gather_into(inp, s.flat, tag, rank, size))
-        return self._submit(pending, list(outputs), lambda: _unstage_all(staged))
+        pending = [collectives.all_gather_async(self._comm, src.flat, out.flat, tag=tag, rank=rank, world_size=size)
+                   for out, src in zip(staged, srcs)]
+        return self._submit(pending, list(outputs), lambda: _unstage_all(staged), "all_gather_into_tensor")
 
     allgather_into_tensor_coalesced = all_gather_single_coalesced
 
     def allgather_coalesced(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                             opts: Any = None) -> PcclWork:
-        return self.allgather(output_lists, inputs, opts)
+        """``dist.all_gather_coalesced``: ``output_lists[r][j]`` receives rank r's ``inputs[j]``.
+
+        The nesting is the transpose of :meth:`allgather`'s (``output_lists[j][r]``), and the inputs may
+        differ in shape and dtype from each other (not across ranks)."""
+        size = self.getSize()
+        if len(output_lists) != size:
+            raise InvalidArgumentError(
+                f"all_gather_coalesced needs one output list per rank ({size}), got {len(output_lists)}")
+        for r, outs in enumerate(output_lists):
+            if len(outs) != len(inputs):
+                raise InvalidArgumentError(
+                    f"all_gather_coalesced: output list {r} has {len(outs)} tensors for {len(inputs)} inputs")
+            for j, (o, i) in enumerate(zip(outs, inputs)):
+                if o.dtype != i.dtype:
+                    raise InvalidArgumentError(
+                        f"all_gather_coalesced: output [{r}][{j}] is {o.dtype}, input {j} is {i.dtype}")
+        per_input = [[output_lists[r][j] for r in range(size)] for j in range(len(inputs))]
+        return self.allgather(per_input, inputs, opts, "all_gather_coalesced")
 
     # -- reduce_scatter ----------------------------------------------------------------------------
-    def _reduce_scatter_into(self, out: Staged, inp: torch.Tensor, op: ReduceOp, tag: int, rank: int,
-                             size: int) -> collectives.Pending:
-        src = stage(inp)
-        x, pop = _reducible(src.flat, op)
-        o, _ = _reducible(out.flat, op)
-        return collectives.reduce_scatter_async(self._comm, x, o, op=pop, tag=tag, rank=rank, world_size=size)
+    def _reduce_scatter(self, staged_outputs: Sequence[Staged], input_flats: Sequence[torch.Tensor],
+                        red: "_Reduction", what: str, result: list[torch.Tensor]) -> PcclWork:
+        """Checks every pair first, then numbers the operation and issues one pccl reduce_scatter each."""
+        size = self.getSize()
+        red.check(input_flats)
+        for out, flat in zip(staged_outputs, input_flats):
+            if out.flat.dtype != flat.dtype or flat.numel() != out.flat.numel() * size:
+                raise InvalidArgumentError(
+                    f"{what} input must hold {size} x {out.flat.numel()} elements of {out.flat.dtype}, got "
+                    f"{flat.numel()} of {flat.dtype}")
+        tag, rank, size = self._begin()
+        pending = []
+        for out, flat in zip(staged_outputs, input_flats):
+            x, pop = _reducible(red.input(flat), red.op)
+            o, _ = _reducible(out.flat, red.op)
+            pending.append(collectives.reduce_scatter_async(self._comm, x, o, op=pop, tag=tag, rank=rank,
+                                                            world_size=size))
+        return self._submit(pending, result, lambda: _unstage_all(staged_outputs), what)
 
     def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                                         opts: Any = None) -> PcclWork:
-        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        tag, rank, size = self._begin()
+        red = _Reduction(opts)
         staged = [stage(o, read=False) for o in outputs]
-        pending = [self._reduce_scatter_into(s, i, op, tag, rank, size) for s, i in zip(staged, inputs)]
-        return self._submit(pending, list(outputs), lambda: _unstage_all(staged))
+        flats = [stage(i).flat for i in inputs]
+        return self._reduce_scatter(staged, flats, red, "reduce_scatter_tensor", list(outputs))
 
     reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
 
@@ -259,30 +376,28 @@ class ProcessGroupPCCL(dist.ProcessGroup):
 
     def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
                        opts: Any = None) -> PcclWork:
-        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        tag, rank, size = self._begin()
-        pending, staged = [], []
-        for out, ins in zip(outputs, input_lists):
+        red = _Reduction(opts)
+        size = self.getSize()
+        for ins in input_lists:
             if len(ins) != size:
                 raise InvalidArgumentError(f"reduce_scatter needs {size} input tensors, got {len(ins)}")
-            flat = torch.cat([i.reshape(-1).cpu() for i in ins])
-            s = stage(out, read=False)
-            staged.append(s)
-            pending.append(self._reduce_scatter_into(s, flat, op, tag, rank, size))
-        return self._submit(pending, list(outputs), lambda: _unstage_all(staged))
+        staged = [stage(o, read=False) for o in outputs]
+        flats = [torch.cat([i.reshape(-1).cpu() for i in ins]) for ins in input_lists]
+        return self._reduce_scatter(staged, flats, red, "reduce_scatter", list(outputs))
 
     # -- rooted collectives, built on the above ------------------------------------------------------
     def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
-        op = _pccl_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        red = _Reduction(opts)
         root = opts.rootRank if opts is not None else 0
-        tag, rank, _ = self._begin()
         staged = stage_all(tensors)
+        red.check([s.flat for s in staged])
+        tag, rank, _ = self._begin()
         if rank == root:
-            pending = [self._all_reduce(s.flat, op, tag) for s in staged]
-            return self._submit(pending, list(tensors), lambda: _unstage_all(staged))
+            pending = [self._all_reduce(s.flat, red, tag) for s in staged]
+            return self._submit(pending, list(tensors), lambda: _unstage_all(staged), "reduce")
         # Non-root ranks contribute and keep their input as it was.
-        pending = [self._all_reduce(s.flat, op, tag, out=torch.empty_like(s.flat)) for s in staged]
-        return self._submit(pending, list(tensors))
+        pending = [self._all_reduce(s.flat, red, tag, out=torch.empty_like(s.flat)) for s in staged]
+        return self._submit(pending, list(tensors), what="reduce")
 
     def gather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                opts: Any = None) -> PcclWork:
@@ -336,7 +451,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     # -- barrier and point-to-point -----------------------------------------------------------------
     def barrier(self, opts: Any = None) -> PcclWork:
         tag, _, _ = self._begin()
-        return self._submit([collectives.barrier_async(self._comm, tag=tag)], [])
+        return self._submit([collectives.barrier_async(self._comm, tag=tag)], [], what="barrier")
 
     def send(self, tensors: list[torch.Tensor], dst: int, tag: int = 0) -> PcclWork:
         raise NotImplementedError("the pccl backend has no point-to-point send/recv yet; use broadcast or a "

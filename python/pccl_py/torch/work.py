@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch.distributed.distributed_c10d import Work
 
-from ..errors import TimeoutError as PcclTimeoutError
+from .errors import timed_out
 
 
 _on_completer = threading.local()
@@ -63,7 +63,9 @@ class PcclWork(Work):
                 raise RuntimeError("waiting for a pccl Work inside a future callback would deadlock; "
                                    "chain it with get_future().then(...) instead")
         elif not self._done.wait(seconds if seconds else None):
-            raise PcclTimeoutError(f"Work.wait() timed out after {seconds} s")
+            # The operation itself goes on (pccl's op timeout bounds it); only this wait gives up.
+            raise timed_out("Work.wait()", seconds, "the operation is still running; its Work completes or "
+                            "fails by pccl's op timeout")
         if self._error is not None:
             raise self._error
         return True
