@@ -94,6 +94,9 @@ RecvTarget Collective::target_for(int from, const FrameHeader& h) {
              -1);
         return RecvTarget{};  // discard; the op is failing anyway
     }
+    if (partner_ >= 0 && from != partner_)
+        throw ProtocolError("frame from rank " + std::to_string(from) + " for a point-to-point op with rank " +
+                            std::to_string(partner_));
     if (h.type == static_cast<uint8_t>(FrameType::kDone)) return RecvTarget{};
     auto [base, elems] = region(from, h.step);
     if (base == nullptr || h.step >= arrived_.size() || elems != slot_elems_[h.step])
@@ -163,11 +166,15 @@ bool Collective::claim_done_notices() {
     progress_ = OpProgress::kDataDone;
     if (done_announced_) return false;
     done_announced_ = true;
-    outstanding_ += world_ - 1;
+    outstanding_ += partner_ >= 0 ? 1 : world_ - 1;
     return true;
 }
 
 void Collective::send_done_notices() {
+    if (partner_ >= 0) {
+        mesh_->send(partner_, 0, make_header(FrameType::kDone, 0, 0, 0), nullptr, shared_from_this());
+        return;
+    }
     for (int r = 0; r < world_; ++r)
         if (r != rank_) mesh_->send(r, 0, make_header(FrameType::kDone, 0, 0, 0), nullptr, shared_from_this());
 }
@@ -272,7 +279,7 @@ void Collective::execute(TimePoint deadline) {
     if (announce) send_done_notices();
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-        if (dones_ == world_ - 1 && outstanding_ == 0 && !frozen_) {
+        if (dones_ == (partner_ >= 0 ? 1 : world_ - 1) && outstanding_ == 0 && !frozen_) {
             committed_ = true;
             return;
         }
@@ -292,7 +299,17 @@ OpProgress Collective::freeze() {
     std::lock_guard<std::mutex> lock(mutex_);
     frozen_ = true;
     cv_.notify_all();
-    return committed_ ? OpProgress::kDataDone : progress_;
+    if (committed_) return OpProgress::kDataDone;
+    return awaits_receipt_ && dones_ == 0 ? OpProgress::kRunning : progress_;
+}
+
+void Collective::wait_partner_done() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        if (dones_ > 0) return;
+        check_interrupt();
+        cv_.wait_until(lock, deadline_);
+    }
 }
 
 void Collective::decide(bool commit, EpochCause cause) {
@@ -305,7 +322,8 @@ void Collective::decide(bool commit, EpochCause cause) {
 bool Collective::wait_decision(TimePoint deadline, bool* commit, EpochCause* cause) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (!cv_.wait_until(lock, deadline, [&] { return decision_ != 0; })) return false;
-    *commit = decision_ == 1 && progress_ == OpProgress::kDataDone;
+    // A sender's fate is its receiver's, whatever its own progress (it publishes nothing).
+    *commit = decision_ == 1 && (progress_ == OpProgress::kDataDone || awaits_receipt_);
     *cause = decision_cause_;
     return true;
 }

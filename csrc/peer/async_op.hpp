@@ -16,15 +16,12 @@ public:
     AsyncOp(Communicator& comm, const CollectiveSpec& spec) {
         comm.check_usable("all_reduce_async");
         uint64_t ticket = comm.reserve_turn(spec.tag);
-        thread_ = std::thread([this, &comm, spec, ticket] {
-            name_this_thread("pccl-async-op");
-            try {
-                result_ = comm.all_reduce_in_turn(spec, ticket);
-            } catch (...) {
-                error_ = std::current_exception();
-            }
-            done_ = true;
-        });
+        start([&comm, spec, ticket] { return comm.all_reduce_in_turn(spec, ticket); });
+    }
+    // A point-to-point op: validated, and its turn on its channel reserved, before this returns.
+    AsyncOp(Communicator& comm, const P2PSpec& spec) {
+        Communicator::P2PTicket ticket = comm.prepare_p2p(spec);
+        start([&comm, spec, ticket] { return comm.run_p2p(spec, ticket); });
     }
     ~AsyncOp() {
         if (thread_.joinable()) thread_.join();
@@ -40,6 +37,19 @@ public:
     }
 
 private:
+    template <class Run>
+    void start(Run run) {
+        thread_ = std::thread([this, run] {
+            name_this_thread("pccl-async-op");
+            try {
+                result_ = run();
+            } catch (...) {
+                error_ = std::current_exception();
+            }
+            done_ = true;
+        });
+    }
+
     std::thread thread_;
     std::atomic<bool> done_{false};
     ReduceResult result_;

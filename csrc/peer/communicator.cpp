@@ -192,14 +192,14 @@ void Communicator::throw_state_error(const char* what) {
     throw Error(ErrorCode::kInvalidArgument, "bad state");
 }
 
-uint64_t Communicator::reserve_turn(uint32_t tag) {
+uint64_t Communicator::reserve_turn(uint32_t tag, uint64_t lane) {
     std::lock_guard<std::mutex> lock(mutex_);
-    return turns_[tag].next++;
+    return turns_[{tag, lane}].next++;
 }
 
-void Communicator::release_turn(uint32_t tag) {
+void Communicator::release_turn(uint32_t tag, uint64_t lane) {
     std::lock_guard<std::mutex> lock(mutex_);
-    turns_[tag].serving++;
+    turns_[{tag, lane}].serving++;
     cv_.notify_all();
 }
 
@@ -250,13 +250,14 @@ ReduceResult Communicator::run_in_turn(const OpCall& call, uint64_t ticket) {
         // Ops on one tag run one at a time, in the order they were submitted. Every earlier op is
         // bounded by its own deadline, so this wait is bounded too.
         std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait(lock, [&] { return turns_[call.tag].serving == ticket; });
+        cv_.wait(lock, [&] { return turns_[{call.tag, call.lane}].serving == ticket; });
     }
     struct TurnGuard {
         Communicator* c;
         uint32_t tag;
-        ~TurnGuard() { c->release_turn(tag); }
-    } guard{this, call.tag};
+        uint64_t lane;
+        ~TurnGuard() { c->release_turn(tag, lane); }
+    } guard{this, call.tag, call.lane};
     for (int attempt = 0;; ++attempt) {
         bool retry = false;
         ReduceResult r = run_once(call, &retry);
@@ -285,7 +286,7 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
                                                  fmt_seconds(config_.timeout) + "); the group is still recovering from a failure");
         // Checked only once the membership is settled: a call that waited through a recovery may be
         // the very op that recovery aborted on the others.
-        auto owed = owed_failures_.find(tag);
+        auto owed = call.next_seq ? owed_failures_.end() : owed_failures_.find(tag);
         if (owed != owed_failures_.end() && !owed->second.empty()) {
             EpochCause cause = owed->second.front();
             owed->second.pop_front();
@@ -300,7 +301,7 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         result.world_size = static_cast<int>(members_.size());
         result.rank = rank_;
         result.epoch = epoch_;
-        uint64_t seq = next_seq_[tag]++;
+        uint64_t seq = call.next_seq ? call.next_seq() : next_seq_[tag]++;
         if (members_.size() == 1) {
             call.alone();
             committed_[tag] = seq + 1;
@@ -330,7 +331,12 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         op->publish();
         finish();
         std::lock_guard<std::mutex> lock(mutex_);
-        if (epoch_ == op->epoch()) committed_[tag] = std::max(committed_[tag], op->seq() + 1);
+        if (epoch_ == op->epoch()) {
+            if (call.on_commit)
+                call.on_commit(*op);
+            else
+                committed_[tag] = std::max(committed_[tag], op->seq() + 1);
+        }
         result.tx_bytes = op->tx_bytes();
         result.rx_bytes = op->rx_bytes();
         result.swapped_bytes = op->swapped_bytes();
@@ -372,6 +378,11 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
     if (commit) return succeed();
     abandon_if_terminal();
     finish();
+    if (call.aborted) {
+        call.aborted(cause, f.why);  // throws unless the op is to be re-run
+        *retry = true;
+        return result;
+    }
     if ((cause == EpochCause::kJoin || cause == EpochCause::kLeft) && !call.planned_epoch) {
         *retry = true;  // nobody failed: re-run among the new membership, invisibly to the caller
         return result;

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "common/log.hpp"
+#include "protocol/p2p_key.hpp"
 
 namespace pccl {
 
@@ -291,6 +292,7 @@ void Communicator::on_recover(const Recover& m) {
     std::shared_ptr<Mesh> mesh;
     std::vector<std::shared_ptr<Collective>> ops;
     std::map<uint32_t, uint64_t> committed;
+    std::vector<OpReport> p2p_reports;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (state_ != State::kMember) throw ProtocolError("recover request while not a member");
@@ -305,11 +307,17 @@ void Communicator::on_recover(const Recover& m) {
         for (auto& op : inflight_)
             if (op->epoch() == epoch_) ops.push_back(op);
         committed = committed_;
+        // The last op received on each point-to-point channel: its sender may still wait for the
+        // acknowledgement, and the master commits a point-to-point op on its receiver's word only.
+        for (auto& [key, n] : p2p_done_)
+            if (n > 0 && p2p_dst(key.second) == rank_ && p2p_reports.size() < kMaxReportedOps / 2)
+                p2p_reports.push_back(OpReport{key.first, key.second | (n - 1), OpProgress::kDataDone});
     }
     // Stop the data plane first: after this no frame can change any op's progress.
     if (mesh) mesh->shutdown();
     Status st;
     st.epoch = m.epoch;
+    st.ops = p2p_reports;
     for (auto& op : ops) st.ops.push_back(OpReport{op->tag(), op->seq(), op->freeze()});
     for (auto& [tag, n] : committed) st.tags.push_back(TagReport{tag, n});
     send_to_master(encode_status(st));
@@ -336,14 +344,17 @@ void Communicator::on_epoch(const EpochMsg& m) {
                 if (d.tag == op->tag() && d.seq == op->seq()) commit = d.commit != 0;
             op->decide(commit, m.cause);
             mine.insert({op->tag(), op->seq()});
-            if (commit) done[op->tag()] = std::max(done[op->tag()], op->seq() + 1);
+            if (commit && !is_p2p_key(op->seq())) done[op->tag()] = std::max(done[op->tag()], op->seq() + 1);
         }
         if (m.cause != EpochCause::kJoin && m.cause != EpochCause::kLeft) {
             for (auto& d : m.decisions)
                 if (!d.commit && !mine.count({d.tag, d.seq}) && done[d.tag] == d.seq)
                     owed_failures_[d.tag].push_back(m.cause);
         }
+        p2p_on_epoch(m, mine);
         if (my_rank >= 0) {
+            p2p_next_.clear();
+            p2p_done_.clear();
             epoch_ = m.epoch;
             members_ = m.members;
             rank_ = my_rank;
