@@ -208,10 +208,14 @@ PYBIND11_MODULE(_core, m) {
                  return to_dict(r);
              })
         .def("p2p_async",
-             [](Communicator& c, bool send, int peer, uintptr_t addr, size_t count, int dtype, uint32_t tag) {
-                 return std::make_unique<AsyncOp>(c, make_p2p(send, peer, addr, count, dtype, tag));
+             [](Communicator& c, bool send, int peer, uintptr_t addr, size_t count, int dtype, uint32_t tag,
+                uint64_t planned_epoch) {
+                 P2PSpec s = make_p2p(send, peer, addr, count, dtype, tag);
+                 s.planned_epoch = planned_epoch;
+                 return std::make_unique<AsyncOp>(c, s);
              },
-             py::keep_alive<0, 1>())
+             py::arg("send"), py::arg("peer"), py::arg("addr"), py::arg("count"), py::arg("dtype"), py::arg("tag"),
+             py::arg("planned_epoch") = 0, py::keep_alive<0, 1>())
         .def("all_reduce_async",
              [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo,
                 int quant) {

@@ -19,6 +19,9 @@ struct P2PSpec {
     DType dtype = DType::kFloat32;
     uint32_t tag = 0;
     bool swap_pages = true;
+    // Nonzero: the op was planned for this membership epoch (shared-state sync): it fails with
+    // PeerLostError in any other epoch and is never re-run transparently.
+    uint64_t planned_epoch = 0;
 };
 
 class PointToPoint : public Collective {

@@ -30,6 +30,9 @@ Communicator::P2PTicket Communicator::prepare_p2p(const P2PSpec& spec) {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (state_ != State::kMember) throw_state_error(what.c_str());
+        if (spec.planned_epoch && spec.planned_epoch != epoch_)
+            throw Error(ErrorCode::kPeerLost, what + ": the membership changed (epoch " + std::to_string(spec.planned_epoch) +
+                                                  " -> " + std::to_string(epoch_) + ") after this transfer was planned");
         const int world = static_cast<int>(members_.size());
         const char* role = spec.send ? "dst" : "src";
         if (spec.peer < 0 || spec.peer >= world)
@@ -60,6 +63,7 @@ ReduceResult Communicator::run_p2p(const P2PSpec& requested, const P2PTicket& t)
     call.tag = spec.tag;
     call.name = spec.send ? "send" : "recv";
     call.lane = t.lane;
+    call.planned_epoch = spec.planned_epoch;
     call.next_seq = [this, spec, t, peer_rank, what, where]() -> uint64_t {
         int r = -1;
         for (size_t i = 0; i < members_.size(); ++i)
@@ -101,7 +105,8 @@ ReduceResult Communicator::run_p2p(const P2PSpec& requested, const P2PTicket& t)
                                                   (cause == EpochCause::kLeft ? "left the group or was lost" : "was lost") +
                                                   " before the transfer completed (" + why +
                                                   "); it was aborted on both sides and your buffer is unchanged");
-        if (cause == EpochCause::kJoin || cause == EpochCause::kLeft || cause == EpochCause::kLost) return;
+        if (!spec.planned_epoch && (cause == EpochCause::kJoin || cause == EpochCause::kLeft || cause == EpochCause::kLost))
+            return;
         if (cause == EpochCause::kMismatch)
             throw Error(ErrorCode::kMismatch,
                         what + where + " aborted on both sides: the send and the recv disagree on dtype or element count "

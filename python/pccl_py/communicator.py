@@ -311,10 +311,12 @@ class Communicator:
         args, keep = self._p2p_args(False, out, src, tag)
         return P2PHandle(self._core.p2p_async(*args), (keep,))
 
-    def _internal_p2p_async(self, send: bool, x: Any, peer: int, tag: int) -> P2PHandle:
-        """send_async/recv_async on any tag (pccl_py.tags), for the library's own protocols."""
+    def _internal_p2p_async(self, send: bool, x: Any, peer: int, tag: int, planned_epoch: int = 0) -> P2PHandle:
+        """send_async/recv_async on any tag (pccl_py.tags), for the library's own protocols. With
+        planned_epoch, peer is a rank of that epoch: the op fails with PeerLostError in any other one
+        (and is never re-run in a later one)."""
         args, keep = self._p2p_args(send, x, peer, tag, max_tag=2**32)
-        return P2PHandle(self._core.p2p_async(*args), (keep,))
+        return P2PHandle(self._core.p2p_async(*args, planned_epoch), (keep,))
 
     # -- shared state ---------------------------------------------------------------------------
     def sync_shared_state(self, state: "_shared_state.SharedState",
