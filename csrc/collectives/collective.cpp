@@ -89,8 +89,11 @@ RecvTarget Collective::target_for(int from, const FrameHeader& h) {
                       h.algorithm, h.quant, (unsigned long long)h.count, h.step, desc_.dtype, desc_.op,
                       desc_.algorithm, desc_.quant, (unsigned long long)desc_.count);
         fail(FailureKind::kMismatch,
-             "peers called different collectives on tag " + std::to_string(spec_.tag) +
-                 " (kind, count, dtype, op or algorithm differ)",
+             partner_ >= 0 && h.dtype < static_cast<uint8_t>(DType::kCount)
+                 ? "rank " + std::to_string(from) + " has " + std::to_string(h.count) + " x " +
+                       dtype_name(static_cast<DType>(h.dtype)) + " on its side"
+                 : "peers called different collectives on tag " + std::to_string(spec_.tag) +
+                       " (kind, count, dtype, op or algorithm differ)",
              -1);
         return RecvTarget{};  // discard; the op is failing anyway
     }

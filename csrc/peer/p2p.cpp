@@ -56,8 +56,8 @@ ReduceResult Communicator::run_p2p(const P2PSpec& requested, const P2PTicket& t)
     P2PSpec spec = requested;
     spec.swap_pages = spec.swap_pages && config_.swap_result_pages;
     const std::string what = p2p_name(spec);
-    const std::string where = " (tag " + std::to_string(spec.tag) + ", " + (spec.send ? "to" : "from") + " peer " +
-                              std::to_string(t.peer_id) + ")";
+    const std::string where = " (tag " + std::to_string(spec.tag) + ", " + (spec.send ? "to" : "from") + " rank " +
+                              std::to_string(spec.peer) + " when called)";
     auto peer_rank = std::make_shared<int>(-1);  // the partner's rank in the epoch the op runs in
     OpCall call;
     call.tag = spec.tag;
