@@ -281,3 +281,23 @@ def test_send_releases_the_gil(pair):
     a.send(np.arange(8, dtype=np.int64), 1, tag=6)
     waiter.result(10)
     assert np.array_equal(y, np.arange(8))
+
+
+def test_timeout_fails_both_sides_and_the_late_receiver_owes_it(pair):
+    """A send nobody receives times out (the pair's timeout is 3 s) with TimeoutError; the receive that
+    comes too late raises the same error at once (both parties see one outcome per message), and the
+    channel then pairs up again."""
+    a, b = pair
+    t0 = time.monotonic()
+    with pytest.raises(pccl_py.TimeoutError):
+        a.send(np.ones(100, np.float32), 1, tag=11)
+    assert 2.5 < time.monotonic() - t0 < 10.0
+    y = np.full(100, 7.0, np.float32)
+    t1 = time.monotonic()
+    with pytest.raises(pccl_py.TimeoutError, match="before this peer called it"):
+        b.recv(y, 0, tag=11)
+    assert time.monotonic() - t1 < 1.0 and np.all(y == 7.0)
+    h = b.recv_async(y, 0, tag=11)
+    a.send(np.arange(100, dtype=np.float32), 1, tag=11)
+    h.wait()
+    assert np.array_equal(y, np.arange(100, dtype=np.float32))
