@@ -11,6 +11,8 @@
 //   timeout or mismatch raises on both parties;
 // - failures owed to this peer (the partner's op failed before this peer started its half) are kept
 //   per channel.
+#include <algorithm>
+
 #include "common/log.hpp"
 #include "peer/communicator.hpp"
 #include "protocol/p2p_key.hpp"
@@ -125,6 +127,14 @@ ReduceResult Communicator::run_p2p(const P2PSpec& requested, const P2PTicket& t)
 // next op fails the same way, so both parties see one outcome and a retry on both sides lines up.
 void Communicator::p2p_on_epoch(const EpochMsg& m, const std::set<std::pair<uint32_t, uint64_t>>& mine) {
     if (m.cause == EpochCause::kJoin || m.cause == EpochCause::kLeft || m.cause == EpochCause::kLost) return;
+    // Ops finished here per channel, counting those this very decision commits (their callers have
+    // not counted them yet).
+    auto done = p2p_done_;
+    for (auto& d : m.decisions)
+        if (is_p2p_key(d.seq) && d.commit && mine.count({d.tag, d.seq})) {
+            auto& n = done[{d.tag, p2p_stream(d.seq)}];
+            n = std::max(n, p2p_number(d.seq) + 1);
+        }
     for (auto& d : m.decisions) {
         if (!is_p2p_key(d.seq) || d.commit || mine.count({d.tag, d.seq})) continue;
         const int src = p2p_src(d.seq), dst = p2p_dst(d.seq);
@@ -135,8 +145,8 @@ void Communicator::p2p_on_epoch(const EpochMsg& m, const std::set<std::pair<uint
         bool alive = false;
         for (auto& mi : m.members) alive = alive || mi.peer_id == partner;
         if (!alive) continue;
-        auto done = p2p_done_.find({d.tag, p2p_stream(d.seq)});
-        if ((done == p2p_done_.end() ? 0 : done->second) != p2p_number(d.seq)) continue;
+        auto n = done.find({d.tag, p2p_stream(d.seq)});
+        if ((n == done.end() ? 0 : n->second) != p2p_number(d.seq)) continue;
         p2p_owed_[{d.tag, p2p_lane(partner, src == rank_)}].push_back(m.cause);
     }
 }
