@@ -72,6 +72,22 @@ def test_bench_compare_gloo_json(tmp_path):
         assert c["busbw_ratio"] > 0 and c["latency_ratio"] > 0
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed: no gloo to compare with")
+def test_bench_p2p_rows_against_gloo(tmp_path):
+    """--p2p adds a send/recv round trip for pccl and gloo; its busbw counts the message both ways."""
+    data = _run_bench(tmp_path, "--compare", "gloo", "--p2p", timeout=80.0)
+    assert data["config"]["p2p"] is True
+    by = {(r["backend"], r["size_bytes"]): r for r in data["results"]}
+    assert {b for b, _ in by} == {"pccl", "gloo", "p2p", "gloo-p2p"}
+    for b in ("p2p", "gloo-p2p"):
+        for size in (1024, 65536):
+            r = by[(b, size)]
+            assert r["algorithm"] == "p2p" and len(r["times_s"]) == 3 and r["median_s"] > 0
+            assert r["busbw_GBps"] == pytest.approx(2 * r["size_bytes"] / r["median_s"] / 1e9)
+    for c in data["comparison"]:
+        assert c["p2p_ratio"] > 0 and c["p2p_latency_ratio"] > 0 and len(c["p2p_ratio_interval"]) == 2
+
+
 def test_bench_schedule_alternates_backends_abba_and_settles_after_a_switch():
     from pccl_py.bench import _schedule
 

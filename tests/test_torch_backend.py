@@ -228,8 +228,10 @@ def test_unsupported_device_op_and_p2p_raise_clear_errors():
         opts.reduceOp = dist.ReduceOp.MAX
         with pytest.raises(pccl_py.InvalidArgumentError, match="complex tensors support SUM and AVG"):
             pg.allreduce([torch.ones(2, dtype=torch.complex64)], opts)
-        with pytest.raises(NotImplementedError, match="point-to-point"):
+        with pytest.raises(pccl_py.InvalidArgumentError, match="this rank"):
             pg.send([torch.ones(2)], 0, 0)
+        with pytest.raises(pccl_py.InvalidArgumentError, match="any source"):
+            pg.recv_anysource([torch.ones(2)], 0)
         # A world of one: every op still completes (and copies exactly).
         x = torch.tensor([1.5, -0.0, float("nan")])
         w = pg.allreduce([x])

@@ -112,7 +112,54 @@ class Worker:
         # --- added for the overlapping-fault tests --------------------------------------------------
         if name == "reduce_loop":
             return self.reduce_loop(cmd)
+        # --- added for the point-to-point tests ----------------------------------------------------
+        if name == "p2p":
+            return self.p2p(cmd)
         raise ValueError(f"unknown command {name}")
+
+    def p2p(self, cmd: dict) -> dict:
+        """Issues cmd["ops"] (each {op: send|recv, peer, tag, dtype, count, seed}) as async send/recv,
+        in list order, `repeat` times (optionally starting at wall time start_at), and waits for all.
+        Sent bytes are random bits from seed (NaN payloads included); receive buffers start as a known
+        pattern. Replies per op: outcome, error class and time, and the sha256 of the receive buffer
+        before and after (a failed receive must leave it unchanged)."""
+        ops = cmd["ops"]
+        bufs = []
+        for o in ops:
+            nbytes = int(o["count"]) * np.dtype(o["dtype"]).itemsize
+            seed = int(o["seed"]) + (0 if o["op"] == "send" else 7919)
+            raw = np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8)
+            bufs.append(raw.view(o["dtype"]))
+        before = [hashlib.sha256(b.tobytes()).hexdigest() for b in bufs]
+        wait = float(cmd.get("start_at", 0)) - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        results = [{"ok": True} for _ in ops]
+        t0 = time.time()
+        for _ in range(int(cmd.get("repeat", 1))):
+            handles = []
+            for o, b, r in zip(ops, bufs, results):
+                if not r["ok"]:
+                    handles.append(None)
+                    continue
+                try:
+                    fn = self.comm.send_async if o["op"] == "send" else self.comm.recv_async
+                    handles.append(fn(b, o["peer"], tag=o.get("tag", 0)))
+                except pccl_py.PCCLError as exc:
+                    r.update(ok=False, error=type(exc).__name__, message=str(exc), t=time.time())
+                    handles.append(None)
+            for h, r in zip(handles, results):
+                if h is None:
+                    continue
+                try:
+                    info = h.wait()
+                    r["retries"] = r.get("retries", 0) + info.retries
+                except pccl_py.PCCLError as exc:
+                    r.update(ok=False, error=type(exc).__name__, message=str(exc), t=time.time())
+        for r, b, h0 in zip(results, bufs, before):
+            r["sha_before"] = h0
+            r["sha_after"] = hashlib.sha256(b.tobytes()).hexdigest()
+        return {"ok": True, "results": results, "t0": t0, "t1": time.time()}
 
     def state(self) -> dict:
         c = self.comm

@@ -64,7 +64,8 @@ py::dict to_dict(const ReduceResult& r) {
     d["tx_bytes"] = r.tx_bytes;
     d["rx_bytes"] = r.rx_bytes;
     d["swapped_bytes"] = r.swapped_bytes;
-    d["algorithm"] = r.algorithm == Algorithm::kStar ? "star" : r.algorithm == Algorithm::kRing ? "ring" : "exchange";
+    d["algorithm"] = r.algorithm == Algorithm::kStar ? "star" : r.algorithm == Algorithm::kRing ? "ring"
+                     : r.algorithm == Algorithm::kP2P ? "p2p" : "exchange";
     d["epoch"] = r.epoch;
     d["retries"] = r.retries;
     d["peers_pending"] = r.peers_pending;
@@ -79,6 +80,19 @@ std::vector<Transfer> to_transfers(const std::vector<TransferTuple>& in) {
     for (const auto& [peer, slot, addr, bytes] : in)
         out.push_back(Transfer{peer, slot, reinterpret_cast<uint8_t*>(addr), bytes});
     return out;
+}
+
+P2PSpec make_p2p(bool send, int peer, uintptr_t addr, size_t count, int dtype, uint32_t tag) {
+    check_dtype_and_quant(dtype, 0);
+    P2PSpec s;
+    s.send = send;
+    s.peer = peer;
+    s.src = reinterpret_cast<const uint8_t*>(addr);
+    s.dst = reinterpret_cast<uint8_t*>(addr);
+    s.count = count;
+    s.dtype = static_cast<DType>(dtype);
+    s.tag = tag;
+    return s;
 }
 
 }  // namespace
@@ -183,6 +197,26 @@ PYBIND11_MODULE(_core, m) {
                  }
                  return to_dict(r);
              })
+        // send=True: addr is the message; False: where it is published. peer: rank in the current epoch.
+        .def("p2p",
+             [](Communicator& c, bool send, int peer, uintptr_t addr, size_t count, int dtype, uint32_t tag) {
+                 P2PSpec s = make_p2p(send, peer, addr, count, dtype, tag);
+                 ReduceResult r;
+                 {
+                     py::gil_scoped_release release;
+                     r = c.p2p(s);
+                 }
+                 return to_dict(r);
+             })
+        .def("p2p_async",
+             [](Communicator& c, bool send, int peer, uintptr_t addr, size_t count, int dtype, uint32_t tag,
+                uint64_t planned_epoch) {
+                 P2PSpec s = make_p2p(send, peer, addr, count, dtype, tag);
+                 s.planned_epoch = planned_epoch;
+                 return std::make_unique<AsyncOp>(c, s);
+             },
+             py::arg("send"), py::arg("peer"), py::arg("addr"), py::arg("count"), py::arg("dtype"), py::arg("tag"),
+             py::arg("planned_epoch") = 0, py::keep_alive<0, 1>())
         .def("all_reduce_async",
              [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo,
                 int quant) {

@@ -89,11 +89,17 @@ RecvTarget Collective::target_for(int from, const FrameHeader& h) {
                       h.algorithm, h.quant, (unsigned long long)h.count, h.step, desc_.dtype, desc_.op,
                       desc_.algorithm, desc_.quant, (unsigned long long)desc_.count);
         fail(FailureKind::kMismatch,
-             "peers called different collectives on tag " + std::to_string(spec_.tag) +
-                 " (kind, count, dtype, op or algorithm differ)",
+             partner_ >= 0 && h.dtype < static_cast<uint8_t>(DType::kCount)
+                 ? "rank " + std::to_string(from) + " has " + std::to_string(h.count) + " x " +
+                       dtype_name(static_cast<DType>(h.dtype)) + " on its side"
+                 : "peers called different collectives on tag " + std::to_string(spec_.tag) +
+                       " (kind, count, dtype, op or algorithm differ)",
              -1);
         return RecvTarget{};  // discard; the op is failing anyway
     }
+    if (partner_ >= 0 && from != partner_)
+        throw ProtocolError("frame from rank " + std::to_string(from) + " for a point-to-point op with rank " +
+                            std::to_string(partner_));
     if (h.type == static_cast<uint8_t>(FrameType::kDone)) return RecvTarget{};
     auto [base, elems] = region(from, h.step);
     if (base == nullptr || h.step >= arrived_.size() || elems != slot_elems_[h.step])
@@ -164,15 +170,21 @@ bool Collective::claim_done_notices() {
     progress_ = OpProgress::kDataDone;
     if (done_announced_) return false;
     done_announced_ = true;
-    own_pending_ = pending_source_ != nullptr && pending_source_->load() > 0;
+    // Only a collective's notices carry the pending bit: a point-to-point op's reach just its partner,
+    // so the two would agree on a flag that the other members never saw.
+    own_pending_ = partner_ < 0 && pending_source_ != nullptr && pending_source_->load() > 0;
     pending_seen_ = pending_seen_ || own_pending_;
-    outstanding_ += world_ - 1;
+    outstanding_ += partner_ >= 0 ? 1 : world_ - 1;
     return true;
 }
 
 void Collective::send_done_notices() {
     FrameHeader h = make_header(FrameType::kDone, 0, 0, 0);
     h.flags = own_pending_ ? kDonePeersPending : 0;  // fixed by claim_done_notices(), which ran before
+    if (partner_ >= 0) {
+        mesh_->send(partner_, 0, h, nullptr, shared_from_this());
+        return;
+    }
     for (int r = 0; r < world_; ++r)
         if (r != rank_) mesh_->send(r, 0, h, nullptr, shared_from_this());
 }
@@ -277,7 +289,7 @@ void Collective::execute(TimePoint deadline) {
     if (announce) send_done_notices();
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-        if (dones_ == world_ - 1 && outstanding_ == 0 && !frozen_) {
+        if (dones_ == (partner_ >= 0 ? 1 : world_ - 1) && outstanding_ == 0 && !frozen_) {
             committed_ = true;
             return;
         }
@@ -298,7 +310,17 @@ OpProgress Collective::freeze(bool* pending_seen) {
     frozen_ = true;
     cv_.notify_all();
     *pending_seen = pending_seen_;
-    return committed_ ? OpProgress::kDataDone : progress_;
+    if (committed_) return OpProgress::kDataDone;
+    return awaits_receipt_ && dones_ == 0 ? OpProgress::kRunning : progress_;
+}
+
+void Collective::wait_partner_done() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        if (dones_ > 0) return;
+        check_interrupt();
+        cv_.wait_until(lock, deadline_);
+    }
 }
 
 void Collective::decide(bool commit, EpochCause cause, bool pending) {
@@ -320,7 +342,8 @@ bool Collective::peers_pending() {
 bool Collective::wait_decision(TimePoint deadline, bool* commit, EpochCause* cause) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (!cv_.wait_until(lock, deadline, [&] { return decision_ != 0; })) return false;
-    *commit = decision_ == 1 && progress_ == OpProgress::kDataDone;
+    // A sender's fate is its receiver's, whatever its own progress (it publishes nothing).
+    *commit = decision_ == 1 && (progress_ == OpProgress::kDataDone || awaits_receipt_);
     *cause = decision_cause_;
     return true;
 }

@@ -21,8 +21,9 @@
 
 namespace pccl {
 
-// kExchange is not an all-reduce algorithm: it marks point-to-point exchanges on the wire.
-enum class Algorithm : uint8_t { kAuto = 0, kRing = 1, kStar = 2, kExchange = 3 };
+// kExchange and kP2P are not all-reduce algorithms: they mark point-to-point exchanges and
+// send/recv (collectives/p2p.hpp) on the wire.
+enum class Algorithm : uint8_t { kAuto = 0, kRing = 1, kStar = 2, kExchange = 3, kP2P = 4 };
 
 // Up to this size a star beats a ring: it needs two hops instead of 2(n-1), and bandwidth does not
 // matter yet.
@@ -140,6 +141,13 @@ protected:
     uint8_t* elem_ptr(uint8_t* base, size_t first) const { return base + first * esize_; }
     const uint8_t* elem_ptr(const uint8_t* base, size_t first) const { return base + first * esize_; }
     bool quantized() const { return spec_.quant != Quant::kNone; }
+    // Point-to-point ops (collectives/p2p.hpp) involve two members: completion notices go to and come
+    // from partner_ only, so their completion never waits for the other members. A sender has no
+    // result of its own: it counts as data-done (for the master's decision) only once its receiver
+    // acknowledged (awaits_receipt_).
+    int partner_ = -1;  // -1: every member (collectives)
+    bool awaits_receipt_ = false;
+    void wait_partner_done();  // until the partner's completion notice arrived
 
     CollectiveSpec spec_;
     Algorithm algorithm_;

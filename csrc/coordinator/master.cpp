@@ -10,6 +10,7 @@
 
 #include "common/log.hpp"
 #include "common/thread_name.hpp"
+#include "protocol/p2p_key.hpp"
 
 namespace pccl {
 namespace {
@@ -38,6 +39,18 @@ std::vector<Decision> decide(const std::map<uint64_t, Status>& statuses) {
         for (auto& op : st.ops) keys.insert({op.tag, op.seq});
     std::vector<Decision> out;
     for (auto& [tag, seq] : keys) {
+        if (is_p2p_key(seq)) {
+            // A point-to-point op concerns its two parties only (the others never report it): it commits
+            // iff a party reports it complete. Only its receiver does so on its own (it holds all the
+            // data); a sender reports it complete only after the receiver's acknowledgement. It carries
+            // no pending flag (see Collective::claim_done_notices()).
+            bool commit = false;
+            for (auto& [_, st] : statuses)
+                for (auto& op : st.ops)
+                    if (op.tag == tag && op.seq == seq && op.progress == OpProgress::kDataDone) commit = true;
+            out.push_back(Decision{tag, seq, static_cast<uint8_t>(commit), 0});
+            continue;
+        }
         bool commit = true, pending = false;
         for (auto& [_, st] : statuses) {
             bool ok = false;

@@ -16,15 +16,13 @@ public:
     AsyncOp(Communicator& comm, const CollectiveSpec& spec) : comm_(comm) {
         comm.check_usable("all_reduce_async");
         uint64_t ticket = comm.reserve_turn(spec.tag);
-        thread_ = std::thread([this, &comm, spec, ticket] {
-            name_this_thread("pccl-async-op");
-            try {
-                result_ = comm.all_reduce_in_turn(spec, ticket, &agreed_);
-            } catch (...) {
-                error_ = std::current_exception();
-            }
-            done_ = true;
-        });
+        start([&comm, spec, ticket, this] { return comm.all_reduce_in_turn(spec, ticket, &agreed_); });
+    }
+    // A point-to-point op: validated, and its turn on its channel reserved, before this returns. It
+    // agrees nothing about pending peers with the other members, so it leaves the flag alone.
+    AsyncOp(Communicator& comm, const P2PSpec& spec) : comm_(comm) {
+        Communicator::P2PTicket ticket = comm.prepare_p2p(spec);
+        start([&comm, spec, ticket] { return comm.run_p2p(spec, ticket); });
     }
     ~AsyncOp() {
         if (thread_.joinable()) thread_.join();
@@ -45,8 +43,21 @@ public:
     }
 
 private:
+    template <class Run>
+    void start(Run run) {
+        thread_ = std::thread([this, run] {
+            name_this_thread("pccl-async-op");
+            try {
+                result_ = run();
+            } catch (...) {
+                error_ = std::current_exception();
+            }
+            done_ = true;
+        });
+    }
+
     Communicator& comm_;
-    std::optional<bool> agreed_;
+    std::optional<bool> agreed_;  // stays empty for a point-to-point op
     bool adopted_ = false;
     std::thread thread_;
     std::atomic<bool> done_{false};

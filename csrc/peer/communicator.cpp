@@ -206,14 +206,14 @@ void Communicator::throw_state_error(const char* what) {
     throw Error(ErrorCode::kInvalidArgument, "bad state");
 }
 
-uint64_t Communicator::reserve_turn(uint32_t tag) {
+uint64_t Communicator::reserve_turn(uint32_t tag, uint64_t lane) {
     std::lock_guard<std::mutex> lock(mutex_);
-    return turns_[tag].next++;
+    return turns_[{tag, lane}].next++;
 }
 
-void Communicator::release_turn(uint32_t tag) {
+void Communicator::release_turn(uint32_t tag, uint64_t lane) {
     std::lock_guard<std::mutex> lock(mutex_);
-    turns_[tag].serving++;
+    turns_[{tag, lane}].serving++;
     cv_.notify_all();
 }
 
@@ -275,13 +275,14 @@ ReduceResult Communicator::run_in_turn(const OpCall& call, uint64_t ticket) {
         // Ops on one tag run one at a time, in the order they were submitted. Every earlier op is
         // bounded by its own deadline, so this wait is bounded too.
         std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait(lock, [&] { return turns_[call.tag].serving == ticket; });
+        cv_.wait(lock, [&] { return turns_[{call.tag, call.lane}].serving == ticket; });
     }
     struct TurnGuard {
         Communicator* c;
         uint32_t tag;
-        ~TurnGuard() { c->release_turn(tag); }
-    } guard{this, call.tag};
+        uint64_t lane;
+        ~TurnGuard() { c->release_turn(tag, lane); }
+    } guard{this, call.tag, call.lane};
     for (int attempt = 0;; ++attempt) {
         bool retry = false;
         ReduceResult r = run_once(call, &retry);
@@ -310,7 +311,7 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
                                                  fmt_seconds(config_.timeout) + "); the group is still recovering from a failure");
         // Checked only once the membership is settled: a call that waited through a recovery may be
         // the very op that recovery aborted on the others.
-        auto owed = owed_failures_.find(tag);
+        auto owed = call.next_seq ? owed_failures_.end() : owed_failures_.find(tag);
         if (owed != owed_failures_.end() && !owed->second.empty()) {
             OwedFailure failure = owed->second.front();
             owed->second.pop_front();
@@ -326,7 +327,7 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         result.world_size = static_cast<int>(members_.size());
         result.rank = rank_;
         result.epoch = epoch_;
-        uint64_t seq = next_seq_[tag]++;
+        uint64_t seq = call.next_seq ? call.next_seq() : next_seq_[tag]++;
         if (members_.size() == 1) {
             call.alone();
             committed_[tag] = seq + 1;
@@ -361,9 +362,13 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
         std::lock_guard<std::mutex> lock(mutex_);
         result.peers_pending = op->peers_pending();
         if (call.agreed) *call.agreed = result.peers_pending;
-        if (epoch_ == op->epoch() && op->seq() + 1 >= committed_[tag]) {
-            committed_[tag] = op->seq() + 1;
-            committed_pending_[tag] = result.peers_pending;
+        if (epoch_ == op->epoch()) {
+            if (call.on_commit) {
+                call.on_commit(*op);
+            } else if (op->seq() + 1 >= committed_[tag]) {
+                committed_[tag] = op->seq() + 1;
+                committed_pending_[tag] = result.peers_pending;
+            }
         }
         result.tx_bytes = op->tx_bytes();
         result.rx_bytes = op->rx_bytes();
@@ -406,6 +411,11 @@ ReduceResult Communicator::run_once(const OpCall& call, bool* retry) {
     if (commit) return succeed();
     abandon_if_terminal();
     finish();
+    if (call.aborted) {
+        call.aborted(cause, f.why);  // throws unless the op is to be re-run
+        *retry = true;
+        return result;
+    }
     // Aborted by the master's decision: every member adopts the pending count of the epoch that
     // carried it (a transparent re-run instead gets the flag of the run that completes).
     if (call.agreed) *call.agreed = op->peers_pending();

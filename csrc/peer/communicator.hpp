@@ -18,6 +18,7 @@
 
 #include "collectives/collective.hpp"
 #include "collectives/exchange.hpp"
+#include "collectives/p2p.hpp"
 #include "peer/op_router.hpp"
 #include "protocol/messages.hpp"
 #include "transport/mesh.hpp"
@@ -76,7 +77,7 @@ public:
     ReduceResult all_reduce(const CollectiveSpec& spec);
     // Reserves this op's place in its tag's order now (in the caller's thread), so async ops on one tag
     // run in submission order on every peer.
-    uint64_t reserve_turn(uint32_t tag);
+    uint64_t reserve_turn(uint32_t tag, uint64_t lane = 0);
     // agreed: set to the op's agreed pending flag once its outcome (result or error) is known, for
     // the caller to adopt when it hands that outcome over (adopt_agreed_pending()).
     ReduceResult all_reduce_in_turn(const CollectiveSpec& spec, uint64_t ticket, std::optional<bool>* agreed = nullptr);
@@ -85,6 +86,16 @@ public:
     // change before or during it fails it with PeerLost (the plan no longer fits): re-plan and retry.
     ReduceResult exchange(const ExchangeSpec& spec);
     void check_usable(const char* what);  // what: the call, for the error message
+
+    // Point-to-point send/recv (peer/p2p.cpp). spec.peer is a rank of the current epoch. prepare_p2p
+    // validates the call and reserves its turn on its channel (peer, direction, tag) in the caller's
+    // thread, so async ops on one channel keep submission order; run_p2p then runs it (on any thread).
+    struct P2PTicket {
+        uint64_t peer_id = 0, lane = 0, ticket = 0;
+    };
+    P2PTicket prepare_p2p(const P2PSpec& spec);
+    ReduceResult run_p2p(const P2PSpec& spec, const P2PTicket& ticket);
+    ReduceResult p2p(const P2PSpec& spec) { return run_p2p(spec, prepare_p2p(spec)); }
 
 private:
     enum class State { kIdle, kJoining, kMember, kEvicted, kMasterLost, kClosed };
@@ -111,7 +122,7 @@ private:
     void send_to_master(const std::vector<uint8_t>& frame);
     void report_failure(uint64_t epoch, FailureKind kind, int suspect_rank);
     [[noreturn]] void throw_state_error(const char* what);  // mutex_ held
-    void release_turn(uint32_t tag);
+    void release_turn(uint32_t tag, uint64_t lane = 0);
     // What run_once needs to know about one collective call, whatever its kind.
     struct OpCall {
         uint32_t tag = 0;
@@ -120,6 +131,14 @@ private:
         std::function<std::shared_ptr<Collective>(uint64_t epoch, uint64_t seq, int world, int rank, Mesh* mesh)> make;
         std::function<void()> alone;  // the whole op when this peer is the only member
         std::optional<bool>* agreed = nullptr;  // receives the op's agreed pending flag, if it gets one
+        // Point-to-point ops (peer/p2p.cpp) run in their channel's turn (lane != 0), number their ops
+        // per channel (next_seq, mutex_ held; may throw an owed failure), count their commits per
+        // channel (on_commit, mutex_ held) and decide themselves whether an aborted op is re-run
+        // (aborted: returns to re-run, throws otherwise). They never set `agreed`.
+        uint64_t lane = 0;
+        std::function<uint64_t()> next_seq;
+        std::function<void(const Collective&)> on_commit;
+        std::function<void(EpochCause cause, const std::string& why)> aborted;
     };
     ReduceResult run_in_turn(const OpCall& call, uint64_t ticket);
     ReduceResult run_once(const OpCall& call, bool* retry);
@@ -180,7 +199,12 @@ private:
     struct Turns {
         uint64_t next = 0, serving = 0;
     };
-    std::map<uint32_t, Turns> turns_;
+    std::map<std::pair<uint32_t, uint64_t>, Turns> turns_;  // by (tag, lane): lane 0 for collectives
+    // Point-to-point channels of the current epoch, by (tag, p2p_stream(key)): ops issued, ops committed.
+    std::map<std::pair<uint32_t, uint64_t>, uint64_t> p2p_next_, p2p_done_;
+    // By (tag, lane): ops that failed on the partner before this peer started them (see owed_failures_).
+    std::map<std::pair<uint32_t, uint64_t>, std::deque<EpochCause>> p2p_owed_;
+    void p2p_on_epoch(const EpochMsg& m, const std::set<std::pair<uint32_t, uint64_t>>& mine);  // mutex_ held
 };
 
 }  // namespace pccl

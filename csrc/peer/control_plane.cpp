@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "common/log.hpp"
+#include "protocol/p2p_key.hpp"
 
 namespace pccl {
 
@@ -323,6 +324,7 @@ void Communicator::on_recover(const Recover& m) {
     std::vector<std::shared_ptr<Collective>> ops;
     std::map<uint32_t, uint64_t> committed;
     std::map<uint32_t, bool> committed_pending;
+    std::vector<OpReport> p2p_reports;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (state_ != State::kMember) throw ProtocolError("recover request while not a member");
@@ -339,11 +341,17 @@ void Communicator::on_recover(const Recover& m) {
             if (op->epoch() == epoch_) ops.push_back(op);
         committed = committed_;
         committed_pending = committed_pending_;
+        // The last op received on each point-to-point channel: its sender may still wait for the
+        // acknowledgement, and the master commits a point-to-point op on its receiver's word only.
+        for (auto& [key, n] : p2p_done_)
+            if (n > 0 && p2p_dst(key.second) == rank_ && p2p_reports.size() < kMaxReportedOps / 2)
+                p2p_reports.push_back(OpReport{key.first, key.second | (n - 1), OpProgress::kDataDone});
     }
     // Stop the data plane first: after this no frame can change any op's progress.
     if (mesh) mesh->shutdown();
     Status st;
     st.epoch = m.epoch;
+    st.ops = p2p_reports;
     for (auto& op : ops) {
         bool seen = false;
         OpProgress progress = op->freeze(&seen);
@@ -377,19 +385,22 @@ void Communicator::on_epoch(const EpochMsg& m) {
                 }
             op->decide(commit, m.cause, pending);
             mine.insert({op->tag(), op->seq()});
-            if (commit) done[op->tag()] = std::max(done[op->tag()], op->seq() + 1);
+            if (commit && !is_p2p_key(op->seq())) done[op->tag()] = std::max(done[op->tag()], op->seq() + 1);
         }
         if (m.cause != EpochCause::kJoin && m.cause != EpochCause::kLeft) {
             for (auto& d : m.decisions)
                 if (!d.commit && !mine.count({d.tag, d.seq}) && done[d.tag] == d.seq)
                     owed_failures_[d.tag].push_back(OwedFailure{m.cause, m.pending > 0});
         }
+        p2p_on_epoch(m, mine);
         if (my_rank >= 0) {
             if (state_ == State::kJoining) {
                 // The voters' update_topology() returns this same count (VoteResult::pending).
                 agreed_pending_ = m.pending > 0;
                 agreed_fresh_ = true;
             }
+            p2p_next_.clear();
+            p2p_done_.clear();
             epoch_ = m.epoch;
             members_ = m.members;
             rank_ = my_rank;

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "collectives/buffer_pool.hpp"
+#include "protocol/p2p_key.hpp"
 
 namespace pccl {
 namespace {
@@ -37,7 +38,7 @@ void OpRouter::remove(const Collective* op) {
     Key key{op->tag(), op->seq()};
     auto it = ops_.find(key);
     if (it != ops_.end() && it->second.get() == op) ops_.erase(it);
-    auto& r = retired_[key.first];
+    auto& r = retired_[{key.first, p2p_stream(key.second)}];
     r = std::max(r, key.second + 1);
 }
 
@@ -56,7 +57,7 @@ RecvTarget OpRouter::on_header(int from, const FrameHeader& h) {
         if (it != ops_.end()) {
             op = it->second;
         } else {
-            auto r = retired_.find(tag);
+            auto r = retired_.find({tag, p2p_stream(uint64_t{h.seq})});
             if (r != retired_.end() && h.seq < r->second)
                 throw ProtocolError("frame for an operation that already finished (tag " + std::to_string(h.tag) +
                                     ", seq " + std::to_string(h.seq) + ")");

@@ -41,7 +41,9 @@ private:
     std::mutex mutex_;
     std::map<Key, std::shared_ptr<Collective>> ops_;
     std::map<Key, std::vector<Early>> early_;
-    std::map<uint32_t, uint64_t> retired_;  // per tag: every seq below this is finished
+    // Per (tag, stream): every seq below this is finished. The stream is 0 for a tag's collectives and
+    // the channel of a point-to-point key (protocol/p2p_key.hpp), whose ops finish in their own order.
+    std::map<std::pair<uint32_t, uint64_t>, uint64_t> retired_;
     size_t early_bytes_ = 0;
 };
 

@@ -4,7 +4,7 @@ Start a :class:`Master`, create a :class:`Communicator` per peer, ``connect()``,
 ``all_reduce``. See README.md for a tour and docs/architecture.md for how it stays correct.
 """
 
-from .communicator import AllReduceHandle, Communicator
+from .communicator import AllReduceHandle, Communicator, P2PHandle
 from .errors import (
     ClosedError,
     EvictedError,
@@ -24,7 +24,7 @@ from .shared_state import SharedState, StateEntry, SyncInfo, SyncStrategy
 __version__ = "0.1.0"
 
 __all__ = [
-    "Master", "Communicator", "AllReduceHandle", "ReduceOp", "ReduceInfo", "Algorithm", "set_log_level",
+    "Master", "Communicator", "AllReduceHandle", "P2PHandle", "ReduceOp", "ReduceInfo", "Algorithm", "set_log_level",
     "PCCLError", "InvalidArgumentError", "PeerLostError", "TimeoutError", "MasterLostError", "EvictedError",
     "MismatchError", "ClosedError", "SharedStateError", "SharedState", "StateEntry", "SyncInfo", "SyncStrategy",
     "quantize_roundtrip",

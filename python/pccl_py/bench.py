@@ -61,7 +61,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bench_backends import BenchError, GlooBackend, PcclBackend, StateSyncBackend, time_ops, warm_up
+from .bench_backends import (BenchError, GlooBackend, GlooP2PBackend, P2PBackend, PcclBackend, StateSyncBackend,
+                             time_ops, warm_up)
 from .bench_report import compare, fmt_size, format_report, write_plot
 
 _DTYPES = ["float32", "float64", "float16", "int32", "int64", "int8", "uint8"]
@@ -135,8 +136,14 @@ class Result:
             self.median_s, self.p10_s, self.p90_s = float(med), float(p10), float(p90)
             self.algbw_GBps = self.size_bytes / self.median_s / 1e9
             n = self.world_size
-            # A state sync's "bus" is the newcomer's link: it receives every byte once.
-            factor = 1.0 if self.backend == "state" else (2.0 * (n - 1) / n if n > 0 else 0.0)
+            # A state sync's "bus" is the newcomer's link: it receives every byte once. A p2p op is a round
+            # trip: the message crosses the link once each way.
+            if self.backend == "state":
+                factor = 1.0
+            elif self.backend in ("p2p", "gloo-p2p"):
+                factor = 2.0
+            else:
+                factor = 2.0 * (n - 1) / n if n > 0 else 0.0
             self.busbw_GBps = self.algbw_GBps * factor
 
 
@@ -220,11 +227,17 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
             if world < 2:
                 raise BenchError("--shared-state needs at least 2 peers (holders and a newcomer)")
             backends.append(StateSyncBackend(comm, rank, world, args.dtype))
+        if args.p2p:
+            if world < 2:
+                raise BenchError("--p2p needs at least 2 peers (ranks 0 and 1 exchange the messages)")
+            backends.append(P2PBackend(comm, rank, args.dtype))
         if args.compare == "gloo":
             if rank == 0:
                 emit({"type": "status", "message": "importing torch, starting gloo"})
             store_host = "127.0.0.1" if args.listen_host == "127.0.0.1" else _local_ip_towards(master.rsplit(":", 1)[0])
             backends.append(GlooBackend(comm, rank, world, args.dtype, args.timeout, store_host))
+            if args.p2p:
+                backends.append(GlooP2PBackend(backends[-1], rank))
         last_emit = [time.monotonic()]
 
         def tick() -> None:  # a sign of life for the parent's watchdog during long steps
@@ -313,6 +326,8 @@ def _worker_argv(args: argparse.Namespace, master: str, world: int, listen_port:
         argv += ["--compare", args.compare]
     if args.shared_state:
         argv.append("--shared-state")
+    if args.p2p:
+        argv.append("--p2p")
     return argv
 
 
@@ -547,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-state", action="store_true",
                    help="also time sync_shared_state of each size to a newcomer (the last rank) from the other "
                         "peers, and report its throughput against pccl's all-reduce busbw")
+    p.add_argument("--p2p", action="store_true",
+                   help="also time Communicator.send/recv: a round trip of each size between ranks 0 and 1 "
+                        "(with --compare gloo, also torch.distributed send/recv on gloo)")
     p.add_argument("--compare", choices=["gloo"], help="also run torch.distributed gloo on the same processes and sizes")
     p.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot busbw and latency vs size (needs matplotlib)")
@@ -648,7 +666,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "algorithm": args.algorithm, "quantization": args.quantization,
                       "connections_per_peer": args.connections,
                       "sizes": args.sizes, "iters": args.iters, "warmup": args.warmup,
-                      "fixed_iters": args.fixed_iters, "compare": args.compare, "shared_state": args.shared_state,
+                      "fixed_iters": args.fixed_iters, "compare": args.compare, "shared_state": args.shared_state, "p2p": args.p2p,
                       "wan": [args.wan.rtt_ms, args.wan.flow_mbit, args.wan.link_mbit] if args.wan else None}
     data["host"] = {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())}
     data["comparison"] = compare(data["results"])

@@ -130,6 +130,65 @@ class StateSyncBackend:
         pass
 
 
+class P2PBackend:
+    """A send/recv round trip between ranks 0 and 1 (``--p2p``): rank 0 sends the buffer to rank 1 and
+    receives it back; other ranks only join the barriers. A round trip rather than a one-way send, so
+    that both backends are timed alike: a pccl send returns once the receiver acknowledged, a gloo send
+    once its bytes are in the socket, and only a round trip makes both wait for real data."""
+
+    name = "p2p"
+
+    def __init__(self, comm: Any, rank: int, dtype: str) -> None:
+        self.comm, self.rank, self.dtype = comm, rank, dtype
+        self.last_algorithm = "p2p"
+        self._token = np.zeros(1, dtype=np.float32)
+
+    def alloc(self, count: int) -> Any:
+        return np.zeros(count, dtype=self.dtype)
+
+    def barrier(self) -> None:
+        self.comm.all_reduce(self._token)
+
+    def op(self, x: Any) -> None:
+        if self.rank == 0:
+            self.comm.send(x, 1)
+            self.comm.recv(x, 1)
+        elif self.rank == 1:
+            self.comm.recv(x, 0)
+            self.comm.send(x, 0)
+
+    def close(self, graceful: bool = True) -> None:
+        pass
+
+
+class GlooP2PBackend:
+    """The same round trip with torch.distributed send/recv on a GlooBackend's process group."""
+
+    name = "gloo-p2p"
+
+    def __init__(self, gloo: "GlooBackend", rank: int) -> None:
+        self.gloo, self.rank = gloo, rank
+        self.last_algorithm = "p2p"
+
+    def alloc(self, count: int) -> Any:
+        return self.gloo.alloc(count)
+
+    def barrier(self) -> None:
+        self.gloo.barrier()
+
+    def op(self, x: Any) -> None:
+        dist = self.gloo.dist
+        if self.rank == 0:
+            dist.send(x, 1)
+            dist.recv(x, 1)
+        elif self.rank == 1:
+            dist.recv(x, 0)
+            dist.send(x, 0)
+
+    def close(self, graceful: bool = True) -> None:
+        pass  # the GlooBackend owns the process group
+
+
 def time_ops(backend: Any, x: Any, iters: int, tick: Callable[[], None]) -> Tuple[List[float], float]:
     """`iters` timed operations on x: this peer's wall time of each, and the process CPU time they used."""
     prepare = getattr(backend, "prepare", lambda x: None)  # untimed per-iteration setup

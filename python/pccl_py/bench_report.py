@@ -73,6 +73,11 @@ def compare(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         st = by.get(("state", size))
         if st is not None:
             row["state_ratio"] = _ratio(st["busbw_GBps"], p["busbw_GBps"])
+        pp, gp = by.get(("p2p", size)), by.get(("gloo-p2p", size))
+        if pp is not None and gp is not None:
+            row["p2p_ratio"] = _ratio(pp["busbw_GBps"], gp["busbw_GBps"])
+            row["p2p_latency_ratio"] = _ratio(pp["median_s"], gp["median_s"])
+            row["p2p_ratio_interval"] = list(ratio_interval(pp.get("times_s") or [], gp.get("times_s") or []))
         if len(row) > 1:
             rows.append(row)
     return rows
@@ -108,11 +113,11 @@ def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
                      f"{st['cpu_s'] / max(relayed, 1) * 1e9:.2f} s per GB)"
                      + (f"; relay FAILED: {st['error']}" if st.get("error") else ""))
         lines.append("")
-    hdr = (f"{'size':>9}  {'backend':<7} {'algo':<5} {'iters':>5} {'median':>10} {'p10':>10} {'p90':>10} "
+    hdr = (f"{'size':>9}  {'backend':<8} {'algo':<5} {'iters':>5} {'median':>10} {'p10':>10} {'p90':>10} "
            f"{'algbw GB/s':>11} {'busbw GB/s':>11} {'cpu':>6}" + (f" {'Mbit/s':>8} {'wan%':>6}" if wan else ""))
     lines += [hdr, "-" * len(hdr)]
     for r in res:
-        line = (f"{fmt_size(r['size_bytes']):>9}  {r['backend']:<7} {r['algorithm']:<5} {r['iters']:>5} "
+        line = (f"{fmt_size(r['size_bytes']):>9}  {r['backend']:<8} {r['algorithm']:<5} {r['iters']:>5} "
                 f"{fmt_time(r['median_s']):>10} {fmt_time(r['p10_s']):>10} {fmt_time(r['p90_s']):>10} "
                 f"{r['algbw_GBps']:>11.3f} {r['busbw_GBps']:>11.3f} {r['cpu_util'] * 100:>5.0f}%")
         if wan:
@@ -125,6 +130,16 @@ def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
         lines += ["", "shared-state sync to a newcomer (state busbw = bytes it received / time) vs pccl all-reduce busbw",
                   f"{'size':>9}  {'state/all-reduce':>17}"]
         lines += [f"{fmt_size(c['size_bytes']):>9}  {c['state_ratio']:>16.2f}x" for c in state_rows]
+    p2p_rows = [c for c in data.get("comparison") or [] if "p2p_ratio" in c]
+    if p2p_rows:
+        level = f"{_INTERVAL * 100:.0f}%"
+        lines += ["", "send/recv round trip, pccl vs gloo (p2p/gloo-p2p rows: time = rank 0 -> rank 1 -> rank 0; "
+                      "busbw = 2 x size / time)",
+                  f"{'size':>9}  {'busbw pccl/gloo':>16} {level + ' interval':>14} {'latency pccl/gloo':>18}"]
+        for c in p2p_rows:
+            lo, hi = c["p2p_ratio_interval"]
+            lines.append(f"{fmt_size(c['size_bytes']):>9}  {c['p2p_ratio']:>15.2f}x {f'{lo:.2f}-{hi:.2f}':>14} "
+                         f"{c['p2p_latency_ratio']:>17.2f}x")
     rows = [c for c in data.get("comparison") or [] if "busbw_ratio" in c]
     if rows:
         level = f"{_INTERVAL * 100:.0f}%"

@@ -80,6 +80,11 @@ class AllReduceHandle:
         return self._info
 
 
+class P2PHandle(AllReduceHandle):
+    """A send or recv running in the background (``send_async`` / ``recv_async``). Keeps its buffer
+    alive until it is waited for; wait() returns the op's ReduceInfo (algorithm "p2p") or raises."""
+
+
 class Communicator:
     """One peer of a peer group coordinated by a pccl_py master.
 
@@ -264,6 +269,63 @@ class Communicator:
         tags for ops that may run concurrently. Do not touch x or out until wait() returns."""
         args, keep = self._prepare(x, out, op, tag, algorithm, quantization)
         return AllReduceHandle(self._core.all_reduce_async(*args), keep)
+
+    # -- point-to-point -------------------------------------------------------------------------
+    def _p2p_args(self, send: bool, x: Any, peer: Any, tag: Any, max_tag: int = MAX_USER_TAG) -> tuple:
+        what, role = ("send", "dst") if send else ("recv", "src")
+        buf = describe(x, "x" if send else "out")
+        if not send and not buf.writeable:
+            raise InvalidArgumentError("recv: out is read-only; pass a writeable array")
+        if isinstance(peer, bool) or not isinstance(peer, int):
+            raise InvalidArgumentError(f"{what}: {role} must be an int rank, not {peer!r}")
+        if isinstance(tag, bool) or not isinstance(tag, int) or not 0 <= tag < max_tag:
+            raise InvalidArgumentError(
+                f"{what}: tag must be an int in [0, 0x{MAX_USER_TAG:X}) (higher tags are reserved), not {tag!r}")
+        if not -2**31 <= peer < 2**31:
+            raise InvalidArgumentError(f"{what}: {role}={peer} is not a rank of the group")
+        return (send, peer, buf.ptr, buf.count, DTYPE_CODES[buf.dtype], tag), buf
+
+    def send(self, x: Any, dst: int, *, tag: int = 0) -> ReduceInfo:
+        """Sends x to the member of rank dst, which receives it with ``recv(out, src=<this rank>, tag=tag)``.
+
+        Returns once dst holds the whole message. Sends on one (dst, tag) are received in the order they
+        were issued; different tags or peers are independent channels. x and dst's out must have the
+        same dtype and element count, else both sides raise MismatchError. Do not modify x until the call
+        returns. The GIL is released while it waits.
+
+        Raises:
+            PeerLostError: dst died, was evicted or left before it held the message (raised on both sides).
+            TimeoutError: dst did not receive within the communicator's timeout.
+            MismatchError, InvalidArgumentError (bad rank, own rank, bad tag), MasterLostError, EvictedError,
+            ClosedError.
+        """
+        args, _keep = self._p2p_args(True, x, dst, tag)
+        return ReduceInfo.from_core(self._core.p2p(*args))
+
+    def recv(self, out: Any, src: int, *, tag: int = 0) -> ReduceInfo:
+        """Receives into out the message that the member of rank src sends with ``send(x, dst=<this rank>,
+        tag=tag)``. out is written only once the whole message arrived and both sides agreed; on any
+        failure it is unchanged. Raises what ``send`` raises."""
+        args, _keep = self._p2p_args(False, out, src, tag)
+        return ReduceInfo.from_core(self._core.p2p(*args))
+
+    def send_async(self, x: Any, dst: int, *, tag: int = 0) -> P2PHandle:
+        """Starts ``send`` in the background; arguments are checked (and its place on the channel taken)
+        before this returns. Do not touch x until wait() returns."""
+        args, keep = self._p2p_args(True, x, dst, tag)
+        return P2PHandle(self._core.p2p_async(*args), (keep,))
+
+    def recv_async(self, out: Any, src: int, *, tag: int = 0) -> P2PHandle:
+        """Starts ``recv`` in the background. Do not touch out until wait() returns."""
+        args, keep = self._p2p_args(False, out, src, tag)
+        return P2PHandle(self._core.p2p_async(*args), (keep,))
+
+    def _internal_p2p_async(self, send: bool, x: Any, peer: int, tag: int, planned_epoch: int = 0) -> P2PHandle:
+        """send_async/recv_async on any tag (pccl_py.tags), for the library's own protocols. With
+        planned_epoch, peer is a rank of that epoch: the op fails with PeerLostError in any other one
+        (and is never re-run in a later one)."""
+        args, keep = self._p2p_args(send, x, peer, tag, max_tag=2**32)
+        return P2PHandle(self._core.p2p_async(*args, planned_epoch), (keep,))
 
     # -- shared state ---------------------------------------------------------------------------
     def sync_shared_state(self, state: "_shared_state.SharedState",

@@ -10,7 +10,7 @@ A sync is a sequence of collectives on a reserved tag, each carrying the engine'
   1. gather every member's header (revision, strategy, size and digest of its key table);
   2. gather the key tables (name, dtype, shape, content hash per entry);
   3. every member computes the same plan from the same tables (``plan_sync``: a pure function);
-  4. one point-to-point exchange moves the dirty bytes; receivers verify hashes;
+  4. point-to-point sends and receives (on the same tag) move the dirty bytes; receivers verify hashes;
   5. if anything moved, gather the verification results, and re-fetch mismatched entries from
      another source, one source per round.
 A peer loss or a membership change in any step aborts it on every member; the sync then starts over
@@ -19,6 +19,7 @@ with the survivors, so a dead sender means the receiver fails over to another so
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import json
 import os
@@ -410,13 +411,6 @@ def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes,
     return peers, info.epoch, rank
 
 
-def _plan_digest(transfers: Sequence[TransferPlan], round_index: int) -> int:
-    flat = np.array([round_index] + [x for t in transfers for x in (t.slot, t.src, t.dst, t.offset, t.nbytes)]
-                    + [_core.content_hash(np.frombuffer(t.key.encode(), np.uint8).ctypes.data, len(t.key.encode()))
-                       for t in transfers], dtype=np.uint64)
-    return _core.content_hash(flat.ctypes.data, flat.nbytes)
-
-
 def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = SyncStrategy.ENFORCE_POPULAR) -> SyncInfo:
     """Implementation of Communicator.sync_shared_state (see there)."""
     if not isinstance(state, SharedState):
@@ -482,6 +476,55 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
                         f"(last error: {last_error}); your tensors are unchanged")
 
 
+_WINDOW = 16  # point-to-point ops of one sync in flight at once on a peer (each waits on a thread)
+
+
+def _move(comm: Any, transfers: Sequence[TransferPlan], rank: int, epoch: int, bufs: Mapping[str, Buffer],
+          staging: Mapping[str, np.ndarray]) -> Tuple[int, int]:
+    """This peer's part of one round: a send or recv (Communicator's point-to-point, on STATE_TAG, only
+    valid in `epoch`) per transfer it takes part in, issued in plan order, at most _WINDOW at a time.
+
+    Every member issues its ops in the one plan order, so the ops of a channel pair up in order, and the
+    earliest unfinished transfer is always in both its parties' windows: the window cannot deadlock. A
+    failure (a lost peer, a membership change) fails the remaining ops at once; the first error is
+    raised once none is in flight any more. Returns (tx bytes, rx bytes)."""
+    pending: List[Any] = []
+    error: Optional[BaseException] = None
+    tx = rx = 0
+
+    def settle(handle: Any) -> None:
+        nonlocal error, tx, rx
+        try:
+            info = handle.wait()
+            tx += info.tx_bytes
+            rx += info.rx_bytes
+        except Exception as exc:  # noqa: BLE001 - the first one is raised below
+            error = error or exc
+
+    for t in transfers:
+        if error is not None:
+            break
+        if rank not in (t.src, t.dst):
+            continue
+        if len(pending) >= _WINDOW:
+            settle(pending.pop(0))
+        try:
+            if t.src == rank:
+                region = np.ctypeslib.as_array((ctypes.c_uint8 * t.nbytes).from_address(bufs[t.key].ptr + t.offset)) \
+                    if t.nbytes else np.empty(0, np.uint8)
+                pending.append(comm._internal_p2p_async(True, region, t.dst, STATE_TAG, epoch))
+            else:
+                pending.append(comm._internal_p2p_async(False, staging[t.key][t.offset:t.offset + t.nbytes], t.src,
+                                                        STATE_TAG, epoch))
+        except Exception as exc:  # noqa: BLE001 - raised once the ops in flight ended
+            error = exc
+    for h in pending:
+        settle(h)
+    if error is not None:
+        raise error
+    return tx, rx
+
+
 def _shape(tensor: Any) -> Tuple[int, ...]:
     return tuple(int(d) for d in tensor.shape)
 
@@ -502,13 +545,11 @@ def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, 
         if not transfers:
             break
         rounds += 1
-        sends = [(t.dst, t.slot, bufs[t.key].ptr + t.offset, t.nbytes) for t in transfers if t.src == rank]
-        recvs = [(t.src, t.slot, staging[t.key].ctypes.data + t.offset, t.nbytes) for t in transfers if t.dst == rank]
-        result = comm._core.exchange(STATE_TAG, epoch, _plan_digest(transfers, round_index), len(transfers), sends, recvs)
-        tx += result["tx_bytes"]
-        rx += result["rx_bytes"]
-        traffic.tx += result["tx_bytes"]
-        traffic.rx += result["rx_bytes"]
+        t_bytes, r_bytes = _move(comm, transfers, rank, epoch, bufs, staging)
+        tx += t_bytes
+        rx += r_bytes
+        traffic.tx += t_bytes
+        traffic.rx += r_bytes
         arrived = sorted({t.key for t in transfers if t.dst == rank})
         bad = [name for name in arrived
                if _core.content_hash(staging[name].ctypes.data, sizes[name]) != plan.target_hash[name]]

@@ -55,13 +55,14 @@ def create_process_group(dist_backend_opts: Any, backend_options: Any = None) ->
                         heartbeat_timeout=rendezvous.heartbeat_timeout(), join_timeout=timeout,
                         swap_result_pages=not staging.cuda_available())
     try:
-        rendezvous.join(comm, rank, size, timeout)
+        pccl_ranks = rendezvous.join(comm, rank, size, timeout)
     except BaseException:
         comm.close()
         if master is not None:
             master.stop()
         raise
     pg = ProcessGroupPCCL(comm, rank, size, master=master, name=group_name, timeout=timeout)
+    pg._pccl_ranks = pccl_ranks  # send/recv address pccl ranks
     if is_default:
         pg._on_shutdown.append(lambda: rendezvous.forget_default_master(address))
     return pg

@@ -399,70 +399,184 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         pending = [self._all_reduce(s.flat, red, tag, out=torch.empty_like(s.flat)) for s in staged]
         return self._submit(pending, list(tensors), what="reduce")
 
+    # gather, scatter and all_to_all are collectives (every rank issues them in the same order, so their
+    # tag from _begin() names them), but each of their bytes travels once, sender to receiver, as a pccl
+    # send/recv on that tag (see "point-to-point" below).
     def gather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                opts: Any = None) -> PcclWork:
         root = opts.rootRank if opts is not None else 0
         tag, rank, size = self._begin()
         inp = inputs[0]
-        scratch = empty_cpu(inp.numel() * size, inp.dtype, inp)
-        pending = [self._gather_into(inp, scratch, tag, rank, size)]
-        outs = output_lists[0] if rank == root else []
+        src = stage(inp)
+        if rank != root:
+            handle = self._p2p(True, src.flat, self._peer(root, size, "gather"), tag)
+            return self._submit([collectives.Pending([handle])], [])
+        outs = output_lists[0]
+        if len(outs) != size:
+            raise InvalidArgumentError(f"gather needs {size} output tensors at the root, got {len(outs)}")
+        if any(o.numel() != inp.numel() or o.dtype != inp.dtype for o in outs):
+            raise InvalidArgumentError("gather output tensors must have the input's dtype and element count")
+        staged = [stage(o, read=False) for o in outs]
+        handles = [self._p2p(False, s.flat, self._peer(r, size, "gather"), tag)
+                   for r, s in enumerate(staged) if r != rank]
 
         def after() -> None:
-            n = inp.numel()
-            for i, o in enumerate(outs):
-                o.copy_(scratch[i * n:(i + 1) * n].view(o.shape))
-        return self._submit(pending, list(outs), after)
+            staged[rank].flat.copy_(src.flat)
+            _unstage_all(staged)
+        return self._submit([collectives.Pending(handles)], list(outs), after)
 
     def scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
                 opts: Any = None) -> PcclWork:
         root = opts.rootRank if opts is not None else 0
         tag, rank, size = self._begin()
         out = outputs[0]
-        n = out.numel()
-        if rank == root:
-            buf = torch.cat([t.reshape(-1).cpu() for t in input_lists[0]])
-            if buf.numel() != n * size:
-                raise InvalidArgumentError("scatter inputs must all have as many elements as the output")
-        else:
-            buf = torch.empty(n * size, dtype=out.dtype)
-        pending = [collectives.broadcast_async(self._comm, buf, root, tag=tag, rank=rank)]
-        return self._submit(pending, [out], lambda: out.copy_(buf[rank * n:(rank + 1) * n].view(out.shape)))
+        dst = stage(out, read=False)
+        if rank != root:
+            handle = self._p2p(False, dst.flat, self._peer(root, size, "scatter"), tag)
+            return self._submit([collectives.Pending([handle])], [out], dst.unstage)
+        ins = input_lists[0]
+        if len(ins) != size:
+            raise InvalidArgumentError(f"scatter needs {size} input tensors at the root, got {len(ins)}")
+        if any(i.numel() != out.numel() or i.dtype != out.dtype for i in ins):
+            raise InvalidArgumentError("scatter input tensors must have the output's dtype and element count")
+        staged = [stage(i) for i in ins]
+        handles = [self._p2p(True, s.flat, self._peer(r, size, "scatter"), tag)
+                   for r, s in enumerate(staged) if r != rank]
+
+        def after() -> None:
+            dst.flat.copy_(staged[rank].flat)
+            dst.unstage()
+        return self._submit([collectives.Pending(handles)], [out], after)
+
+    def _exchange_all(self, sends: list[torch.Tensor], recvs: list[torch.Tensor], tag: int, rank: int,
+                      size: int) -> collectives.Pending:
+        """Flat chunk j of sends goes to rank j and chunk i of recvs comes from rank i, as concurrent
+        send/recvs; this rank's own chunk is copied by the returned Pending once they all succeeded.
+        Each received chunk is published when it arrived whole, so after a failure every chunk of the
+        output is either complete or unchanged."""
+        if recvs[rank].numel() != sends[rank].numel():
+            raise InvalidArgumentError(f"all_to_all: this rank sends itself {sends[rank].numel()} elements but "
+                                       f"expects {recvs[rank].numel()}")
+        handles = []
+        for j in range(size):
+            if j != rank:
+                peer = self._peer(j, size, "all_to_all")
+                handles.append(self._p2p(True, sends[j], peer, tag))
+                handles.append(self._p2p(False, recvs[j], peer, tag))
+        return collectives.Pending(handles, lambda: recvs[rank].copy_(sends[rank]))
 
     def alltoall_base(self, output: torch.Tensor, inp: torch.Tensor, output_split_sizes: list[int],
                       input_split_sizes: list[int], opts: Any = None) -> PcclWork:
-        if output_split_sizes or input_split_sizes:
-            raise InvalidArgumentError("the pccl backend supports all_to_all_single with equal splits only")
+        """all_to_all_single with equal or unequal splits along dim 0; each byte travels once."""
         tag, rank, size = self._begin()
-        if inp.numel() % size or output.numel() != inp.numel():
-            raise InvalidArgumentError("all_to_all_single needs input and output of equal size, divisible by the group size")
-        # Every rank gathers every input (size times the traffic of a true all-to-all) and keeps its column.
-        scratch = empty_cpu(inp.numel() * size, inp.dtype, inp)
-        pending = [self._gather_into(inp, scratch, tag, rank, size)]
-        chunk, n = inp.numel() // size, inp.numel()
+        if output.dtype != inp.dtype:
+            raise InvalidArgumentError(f"all_to_all_single: output is {output.dtype} but input is {inp.dtype}")
 
-        def after() -> None:
-            cols = [scratch[j * n + rank * chunk: j * n + (rank + 1) * chunk] for j in range(size)]
-            output.copy_(torch.cat(cols).view(output.shape))
-        return self._submit(pending, [output], after)
+        def splits(t: torch.Tensor, given: list[int], name: str) -> list[int]:
+            rows = t.shape[0] if t.dim() else 1
+            if not given:
+                if rows % size:
+                    raise InvalidArgumentError(f"all_to_all_single: {name} has {rows} rows, not divisible by the "
+                                               f"group size {size}; pass {name}_split_sizes")
+                return [rows // size] * size
+            if len(given) != size or any(int(n) < 0 for n in given) or sum(int(n) for n in given) != rows:
+                raise InvalidArgumentError(f"all_to_all_single: {name}_split_sizes {list(given)} must be {size} "
+                                           f"non-negative row counts summing to {rows}")
+            return [int(n) for n in given]
+
+        def chunks(flat: torch.Tensor, counts: list[int], t: torch.Tensor) -> list[torch.Tensor]:
+            row = t.numel() // t.shape[0] if t.dim() and t.shape[0] else 1
+            bounds = [0]
+            for n in counts:
+                bounds.append(bounds[-1] + n * row)
+            return [flat[bounds[i]:bounds[i + 1]] for i in range(size)]
+
+        ins, outs = splits(inp, input_split_sizes, "input"), splits(output, output_split_sizes, "output")
+        src, dst = stage(inp), stage(output, read=False)
+        pending = self._exchange_all(chunks(src.flat, ins, inp), chunks(dst.flat, outs, output), tag, rank, size)
+        return self._submit([pending], [output], dst.unstage)
 
     all_to_all_single = alltoall_base
+
+    def alltoall(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None) -> PcclWork:
+        """all_to_all: inputs[j] goes to rank j and outputs[i] comes from rank i; each byte travels once."""
+        tag, rank, size = self._begin()
+        if len(inputs) != size or len(outputs) != size:
+            raise InvalidArgumentError(f"all_to_all needs {size} input and {size} output tensors, got "
+                                       f"{len(inputs)} and {len(outputs)}")
+        src = [stage(t) for t in inputs]
+        dst = [stage(t, read=False) for t in outputs]
+        pending = self._exchange_all([s.flat for s in src], [d.flat for d in dst], tag, rank, size)
+        return self._submit([pending], list(outputs), lambda: _unstage_all(dst))
 
     # -- barrier and point-to-point -----------------------------------------------------------------
     def barrier(self, opts: Any = None) -> PcclWork:
         tag, _, _ = self._begin()
         return self._submit([collectives.barrier_async(self._comm, tag=tag)], [], what="barrier")
 
+    # send/recv/isend/irecv (and batch_isend_irecv, which torch runs as isend/irecv calls) are not
+    # collectives: their ranks call them in different orders, so they never take a tag from _begin().
+    # They use the caller's torch tag, which must lie below this group's collective tags, and match by
+    # (sender, receiver, tag) in issue order.
+    _pccl_ranks: Optional[list[int]] = None  # pccl rank of each torch rank (static groups; set at creation)
+
+    def _peer(self, rank: Any, size: int, what: str) -> int:
+        """The pccl rank of torch group rank `rank` (checked)."""
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < size:
+            raise InvalidArgumentError(f"{what}: rank {rank!r} is not a rank of this group of {size}")
+        if self._dynamic or self._pccl_ranks is None:
+            return rank
+        return self._pccl_ranks[rank]
+
+    def _p2p_begin(self, what: str) -> tuple[int, int]:
+        """(rank, size) for a send/recv, without taking a collective tag; fails fast when unusable."""
+        if self._closed:
+            raise ClosedError("this pccl process group was shut down")
+        if self._dynamic:
+            return self._comm.rank, self._comm.world_size
+        live = self._comm.world_size
+        if live != self._size:
+            raise PeerLostError(f"{what}: the pccl group has {live} of its {self._size} members; a member was lost. "
+                                "Create a new group (or use wrap_communicator for dynamic membership)")
+        return self._rank, self._size
+
+    def _p2p(self, send: bool, flat: torch.Tensor, peer: int, tag: int) -> Any:
+        """A pccl send/recv of flat: in its own dtype where pccl has it (so a dtype mismatch is
+        detected), else as its bytes (bool, complex and other dtypes travel unchanged)."""
+        if str(flat.dtype).replace("torch.", "") not in DTYPE_CODES:
+            flat = flat.view(torch.uint8)
+        return self._comm._internal_p2p_async(send, flat, peer, tag)
+
+    def _user_p2p(self, send: bool, tensors: list[torch.Tensor], peer_rank: Any, tag: Any) -> PcclWork:
+        what, role = ("send", "dst") if send else ("recv", "src")
+        rank, size = self._p2p_begin(what)
+        if len(tensors) != 1:
+            raise InvalidArgumentError(f"{what} takes exactly one tensor, got {len(tensors)}")
+        peer = self._peer(peer_rank, size, what)
+        if peer_rank == rank:
+            raise InvalidArgumentError(f"{what}: {role}={peer_rank} is this rank; the pccl backend cannot {what} "
+                                       f"{'to' if send else 'from'} itself")
+        if isinstance(tag, bool) or not isinstance(tag, int) or not 0 <= tag < self._tag_base:
+            raise InvalidArgumentError(f"{what}: tag must be an int in [0, {self._tag_base}) with the pccl backend "
+                                       f"(higher tags belong to this group's collectives), not {tag!r}")
+        staged = stage(tensors[0], read=send)
+        handle = self._p2p(send, staged.flat, peer, tag)
+        return self._submit([collectives.Pending([handle])], list(tensors), (lambda: None) if send else staged.unstage)
+
     def send(self, tensors: list[torch.Tensor], dst: int, tag: int = 0) -> PcclWork:
-        raise NotImplementedError("the pccl backend has no point-to-point send/recv yet; use broadcast or a "
-                                  "2-rank subgroup (dist.new_group) instead")
+        """One tensor to group rank dst; the Work completes once dst holds all of it (do not modify the
+        tensor before). Raises PeerLostError on both sides if either dies or leaves first."""
+        return self._user_p2p(True, tensors, dst, tag)
 
     def recv(self, tensors: list[torch.Tensor], src: int, tag: int = 0) -> PcclWork:
-        raise NotImplementedError("the pccl backend has no point-to-point send/recv yet; use broadcast or a "
-                                  "2-rank subgroup (dist.new_group) instead")
+        """One tensor from group rank src; written only once all of it arrived (unchanged on failure)."""
+        return self._user_p2p(False, tensors, src, tag)
 
     def recv_anysource(self, tensors: list[torch.Tensor], tag: int = 0) -> PcclWork:
-        return self.recv(tensors, -1, tag)
+        raise InvalidArgumentError(
+            "recv/irecv without src (from any source) is not supported by the pccl backend: pccl matches each "
+            "message by (sender, receiver, tag) so that both sides of a failed transfer agree on its fate. "
+            "Pass src= (the sender's rank)")
 
     # -- lifetime ----------------------------------------------------------------------------------
     def shutdown(self) -> None:

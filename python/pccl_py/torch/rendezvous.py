@@ -100,8 +100,9 @@ def forget_default_master(address: str) -> None:
         _default_master = None
 
 
-def join(comm: Communicator, group_rank: int, group_size: int, timeout: float) -> None:
-    """Connects comm and helps admit the other members until the group has group_size members.
+def join(comm: Communicator, group_rank: int, group_size: int, timeout: float) -> list[int]:
+    """Connects comm and helps admit the other members until the group has group_size members; returns
+    each torch rank's pccl rank (point-to-point ops address pccl ranks).
 
     A vote needs every current member, and every member keeps voting while peers are pending until
     the group is complete, so no vote waits for a member that has stopped voting.
@@ -122,8 +123,11 @@ def join(comm: Communicator, group_rank: int, group_size: int, timeout: float) -
     if comm.world_size != group_size:
         raise RuntimeError(f"pccl group has {comm.world_size} members, expected {group_size}")
     # Each rank marks its own slot; anything but all ones means a stranger joined or a rank is missing.
-    seen = np.zeros(group_size, dtype=np.int32)
-    seen[group_rank] = 1
+    # The second row carries each rank's pccl rank.
+    seen = np.zeros((2, group_size), dtype=np.int64)
+    seen[0, group_rank] = 1
+    seen[1, group_rank] = comm.rank
     comm.all_reduce(seen, op=ReduceOp.SUM)
-    if not np.all(seen == 1):
-        raise RuntimeError(f"pccl group members do not match torch ranks 0..{group_size - 1}: slot counts {seen.tolist()}")
+    if not np.all(seen[0] == 1):
+        raise RuntimeError(f"pccl group members do not match torch ranks 0..{group_size - 1}: slot counts {seen[0].tolist()}")
+    return [int(r) for r in seen[1]]
