@@ -38,6 +38,7 @@ struct CommConfig {
     uint16_t advertise_port = 0; // 0: the listen port (set both to route peers through a relay or NAT)
     double master_grace = 0.0;   // how long a member waits for a restarted master (0: the loss is final)
     bool swap_result_pages = true;  // see collectives/page_swap.hpp
+    std::string secret;          // the job secret (empty: none); see auth/control_auth.hpp
 };
 
 struct ReduceResult {
@@ -102,6 +103,9 @@ private:
     bool reconnect_master(const std::string& why, FrameAssembler& in);
     // Waits (bounded by master_grace) while the master is away; mutex_ held through lock.
     void wait_for_master(std::unique_lock<std::mutex>& lock);
+    // Runs the authentication exchange on a fresh master connection and sends the join under it
+    // (auth/control_auth.hpp); throws Error(kAuth) on a refusal either way.
+    void authenticate(int fd, const std::vector<uint8_t>& join_frame, double seconds);
 
     // shared helpers
     void send_to_master(const std::vector<uint8_t>& frame);
@@ -163,6 +167,7 @@ private:
     bool master_away_ = false;
     Hello hello_;
     uint64_t failure_reported_epoch_ = 0;
+    Mac mesh_key_{};  // control thread only: the key of the current epoch's mesh handshakes
     struct Turns {
         uint64_t next = 0, serving = 0;
     };
