@@ -23,7 +23,7 @@ import pccl_py
 from control_frames import (AUTH_CHALLENGE, AUTH_REFUSED, auth_socket, hello, read_frames, recv_control,
                             recv_frames)
 from fault_helpers import admit, join, listen_port_from_master_log, read_text, wait_for
-from harness import Cluster
+from harness import Cluster, MasterProcess
 from support import assert_within
 
 SECRET = "correct horse battery staple"
@@ -140,6 +140,38 @@ def test_replayed_handshake_is_refused(secret_cluster):
         assert got and got[0][0] == AUTH_REFUSED, got
     finally:
         r.close()
+
+
+def test_rejoin_after_master_restart_is_authenticated(tmp_path):
+    """REJOIN runs under the same exchange: a master restarted with the same secret takes the members
+    back (the group continues); one restarted with another secret refuses them, and they raise
+    MasterLostError naming the refusal instead of rejoining."""
+    good, other = tmp_path / "job.secret", tmp_path / "other.secret"
+    good.write_text(SECRET)
+    other.write_text("another job")
+    comm = dict(COMM, master_grace=8.0, heartbeat_timeout=2.0)
+    with Cluster(log_dir=str(tmp_path), master_args=["--secret-file", str(good)]) as c:
+        members = join(c, 2, comm)
+        ids = sorted(m.peer_id for m in members)
+        port = c.master.port
+        for n, secret_file in enumerate((good, other)):
+            c.master.kill()
+            time.sleep(0.3)
+            c.master = MasterProcess(port=port, log_path=c._log(f"master{n + 2}.log"), args=["--secret-file", str(secret_file)])
+            if secret_file is good:
+                wait_for(lambda: read_text(c.master.log_path).count("rejoined group") >= 2, 10.0, what="both rejoins")
+                res = c.all_reduce(members, seed=21, **SPEC)
+                assert all(r["ok"] and r["correct"] and r["world_size"] == 2 for r in res), res
+                assert sorted(m.call("state")["peer_id"] for m in members) == ids
+            else:
+                wait_for(lambda: read_text(c.master.log_path).count("wrong job secret") >= 2, 10.0,
+                         what="the restarted master's refusals")
+                assert "rejoined group" not in read_text(c.master.log_path)
+                for m in members:
+                    m.send("update_topology")
+                replies = [m.recv(30) for m in members]
+                assert all(not r["ok"] and r["error"] == "MasterLostError" and "refused this peer" in r["message"]
+                           for r in replies), replies
 
 
 def test_secret_from_environment(tmp_path):
@@ -266,3 +298,68 @@ def test_raw_mesh_connection_without_the_token_is_refused(secret_cluster):
     everyone = secret_cluster.ranked(admit(secret_cluster, members, [newcomer], COMM))
     res = secret_cluster.all_reduce(everyone, seed=12, **SPEC)
     assert all(r["ok"] and r["correct"] and r["world_size"] == 3 for r in res), res
+
+
+_TORCH_RANK = r"""
+import json, os, sys, threading, time
+from datetime import timedelta
+import torch, torch.distributed as dist
+import pccl_py, pccl_py.torch
+from pccl_py.torch import rendezvous
+rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+threading.Timer(40, lambda: os._exit(3)).start()
+dist.init_process_group("pccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                        timeout=timedelta(seconds=20))
+x = torch.full((1000,), float(rank + 1))
+dist.all_reduce(x)
+store = dist.distributed_c10d._get_default_store()
+address = rendezvous._default_master
+import hashlib
+secret = rendezvous.secret_for(address)
+res = {"sum": float(x[0]), "secret_len": len(secret), "secret_sha": hashlib.sha256(secret).hexdigest()}
+if rank == 0:
+    try:
+        pccl_py.Communicator(address, secret="", listen_host="127.0.0.1", join_timeout=5).connect()
+        res["stranger"] = "admitted"
+    except pccl_py.AuthenticationError as e:
+        res["stranger"] = "AuthenticationError"
+with open(out, "w") as f:
+    json.dump(res, f)
+store.add("reported", 1)
+while rank == 0 and store.add("reported", 0) < world:
+    time.sleep(0.02)
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("env_secret", ["", SECRET])
+def test_torch_group_is_authenticated(tmp_path, env_secret):
+    """init_process_group("pccl") without configuration: rank 0 generates a secret and shares it through
+    the store; with PCCL_SECRET on every rank, that one is used and never written to the store."""
+    pytest.importorskip("torch")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PCCL_SECRET": env_secret, "PCCL_LOG_LEVEL": "error", "OMP_NUM_THREADS": "1",
+           "PCCL_MASTER_BIND": "127.0.0.1"}
+    outs = [str(tmp_path / f"rank{r}.json") for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _TORCH_RANK, str(r), "2", str(port), outs[r]], env=env)
+             for r in range(2)]
+    try:
+        for p in procs:
+            p.wait(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert [p.returncode for p in procs] == [0, 0]
+    import json
+    res = [json.load(open(o)) for o in outs]
+    assert all(r["sum"] == 3.0 for r in res), res
+    assert res[0]["stranger"] == "AuthenticationError", res
+    assert res[0]["secret_sha"] == res[1]["secret_sha"], res  # rank 1 got rank 0's secret
+    if env_secret:
+        assert all(r["secret_len"] == len(SECRET) for r in res), res
+    else:
+        assert all(r["secret_len"] == 64 for r in res), res  # generated: 256 bits in hex
