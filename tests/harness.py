@@ -22,21 +22,23 @@ WORKER = os.path.join(HERE, "worker.py")
 _ids = itertools.count(1)
 
 
-def _env() -> dict:
+def _env(extra: Optional[dict] = None) -> dict:
     env = dict(os.environ)
     env.setdefault("PCCL_LOG_LEVEL", "warn")
+    env.update(extra or {})
     return env
 
 
 class MasterProcess:
     """`python -m pccl_py.master` on a free loopback port."""
 
-    def __init__(self, port: int = 0, log_path: Optional[str] = None) -> None:
+    def __init__(self, port: int = 0, log_path: Optional[str] = None, args: Iterable[str] = (),
+                 env: Optional[dict] = None) -> None:
         self.log_path = log_path
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pccl_py.master", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
-            stdout=subprocess.PIPE, stderr=log, env=_env(), text=True)
+            [sys.executable, "-m", "pccl_py.master", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info",
+             *args], stdout=subprocess.PIPE, stderr=log, env=_env(env), text=True)
         line = self.proc.stdout.readline()
         if "listening on" not in line:
             self.kill()
@@ -64,11 +66,11 @@ class MasterProcess:
 class Peer:
     """One worker process; call() sends a command and waits for its reply."""
 
-    def __init__(self, index: int, stderr_path: Optional[str] = None) -> None:
+    def __init__(self, index: int, stderr_path: Optional[str] = None, env: Optional[dict] = None) -> None:
         self.index = index
         err = open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, WORKER, str(index)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=err, env=_env(), text=True, bufsize=1)
+                                     stdout=subprocess.PIPE, stderr=err, env=_env(env), text=True, bufsize=1)
         self._replies: "queue.Queue[dict]" = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -122,17 +124,18 @@ class Peer:
 class Cluster:
     """A master and a set of peers; a context manager that kills every process it started."""
 
-    def __init__(self, log_dir: Optional[str] = None) -> None:
+    def __init__(self, log_dir: Optional[str] = None, master_args: Iterable[str] = (),
+                 master_env: Optional[dict] = None) -> None:
         self.log_dir = log_dir
-        self.master = MasterProcess(log_path=self._log("master.log"))
+        self.master = MasterProcess(log_path=self._log("master.log"), args=master_args, env=master_env)
         self.peers: list[Peer] = []
         self._next_index = 0
 
     def _log(self, name: str) -> Optional[str]:
         return os.path.join(self.log_dir, name) if self.log_dir else None
 
-    def spawn(self) -> Peer:
-        p = Peer(self._next_index, stderr_path=self._log(f"peer{self._next_index}.log"))
+    def spawn(self, env: Optional[dict] = None) -> Peer:
+        p = Peer(self._next_index, stderr_path=self._log(f"peer{self._next_index}.log"), env=env)
         self._next_index += 1
         self.peers.append(p)
         return p

@@ -5,7 +5,8 @@ line names the reason, and afterwards the master and the peers keep serving (an 
 a new peer can join).
 
 Frames are built from csrc/protocol/messages.cpp (control: u32 little-endian body length, u8 type,
-fields) and csrc/protocol/frame.hpp (mesh handshake: 40 bytes, magic 0x48434350).
+fields) and csrc/protocol/frame.hpp (mesh handshake: 40 bytes, magic 0x48434350, then 64 bytes of nonce
+and proof, csrc/auth/mesh_auth.hpp).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import socket
 import struct
 import time
 
-from control_frames import frame, hello, hello_body, read_frames, recv_frames
+from control_frames import auth_hello, auth_socket, frame, hello, hello_body, read_frames, recv_frames
 from fault_helpers import admit, join, listen_port_from_master_log, read_text, wait_for
 
 COMM = dict(heartbeat_timeout=3.0, timeout=10.0)
@@ -27,13 +28,20 @@ PARKED_TIMEOUT = 10.0
 
 
 # -- mesh handshake -------------------------------------------------------------------------------
-def handshake(magic=HANDSHAKE_MAGIC, version=1, conn_index=0, group=0, epoch=1, from_peer=1, to_peer=1) -> bytes:
+def handshake(magic=HANDSHAKE_MAGIC, version=2, conn_index=0, group=0, epoch=1, from_peer=1, to_peer=1,
+              tail: bytes = b"\x00" * 64) -> bytes:
+    """The 40-byte handshake, then (version 2) the dialer's nonce and proof (zeros: a wrong proof)."""
     hs = struct.pack("<IHHIIQQQ", magic, version, conn_index, group, 0, epoch, from_peer, to_peer)
     assert len(hs) == 40
-    return hs
+    return hs + tail
 
 
 # -- helpers --------------------------------------------------------------------------------------
+def after_auth(join: bytes):
+    """A case that authenticates properly (no secret) and then sends `join` under the proof."""
+    return lambda port: auth_socket(port, join, wait_ok=False)
+
+
 def open_and_send(port: int, payload: bytes) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     if payload:
@@ -61,8 +69,11 @@ def wait_closed(s: socket.socket, deadline: float) -> tuple[bool, bytes]:
 
 
 def check_cases(cases: dict, port: int, log_reader) -> dict:
-    """Sends every case at once (so the handshake timeouts overlap), then checks closure and logs."""
-    socks = {name: open_and_send(port, payload) for name, (payload, _) in cases.items()}
+    """Sends every case at once (so the handshake timeouts overlap), then checks closure and logs.
+    A case's payload is bytes sent on a fresh connection, or a function of the port that opens one
+    and sends its own (a join frame after a valid authentication exchange, say)."""
+    socks = {name: payload(port) if callable(payload) else open_and_send(port, payload)
+             for name, (payload, _) in cases.items()}
     t0 = time.time()
     received = {}
     try:
@@ -109,12 +120,20 @@ def test_garbage_to_master_port(cluster):
         "zero length": (struct.pack("<I", 0), "control frame length 0 outside"),
         "truncated hello": (hello()[:12], "no hello within the handshake timeout"),
         "bad message type": (frame(200, b"\x00" * 8), "invalid message type value 200"),
-        "bad hello magic": (hello(magic=0xDEADBEEF), "bad magic in hello"),
-        "bad hello version": (hello(version=99), "protocol version 99 is not supported"),
-        "bad connection count": (hello(conns=0), "connections per peer out of range"),
-        "hello with trailing bytes": (frame(1, hello_body() + b"\x00\x00\x00"), "message has 3 trailing bytes"),
-        "oversized string length": (frame(1, hello_body(host_len=300)), "string of 300 bytes exceeds the limit"),
-        "vote before hello": (frame(4, struct.pack("<QI", 1, 1000)), "message 'vote' is not allowed in this state"),
+        "bad auth magic": (auth_hello(False, b"\x00" * 32, magic=0xDEADBEEF), "bad magic in auth-hello"),
+        "bad auth version": (auth_hello(False, b"\x00" * 32, version=99), "protocol version 99 is not supported"),
+        "bad has-secret flag": (frame(15, struct.pack("<IHB", 0x4C434350, 3, 7) + b"\x00" * 32),
+                                "invalid has-secret flag value 7"),
+        "short nonce": (frame(15, struct.pack("<IHB", 0x4C434350, 3, 0) + b"\x00" * 5), "message truncated"),
+        "hello before authentication": (hello(), "message 'hello' before authentication"),
+        "bad hello magic": (after_auth(hello(magic=0xDEADBEEF)), "bad magic in hello"),
+        "bad hello version": (after_auth(hello(version=99)), "protocol version 99 is not supported"),
+        "bad connection count": (after_auth(hello(conns=0)), "connections per peer out of range"),
+        "hello with trailing bytes": (after_auth(frame(1, hello_body() + b"\x00\x00\x00")), "message has 3 trailing bytes"),
+        "oversized string length": (after_auth(frame(1, hello_body(host_len=300))), "string of 300 bytes exceeds the limit"),
+        "vote after the proof": (after_auth(frame(4, struct.pack("<QI", 1, 1000))),
+                                 "message 'vote' after the proof (expected hello or rejoin)"),
+        "vote before authentication": (frame(4, struct.pack("<QI", 1, 1000)), "message 'vote' before authentication"),
     }
     check_cases(cases, cluster.master.port, lambda: read_text(cluster.master.log_path))
     still_serving(cluster, members)
@@ -124,7 +143,7 @@ def test_bad_enum_from_an_admitted_connection(cluster):
     """A raw client that really joins (its own group, so it is admitted at once) and then sends a
     well-formed failure report with an invalid enum value gets an error frame and is disconnected."""
     members = join(cluster, 2, COMM)
-    s = open_and_send(cluster.master.port, hello(group=77, hb_ms=10_000, port=9))
+    s = auth_socket(cluster.master.port, hello(group=77, hb_ms=10_000, port=9))
     try:
         types = [t for t, _ in recv_frames(s, 2)]
         assert types[:2] == [2, 10], f"expected welcome and epoch frames, got types {types}"
@@ -156,6 +175,7 @@ def test_garbage_to_peer_mesh_listener(cluster):
         "addressed to another peer": (handshake(**dict(good, to_peer=me + 1000)), "handshake addressed to another peer"),
         "connection index out of range": (handshake(conn_index=999, **good), "connection index out of range"),
         "stale epoch": (handshake(**dict(good, epoch=0)), "stale epoch"),
+        "wrong mesh token": (handshake(**good), "mesh handshake with a wrong token"),
     }
     log = cluster._log(f"peer{target.index}.log")
     # A connection that closes before sending anything is logged too.

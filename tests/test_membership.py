@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from control_frames import frame, hello, recv_control, recv_frames
+from control_frames import auth_socket, frame, hello, recv_control, recv_frames
 from support import call, grow, reduce_all, reply_to, vote, wait_until
 
 SPEC = dict(dtype="float32", count=1001, op="SUM")
@@ -46,9 +46,7 @@ def test_join_epoch_sends_the_pending_count_before_the_vote_result(cluster):
     longer pending; otherwise it votes for nobody and the next newcomer is stranded. The master
     guarantees this by order: EPOCH, PENDING(0), then VOTE_RESULT. Checked on raw connections."""
     def connect(port: int) -> socket.socket:
-        s = socket.create_connection(("127.0.0.1", cluster.master.port), timeout=5)
-        s.sendall(hello(group=79, hb_ms=10_000, port=port))
-        return s
+        return auth_socket(cluster.master.port, hello(group=79, hb_ms=10_000, port=port))
 
     member = connect(11)
     newcomer = None
@@ -76,9 +74,7 @@ def test_voters_get_their_result_when_a_member_is_lost_during_the_admission(clus
     voter must get its VOTE_RESULT then, not wait out the vote timeout while the newcomer, already a
     member, waits for them in its first op (the 10 s stalls pccl-stress found). Raw connections."""
     def connect(port: int) -> socket.socket:
-        s = socket.create_connection(("127.0.0.1", cluster.master.port), timeout=5)
-        s.sendall(hello(group=80, hb_ms=30_000, port=port))
-        return s
+        return auth_socket(cluster.master.port, hello(group=80, hb_ms=30_000, port=port))
 
     socks: list[socket.socket] = []
     try:

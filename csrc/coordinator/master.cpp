@@ -72,7 +72,8 @@ std::vector<Decision> decide(const std::map<uint64_t, Status>& statuses) {
 }
 }  // namespace
 
-Master::Master(std::string host, uint16_t port) : host_(std::move(host)), requested_port_(port) {
+Master::Master(std::string host, uint16_t port, std::string secret)
+    : host_(std::move(host)), requested_port_(port), secret_(std::move(secret)) {
     // Ids count up from the start time in microseconds: a master started later begins above every id
     // an earlier one can have handed out (that would take more than one join per microsecond).
     auto now = std::chrono::system_clock::now().time_since_epoch();
@@ -86,6 +87,7 @@ void Master::bind_if_needed() {
         listener_ = listen_tcp(host_, requested_port_, &port_, 1024);
         set_nonblocking(listener_.get(), true);
         PCCL_INFO("master", "listening on %s:%u", host_.c_str(), port_);
+        warn_if_exposed();
     }
 }
 
@@ -210,12 +212,7 @@ void Master::handle(Peer& p, MsgType type, Reader& r) {
     auto unexpected = [&] {
         throw ProtocolError(std::string("message '") + msg_type_name(type) + "' is not allowed in this state");
     };
-    if (p.state == PeerState::kHandshake) {
-        if (type == MsgType::kHello) on_hello(p, decode_hello(r));
-        else if (type == MsgType::kRejoin) on_rejoin(p, decode_rejoin(r));
-        else unexpected();
-        return;
-    }
+    if (p.state == PeerState::kHandshake) return on_handshake(p, type, r);
     Group& g = group(p.hello.group);
     switch (type) {
         case MsgType::kHeartbeat:
@@ -279,6 +276,7 @@ void Master::on_hello(Peer& p, const Hello& h) {
         PCCL_INFO("master", "peer %llu (%s:%u) joined group %u as its first member; epoch %llu",
                   (unsigned long long)p.id, p.hello.host.c_str(), h.port, h.group, (unsigned long long)g.epoch);
         EpochMsg m{g.id, g.epoch, EpochCause::kJoin, {MemberInfo{p.id, p.hello.host, h.port, h.connections}}, {}};
+        m.mesh_token = random_nonce();
         send(p, encode_epoch(m));
         return;
     }
@@ -540,6 +538,7 @@ void Master::finish_recovery(Group& g) {
     if (g.members.empty()) return;
     const uint32_t still_pending = static_cast<uint32_t>(g.pending.size());
     EpochMsg m{g.id, g.epoch, g.cause, {}, decisions, still_pending};
+    m.mesh_token = random_nonce();  // a new key for this epoch's mesh handshakes, to its members only
     for (auto id : g.members) {
         Peer* p = find(id);
         m.members.push_back(MemberInfo{id, p->hello.host, p->hello.port, p->hello.connections});

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "auth/crypto.hpp"
 #include "protocol/messages.hpp"
 #include "transport/socket.hpp"
 
@@ -19,7 +20,8 @@ namespace pccl {
 
 class Master {
 public:
-    Master(std::string host, uint16_t port);
+    // secret: the job secret every peer must prove it knows (empty: none; see auth/control_auth.hpp).
+    Master(std::string host, uint16_t port, std::string secret = {});
     ~Master();
     void start();  // binds, then serves on a background thread
     void stop();
@@ -38,6 +40,11 @@ private:
         std::vector<uint8_t> out;
         TimePoint last_seen;
         bool dead = false;
+        // The authentication exchange (kHandshake only): which message comes next, the two nonces,
+        // and the peer's proof, checked against the HELLO or REJOIN that follows it.
+        enum class Auth { kHello, kProof, kJoin } auth = Auth::kHello;
+        Nonce peer_nonce{}, master_nonce{};
+        Mac proof{};
     };
     struct Group {
         uint32_t id = 0;
@@ -80,6 +87,10 @@ private:
     void handle(Peer& p, MsgType type, Reader& r);
     void drop(Peer& p, const std::string& reason, bool graceful);
     void evict(Peer& p, const std::string& reason);
+    // master_auth.cpp: the authentication exchange of a connection in kHandshake, then its join.
+    void on_handshake(Peer& p, MsgType type, Reader& r);
+    void refuse_auth(Peer& p, const std::string& why);
+    void warn_if_exposed() const;
     void on_hello(Peer& p, const Hello& h);
     void on_rejoin(Peer& p, const Rejoin& m);
     void check_rebuild(Group& g);
@@ -98,6 +109,7 @@ private:
 
     std::string host_;
     uint16_t requested_port_;
+    std::string secret_;
     uint16_t port_ = 0;
     Fd listener_;
     std::atomic<bool> stop_{false};

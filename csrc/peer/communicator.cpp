@@ -6,6 +6,7 @@
 #include <thread>
 #include <sys/socket.h>
 
+#include "auth/control_auth.hpp"
 #include "common/log.hpp"
 #include "common/thread_name.hpp"
 
@@ -49,11 +50,19 @@ void Communicator::connect() {
     h.host = config_.advertise_host.empty() ? local_ip(master_.get()) : config_.advertise_host;
     h.port = config_.advertise_port ? config_.advertise_port : listener_->port();
     h.connections = static_cast<uint16_t>(config_.connections);
+    try {
+        authenticate(master_.get(), encode_hello(h), std::min(config_.timeout, 30.0));
+    } catch (const Error& e) {
+        listener_->stop();
+        master_.reset();
+        if (e.code() != ErrorCode::kIo) throw;
+        throw Error(ErrorCode::kMasterLost, "the master at " + config_.master_address + " closed the connection during the "
+                                            "authentication handshake (" + e.what() + "); is it a pccl_py master of this version?");
+    }
     {
         std::lock_guard<std::mutex> lock(mutex_);
         state_ = State::kJoining;
     }
-    send_to_master(encode_hello(h));
     control_ = std::thread([this] {
         name_this_thread("pccl-control");
         control_loop();
@@ -68,6 +77,17 @@ void Communicator::connect() {
         throw Error(ErrorCode::kTimeout, "not admitted within join_timeout (" + fmt_seconds(config_.join_timeout) +
                                              "): the members of peer group " + std::to_string(config_.group) +
                                              " have not called update_topology(); close() and try again later");
+}
+
+void Communicator::authenticate(int fd, const std::vector<uint8_t>& join_frame, double seconds) {
+    if (config_.secret.empty() && binds_beyond_loopback(config_.listen_host)) {
+        static std::atomic<bool> warned{false};  // once per process: every peer of a test would repeat it
+        if (!warned.exchange(true))
+            PCCL_WARN("peer", "*** SECURITY WARNING: this peer listens on %s without a job secret; anyone who can reach "
+                              "its port or the master's can join or disturb the group. Set the same secret on the "
+                              "master and every peer (secret= or PCCL_SECRET). ***", config_.listen_host.c_str());
+    }
+    authenticate_to_master(fd, config_.secret, join_frame, deadline_after(seconds), config_.master_address);
 }
 
 void Communicator::check_usable(const char* what) {

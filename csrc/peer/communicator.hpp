@@ -39,6 +39,7 @@ struct CommConfig {
     uint16_t advertise_port = 0; // 0: the listen port (set both to route peers through a relay or NAT)
     double master_grace = 0.0;   // how long a member waits for a restarted master (0: the loss is final)
     bool swap_result_pages = true;  // see collectives/page_swap.hpp
+    std::string secret;          // the job secret (empty: none); see auth/control_auth.hpp
 };
 
 struct ReduceResult {
@@ -117,6 +118,9 @@ private:
     void absorb_heard(const Mesh& mesh);
     // heard_ as the rejoin claim reports it, for the other members of `members`; mutex_ held.
     std::vector<LastHeard> last_heard(const std::vector<MemberInfo>& members);
+    // Runs the authentication exchange on a fresh master connection and sends the join under it
+    // (auth/control_auth.hpp); throws Error(kAuth) on a refusal either way.
+    void authenticate(int fd, const std::vector<uint8_t>& join_frame, double seconds);
 
     // shared helpers
     void send_to_master(const std::vector<uint8_t>& frame);
@@ -196,6 +200,7 @@ private:
     std::map<uint64_t, Heard> heard_;
     Hello hello_;
     uint64_t failure_reported_epoch_ = 0;
+    Mac mesh_key_{};  // control thread only: the key of the current epoch's mesh handshakes
     struct Turns {
         uint64_t next = 0, serving = 0;
     };

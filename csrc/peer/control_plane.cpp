@@ -9,6 +9,7 @@
 #include <thread>
 #include <sys/socket.h>
 
+#include "auth/mesh_auth.hpp"
 #include "common/log.hpp"
 #include "protocol/p2p_key.hpp"
 
@@ -205,18 +206,29 @@ bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) 
             continue;
         }
         {
-            std::lock_guard<std::mutex> lock(send_mutex_);
-            master_ = std::move(fd);
-        }
-        in = FrameAssembler{};
-        {
             // Measured now, not when the master was lost: the master dates each silence from the
             // claim's arrival.
             std::lock_guard<std::mutex> lock(mutex_);
             if (mesh_) absorb_heard(*mesh_);
             claim.heard = last_heard(claim.members);
         }
-        send_to_master(encode_rejoin(claim));
+        // Authenticated before it becomes master_: no other thread may write to it before the rejoin,
+        // which the authentication exchange carries.
+        try {
+            authenticate(fd.get(), encode_rejoin(claim), std::min(config_.heartbeat_timeout + 1.0, config_.master_grace));
+        } catch (const Error& e) {
+            if (e.code() == ErrorCode::kAuth) {
+                enter_terminal(State::kMasterLost, why + "; the restarted master refused this peer: " + e.what());
+                return false;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            continue;
+        }
+        {
+            std::lock_guard<std::mutex> lock(send_mutex_);
+            master_ = std::move(fd);
+        }
+        in = FrameAssembler{};
         // The answer is a welcome (taken back) or an eviction; anything after the welcome stays in
         // `in` for the control loop.
         const auto answer_by = std::min(give_up, deadline_after(config_.heartbeat_timeout + 1.0));
@@ -423,6 +435,8 @@ void Communicator::on_epoch(const EpochMsg& m) {
     PCCL_DEBUG("peer", "epoch %llu (%s): rank %d of %zu", (unsigned long long)m.epoch, epoch_cause_name(m.cause),
                my_rank, members.size());
     listener_->forget_before(m.epoch);
+    mesh_key_ = mesh_epoch_key(config_.secret, m.mesh_token, config_.group, m.epoch);
+    listener_->set_epoch_key(m.epoch, mesh_key_);
     build_mesh(m.epoch, members, my_rank);
 }
 
@@ -442,14 +456,15 @@ void Communicator::build_mesh(uint64_t epoch, const std::vector<MemberInfo>& mem
             if (mi.peer_id != me) heard_[mi.peer_id] = Heard{now, false};
     }
     std::vector<std::vector<Fd>> conns(static_cast<size_t>(n));
+    std::vector<std::pair<int, MeshDial>> dialed;  // confirmed once every connection is made (mesh_listener.hpp)
     int suspect = -1;
     try {
         for (int j = my_rank + 1; j < n; ++j) {
             suspect = j;
             int k = std::min<int>(config_.connections, members[j].connections);
             for (int i = 0; i < k; ++i) {
-                Handshake hs{kHandshakeMagic, 1, static_cast<uint16_t>(i), config_.group, 0, epoch, me, members[j].peer_id};
-                conns[j].push_back(dial_mesh(members[j].host, members[j].port, hs, deadline));
+                Handshake hs{kHandshakeMagic, kHandshakeVersion, static_cast<uint16_t>(i), config_.group, 0, epoch, me, members[j].peer_id};
+                dialed.emplace_back(j, dial_mesh(members[j].host, members[j].port, hs, mesh_key_, deadline));
             }
         }
         for (int j = 0; j < my_rank; ++j) {
@@ -460,6 +475,10 @@ void Communicator::build_mesh(uint64_t epoch, const std::vector<MemberInfo>& mem
                 if (!fd.valid()) throw Error(ErrorCode::kTimeout, "member did not connect in time");
                 conns[j].push_back(std::move(fd));
             }
+        }
+        for (auto& [j, d] : dialed) {
+            suspect = j;
+            conns[j].push_back(confirm_mesh_dial(d, deadline));
         }
     } catch (const Error& e) {
         PCCL_WARN("peer", "building the mesh of epoch %llu failed at rank %d: %s", (unsigned long long)epoch, suspect, e.what());

@@ -286,6 +286,7 @@ std::vector<uint8_t> encode_epoch(const EpochMsg& m) {
         w.put<uint8_t>(d.pending);
     }
     w.put<uint32_t>(m.pending);
+    w.put_bytes(m.mesh_token.data(), m.mesh_token.size());
     return finish(w);
 }
 
@@ -306,6 +307,7 @@ EpochMsg decode_epoch(Reader& r) {
         dec.pending = r.get_enum(2, "pending flag");
     }
     m.pending = r.get_count(kMaxPending, "pending");
+    r.get_bytes(m.mesh_token.data(), m.mesh_token.size());
     r.expect_end();
     return m;
 }
@@ -336,10 +338,72 @@ ErrorMsg decode_error(Reader& r) {
     return m;
 }
 
+std::vector<uint8_t> encode_auth_hello(const AuthHello& m) {
+    Writer w = begin(MsgType::kAuthHello);
+    w.put<uint32_t>(kProtocolMagic);
+    w.put<uint16_t>(kProtocolVersion);
+    w.put<uint8_t>(m.has_secret);
+    w.put_bytes(m.nonce.data(), m.nonce.size());
+    return finish(w);
+}
+
+AuthHello decode_auth_hello(Reader& r) {
+    if (r.get<uint32_t>() != kProtocolMagic) throw ProtocolError("bad magic in auth-hello (not a pccl_py peer)");
+    auto version = r.get<uint16_t>();
+    if (version != kProtocolVersion)
+        throw ProtocolError("protocol version " + std::to_string(version) + " is not supported (this master speaks " +
+                            std::to_string(kProtocolVersion) + ")");
+    AuthHello m;
+    m.has_secret = r.get_enum(2, "has-secret flag");
+    r.get_bytes(m.nonce.data(), m.nonce.size());
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_auth_challenge(const AuthChallenge& m) {
+    Writer w = begin(MsgType::kAuthChallenge);
+    w.put<uint8_t>(m.has_secret);
+    w.put_bytes(m.nonce.data(), m.nonce.size());
+    return finish(w);
+}
+
+AuthChallenge decode_auth_challenge(Reader& r) {
+    AuthChallenge m;
+    m.has_secret = r.get_enum(2, "has-secret flag");
+    r.get_bytes(m.nonce.data(), m.nonce.size());
+    r.expect_end();
+    return m;
+}
+
+std::vector<uint8_t> encode_auth_mac(MsgType type, const std::array<uint8_t, 32>& mac) {
+    Writer w = begin(type);
+    w.put_bytes(mac.data(), mac.size());
+    return finish(w);
+}
+
+std::array<uint8_t, 32> decode_auth_mac(Reader& r) {
+    std::array<uint8_t, 32> mac{};
+    r.get_bytes(mac.data(), mac.size());
+    r.expect_end();
+    return mac;
+}
+
+std::vector<uint8_t> encode_auth_refused(const std::string& reason) {
+    Writer w = begin(MsgType::kAuthRefused);
+    w.put_string(reason);
+    return finish(w);
+}
+
+std::string decode_auth_refused(Reader& r) {
+    auto s = r.get_string(kMaxTextLength);
+    r.expect_end();
+    return s;
+}
+
 const char* msg_type_name(MsgType t) {
     static const char* names[] = {"?",       "hello",  "welcome", "heartbeat", "vote",    "vote-result", "pending",
                                   "failure", "recover", "status", "epoch",     "leave",   "evicted",     "error",
-                                  "rejoin"};
+                                  "rejoin",  "auth-hello", "auth-challenge", "auth-proof", "auth-ok", "auth-refused"};
     auto i = static_cast<size_t>(t);
     return i < sizeof(names) / sizeof(names[0]) ? names[i] : "?";
 }

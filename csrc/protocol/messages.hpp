@@ -2,6 +2,7 @@
 // frame: u32 body length, then a u8 type and the fields. decode_* validate every field and the
 // master/peer state machines check that the type is allowed in the current state.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -11,7 +12,9 @@
 namespace pccl {
 
 constexpr uint32_t kProtocolMagic = 0x4C434350;  // "PCCL"
-constexpr uint16_t kProtocolVersion = 2;  // 2: pending flags in votes, reports, decisions and epochs; last-heard evidence in rejoins
+// 2: pending flags in votes, reports, decisions and epochs; last-heard evidence in rejoins.
+// 3: every control connection opens with the AUTH_* exchange; EPOCH carries the epoch's mesh token.
+constexpr uint16_t kProtocolVersion = 3;
 constexpr uint32_t kMaxControlMessage = 1 << 20;
 constexpr uint32_t kMaxMembers = 4096;
 constexpr uint32_t kMaxReportedOps = 65536;
@@ -34,6 +37,12 @@ enum class MsgType : uint8_t {
     kEvicted,         // master -> peer: you are no longer a member
     kError,           // master -> peer: request refused
     kRejoin,          // peer -> restarted master: "I was member X of group G in epoch E with these members"
+    // The authentication exchange that opens every control connection (auth/control_auth.hpp):
+    kAuthHello,       // peer -> master: version, whether it has a secret, its nonce
+    kAuthChallenge,   // master -> peer: whether it has a secret, its nonce
+    kAuthProof,       // peer -> master: HMAC over both nonces and the HELLO/REJOIN that follows it
+    kAuthOk,          // master -> peer: the master's HMAC over the same, in the other direction
+    kAuthRefused,     // master -> peer: why the connection is refused (then the master closes it)
     kCount
 };
 
@@ -120,6 +129,9 @@ struct EpochMsg {
     std::vector<MemberInfo> members;
     std::vector<Decision> decisions;
     uint32_t pending = 0;  // peers pending once this epoch starts: a newcomer's and an aborted op's flag
+    // Random per epoch, sent only to the epoch's members: the key of its mesh handshakes
+    // (auth/mesh_auth.hpp).
+    std::array<uint8_t, 32> mesh_token{};
 };
 
 // What a rejoining member last heard from another member of its claimed epoch over their data links.
@@ -140,6 +152,16 @@ struct Rejoin {
     uint8_t settled = 1;  // 0: the peer was between epochs (mid-recovery) when the master died
     std::vector<MemberInfo> members;  // ring order of that epoch; contains peer_id
     std::vector<LastHeard> heard;     // other members only, each at most once
+};
+
+struct AuthHello {
+    uint8_t has_secret = 0;
+    std::array<uint8_t, 32> nonce{};
+};
+
+struct AuthChallenge {
+    uint8_t has_secret = 0;
+    std::array<uint8_t, 32> nonce{};
 };
 
 struct Evicted {
@@ -164,6 +186,10 @@ std::vector<uint8_t> encode_epoch(const EpochMsg& m);
 std::vector<uint8_t> encode_rejoin(const Rejoin& m);
 std::vector<uint8_t> encode_evicted(const Evicted& m);
 std::vector<uint8_t> encode_error(const ErrorMsg& m);
+std::vector<uint8_t> encode_auth_hello(const AuthHello& m);
+std::vector<uint8_t> encode_auth_challenge(const AuthChallenge& m);
+std::vector<uint8_t> encode_auth_mac(MsgType type, const std::array<uint8_t, 32>& mac);  // proof, ok
+std::vector<uint8_t> encode_auth_refused(const std::string& reason);
 
 // Decoders take the body (after the length prefix, starting at the type byte has been consumed).
 Hello decode_hello(Reader& r);
@@ -178,6 +204,10 @@ EpochMsg decode_epoch(Reader& r);
 Rejoin decode_rejoin(Reader& r);
 Evicted decode_evicted(Reader& r);
 ErrorMsg decode_error(Reader& r);
+AuthHello decode_auth_hello(Reader& r);
+AuthChallenge decode_auth_challenge(Reader& r);
+std::array<uint8_t, 32> decode_auth_mac(Reader& r);
+std::string decode_auth_refused(Reader& r);
 
 const char* msg_type_name(MsgType t);
 const char* epoch_cause_name(EpochCause c);

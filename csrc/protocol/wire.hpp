@@ -17,6 +17,7 @@ public:
         static_assert(std::is_integral_v<T>);
         for (size_t i = 0; i < sizeof(T); ++i) buf_.push_back(static_cast<uint8_t>(static_cast<uint64_t>(value) >> (8 * i)));
     }
+    void put_bytes(const uint8_t* p, size_t n) { buf_.insert(buf_.end(), p, p + n); }
     void put_string(const std::string& s) {
         put<uint16_t>(static_cast<uint16_t>(s.size()));
         buf_.insert(buf_.end(), s.begin(), s.end());
@@ -53,6 +54,15 @@ public:
         p_ += len;
         return s;
     }
+    // Copies exactly n raw bytes (a nonce, a MAC).
+    void get_bytes(uint8_t* out, size_t n) {
+        need(n);
+        std::memcpy(out, p_, n);
+        p_ += n;
+    }
+    // The bytes not read yet (what an authenticated message's MAC covers).
+    const uint8_t* position() const { return p_; }
+    size_t remaining() const { return static_cast<size_t>(end_ - p_); }
     uint32_t get_count(uint32_t max, const char* what) {
         auto n = get<uint32_t>();
         if (n > max) throw ProtocolError(std::string(what) + " count " + std::to_string(n) + " exceeds the limit");

@@ -1,5 +1,6 @@
 #include "transport/mesh_listener.hpp"
 
+#include <cstring>
 #include <poll.h>
 #include <sys/socket.h>
 #include <vector>
@@ -15,6 +16,7 @@ constexpr size_t kMaxHandshaking = 1024;
 // A legitimate parked connection is taken within a mesh build of its epoch, which starts milliseconds
 // after it arrives; one that waits longer names an epoch that never came.
 constexpr double kMaxParkedSeconds = 10.0;
+constexpr size_t kHandshakeBytes = sizeof(Handshake) + sizeof(MeshAuthTail);
 }  // namespace
 
 MeshListener::MeshListener(const std::string& host, uint16_t port) {
@@ -43,39 +45,71 @@ void MeshListener::set_identity(uint32_t group, uint64_t peer_id) {
     peer_id_ = peer_id;
 }
 
+void MeshListener::set_epoch_key(uint64_t epoch, const Mac& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (epoch >= min_epoch_) keys_[epoch] = key;
+}
+
 void MeshListener::forget_before(uint64_t epoch) {
     std::lock_guard<std::mutex> lock(mutex_);
     min_epoch_ = std::max(min_epoch_, epoch);
     for (auto it = parked_.begin(); it != parked_.end();)
         it = std::get<0>(it->first) < epoch ? parked_.erase(it) : std::next(it);
+    keys_.erase(keys_.begin(), keys_.lower_bound(epoch));
+}
+
+std::string MeshListener::verify(Parked& p, bool blocking) {
+    if (p.verified) return {};
+    auto key = keys_.find(uint64_t{p.hs.epoch});  // a copy: the packed field may be misaligned
+    if (key == keys_.end()) return "no mesh key for its epoch";
+    Mac want = mesh_dial_proof(key->second, p.hs, p.listener_nonce, p.tail.dial_nonce);
+    if (!mac_equal(want.data(), p.tail.proof.data(), want.size()))
+        return "mesh handshake with a wrong token (not a member of epoch " + std::to_string(p.hs.epoch) + ")";
+    Mac mine = mesh_accept_proof(key->second, p.hs, p.listener_nonce, p.tail.dial_nonce);
+    bool sent = false;
+    try {
+        sent = blocking ? send_all(p.fd.get(), mine.data(), mine.size(), deadline_after(1.0))
+                        : ::send(p.fd.get(), mine.data(), mine.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
+                              static_cast<ssize_t>(mine.size());
+    } catch (const Error&) {
+    }
+    if (!sent) return "could not send the listener's proof";
+    p.verified = true;
+    return {};
 }
 
 Fd MeshListener::take(uint64_t epoch, uint64_t from, uint16_t index, TimePoint deadline) {
     std::unique_lock<std::mutex> lock(mutex_);
     Key key{epoch, from, index};
-    cv_.wait_until(lock, deadline, [&] { return stop_ || parked_.count(key); });
-    auto it = parked_.find(key);
-    if (it == parked_.end()) return Fd();
-    Fd fd = std::move(it->second.fd);
-    parked_.erase(it);
-    return fd;
+    for (;;) {
+        cv_.wait_until(lock, deadline, [&] { return stop_ || parked_.count(key); });
+        auto it = parked_.find(key);
+        if (it == parked_.end()) return Fd();
+        Parked p = std::move(it->second);
+        parked_.erase(it);
+        std::string why = verify(p, true);
+        if (why.empty()) return std::move(p.fd);
+        PCCL_WARN("listener", "closing connection from %s: %s", p.remote.c_str(), why.c_str());
+    }
 }
 
 void MeshListener::loop() {
     struct Pending {
         Fd fd;
         TimePoint deadline;
-        Handshake hs{};
+        uint8_t buf[kHandshakeBytes];
         size_t got = 0;
+        bool checked = false;  // the handshake's fields passed the checks
+        Nonce nonce{};
         std::string remote;
     };
-    std::vector<Pending> pending;
+    std::vector<std::unique_ptr<Pending>> pending;
     std::vector<pollfd> fds;
     bool waiting_for_identity = false;
     while (!stop_) {
         fds.clear();
         fds.push_back({listener_.get(), POLLIN, 0});
-        for (auto& p : pending) fds.push_back({p.fd.get(), POLLIN, 0});
+        for (auto& p : pending) fds.push_back({p->fd.get(), POLLIN, 0});
         ::poll(fds.data(), fds.size(), waiting_for_identity ? 5 : 100);
         if (fds[0].revents & POLLIN) {
             for (;;) {
@@ -87,7 +121,22 @@ void MeshListener::loop() {
                     continue;
                 }
                 set_nodelay(fd);
-                pending.push_back(Pending{Fd(fd), deadline_after(kHandshakeSeconds), {}, 0, peer_ip(fd)});
+                auto p = std::make_unique<Pending>();
+                p->fd = Fd(fd);
+                p->deadline = deadline_after(kHandshakeSeconds);
+                p->remote = peer_ip(fd);
+                try {
+                    p->nonce = random_nonce();
+                } catch (const Error& e) {
+                    PCCL_WARN("listener", "closing connection from %s: %s", p->remote.c_str(), e.what());
+                    continue;
+                }
+                // The listener's challenge: 32 bytes always fit a fresh socket's send buffer.
+                if (::send(fd, p->nonce.data(), p->nonce.size(), MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(p->nonce.size())) {
+                    PCCL_WARN("listener", "closing connection from %s: could not send the handshake nonce", p->remote.c_str());
+                    continue;
+                }
+                pending.push_back(std::move(p));
             }
         }
         auto now = Clock::now();
@@ -105,30 +154,43 @@ void MeshListener::loop() {
         }
         waiting_for_identity = false;
         for (size_t i = 0; i < pending.size();) {
-            auto& p = pending[i];
+            auto& p = *pending[i];
             std::string reject;
             bool done = false;
-            ssize_t n = p.got == sizeof(Handshake) ? 1 : ::recv(p.fd.get(), reinterpret_cast<uint8_t*>(&p.hs) + p.got, sizeof(Handshake) - p.got, MSG_DONTWAIT);
+            ssize_t n = p.got == kHandshakeBytes ? 1 : ::recv(p.fd.get(), p.buf + p.got, kHandshakeBytes - p.got, MSG_DONTWAIT);
             if (n == 0) reject = "closed during handshake";
-            else if (n > 0 && p.got < sizeof(Handshake)) p.got += static_cast<size_t>(n);
-            else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) reject = "error during handshake";
-            if (reject.empty() && p.got == sizeof(Handshake)) {
+            else if (n > 0 && p.got < kHandshakeBytes) p.got += static_cast<size_t>(n);
+            else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) reject = "error during handshake";
+            if (reject.empty() && p.got >= sizeof(Handshake)) {
                 std::lock_guard<std::mutex> lock(mutex_);
-                const Handshake& h = p.hs;
-                // Members may dial a newcomer before it has read its own welcome: a complete handshake
-                // waits (within its deadline) until this peer knows its id.
+                Handshake h;
+                std::memcpy(&h, p.buf, sizeof h);
+                // Members may dial a newcomer before it has read its own welcome: a handshake waits
+                // (within its deadline) until this peer knows its id.
                 if (h.magic != kHandshakeMagic) reject = "bad handshake magic (not a pccl_py peer)";
-                else if (h.version != 1) reject = "unsupported protocol version";
+                else if (h.version != kHandshakeVersion) reject = "unsupported protocol version";
                 else if (peer_id_ == 0) waiting_for_identity = true;
                 else if (h.group != group_) reject = "wrong peer group";
                 else if (h.to_peer != peer_id_) reject = "handshake addressed to another peer";
                 else if (h.conn_index >= 64) reject = "connection index out of range";
                 else if (h.epoch < min_epoch_) reject = "stale epoch";
-                else if (parked_.size() >= kMaxParked) reject = "too many parked connections";
-                else {
-                    set_nonblocking(p.fd.get(), false);
-                    parked_[Key{uint64_t{h.epoch}, uint64_t{h.from_peer}, uint16_t{h.conn_index}}] = Parked{std::move(p.fd), Clock::now()};
-                    cv_.notify_all();
+                else if (p.got < kHandshakeBytes) {
+                    // the fields are fine; wait for the proof
+                } else if (parked_.size() >= kMaxParked) {
+                    reject = "too many parked connections";
+                } else {
+                    Parked park{std::move(p.fd), Clock::now(), false, h, p.nonce, {}, p.remote};
+                    std::memcpy(&park.tail, p.buf + sizeof(Handshake), sizeof park.tail);
+                    // Copies of the packed fields: binding a reference to a misaligned one is undefined.
+                    const uint64_t epoch = h.epoch;
+                    // Checked now when this epoch's key is known (a wrong token is refused at once);
+                    // otherwise when taken.
+                    if (keys_.count(epoch)) reject = verify(park, false);
+                    if (reject.empty()) {
+                        set_nonblocking(park.fd.get(), false);
+                        parked_.emplace(Key{epoch, uint64_t{h.from_peer}, uint16_t{h.conn_index}}, std::move(park));
+                        cv_.notify_all();
+                    }
                     done = true;
                 }
             }
@@ -143,10 +205,29 @@ void MeshListener::loop() {
     }
 }
 
-Fd dial_mesh(const std::string& host, uint16_t port, const Handshake& hs, TimePoint deadline) {
-    Fd fd = connect_tcp(host, port, deadline);
-    if (!send_all(fd.get(), &hs, sizeof hs, deadline)) throw Error(ErrorCode::kTimeout, "handshake send timed out");
-    return fd;
+MeshDial dial_mesh(const std::string& host, uint16_t port, const Handshake& hs, const Mac& key, TimePoint deadline) {
+    MeshDial d;
+    d.fd = connect_tcp(host, port, deadline);
+    Nonce listener_nonce;
+    if (!recv_all(d.fd.get(), listener_nonce.data(), listener_nonce.size(), deadline))
+        throw Error(ErrorCode::kTimeout, "the member's listener sent no handshake nonce in time");
+    MeshAuthTail tail{random_nonce(), {}};
+    tail.proof = mesh_dial_proof(key, hs, listener_nonce, tail.dial_nonce);
+    d.expect = mesh_accept_proof(key, hs, listener_nonce, tail.dial_nonce);
+    uint8_t out[kHandshakeBytes];
+    std::memcpy(out, &hs, sizeof hs);
+    std::memcpy(out + sizeof hs, &tail, sizeof tail);
+    if (!send_all(d.fd.get(), out, sizeof out, deadline)) throw Error(ErrorCode::kTimeout, "handshake send timed out");
+    return d;
+}
+
+Fd confirm_mesh_dial(MeshDial& d, TimePoint deadline) {
+    Mac got;
+    if (!recv_all(d.fd.get(), got.data(), got.size(), deadline))
+        throw Error(ErrorCode::kTimeout, "the member did not confirm the mesh handshake in time");
+    if (!mac_equal(got.data(), d.expect.data(), got.size()))
+        throw Error(ErrorCode::kAuth, "the member's listener could not prove it holds this epoch's mesh token");
+    return std::move(d.fd);
 }
 
 }  // namespace pccl

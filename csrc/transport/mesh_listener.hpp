@@ -1,6 +1,7 @@
-// Accepts peer-to-peer connections, reads and validates their handshake, and parks them until the
-// epoch they belong to is being built. A connection that sends garbage or nothing is closed with a
-// logged reason; it can never reach the data path.
+// Accepts peer-to-peer connections, authenticates and validates their handshake (auth/mesh_auth.hpp),
+// and parks them until the epoch they belong to is being built. A connection that sends garbage,
+// nothing, or a handshake without the epoch's token is closed with a logged reason; it can never
+// reach the data path.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -11,6 +12,7 @@
 #include <thread>
 #include <tuple>
 
+#include "auth/mesh_auth.hpp"
 #include "protocol/frame.hpp"
 #include "transport/socket.hpp"
 
@@ -23,32 +25,54 @@ public:
     uint16_t port() const { return port_; }
     // Connections are accepted only once this peer knows who it is.
     void set_identity(uint32_t group, uint64_t peer_id);
-    // Waits for the connection (epoch, from, index); returns an invalid Fd at the deadline.
+    // The key of `epoch`'s mesh handshakes (mesh_epoch_key). Set before that epoch's mesh is built;
+    // handshakes of an epoch whose key is not known yet are parked and checked when taken.
+    void set_epoch_key(uint64_t epoch, const Mac& key);
+    // Waits for an authenticated connection (epoch, from, index); returns an invalid Fd at the deadline.
     Fd take(uint64_t epoch, uint64_t from, uint16_t index, TimePoint deadline);
-    // Drops parked connections of epochs before `epoch`.
+    // Drops parked connections (and keys) of epochs before `epoch`.
     void forget_before(uint64_t epoch);
     void stop();
 
 private:
     void loop();
     using Key = std::tuple<uint64_t, uint64_t, uint16_t>;
+    struct Parked {
+        Fd fd;
+        TimePoint since;
+        bool verified = false;  // its proof checked out and the listener's proof was sent
+        Handshake hs{};
+        Nonce listener_nonce{};
+        MeshAuthTail tail{};
+        std::string remote;
+    };
+    // Checks a parked connection's proof against its epoch's key and answers with this side's proof.
+    // Precondition: mutex_ held. Returns an empty string, or why the connection must be closed.
+    std::string verify(Parked& p, bool blocking);
     Fd listener_;
     uint16_t port_ = 0;
     std::atomic<bool> stop_{false};
     std::thread thread_;
     std::mutex mutex_;
     std::condition_variable cv_;
-    struct Parked {
-        Fd fd;
-        TimePoint since;
-    };
-    std::map<Key, Parked> parked_;
+    std::multimap<Key, Parked> parked_;  // several candidates per slot: an impostor cannot displace the member
+    std::map<uint64_t, Mac> keys_;
     uint32_t group_ = 0;
     uint64_t peer_id_ = 0;
     uint64_t min_epoch_ = 0;
 };
 
-// Connects to a member's listener and sends the handshake.
-Fd dial_mesh(const std::string& host, uint16_t port, const Handshake& hs, TimePoint deadline);
+// A dialed connection whose handshake is sent but whose listener has not proven itself yet.
+struct MeshDial {
+    Fd fd;
+    Mac expect;  // the listener's proof
+};
+
+// Connects to a member's listener and sends the authenticated handshake (key: mesh_epoch_key).
+MeshDial dial_mesh(const std::string& host, uint16_t port, const Handshake& hs, const Mac& key, TimePoint deadline);
+// Reads and checks the listener's proof; throws Error(kAuth) when it is wrong, kTimeout at the deadline.
+// Separate from dial_mesh so a peer dials all its connections before it waits for any answer (the
+// listener answers only once its own peer takes the connection, after that peer's own dials).
+Fd confirm_mesh_dial(MeshDial& d, TimePoint deadline);
 
 }  // namespace pccl

@@ -169,4 +169,26 @@ bool send_all(int fd, const void* data, size_t len, TimePoint deadline) {
     return true;
 }
 
+bool recv_all(int fd, void* data, size_t len, TimePoint deadline) {
+    auto* p = static_cast<uint8_t*>(data);
+    while (len > 0) {
+        ssize_t n = ::recv(fd, p, len, MSG_DONTWAIT);
+        if (n > 0) {
+            p += n;
+            len -= static_cast<size_t>(n);
+            continue;
+        }
+        if (n == 0) throw Error(ErrorCode::kIo, "the connection was closed by the other end");
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            pollfd pf{fd, POLLIN, 0};
+            int r = ::poll(&pf, 1, millis_until(deadline));
+            if (r == 0) return false;
+            continue;
+        }
+        throw io_error("recv");
+    }
+    return true;
+}
+
 }  // namespace pccl

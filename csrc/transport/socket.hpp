@@ -59,5 +59,8 @@ bool peer_on_this_host(int fd);
 
 // Blocking send with a deadline: false on timeout, Error(kIo) on error.
 bool send_all(int fd, const void* data, size_t len, TimePoint deadline);
+// Blocking receive of exactly len bytes with a deadline: false on timeout, Error(kIo) on error or when
+// the other end closes first.
+bool recv_all(int fd, void* data, size_t len, TimePoint deadline);
 
 }  // namespace pccl

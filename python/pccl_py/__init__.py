@@ -6,6 +6,7 @@ Start a :class:`Master`, create a :class:`Communicator` per peer, ``connect()``,
 
 from .communicator import AllReduceHandle, Communicator, P2PHandle
 from .errors import (
+    AuthenticationError,
     ClosedError,
     EvictedError,
     InvalidArgumentError,
@@ -26,6 +27,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Master", "Communicator", "AllReduceHandle", "P2PHandle", "ReduceOp", "ReduceInfo", "Algorithm", "set_log_level",
     "PCCLError", "InvalidArgumentError", "PeerLostError", "TimeoutError", "MasterLostError", "EvictedError",
-    "MismatchError", "ClosedError", "SharedStateError", "SharedState", "StateEntry", "SyncInfo", "SyncStrategy",
+    "MismatchError", "AuthenticationError", "ClosedError", "SharedStateError", "SharedState", "StateEntry", "SyncInfo", "SyncStrategy",
     "quantize_roundtrip",
 ]

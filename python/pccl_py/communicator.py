@@ -14,6 +14,7 @@ from . import _core
 from .buffers import DTYPE_CODES, Buffer, check_output, describe
 from .errors import InvalidArgumentError
 from .ops import Algorithm, ReduceInfo, ReduceOp
+from .secret import SecretLike, resolve_secret
 from . import shared_state as _shared_state
 
 from .tags import MAX_USER_TAG  # tags from here up belong to pccl_py's own collectives
@@ -109,6 +110,9 @@ class Communicator:
             ordinary numpy arrays and CPU tensors; anything else is copied). Saves a full copy per
             op. Set False if the output memory is registered with a device by address
             (cudaHostRegister, RDMA) or mlock()ed: the swap gives it new physical pages.
+        secret: the job secret (str or bytes) shared with the master; default: the ``PCCL_SECRET``
+            environment variable; empty: none. connect() raises AuthenticationError at once when the
+            master's secret differs (or only one side has one). See docs/security.md.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class Communicator:
         advertise_address: Optional[str] = None,
         master_grace: float = 0.0,
         swap_result_pages: bool = True,
+        secret: SecretLike = None,
     ) -> None:
         if not isinstance(master_address, str) or ":" not in master_address:
             raise InvalidArgumentError(f"master_address must be 'host:port', not {master_address!r}")
@@ -144,7 +149,7 @@ class Communicator:
         self._core = _core.Communicator(
             master_address, peer_group, connections_per_peer, float(timeout), float(heartbeat_timeout),
             float(join_timeout), listen_host, listen_port, advertise_host, advertise_port, float(master_grace),
-            swap_result_pages)
+            swap_result_pages, resolve_secret(secret))
         self.master_address = master_address
         self.peer_group = peer_group
         self._state_revision: Optional[int] = None  # revision of the last successful shared-state sync

@@ -2,7 +2,8 @@
 
 Every failure surfaces as a subclass of :class:`PCCLError`, one class per thing the caller can do
 something about: retry (PeerLostError), wait or raise a timeout (TimeoutError), restart the master
-(MasterLostError), rejoin (EvictedError), fix the program (InvalidArgumentError, MismatchError, SharedStateError).
+(MasterLostError), rejoin (EvictedError), fix the program (InvalidArgumentError, MismatchError, SharedStateError),
+fix the deployment (AuthenticationError: the job secret differs between this process and the master).
 The C++ core raises these through explicit error codes, never by parsing messages.
 """
 
@@ -52,6 +53,15 @@ class SharedStateError(PCCLError):
     The caller's tensors are unchanged."""
 
 
+class AuthenticationError(PCCLError, PermissionError):
+    """The master refused this peer's credentials, or the master could not prove its own.
+
+    Raised by ``connect()`` as soon as the master answers (never after a timeout). The message says
+    which side lacks or differs in the job secret; give the master and every peer the same one
+    (``secret=``, ``pccl-master --secret-file`` or ``PCCL_SECRET``). Retrying does not help.
+    """
+
+
 class ClosedError(PCCLError):
     """The communicator was closed."""
 
@@ -65,5 +75,6 @@ __all__ = [
     "EvictedError",
     "MismatchError",
     "ClosedError",
+    "AuthenticationError",
     "SharedStateError",
 ]

@@ -1,6 +1,8 @@
 """The master process: admission, membership epochs, failure resolution. Never on the data path.
 
-Run it with ``pccl-master --host 0.0.0.0 --port 48148`` or embed it with ``pccl_py.Master``.
+Run it with ``pccl-master --host 0.0.0.0 --port 48148 --secret-file job.secret`` or embed it with
+``pccl_py.Master``. The trap: a master without a job secret admits anyone who reaches its port; it says
+so loudly when bound beyond loopback, and ``--require-secret`` makes that an error (docs/security.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import threading
 from typing import Any, Optional, Sequence
 
 from . import _core
+from .errors import InvalidArgumentError
+from .secret import ENV_SECRET, SecretLike, read_secret_file, resolve_secret
 
 _LEVELS = {"debug": 0, "info": 1, "warn": 2, "error": 3, "off": 4}
 
@@ -27,10 +31,12 @@ class Master:
     Args:
         host: interface to listen on.
         port: TCP port; 0 picks a free one (read it back from ``address``).
+        secret: the job secret (str or bytes) every peer must prove it knows; default: the
+            ``PCCL_SECRET`` environment variable; empty: no secret (anyone reaching the port may join).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._core = _core.Master(host, int(port))
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, secret: SecretLike = None) -> None:
+        self._core = _core.Master(host, int(port), resolve_secret(secret))
         self._started = False
 
     def start(self) -> "Master":
@@ -66,10 +72,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=48148, help="TCP port (default 48148; 0 picks one)")
     parser.add_argument("--log-level", default="info", choices=list(_LEVELS), help="log verbosity (default info)")
+    parser.add_argument("--secret-file", metavar="PATH",
+                        help=f"file holding the job secret every peer must know (default: ${ENV_SECRET}, else none)")
+    parser.add_argument("--require-secret", action="store_true",
+                        help="refuse to start without a job secret (from --secret-file or $" + ENV_SECRET + ")")
     args = parser.parse_args(argv)
     set_log_level(args.log_level)
-    master = Master(args.host, args.port)
     try:
+        secret = read_secret_file(args.secret_file) if args.secret_file else resolve_secret(None)
+        if args.require_secret and not secret:
+            raise InvalidArgumentError(f"--require-secret: no job secret given; pass --secret-file PATH or set {ENV_SECRET}")
+        master = Master(args.host, args.port, secret=secret)
         master.start()
     except Exception as exc:  # noqa: BLE001 - report and exit non-zero
         print(f"pccl-master: {exc}", file=sys.stderr)

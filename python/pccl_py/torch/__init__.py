@@ -53,7 +53,7 @@ def create_process_group(dist_backend_opts: Any, backend_options: Any = None) ->
     # ordinary pages with the driver: swapping pages under it would hide results from the GPU.
     comm = Communicator(address, peer_group=rendezvous.peer_group_id(group_name), timeout=timeout,
                         heartbeat_timeout=rendezvous.heartbeat_timeout(), join_timeout=timeout,
-                        swap_result_pages=not staging.cuda_available())
+                        swap_result_pages=not staging.cuda_available(), secret=rendezvous.secret_for(address))
     try:
         pccl_ranks = rendezvous.join(comm, rank, size, timeout)
     except BaseException:

@@ -11,6 +11,13 @@ turns the former into the latter:
   there. Subgroups reuse that master, each with a peer_group id of its own derived from torch's group
   name (identical on every rank). If the default group is not a pccl group, each pccl group's rank 0
   hosts a master for that group.
+* secret: every connection to the master and between peers is authenticated with a job secret
+  (docs/security.md). ``PCCL_SECRET`` on every rank is used when set (and must be set for an
+  external master that has one). Otherwise rank 0 generates a random secret for the master it
+  hosts and publishes it in the store under :data:`SECRET_KEY`, so the group is authenticated
+  without configuration. The trap: torch's TCPStore itself is unauthenticated, so whoever can reach
+  the store can read that secret; on an untrusted network set ``PCCL_SECRET`` (it is then never
+  written to the store) and firewall the store's port.
 * admission: every member connects, and members keep voting ``update_topology()`` while peers are
   pending, until the group has all its members; then one all_reduce checks that the members are
   exactly the group's ranks (each torch rank exactly once).
@@ -30,14 +37,23 @@ from ..communicator import Communicator
 from ..errors import TimeoutError as PcclTimeoutError
 from ..master import Master
 from ..ops import ReduceOp
+from ..secret import ENV_SECRET, generate_secret, resolve_secret
 
 MASTER_KEY = "pccl_master"
+SECRET_KEY = "pccl_secret"  # the generated secret, or "" when rank 0 took it from PCCL_SECRET
 ENV_MASTER = "PCCL_MASTER_ADDR"          # use this external master instead of hosting one
 ENV_MASTER_HOST = "PCCL_MASTER_HOST"     # address other ranks dial to reach a hosted master
 ENV_HEARTBEAT = "PCCL_HEARTBEAT_TIMEOUT"  # seconds; default 5
 
 # The default group's master address, for subgroups created later in this process.
 _default_master: Optional[str] = None
+# The job secret of each master address this process found (secret_for()).
+_secrets: dict[str, bytes] = {}
+
+
+def secret_for(address: str) -> bytes:
+    """The job secret for the master at `address`, as find_master() settled it."""
+    return _secrets.get(address, resolve_secret(None))
 
 
 def peer_group_id(group_name: str) -> int:
@@ -81,13 +97,21 @@ def find_master(store: Any, group_rank: int, is_default: bool, timeout: float) -
     if not is_default and _default_master is not None:
         return _default_master, None
     hosted: Optional[Master] = None
+    own = resolve_secret(None)  # PCCL_SECRET, or b""
     if group_rank == 0:
-        hosted = Master(os.environ.get("PCCL_MASTER_BIND", "0.0.0.0"), 0).start()
+        secret = own or generate_secret().encode()
+        hosted = Master(os.environ.get("PCCL_MASTER_BIND", "0.0.0.0"), 0, secret=secret).start()
         address = f"{_advertised_host(store)}:{hosted.port}"
+        store.set(SECRET_KEY, b"" if own else secret)
         store.set(MASTER_KEY, address)
     else:
         store.wait([MASTER_KEY])
         address = store.get(MASTER_KEY).decode()
+        secret = own or store.get(SECRET_KEY)
+        if not secret:
+            raise RuntimeError(f"rank 0 authenticates the pccl group with {ENV_SECRET}, which is not set on this rank; "
+                               f"set the same {ENV_SECRET} on every rank")
+    _secrets[address] = secret
     if is_default:
         _default_master = address
     return address, hosted

@@ -1,0 +1,48 @@
+#include "auth/crypto.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include "common/error.hpp"
+
+namespace pccl {
+
+void random_bytes(uint8_t* out, size_t len) {
+    if (len == 0) return;
+    if (RAND_bytes(out, static_cast<int>(len)) != 1)
+        throw Error(ErrorCode::kIo, "OpenSSL's random number generator failed (RAND_bytes)");
+}
+
+Nonce random_nonce() {
+    Nonce n;
+    random_bytes(n.data(), n.size());
+    return n;
+}
+
+Mac hmac_sha256(std::string_view key, const std::vector<std::string_view>& parts) {
+    std::string msg;
+    size_t total = 0;
+    for (auto p : parts) total += p.size() + 4;
+    msg.reserve(total);
+    // Each part is length-prefixed so that moving bytes from one field to the next changes the MAC.
+    for (auto p : parts) {
+        uint32_t n = static_cast<uint32_t>(p.size());
+        for (int i = 0; i < 4; ++i) msg.push_back(static_cast<char>(n >> (8 * i)));
+        msg.append(p);
+    }
+    Mac out{};
+    unsigned int len = 0;
+    static const uint8_t kEmpty = 0;
+    const void* k = key.empty() ? static_cast<const void*>(&kEmpty) : static_cast<const void*>(key.data());
+    if (HMAC(EVP_sha256(), k, static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(msg.data()),
+             msg.size(), out.data(), &len) == nullptr ||
+        len != out.size())
+        throw Error(ErrorCode::kIo, "OpenSSL's HMAC-SHA256 failed");
+    return out;
+}
+
+bool mac_equal(const uint8_t* a, const uint8_t* b, size_t len) { return CRYPTO_memcmp(a, b, len) == 0; }
+
+}  // namespace pccl
