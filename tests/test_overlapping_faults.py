@@ -132,3 +132,49 @@ def test_freeze_then_kill_then_master_restart_costs_one_detection(tmp_path, thaw
         res = c.all_reduce(survivors if states[0]["world_size"] == 2 else survivors + [frozen],
                            dtype="float32", count=1000, seed=9)
         assert all(x["ok"] and x["correct"] for x in res), res
+
+
+def test_a_peer_removed_before_the_master_restart_is_not_taken_back_by_the_rebuild(tmp_path):
+    """A member that the old master had already removed (here: killed, the survivors went on in a new
+    epoch) but whose REJOIN still reaches the restarted master inside its rebuild window, claiming the old
+    membership, is evicted rather than put back next to members that went on without it. (A peer frozen
+    past its eviction whose master connection was reset before it read the eviction does exactly this;
+    taken back, its stale op sequence held every later op of the group until the op timeout.)"""
+    import struct
+
+    from control_frames import auth_socket, frame, hello_body, recv_control
+
+    with Cluster(log_dir=str(tmp_path)) as c:
+        a, b, f = join(c, 3, CONNECT)
+        old_epoch = a.call("state", timeout=10)["epoch"]
+        f.kill(signal.SIGKILL)
+        # The survivors notice at their next op and go on in a new epoch without f.
+        c.all_reduce([a, b], dtype="float32", count=1000, seed=3)  # may fail (PeerLostError): f is gone
+        res = c.all_reduce([a, b], dtype="float32", count=1000, seed=4)
+        assert all(x["ok"] and x["correct"] for x in res), res
+        assert a.call("state", timeout=10)["epoch"] > old_epoch
+        port = c.master.port
+        c.master.kill()
+        c.master = MasterProcess(port=port, log_path=str(tmp_path / "master2.log"))
+
+        def member(peer_id: int) -> bytes:
+            host = b"127.0.0.1"
+            return struct.pack("<Q", peer_id) + struct.pack("<H", len(host)) + host + struct.pack("<HH", 1, 1)
+
+        # f's claim, stale: the old epoch and the membership that still had it. Sent at once, before the
+        # live members redial, so that it is inside the rebuild window.
+        body = (hello_body(hb_ms=int(HB * 1000)) + struct.pack("<QQB", f.peer_id, old_epoch, 1) +
+                struct.pack("<I", 3) + member(a.peer_id) + member(b.peer_id) + member(f.peer_id) +
+                struct.pack("<I", 0))
+        s = auth_socket(port, frame(14, body))
+        try:
+            frames = recv_control(s, 2, timeout=10)  # WELCOME, then EVICTED once the group is rebuilt
+        finally:
+            s.close()
+        types = [t for t, _ in frames]
+        assert types == [2, 12], frames
+        assert b"had already gone on without this peer" in frames[1][1], frames[1]
+        _, rebuilt = _rebuilt(str(tmp_path / "master2.log"))
+        assert sorted(rebuilt) == sorted([a.peer_id, b.peer_id]), rebuilt
+        res = c.all_reduce([a, b], dtype="float32", count=1000, seed=5)
+        assert all(x["ok"] and x["correct"] for x in res), res

@@ -393,17 +393,32 @@ void Master::finish_rebuild(Group& g) {
         return;
     }
     bool consistent = true;
+    const uint64_t ref_epoch = ref->epoch;  // ref points into g.claims, cleared below
     g.epoch = ref->epoch;
     g.members.clear();
     for (const auto& mi : ref->members)
         if (g.claims.count(mi.peer_id) && find(mi.peer_id)) g.members.push_back(mi.peer_id);
         else consistent = false;
+    // A claimant that the reference membership does not list was removed in a later epoch than the one
+    // it claims (evicted while frozen, say): the old master had already let the group go on without
+    // it. Taking it back would put a peer whose op sequence stopped epochs ago next to members that
+    // went on; seen in a 30-minute pccl-stress run, two such peers taken back this way held every
+    // later op of the group until its timeout, over and over. It joins again as a new peer instead.
+    std::vector<std::pair<uint64_t, uint64_t>> stale;  // peer id, claimed epoch
     for (auto& [id, c] : g.claims) {
         if (!find(id)) continue;
-        if (std::find(g.members.begin(), g.members.end(), id) == g.members.end()) g.members.push_back(id);
+        if (std::find(g.members.begin(), g.members.end(), id) == g.members.end()) {
+            stale.emplace_back(id, c.epoch);
+            continue;
+        }
         consistent = consistent && c.epoch == ref->epoch && c.settled && c.members.size() == ref->members.size();
     }
     g.claims.clear();
+    for (auto [id, claimed] : stale)
+        if (Peer* p = find(id))
+            evict(*p, "the master restarted and peer group " + std::to_string(g.id) + " had already gone on without this peer "
+                      "(it claims epoch " + std::to_string(claimed) + ", the group was at epoch " +
+                      std::to_string(ref_epoch) + " without it); connect again");
     PCCL_INFO("master", "group %u rebuilt at epoch %llu with members [%s]%s", g.id, (unsigned long long)g.epoch,
               ids_to_string(g.members).c_str(), consistent ? "" : "; starting a new epoch to settle the gaps");
     if (!consistent || g.failure_while_rebuilding) {
