@@ -66,21 +66,11 @@ py::dict to_dict(const ReduceResult& r) {
     d["rx_bytes"] = r.rx_bytes;
     d["swapped_bytes"] = r.swapped_bytes;
     d["algorithm"] = r.algorithm == Algorithm::kStar ? "star" : r.algorithm == Algorithm::kRing ? "ring"
-                     : r.algorithm == Algorithm::kP2P ? "p2p" : "exchange";
+                     : "p2p";
     d["epoch"] = r.epoch;
     d["retries"] = r.retries;
     d["peers_pending"] = r.peers_pending;
     return d;
-}
-
-using TransferTuple = std::tuple<int, uint32_t, uintptr_t, size_t>;  // peer rank, slot, address, bytes
-
-std::vector<Transfer> to_transfers(const std::vector<TransferTuple>& in) {
-    std::vector<Transfer> out;
-    out.reserve(in.size());
-    for (const auto& [peer, slot, addr, bytes] : in)
-        out.push_back(Transfer{peer, slot, reinterpret_cast<uint8_t*>(addr), bytes});
-    return out;
 }
 
 P2PSpec make_p2p(bool send, int peer, uintptr_t addr, size_t count, int dtype, uint32_t tag) {
@@ -188,17 +178,6 @@ PYBIND11_MODULE(_core, m) {
                  {
                      py::gil_scoped_release release;
                      r = c.all_reduce(s);
-                 }
-                 return to_dict(r);
-             })
-        .def("exchange",
-             [](Communicator& c, uint32_t tag, uint64_t epoch, uint64_t digest, uint32_t slots,
-                const std::vector<TransferTuple>& sends, const std::vector<TransferTuple>& recvs) {
-                 ExchangeSpec s{tag, epoch, digest, slots, to_transfers(sends), to_transfers(recvs)};
-                 ReduceResult r;
-                 {
-                     py::gil_scoped_release release;
-                     r = c.exchange(s);
                  }
                  return to_dict(r);
              })

@@ -21,9 +21,9 @@
 
 namespace pccl {
 
-// kExchange and kP2P are not all-reduce algorithms: they mark point-to-point exchanges and
-// send/recv (collectives/p2p.hpp) on the wire.
-enum class Algorithm : uint8_t { kAuto = 0, kRing = 1, kStar = 2, kExchange = 3, kP2P = 4 };
+// kP2P is not an all-reduce algorithm: it marks send/recv (collectives/p2p.hpp) on the wire. Code 3
+// was the plan-wide exchange that shared-state sync used before send/recv; it is no longer sent.
+enum class Algorithm : uint8_t { kAuto = 0, kRing = 1, kStar = 2, kP2P = 4 };
 
 // Up to this size a star beats a ring: it needs two hops instead of 2(n-1), and bandwidth does not
 // matter yet.

@@ -269,27 +269,6 @@ ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& requested, u
     return r;
 }
 
-ReduceResult Communicator::exchange(const ExchangeSpec& spec) {
-    check_usable("exchange");
-    AdoptOnReturn adopt{this, {}};
-    OpCall call;
-    call.tag = spec.tag;
-    call.agreed = &adopt.agreed;
-    call.name = "exchange";
-    call.planned_epoch = spec.epoch;
-    call.make = [spec](uint64_t, uint64_t seq, int world, int rank, Mesh* mesh) -> std::shared_ptr<Collective> {
-        validate_exchange(spec, world, rank);
-        return std::make_shared<Exchange>(spec, seq, world, rank, mesh);
-    };
-    call.alone = [spec] {
-        if (!spec.sends.empty() || !spec.recvs.empty())
-            throw Error(ErrorCode::kInvalidArgument, "exchange: a peer alone in its group has nobody to exchange with");
-    };
-    ReduceResult r = run_in_turn(call, reserve_turn(spec.tag));
-    r.algorithm = Algorithm::kExchange;
-    return r;
-}
-
 ReduceResult Communicator::run_in_turn(const OpCall& call, uint64_t ticket) {
     {
         // Ops on one tag run one at a time, in the order they were submitted. Every earlier op is

@@ -17,7 +17,6 @@
 #include <vector>
 
 #include "collectives/collective.hpp"
-#include "collectives/exchange.hpp"
 #include "collectives/p2p.hpp"
 #include "peer/op_router.hpp"
 #include "protocol/messages.hpp"
@@ -83,9 +82,6 @@ public:
     // the caller to adopt when it hands that outcome over (adopt_agreed_pending()).
     ReduceResult all_reduce_in_turn(const CollectiveSpec& spec, uint64_t ticket, std::optional<bool>* agreed = nullptr);
     void adopt_agreed_pending(const std::optional<bool>& agreed);
-    // Runs this peer's part of a point-to-point plan made for membership spec.epoch. A membership
-    // change before or during it fails it with PeerLost (the plan no longer fits): re-plan and retry.
-    ReduceResult exchange(const ExchangeSpec& spec);
     void check_usable(const char* what);  // what: the call, for the error message
 
     // Point-to-point send/recv (peer/p2p.cpp). spec.peer is a rank of the current epoch. prepare_p2p
