@@ -133,7 +133,9 @@ void MeshListener::loop() {
                 }
                 // The listener's challenge: 32 bytes always fit a fresh socket's send buffer.
                 if (::send(fd, p->nonce.data(), p->nonce.size(), MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(p->nonce.size())) {
-                    PCCL_WARN("listener", "closing connection from %s: could not send the handshake nonce", p->remote.c_str());
+                    const bool closed = errno == EPIPE || errno == ECONNRESET;
+                    PCCL_WARN("listener", "closing connection from %s: %s", p->remote.c_str(),
+                              closed ? "closed during handshake" : "could not send the handshake nonce");
                     continue;
                 }
                 pending.push_back(std::move(p));
@@ -158,7 +160,9 @@ void MeshListener::loop() {
             std::string reject;
             bool done = false;
             ssize_t n = p.got == kHandshakeBytes ? 1 : ::recv(p.fd.get(), p.buf + p.got, kHandshakeBytes - p.got, MSG_DONTWAIT);
-            if (n == 0) reject = "closed during handshake";
+            // A dialer that closes at once may see our nonce arrive after its close and answer it
+            // with a reset, so a reset here is the same event as an orderly close.
+            if (n == 0 || (n < 0 && errno == ECONNRESET)) reject = "closed during handshake";
             else if (n > 0 && p.got < kHandshakeBytes) p.got += static_cast<size_t>(n);
             else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) reject = "error during handshake";
             if (reject.empty() && p.got >= sizeof(Handshake)) {
