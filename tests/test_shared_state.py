@@ -177,6 +177,26 @@ def test_identical_state_moves_nothing_and_one_dirty_key_moves_only_its_bytes():
         assert all(r["revision"] == 11 for r in replies)
 
 
+def test_a_steady_state_sync_moves_one_header_row_per_member_not_the_key_tables():
+    """When every member's key table is the same (same names, shapes and content hashes), a sync moves
+    only the fixed-size headers: its traffic does not grow with the number of entries."""
+    many = {f"layer{i:03d}.weight": {"count": 8, "seed": i} for i in range(200)}
+    with Cluster() as c:
+        peers = c.join(3)
+        replies = _sync_all(peers, keys=many, revision=0, rebuild=True, steps=3, evolve=True)
+        for r in replies:
+            assert r["ok"], r
+            # 200 entries: their tables are about 14 KB per member, all of it moved if they were gathered.
+            assert all(i["tx_bytes"] == 0 and i["total_tx_bytes"] < 1024 for i in r["infos"]), r["infos"]
+        assert len({str(r["hashes"]) for r in replies}) == 1
+        # A member whose content drifted has a different table: the tables are gathered and it is healed.
+        replies = _sync_all(peers, advance=True, per_peer={2: {"set": {"layer007.weight": 99}}})
+        assert all(r["ok"] for r in replies), replies
+        assert replies[2]["infos"][0]["received_keys"] == ["layer007.weight"]
+        assert replies[2]["infos"][0]["total_tx_bytes"] > 10_000
+        assert len({str(r["hashes"]) for r in replies}) == 1
+
+
 def test_newcomer_at_step_50_receives_everything_then_nothing():
     with Cluster() as c:
         peers = c.join(2)

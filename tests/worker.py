@@ -310,7 +310,7 @@ class Worker:
                 info = self.comm.sync_shared_state(state, cmd.get("strategy", "enforce_popular"))
                 infos.append({"revision": info.revision, "tx_bytes": info.tx_bytes, "rx_bytes": info.rx_bytes,
                               "received_keys": info.received_keys, "retries": info.retries, "rounds": info.rounds,
-                              "failovers": info.failovers,
+                              "failovers": info.failovers, "total_tx_bytes": info.total_tx_bytes,
                               "elapsed": time.time() - t0})
         except pccl_py.PCCLError as exc:
             return {"ok": False, "error": type(exc).__name__, "message": str(exc), "infos": infos, "t0": t0,

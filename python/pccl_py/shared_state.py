@@ -7,8 +7,10 @@ content, and moves only the entries that differ, split across every up-to-date p
 land in staging buffers and reach the caller's tensors only after their hash checks out.
 
 A sync is a sequence of collectives on a reserved tag, each carrying the engine's guarantees:
-  1. gather every member's header (revision, strategy, size and digest of its key table);
-  2. gather the key tables (name, dtype, shape, content hash per entry);
+  1. gather every member's header (peer id, revision, strategy, size and digest of its key table);
+  2. gather the key tables (name, dtype, shape, content hash per entry), unless every member's table has
+     the same size and digest: then every member already holds the others' tables (the steady state,
+     which thus moves one header row per member instead of every table to every member);
   3. every member computes the same plan from the same tables (``plan_sync``: a pure function);
   4. point-to-point sends and receives (on the same tag) move the dirty bytes; receivers verify hashes;
   5. if anything moved, gather the verification results, and re-fetch mismatched entries from
@@ -36,7 +38,7 @@ from .ops import ReduceOp
 from .tags import STATE_TAG
 
 _NO_REVISION = (1 << 64) - 1
-_HEADER_WORDS = 8
+_HEADER_WORDS = 9  # valid, epoch, rank, revision, last revision, strategy, table size, table digest, peer id
 _MAX_ATTEMPTS = 20
 # Pieces of one entry below this size are not worth splitting across sources.
 _MIN_PART_BYTES = 1 << 20
@@ -384,31 +386,46 @@ def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes,
             raise _Restart()
     if int(header[:, 6].max()) > _MAX_TABLE_BYTES or int(header[:, 5].max()) > 2:
         raise SharedStateError("a peer sent a malformed shared-state header (strategy or table size out of range)")
-    width = int(header[:, 6].max())
-    blobs = np.zeros((world, width), dtype=np.uint8)
-    blobs[rank, :len(blob)] = np.frombuffer(blob, dtype=np.uint8)
-    info2 = traffic.add(comm._internal_all_reduce(blobs, ReduceOp.SUM, STATE_TAG))
-    if info2.epoch != info.epoch:
-        raise _Restart()
+    if len(set(header[:, 6].tolist())) == 1 and len(set(header[:, 7].tolist())) == 1:
+        # Same size and digest everywhere: every table is this member's own (a 64-bit digest, the
+        # same trust the per-entry content hashes already carry).
+        tables = [blob] * world
+    else:
+        width = int(header[:, 6].max())
+        blobs = np.zeros((world, width), dtype=np.uint8)
+        blobs[rank, :len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+        info2 = traffic.add(comm._internal_all_reduce(blobs, ReduceOp.SUM, STATE_TAG))
+        if info2.epoch != info.epoch:
+            raise _Restart()
+        tables = []
+        for i in range(world):
+            n = int(header[i, 6])
+            if _core.content_hash(blobs[i].ctypes.data, n) != int(header[i, 7]):
+                raise _Restart()
+            tables.append(blobs[i, :n].tobytes())
+    parsed: Dict[bytes, Tuple[KeyMeta, ...]] = {}
     peers = []
     for i in range(world):
-        n = int(header[i, 6])
-        if _core.content_hash(blobs[i].ctypes.data, n) != int(header[i, 7]):
-            raise _Restart()
         try:
-            doc = json.loads(blobs[i, :n].tobytes())
-            keys = tuple(sorted((KeyMeta(str(k[0]), str(k[1]), tuple(int(d) for d in k[2]), int(k[3]), int(k[4], 16),
-                                         bool(k[5])) for k in doc["keys"]), key=lambda k: k.name))
-            peer_id = int(doc["peer"])
-            if len({k.name for k in keys}) != len(keys):
-                raise ValueError("duplicate key names")
+            keys = parsed.get(tables[i])
+            if keys is None:
+                keys = parsed[tables[i]] = _parse_table(tables[i])
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise SharedStateError(f"the peer at rank {i} sent a malformed shared-state table ({exc})") from None
         peers.append(PeerMeta(
-            rank=i, peer_id=peer_id, revision=int(header[i, 3]),
+            rank=i, peer_id=int(header[i, 8]), revision=int(header[i, 3]),
             last_revision=None if int(header[i, 4]) == _NO_REVISION else int(header[i, 4]),
             strategy=_STRATEGY_BY_CODE[int(header[i, 5])], keys=keys))
     return peers, info.epoch, rank
+
+
+def _parse_table(table: bytes) -> Tuple[KeyMeta, ...]:
+    doc = json.loads(table)
+    keys = tuple(sorted((KeyMeta(str(k[0]), str(k[1]), tuple(int(d) for d in k[2]), int(k[3]), int(k[4], 16),
+                                 bool(k[5])) for k in doc["keys"]), key=lambda k: k.name))
+    if len({k.name for k in keys}) != len(keys):
+        raise ValueError("duplicate key names")
+    return keys
 
 
 def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = SyncStrategy.ENFORCE_POPULAR) -> SyncInfo:
@@ -427,12 +444,12 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
     comm._core.check_usable("sync_shared_state")
     last: Optional[int] = getattr(comm, "_state_revision", None)
     hashes = _hash_buffers(bufs)
-    blob = json.dumps({"peer": comm.peer_id, "keys": [
+    blob = json.dumps({"keys": [
         [n, bufs[n].dtype, list(_shape(state.entries[n].tensor)), bufs[n].nbytes, f"{hashes[n]:016x}",
          state.entries[n].allow_content_inequality] for n in names]}, separators=(",", ":")).encode()
     blob_arr = np.frombuffer(blob, dtype=np.uint8)
     row = np.array([1, 0, 0, state.revision, _NO_REVISION if last is None else last, _STRATEGY_CODES[strategy],
-                    len(blob), _core.content_hash(blob_arr.ctypes.data, len(blob))], dtype=np.uint64)
+                    len(blob), _core.content_hash(blob_arr.ctypes.data, len(blob)), comm.peer_id], dtype=np.uint64)
     tx = rx = failovers = 0
     seen_revision: Optional[int] = None
     last_error: Optional[Exception] = None
