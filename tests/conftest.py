@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+# Shared helpers (harness, workers, reference results) live in tests/helpers; every test imports them by name.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
 
 import pccl_py  # noqa: E402
 from harness import Cluster  # noqa: E402

@@ -1,6 +1,6 @@
 """The torch.distributed backend "pccl", checked against gloo on the same inputs in the same processes.
 
-Multi-process runs use tests/torch_worker.py (one process per rank, each bounded in time and killed by
+Multi-process runs use tests/helpers/torch_worker.py (one process per rank, each bounded in time and killed by
 PID afterwards); in-process checks use Communicators in threads of the test process.
 """
 
@@ -22,11 +22,10 @@ dist = pytest.importorskip("torch.distributed")
 
 import pccl_py  # noqa: E402
 import pccl_py.torch as pccl_torch  # noqa: E402
-from support import assert_within, connect_group, run_concurrently  # noqa: E402
+from support import HELPERS_DIR, REPO_ROOT, assert_within, connect_group, run_concurrently  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-WORKER = os.path.join(HERE, "torch_worker.py")
+ROOT = REPO_ROOT
+WORKER = os.path.join(HELPERS_DIR, "torch_worker.py")
 
 
 def _free_port() -> int:

@@ -21,8 +21,9 @@ import pytest
 
 import pccl_py
 from pccl_py.wan import WanProfile, WanRelay, parse_mapping, parse_wan
+from support import REPO_ROOT
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = REPO_ROOT
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pccl_py.__file__)))
 _IO_TIMEOUT = 20.0
 

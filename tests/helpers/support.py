@@ -10,6 +10,7 @@ Every wait here has a deadline, so a broken library makes a test fail instead of
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Callable, Iterable, Optional
@@ -17,6 +18,10 @@ from typing import Any, Callable, Iterable, Optional
 import pccl_py
 from harness import Cluster, Peer
 from pccl_py.machine_stalls import monitor
+
+# Where the worker scripts live (tests start them as processes by path) and the repository's root.
+HELPERS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HELPERS_DIR))
 
 # ---------------------------------------------------------------------------------------------
 # generic

@@ -1,15 +1,15 @@
 """torch's own distributed test suite against the "pccl" backend, checked test by test against gloo.
 
 Runs ``torch.testing._internal.distributed.distributed_test`` (shipped in the torch wheel) at world
-size 3 with gloo and then with pccl, on this machine, through tests/torch_suite (see its modules for
+size 3 with gloo and then with pccl, on this machine, through tests/torch_backend/torch_suite (see its modules for
 how the suite is driven and why its name gates are lifted). It fails if a test that gloo passes does not
-pass with pccl (a skip counts as a failure there) unless tests/torch_suite/exclusions.json lists it
+pass with pccl (a skip counts as a failure there) unless tests/torch_backend/torch_suite/exclusions.json lists it
 with a reason, and if a listed test passes (the list must shrink as features land).
 
 Cost: ranks are forked from an already-imported parent (not spawned, which costs ~11 s a test here), and
 pccl runs only the tests gloo passed (the others are not compared): about 1.5 + 1 minutes on 2 cores.
 Each run is killed (its whole session, by PID) after 240 s, each test after 60 s. For the counts of
-both backends over the whole suite use ``python tests/torch_suite/compare.py``.
+both backends over the whole suite use ``python tests/torch_backend/torch_suite/compare.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """torch point-to-point on the "pccl" backend (issue 17 point 2): send/recv/isend/irecv,
 batch_isend_irecv, all_to_all(_single) with unequal splits, gather and scatter moving each byte once.
 
-Three real rank processes (tests/torch_p2p_worker.py) check every received value bitwise against the
+Three real rank processes (tests/helpers/torch_p2p_worker.py) check every received value bitwise against the
 seeded value its sender generated; the test asserts on each check the ranks report.
 """
 
@@ -14,8 +14,9 @@ import pytest
 pytest.importorskip("torch", reason="the pccl torch backend needs torch (pip install '.[torch]')")
 
 import test_torch_backend as tb  # noqa: E402 - reuses its rank launcher
+from support import HELPERS_DIR
 
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_p2p_worker.py")
+WORKER = os.path.join(HELPERS_DIR, "torch_p2p_worker.py")
 CHECKS = ["irecv_order", "batch_isend_irecv", "error_anysource", "error_self_send", "error_reserved_tag",
           "all_to_all_single_unequal", "all_to_all_single_equal", "all_to_all", "scatter", "all_reduce_after"]
 

@@ -1,4 +1,4 @@
-"""One DiLoCo peer for tests/test_diloco.py: a small MLP on synthetic data, reporting every outer step.
+"""One DiLoCo peer for tests/state/test_diloco.py: a small MLP on synthetic data, reporting every outer step.
 
 Run as ``python diloco_worker.py '<json config>'``. Each line on stdout is one JSON event:
 ``{"event": "outer", ...}`` after every step() that returned a report (with the parameter bytes'

@@ -1,8 +1,8 @@
-"""One rank of tests/test_torch_p2p.py: torch point-to-point ops and the p2p-based collectives on the
+"""One rank of tests/torch_backend/test_torch_p2p.py: torch point-to-point ops and the p2p-based collectives on the
 "pccl" backend, checked against values every rank can compute (inputs are seeded by sender and receiver).
 
 Usage: ``python torch_p2p_worker.py SCENARIO RANK WORLD PORT OUT_JSON`` (SCENARIO is ignored: the launcher
-of tests/test_torch_backend.py passes one). Writes {check name: "ok" or what was
+of tests/torch_backend/test_torch_backend.py passes one). Writes {check name: "ok" or what was
 wrong} for the test to assert on. Every rank is bounded in time (and killed by PID by the test).
 """
 

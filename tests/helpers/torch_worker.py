@@ -1,4 +1,4 @@
-"""One rank of a multi-process torch.distributed test; run by tests/test_torch_backend.py.
+"""One rank of a multi-process torch.distributed test; run by tests/torch_backend/test_torch_backend.py.
 
 Usage: ``python torch_worker.py SCENARIO RANK WORLD PORT OUT_JSON``. The rank initialises the default
 group with the pccl backend (tcp:// rendezvous on 127.0.0.1:PORT) and runs SCENARIO; it writes what it

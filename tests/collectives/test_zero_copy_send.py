@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import pccl_py
-from support import run_concurrently
+from support import run_concurrently, HELPERS_DIR
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="vmsplice and splice are Linux-only")
 
@@ -61,7 +61,7 @@ def pipes_in_a_fresh_process(peers: int, cpus: int, setting: str | None) -> int:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[3])])  # before any thread
         import numpy as np
         import pccl_py
-        sys.path.insert(0, sys.argv[1])
+        sys.path[:0] = sys.argv[1].split(os.pathsep)
         from support import connect_group, run_concurrently
         from test_zero_copy_send import pipe_fds
 
@@ -81,7 +81,7 @@ def pipes_in_a_fresh_process(peers: int, cpus: int, setting: str | None) -> int:
     env.pop("PCCL_ZERO_COPY_SEND", None)
     if setting is not None:
         env["PCCL_ZERO_COPY_SEND"] = setting
-    out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__), str(peers), str(cpus)], env=env,
+    out = subprocess.run([sys.executable, "-c", script, os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), HELPERS_DIR]), str(peers), str(cpus)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.split("pipes")[-1])

@@ -17,8 +17,9 @@ import sys
 import pytest
 
 import pccl_py
+from support import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO_ROOT
 EXAMPLE = os.path.join(ROOT, "examples", "basic_allreduce.py")
 
 

@@ -5,7 +5,7 @@ Each run is the tool as a user starts it (``python -m pccl_py.tools.diloco_train
 JSON record is the evidence: it must hold every field a comparison needs, the eval loss must have
 fallen, and every algorithm that synchronises must end with bitwise identical parameters on every
 peer. The churn run covers the elastic DDP baseline's admission path (the DiLoCo variants' is covered
-by tests/test_diloco.py and by the demo in tests/test_demo.py).
+by tests/state/test_diloco.py and by the demo in tests/tools/test_demo.py).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 import pccl_py
+from support import REPO_ROOT
 
 pytest.importorskip("torch")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO_ROOT
 ALGOS = ["ddp", "diloco", "async", "streaming", "solo"]
 TINY = ["--peers", "2", "--model", "tiny", "--sync-every", "20", "--fragments", "4", "--overlap", "2",
         "--warmup", "20", "--seed", "0", "--progress", "plain"]

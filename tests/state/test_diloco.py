@@ -2,7 +2,7 @@
 agreement through a kill -9 and a newcomer, checkpoints, and argument checks.
 
 Agreement alone proves nothing here (a shared-state sync makes peers agree on anything), so the
-math tests compare values: each worker (tests/diloco_worker.py, real processes, real sockets)
+math tests compare values: each worker (tests/helpers/diloco_worker.py, real processes, real sockets)
 reports its local parameters before every outer step and the global ones after, and the test
 recomputes the global parameters from the locals.
 
@@ -33,8 +33,9 @@ torch = pytest.importorskip("torch")
 
 import pccl_py  # noqa: E402
 from pccl_py.diloco import AsyncDiLoCo, DiLoCo, StreamingDiLoCo  # noqa: E402
+from support import HELPERS_DIR
 
-WORKER = os.path.join(os.path.dirname(__file__), "diloco_worker.py")
+WORKER = os.path.join(HELPERS_DIR, "diloco_worker.py")
 BASE = dict(seed=1, dim=8, hidden=16, H=4, outer_lr=0.7, momentum=0.9, nesterov=True)
 
 

@@ -24,9 +24,9 @@ from typing import Optional
 import pytest
 
 from harness import MasterProcess, _env
+from support import HELPERS_DIR
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "natural_loop_worker.py")
+WORKER = os.path.join(HELPERS_DIR, "natural_loop_worker.py")
 HB = 2.0
 LIMIT = HB + 1.0
 

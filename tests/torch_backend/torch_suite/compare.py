@@ -6,9 +6,9 @@ only checkable from two runs of the same suite on the same machine. This module 
 gloo-passing test that pccl does not pass and is not excluded (exclusions.json), every exclusion that
 no longer fails, and every test pccl passes that gloo does not.
 
-    python tests/torch_suite/compare.py                              # run both, fork start (about 3 min)
-    python tests/torch_suite/compare.py --start-method spawn         # as torch's CI starts ranks (about 2 x 50 min)
-    python tests/torch_suite/compare.py --gloo g.json --pccl p.json  # from saved runs
+    python tests/torch_backend/torch_suite/compare.py                              # run both, fork start (about 3 min)
+    python tests/torch_backend/torch_suite/compare.py --start-method spawn         # as torch's CI starts ranks (about 2 x 50 min)
+    python tests/torch_backend/torch_suite/compare.py --gloo g.json --pccl p.json  # from saved runs
 
 The trap: a skip is not a pass. A test that gloo passes must *pass* with pccl; a pccl skip there is a
 problem like a failure (the suite skips silently for backend names it does not know, see suite.py).

@@ -5,8 +5,8 @@ variable, so every backend needs a process of its own; this is that process. Eac
 ``--world-size`` ranks (torch's MultiProcessTestCase), and a test that outlives ``--test-timeout`` has
 its ranks terminated by torch's harness and counts as a failure.
 
-    python tests/torch_suite/run.py --backend pccl --json out.json --all
-    python tests/torch_suite/run.py --backend gloo --json out.json test_barrier test_all_gather
+    python tests/torch_backend/torch_suite/run.py --backend pccl --json out.json --all
+    python tests/torch_backend/torch_suite/run.py --backend gloo --json out.json test_barrier test_all_gather
 
 The trap: the environment must be complete before ``suite`` is imported, here and in every rank (the
 ranks inherit it), and TEMP_DIR must hold a ``barrier`` directory at import time.
