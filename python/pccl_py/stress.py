@@ -518,16 +518,26 @@ class Stress:
         by_kind: dict[str, list] = {}
         unobserved: Counter = Counter()
 
-        def first_membership(after: float, slot: int, want_in: bool) -> Optional[float]:
+        def first_membership(after: float, slot: int, want_in: bool, before: float = float("inf")) -> Optional[float]:
             best = None
             for w in everyone:
                 if w.slot == slot and not want_in:
                     continue
                 for t, slots in w.members:
-                    if t > after and (slot in slots) == want_in:
+                    if after < t < before and (slot in slots) == want_in:
                         best = t if best is None else min(best, t)
                         break
             return best
+
+        # Slots are reused: a spawned worker that never joined (killed while it waited, say) must not be
+        # credited with the membership of the next worker started in its slot.
+        next_spawn: dict[int, float] = {}
+        respawn_after: dict[int, float] = {}
+        for i in range(len(self.events) - 1, -1, -1):
+            e = self.events[i]
+            if e.kind == "spawn":
+                respawn_after[i] = next_spawn.get(e.slot, float("inf"))
+                next_spawn[e.slot] = e.t
 
         def end_of_stall(at: float, exclude: int) -> Optional[float]:
             # Such an event always stalls the others for a while (a frozen member holds up every op); no
@@ -535,10 +545,10 @@ class Stress:
             ends = [end for w in everyone if w.slot != exclude for start, end in w.gaps if start <= at <= end]
             return min(ends) if ends else None
 
-        for e in self.events:
+        for i, e in enumerate(self.events):
             kind = e.kind
             if kind == "spawn":
-                t = first_membership(e.t, e.slot, True)
+                t = first_membership(e.t, e.slot, True, respawn_after[i])
             elif kind in ("kill", "leave"):
                 t = first_membership(e.t, e.slot, False)
             elif kind == "stop":
