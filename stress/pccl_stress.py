@@ -2,7 +2,7 @@
 """``pccl-stress`` from a checkout: seeded churn (spawn, SIGKILL, SIGSTOP, leave, master restart)
 against self-verifying peers, with a pass/fail report.
 
-Why this file exists: the tool lives in the package (``pccl_py.stress``, installed as the
+Why this file exists: the tool lives in the package (``pccl_py.tools.stress``, installed as the
 ``pccl-stress`` command) so that it works after ``pip install``; this wrapper runs it from a
 checkout next to the other stress tools. Example, the one-hour run from the README::
 
@@ -20,6 +20,6 @@ if __name__ == "__main__":
     package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python", "pccl_py")
     if any(name.startswith("_core") for name in os.listdir(package)):
         sys.path.insert(0, os.path.dirname(package))
-    from pccl_py.stress import main
+    from pccl_py.tools.stress.cli import main
 
     sys.exit(main())

@@ -7,7 +7,7 @@ machine has no ``tc netem``, so the WAN is emulated in user space: each peer lis
 and advertises (``Communicator(advertise_address="127.0.0.1:RELAY_PORT", listen_port=PORT)``) the
 relay's port instead, so every other member's data connection runs through the relay.
 
-The relay itself lives in the package (``pccl_py.wan``, so that ``python -m pccl_py.bench --wan``
+The relay itself lives in the package (``pccl_py.tools.wan``, so that ``python -m pccl_py.tools.bench --wan``
 can use it); this script is its command-line front end. Example, two peers listening on 9001 and
 9003 and advertising 9000 and 9002::
 
@@ -32,21 +32,21 @@ from typing import Any, List, Optional, Sequence
 
 
 def _load_wan() -> ModuleType:
-    """pccl_py.wan, from the installed package or else from this checkout's python/ directory.
+    """pccl_py.tools.wan, from the installed package or else from this checkout's python/ directory.
 
     Falls back to loading the module file by path, so the relay runs even where the compiled core
     (which ``import pccl_py`` loads) is not built.
     """
     try:
-        from pccl_py import wan  # noqa: PLC0415
+        from pccl_py.tools import wan  # noqa: PLC0415
 
         return wan
     except ImportError:
         pass
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "python", "pccl_py", "wan.py")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "python", "pccl_py", "tools", "wan.py")
     spec = importlib.util.spec_from_file_location("pccl_py_wan", os.path.normpath(path))
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot find pccl_py/wan.py (looked at {path})")
+        raise ImportError(f"cannot find pccl_py/tools/wan.py (looked at {path})")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses need the module registered
     spec.loader.exec_module(module)

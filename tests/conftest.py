@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "hel
 import pccl_py  # noqa: E402
 from harness import Cluster  # noqa: E402
 from support import connect_group  # noqa: E402
-from pccl_py.machine_stalls import monitor  # noqa: E402
+from pccl_py.tools.machine_stalls import monitor  # noqa: E402
 
 # Started before any test module runs, so that every window a wall-clock bound asks about is watched
 # (support.assert_within).

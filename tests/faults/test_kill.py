@@ -37,7 +37,7 @@ import pytest
 from fault_helpers import join, refill, settle_survivors
 from harness import Cluster, Peer
 from reference import reference_result
-from pccl_py.machine_stalls import monitor
+from pccl_py.tools.machine_stalls import monitor
 from support import assert_within
 
 WORLD = 5

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import pccl_py
 from harness import Cluster, Peer
-from pccl_py.machine_stalls import monitor
+from pccl_py.tools.machine_stalls import monitor
 
 # Where the worker scripts live (tests start them as processes by path) and the repository's root.
 HELPERS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -191,7 +191,7 @@ def connect_group(address: str, n: int, admit_timeout: float = 30.0, **kwargs: A
 
 def assert_within(t0: float, t1: float, bound: float, what: str) -> float:
     """Fails unless [t0, t1] (time.time()) lasted less than bound plus the time the whole machine stood
-    still within it (pccl_py.machine_stalls); returns the duration net of those stalls."""
+    still within it (pccl_py.tools.machine_stalls); returns the duration net of those stalls."""
     stalled = monitor().stalled(t0, t1)
     assert t1 - t0 < bound + stalled, (f"{what} took {t1 - t0:.3f} s, over the {bound} s bound even after "
                                        f"the {stalled:.3f} s the whole machine stood still")

@@ -172,10 +172,10 @@ class Worker:
         would leave the others waiting in one more op). An op that raises PeerLostError or TimeoutError is
         retried at once (every survivor sees the same outcome, so the retries line up); any other error
         ends the loop and is reported. Each op is an exact float64 SUM whose result names its contributors
-        (pccl_py.stress_worker's ident op), so every result is checked against the members that made it.
+        (pccl_py.tools.stress.worker's ident op), so every result is checked against the members that made it.
         Reports the longest wait between two successful ops (from the loop's start) and every wait over
         0.25 s, with time.time() stamps."""
-        from pccl_py.stress_worker import check_exact, exact_contribution
+        from pccl_py.tools.stress.worker import check_exact, exact_contribution
 
         until, size, seed = float(cmd["until"]), int(cmd.get("count", 256)), int(cmd.get("seed", 0))
         step, ok, failed, wrong, end = 0, 0, [], [], None

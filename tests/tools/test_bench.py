@@ -28,7 +28,7 @@ def _env() -> dict:
 def _run_bench(tmp_path, *extra: str, timeout: float = 50.0) -> dict:
     out = tmp_path / "bench.json"
     env = _env()
-    cmd = [sys.executable, "-m", "pccl_py.bench", "--sizes", "1KiB,64KiB", "--iters", "3", "--peers", "2",
+    cmd = [sys.executable, "-m", "pccl_py.tools.bench", "--sizes", "1KiB,64KiB", "--iters", "3", "--peers", "2",
            "--json", str(out), "--timeout", "20", "--quiet", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
@@ -89,7 +89,7 @@ def test_bench_p2p_rows_against_gloo(tmp_path):
 
 
 def test_bench_schedule_alternates_backends_abba_and_settles_after_a_switch():
-    from pccl_py.bench import _schedule
+    from pccl_py.tools.bench.cli import _schedule
 
     assert _schedule(1, 50) == [(0, 50, False)]  # alone: one plain loop
     blocks = _schedule(2, 10)
@@ -106,7 +106,7 @@ def test_bench_schedule_alternates_backends_abba_and_settles_after_a_switch():
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="steal is read from Linux's /proc/stat")
 def test_bench_steal_is_a_share_of_cpu_time():
-    from pccl_py.bench import _cpu_ticks, _steal_since
+    from pccl_py.tools.bench.cli import _cpu_ticks, _steal_since
 
     steal, total = _cpu_ticks()
     assert 0 <= steal <= total
@@ -118,8 +118,8 @@ def test_bench_steal_is_a_share_of_cpu_time():
 def test_bench_report_flags_sizes_that_ran_under_steal():
     import argparse
 
-    from pccl_py.bench import Result
-    from pccl_py.bench_report import format_report
+    from pccl_py.tools.bench.cli import Result
+    from pccl_py.tools.bench.report import format_report
 
     def data(steal):
         rs = [Result("pccl", "ring", size, size // 4, "float32", 2, 1, 2, [0.01, 0.02], 0.5, steal)
@@ -136,19 +136,19 @@ def test_bench_report_flags_sizes_that_ran_under_steal():
 def test_bench_plot_without_matplotlib_is_a_clear_error(tmp_path):
     if importlib.util.find_spec("matplotlib") is not None:
         pytest.skip("matplotlib is installed, so --plot works")
-    proc = subprocess.run([sys.executable, "-m", "pccl_py.bench", "--plot", str(tmp_path / "x.png")],
+    proc = subprocess.run([sys.executable, "-m", "pccl_py.tools.bench", "--plot", str(tmp_path / "x.png")],
                           capture_output=True, text=True, timeout=30, env=_env())
     assert proc.returncode == 2
     assert "matplotlib" in proc.stderr
 
 
 def test_bench_does_not_import_torch_without_compare():
-    code = "import sys, pccl_py.bench as b; b.build_parser().parse_args([]); assert 'torch' not in sys.modules"
+    code = "import sys, pccl_py.tools.bench.cli as b; b.build_parser().parse_args([]); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30, env=_env())
 
 
 def test_bench_ratio_interval_separates_a_real_difference_from_noise():
-    from pccl_py.bench_report import ratio_interval
+    from pccl_py.tools.bench.report import ratio_interval
 
     rng = np.random.default_rng(1)
     gloo = 0.030 * (1 + 0.05 * rng.standard_normal(40))
@@ -165,8 +165,8 @@ def test_bench_ratio_interval_separates_a_real_difference_from_noise():
 def test_bench_report_says_when_a_slower_size_is_within_noise():
     import argparse
 
-    from pccl_py.bench import Result
-    from pccl_py.bench_report import compare, format_report
+    from pccl_py.tools.bench.cli import Result
+    from pccl_py.tools.bench.report import compare, format_report
 
     def report(pccl_times, gloo_times):
         rs = [Result(b, "ring", 1 << 24, 1 << 22, "float32", 3, 1, len(t), list(t), 0.5, 0.0)

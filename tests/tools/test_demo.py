@@ -40,7 +40,7 @@ def test_demo_trains_through_a_kill_and_a_join() -> None:
     # The default run with kills about every 6 s instead of 20. Kills stop at 45 s and everyone stops at
     # 56 s, which leaves time for the founders' start and a newcomer's join on a loaded machine (at load 13
     # on 2 cores, 4 peers took 18 s to import torch and join).
-    r = _run(["-m", "pccl_py.demo", "--time-limit", "70", "--churn-every", "6", "--progress", "plain"], timeout=150)
+    r = _run(["-m", "pccl_py.tools.demo", "--time-limit", "70", "--churn-every", "6", "--progress", "plain"], timeout=150)
     out = r.stdout
     assert r.returncode == 0, f"exit code {r.returncode}\n--- stdout\n{out}\n--- stderr\n{r.stderr[-3000:]}"
     assert re.search(r"SIGKILL pid \d+ at inner step \d+", out), out        # a kill...
@@ -57,7 +57,7 @@ def test_demo_fails_cleanly_when_out_of_time() -> None:
     pytest.importorskip("torch")
     # Too short to even start training: the demo must fail with exit code 1, without claiming success,
     # and leave no process behind.
-    r = _run(["-m", "pccl_py.demo", "--time-limit", "3"], timeout=60)
+    r = _run(["-m", "pccl_py.tools.demo", "--time-limit", "3"], timeout=60)
     assert r.returncode == 1, r.stdout
     assert "FAILED" in r.stdout, r.stdout
     assert "bitwise identical" not in r.stdout, r.stdout
@@ -65,14 +65,14 @@ def test_demo_fails_cleanly_when_out_of_time() -> None:
 
 
 def test_demo_without_torch_says_what_to_install() -> None:
-    code = "import sys, pccl_py.demo as d; d._torch_available = lambda: False; sys.exit(d.main([]))"
+    code = "import sys, pccl_py.tools.demo as d; d._torch_available = lambda: False; sys.exit(d.main([]))"
     r = _run(["-c", code], timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
     assert 'pip install "pccl_py[torch]"' in r.stderr, r.stderr
 
 
 def test_allreduce_demo_survives_kill_and_admits_a_peer() -> None:
-    r = _run(["-m", "pccl_py.demo", "--allreduce"], timeout=60)
+    r = _run(["-m", "pccl_py.tools.demo", "--allreduce"], timeout=60)
     out = r.stdout
     assert r.returncode == 0, f"exit code {r.returncode}\n--- stdout\n{out}\n--- stderr\n{r.stderr}"
     assert "SIGKILL" in out, out                              # the kill
@@ -85,7 +85,7 @@ def test_allreduce_demo_survives_kill_and_admits_a_peer() -> None:
 
 def test_allreduce_demo_reports_failure_with_exit_code_1() -> None:
     # A time limit too short to finish: the demo must fail cleanly, without claiming success.
-    r = _run(["-m", "pccl_py.demo", "--allreduce", "--time-limit", "0.5"], timeout=60)
+    r = _run(["-m", "pccl_py.tools.demo", "--allreduce", "--time-limit", "0.5"], timeout=60)
     assert r.returncode == 1, r.stdout
     assert "every result stayed correct" not in r.stdout, r.stdout
     assert "RESULT: FAILED" in r.stdout, r.stdout

@@ -1,4 +1,4 @@
-"""pccl_py.machine_stalls sees a stop of the whole process (SIGSTOP, as a hypervisor's steal would be),
+"""pccl_py.tools.machine_stalls sees a stop of the whole process (SIGSTOP, as a hypervisor's steal would be),
 and places it where it happened: the tests' wall-clock bounds and pccl-stress's stall limit rely on both."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pccl_py.__file__))
 
 _CHILD = """
 import json, sys, time
-from pccl_py.machine_stalls import StallMonitor
+from pccl_py.tools.machine_stalls import StallMonitor
 m = StallMonitor()
 print("ready", flush=True)
 windows = json.loads(sys.stdin.readline())  # sent once the parent has stopped and resumed this process

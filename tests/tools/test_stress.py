@@ -27,7 +27,7 @@ def _run(tmp_path, *args: str, env_extra: dict | None = None, timeout: float = 1
     root = os.path.dirname(os.path.dirname(os.path.abspath(pccl_py.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
     env.update(env_extra or {})
-    proc = subprocess.run([sys.executable, "-m", "pccl_py.stress", "--json", str(report), "--progress", "plain",
+    proc = subprocess.run([sys.executable, "-m", "pccl_py.tools.stress", "--json", str(report), "--progress", "plain",
                            "--log-dir", str(tmp_path / "logs"), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
     data = json.loads(report.read_text()) if report.exists() else {}
@@ -87,7 +87,7 @@ def test_overlapping_freezes_are_excused_beyond_the_first_detection():
     (so a real hang during churn still fails)."""
     from types import SimpleNamespace
 
-    from pccl_py.stress import _undetected_freeze_time
+    from pccl_py.tools.stress.cli import _undetected_freeze_time
 
     hb = 2.0
     chained = [SimpleNamespace(slot=1, stops=[[46.0, 48.4]]), SimpleNamespace(slot=2, stops=[[47.0, 49.1]]),
@@ -103,7 +103,7 @@ def test_overlapping_freezes_are_excused_beyond_the_first_detection():
     # silence from what the others last heard): back up 0.5 s after a kill 1.8 s into the freeze, it
     # still leaves the frozen member out hb after the freeze began. Only a master that is down, or
     # just back, when the freeze falls due delays it, to MASTER_REDIAL after it came back up.
-    from pccl_py.stress import MASTER_REDIAL
+    from pccl_py.tools.stress.cli import MASTER_REDIAL
 
     frozen = [SimpleNamespace(slot=1, stops=[[10.0, 15.0]])]
     assert abs(_undetected_freeze_time(frozen, 10.0, 20.0, hb, 0, [(11.0, 11.3)]) - 2.0) < 1e-9

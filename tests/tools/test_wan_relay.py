@@ -1,4 +1,4 @@
-"""The WAN emulator (pccl_py.wan, stress/wan_relay.py): bytes, delay, rate caps, and pccl through it.
+"""The WAN emulator (pccl_py.tools.wan, stress/wan_relay.py): bytes, delay, rate caps, and pccl through it.
 
 Every socket has a timeout and every thread is joined with a deadline, so a broken relay fails a
 test instead of hanging it. The relay runs in a thread of this process and is stopped by each test.
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import pccl_py
-from pccl_py.wan import WanProfile, WanRelay, parse_mapping, parse_wan
+from pccl_py.tools.wan import WanProfile, WanRelay, parse_mapping, parse_wan
 from support import REPO_ROOT
 
 _ROOT = REPO_ROOT
@@ -316,7 +316,7 @@ def test_bench_runs_through_the_wan(tmp_path):
     import json
 
     out = tmp_path / "b.json"
-    proc = subprocess.run([sys.executable, "-m", "pccl_py.bench", "--peers", "2", "--sizes", "64KiB", "--iters", "2",
+    proc = subprocess.run([sys.executable, "-m", "pccl_py.tools.bench", "--peers", "2", "--sizes", "64KiB", "--iters", "2",
                            "--warmup", "1", "--connections", "2", "--wan", "20,0,0", "--timeout", "20", "--quiet",
                            "--json", str(out)], capture_output=True, text=True, timeout=50, env=_bench_env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -327,7 +327,7 @@ def test_bench_runs_through_the_wan(tmp_path):
 
 
 def test_bench_rejects_wan_with_gloo():
-    proc = subprocess.run([sys.executable, "-m", "pccl_py.bench", "--wan", "50,100,1000", "--compare", "gloo"],
+    proc = subprocess.run([sys.executable, "-m", "pccl_py.tools.bench", "--wan", "50,100,1000", "--compare", "gloo"],
                           capture_output=True, text=True, timeout=30, env=_bench_env())
     assert proc.returncode == 2
     assert "--wan cannot be combined with --compare gloo" in proc.stderr

@@ -46,7 +46,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .._process import die_with_parent
+from ._process import die_with_parent
 
 ELEMENTS = 32_768            # 256 KiB of float64: above the 64 KiB STAR limit, so AUTO runs the ring
 OP_TIMEOUT = 10.0            # Communicator(timeout=): per all_reduce / update_topology

@@ -15,8 +15,8 @@ DILOCO_ALGOS = ("diloco", "async", "streaming")
 MODEL_SIZES = ("default", "small", "tiny")  # model.SIZES; not imported from there, which needs torch
 
 
-def _wan(text: str):  # noqa: ANN202 - a WanProfile; pccl_py.wan is pure Python and small
-    from pccl_py.wan import parse_wan  # noqa: PLC0415
+def _wan(text: str):  # noqa: ANN202 - a WanProfile; pccl_py.tools.wan is pure Python and small
+    from pccl_py.tools.wan import parse_wan  # noqa: PLC0415
 
     try:
         return parse_wan(text)
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                         "a newcomer that joins the running group")
     g.add_argument("--churn-every", type=float, default=20.0, help="mean seconds between kills (default %(default)s)")
     g.add_argument("--wan", metavar="RTT_MS,FLOW_MBIT,LINK_MBIT", type=_wan, default=None,
-                   help="route all peer traffic through the WAN emulator (pccl_py.wan), e.g. 50,100,1000")
+                   help="route all peer traffic through the WAN emulator (pccl_py.tools.wan), e.g. 50,100,1000")
     g.add_argument("--time-limit", type=float, default=1800.0,
                    help="seconds; at 80%% of it every peer is told to stop at the next sync boundary, and the run "
                         "fails if it has not ended by 1.2x (default %(default)s)")

@@ -4,7 +4,7 @@ Why this exists: comparing training algorithms needs many runs that differ in on
 each run needs real processes (a SIGKILL has to be a real SIGKILL) without leaving any behind. The
 launcher runs a ``pccl_py.Master`` in-process, starts the peers (``python -m
 pccl_py.tools.diloco_train.peer``), reads their JSON-line reports, kills and replaces peers under
-``--churn``, routes their traffic through :class:`pccl_py.wan.WanRelay` under ``--wan``, tells them
+``--churn``, routes their traffic through :class:`pccl_py.tools.wan.WanRelay` under ``--wan``, tells them
 when to stop, and writes the record (:mod:`.record`).
 
 The traps to avoid:
@@ -291,7 +291,7 @@ class Run:
 
             self.master = pccl_py.Master("127.0.0.1", 0).start()
         if a.wan is not None:
-            from pccl_py.wan import WanRelay  # noqa: PLC0415
+            from pccl_py.tools.wan import WanRelay  # noqa: PLC0415
 
             self.relay = WanRelay(a.wan).start()
         self.display.event(f"{a.peers} peers, --algo {a.algo}, master {self.master.address if self.master else '-'}"

@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..._process import die_with_parent  # noqa: PLC0415
+    from .._process import die_with_parent  # noqa: PLC0415
 
     die_with_parent(args.parent_pid)  # even a SIGKILLed launcher leaves no peer behind
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns our lifetime

@@ -2,7 +2,7 @@
 
 Why this exists: the unit tests each provoke one failure at a chosen moment. Real groups see
 failures at arbitrary moments, overlapping each other, for hours. This tool runs a master and
-``--peers`` worker processes (``pccl_py.stress_worker``) on localhost and, for ``--duration``
+``--peers`` worker processes (``pccl_py.tools.stress.worker``) on localhost and, for ``--duration``
 seconds, every 0.5-2 s does one of: spawn a peer, SIGKILL a peer, SIGSTOP a peer (SIGCONT later),
 ask a peer to leave gracefully, or kill -9 the master and restart it on the same port (peers ride
 it out with ``master_grace``; ``--no-master-restart`` leaves the master alone). The first events cover every kind once, in a seeded order; after that kinds are drawn
@@ -55,9 +55,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from .machine_stalls import StallMonitor
-from .stress_report import Progress, format_report
-from .stress_worker import MAX_SLOTS
+from ..machine_stalls import StallMonitor
+from .report import Progress, format_report
+from .worker import MAX_SLOTS
 
 EVENT_KINDS = ("spawn", "kill", "stop", "leave", "master_restart")
 EVENT_WEIGHTS = {"spawn": 3.0, "kill": 2.0, "stop": 1.0, "leave": 1.0, "master_restart": 0.5}
@@ -253,7 +253,7 @@ class Stress:
         a = self.args
         log_path = os.path.join(self.log_dir, f"worker{self.spawned:04d}-slot{slot}.log")
         self.spawned += 1
-        cmd = [sys.executable, "-m", "pccl_py.stress_worker", "--master", self.master.address, "--slot", str(slot),
+        cmd = [sys.executable, "-m", "pccl_py.tools.stress.worker", "--master", self.master.address, "--slot", str(slot),
                "--seed", str(a.seed), "--connections", str(a.connections), "--timeout", str(a.timeout),
                "--heartbeat-timeout", str(a.heartbeat_timeout), "--step-sleep", str(a.step_sleep),
                "--parent-pid", str(os.getpid()), "--log-level", a.log_level]

@@ -1,10 +1,10 @@
 """One peer of a ``pccl-stress`` run: a self-verifying training-like loop that reports over stdout.
 
-Why this exists: the stress orchestrator (``pccl_py.stress``) kills, freezes, adds and removes peers
+Why this exists: the stress orchestrator (``pccl_py.tools.stress``) kills, freezes, adds and removes peers
 at random; only the peers themselves can see whether every collective still returned exactly the
 right bits. So each peer runs a workload whose results prove who contributed, checks every result
 itself, and reports counters and findings to the orchestrator as JSON lines on stdout. It is a
-module of the package (``python -m pccl_py.stress_worker``) so that ``pccl-stress`` works after
+module of the package (``python -m pccl_py.tools.stress.worker``) so that ``pccl-stress`` works after
 ``pip install``.
 
 The loop, per step (every op is retried at once after PeerLostError or TimeoutError; the core
@@ -56,7 +56,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ._process import die_with_parent
+from .._process import die_with_parent
 
 SLOT_LANES = 8                      # membership lanes of 32 bits: slots 0..255
 MAX_SLOTS = SLOT_LANES * 32
@@ -490,7 +490,7 @@ def resources() -> dict:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pccl_py.stress_worker",
+    p = argparse.ArgumentParser(prog="python -m pccl_py.tools.stress.worker",
                                 description="One pccl-stress peer (started by pccl-stress, not by hand).")
     p.add_argument("--master", required=True)
     p.add_argument("--slot", type=int, required=True)

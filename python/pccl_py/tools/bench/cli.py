@@ -1,4 +1,4 @@
-"""All-reduce benchmark for pccl_py: ``python -m pccl_py.bench``.
+"""All-reduce benchmark for pccl_py: ``python -m pccl_py.tools.bench``.
 
 Why this exists: pccl_py trades some raw speed for fault tolerance (membership epochs, abortable
 ops, a master on the side), and that trade is only acceptable if we know what it costs. This CLI
@@ -10,7 +10,7 @@ the two is measured under identical conditions rather than guessed.
 Two ways to run it:
 
 * local (default): this process starts a master and ``--peers N`` worker processes
-  (``python -m pccl_py.bench --worker ...``) on 127.0.0.1, collects their results and prints them.
+  (``python -m pccl_py.tools.bench --worker ...``) on 127.0.0.1, collects their results and prints them.
 * joining (``--master host:port``): this process is one peer of a group of ``--world-size`` peers
   started the same way on other processes or machines (``--peers`` is ignored). Rank 0 prints.
 
@@ -30,7 +30,7 @@ other tenants as much as the backends. The input is all zeros and reduced in pla
 never overflow or become denormal and both backends do exactly the same arithmetic.
 
 WAN emulation (``--wan RTT_MS,FLOW_MBIT,LINK_MBIT``, local mode only): this process also runs a
-:class:`pccl_py.wan.WanRelay` in a thread. Each peer listens on a port chosen here and advertises a
+:class:`pccl_py.tools.wan.WanRelay` in a thread. Each peer listens on a port chosen here and advertises a
 relay port that forwards to it (``listen_port`` / ``advertise_address``), so every data connection
 between peers crosses the relay, which adds RTT/2 per direction, caps each connection at FLOW_MBIT
 (a window-limited TCP flow) and each peer's link at LINK_MBIT per direction. The report then also
@@ -61,9 +61,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bench_backends import (BenchError, GlooBackend, GlooP2PBackend, P2PBackend, PcclBackend, StateSyncBackend,
+from .backends import (BenchError, GlooBackend, GlooP2PBackend, P2PBackend, PcclBackend, StateSyncBackend,
                              time_ops, warm_up)
-from .bench_report import compare, fmt_size, format_report, write_plot
+from .report import compare, fmt_size, format_report, write_plot
 
 _DTYPES = ["float32", "float64", "float16", "int32", "int64", "int8", "uint8"]
 _DEFAULT_SIZES = [1024 * 4**i for i in range(10)]  # 1 KiB .. 256 MiB by 4x
@@ -311,7 +311,7 @@ def _set_parent_death_signal(parent_pid: int) -> None:
 
 def _worker_argv(args: argparse.Namespace, master: str, world: int, listen_port: int = 0,
                  advertise_address: Optional[str] = None) -> List[str]:
-    argv = [sys.executable, "-m", "pccl_py.bench", "--worker", "--master", master, "--world-size", str(world),
+    argv = [sys.executable, "-m", "pccl_py.tools.bench", "--worker", "--master", master, "--world-size", str(world),
             "--parent-pid", str(os.getpid()), "--sizes", ",".join(str(s) for s in args.sizes),
             "--dtype", args.dtype, "--iters", str(args.iters), "--warmup", str(args.warmup),
             "--connections", str(args.connections), "--algorithm", args.algorithm,
@@ -417,7 +417,7 @@ class _Progress:
 
 def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
     """Starts a master and args.peers workers, waits (boundedly) for their results."""
-    from .master import Master  # noqa: PLC0415
+    from ...master import Master  # noqa: PLC0415
 
     master = Master("127.0.0.1", 0).start()
     workers = _Workers()
@@ -491,7 +491,7 @@ def _free_port(host: str) -> int:
 
 def _start_relay(args: argparse.Namespace, master: Any, workers: "_Workers", env: Dict[str, str]) -> Any:
     """--wan: a relay in this process, one mapping per peer; each peer advertises its relay port."""
-    from .wan import WanRelay  # noqa: PLC0415
+    from ..wan import WanRelay  # noqa: PLC0415
 
     relay = WanRelay(args.wan).start()
     try:
@@ -529,7 +529,7 @@ def worker_main(args: argparse.Namespace) -> int:
 # command line
 # ------------------------------------------------------------------------------------------------
 def _wan_profile(text: str) -> Any:
-    from .wan import parse_wan  # noqa: PLC0415 - the relay module is small and pure Python
+    from ..wan import parse_wan  # noqa: PLC0415 - the relay module is small and pure Python
 
     try:
         return parse_wan(text)
@@ -539,9 +539,9 @@ def _wan_profile(text: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pccl_py.bench",
+        prog="python -m pccl_py.tools.bench",
         description="Benchmark pccl_py all-reduce over a sweep of sizes, optionally against torch.distributed gloo.",
-        epilog="Example: python -m pccl_py.bench --peers 4 --sizes 1KiB,1MiB,64MiB --compare gloo")
+        epilog="Example: python -m pccl_py.tools.bench --peers 4 --sizes 1KiB,1MiB,64MiB --compare gloo")
     p.add_argument("--peers", type=int, default=2, help="local peer processes to start (default 2)")
     p.add_argument("--master", metavar="HOST:PORT",
                    help="join this existing master as one peer instead (--peers is then ignored)")
@@ -578,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --master: address the other peers should dial instead (NAT, port forwarding, "
                         "a relay such as stress/wan_relay.py)")
     p.add_argument("--wan", metavar="RTT_MS,FLOW_MBIT,LINK_MBIT", type=_wan_profile, default=None,
-                   help="local mode: route all peer traffic through an emulated WAN (pccl_py.wan relay in this "
+                   help="local mode: route all peer traffic through an emulated WAN (pccl_py.tools.wan relay in this "
                         "process), e.g. 50,100,1000 = 50 ms RTT, 100 Mbit/s per connection, 1 Gbit/s per link "
                         "and direction (0 = unlimited); not with --compare")
     p.add_argument("--log-level", default="error", choices=["debug", "info", "warn", "error", "off"],

@@ -41,7 +41,7 @@ def _torch_available() -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--allreduce" in argv:
-        from .tools import allreduce_demo  # noqa: PLC0415
+        from . import allreduce_demo  # noqa: PLC0415
 
         argv.remove("--allreduce")
         return allreduce_demo.main(argv)
@@ -50,8 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               '    pip install "pccl_py[torch]"\n'
               "(pccl-demo --allreduce runs the all-reduce demo, which needs only numpy)", file=sys.stderr)
         return 2
-    from .tools.diloco_train import launcher, record  # noqa: PLC0415
-    from .tools.diloco_train.cli import validate  # noqa: PLC0415
+    from .diloco_train import launcher, record  # noqa: PLC0415
+    from .diloco_train.cli import validate  # noqa: PLC0415
 
     parser = launcher.build_parser(prog="pccl-demo")
     parser.description = ("4 local peers train a small character-level transformer with DiLoCo (q8) while a peer "

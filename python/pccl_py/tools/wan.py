@@ -38,7 +38,7 @@ with one ``sendmsg`` each, and timers are a heap, so the relay costs a few sysca
 carries well over 1 Gbit/s per direction on one core. Delays are accurate to about a millisecond
 (epoll's timeout resolution).
 
-Use it as a library (:class:`WanRelay`), through ``python -m pccl_py.bench --wan RTT,FLOW,LINK``,
+Use it as a library (:class:`WanRelay`), through ``python -m pccl_py.tools.bench --wan RTT,FLOW,LINK``,
 or from the command line: ``python stress/wan_relay.py --listen 127.0.0.1:9000=127.0.0.1:9001
 --rtt-ms 50 --flow-mbit 100 --link-mbit 1000``.
 """

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .stress import Stress
+    from .cli import Stress
 
 
 def _summary_line(s: Stress) -> str:
