@@ -21,8 +21,10 @@ def _reduce(c, peers, **kw):
     replies = c.all_reduce(peers, dtype="float32", count=100_000, seed=kw.pop("seed", 3), **kw)
     for r in replies:
         assert r["ok"], r
+        # Membership first: a member left out of the rebuilt group makes the others' sum differ from the
+        # expected one, which is not a wrong result.
+        assert r["world_size"] == len(peers), r
         assert r["correct"], r
-        assert r["world_size"] == len(peers)
     assert len({r["sha"] for r in replies}) == 1
     return replies
 

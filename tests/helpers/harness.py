@@ -1,21 +1,22 @@
 """Real processes for the multi-process tests: a master subprocess and command-driven peer workers.
 
-Every process started here is tracked by PID and killed in Cluster.close(), so a failing test never
-leaves peers behind. Every wait has a deadline.
+Built on pccl_py.tools.harness, the process harness the tools use too. Every process started here is
+tracked by PID and killed in Cluster.close(), so a failing test never leaves peers behind. Every wait
+has a deadline.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import queue
 import signal
-import subprocess
 import sys
-import threading
 import time
 from typing import Any, Iterable, Optional
+
+from pccl_py.tools.harness import Child, Children, package_env
+from pccl_py.tools.harness import MasterProcess as _MasterProcess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "worker.py")
@@ -23,101 +24,64 @@ _ids = itertools.count(1)
 
 
 def _env(extra: Optional[dict] = None) -> dict:
-    env = dict(os.environ)
+    env = package_env()
     env.setdefault("PCCL_LOG_LEVEL", "warn")
     env.update(extra or {})
     return env
 
 
-class MasterProcess:
-    """`python -m pccl_py.master` on a free loopback port."""
+class MasterProcess(_MasterProcess):
+    """`python -m pccl_py.master` on a free loopback port (its log level is info; peers default to warn)."""
 
     def __init__(self, port: int = 0, log_path: Optional[str] = None, args: Iterable[str] = (),
                  env: Optional[dict] = None) -> None:
-        self.log_path = log_path
-        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pccl_py.master", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info",
-             *args], stdout=subprocess.PIPE, stderr=log, env=_env(env), text=True)
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.kill()
-            raise RuntimeError(f"master did not start: {line!r}")
-        self.address = line.strip().rsplit(" ", 1)[-1]
-        self.port = int(self.address.rsplit(":", 1)[1])
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-        if sig in (signal.SIGKILL, signal.SIGTERM):
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        super().__init__(log_path=log_path, port=port, args=args, env=_env(env))
 
 
 class Peer:
-    """One worker process; call() sends a command and waits for its reply."""
+    """One worker process (tests/helpers/worker.py); call() sends a command and waits for its reply."""
 
-    def __init__(self, index: int, stderr_path: Optional[str] = None, env: Optional[dict] = None) -> None:
+    def __init__(self, index: int, children: Children, stderr_path: Optional[str] = None,
+                 env: Optional[dict] = None) -> None:
         self.index = index
-        err = open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, WORKER, str(index)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=err, env=_env(env), text=True, bufsize=1)
-        self._replies: "queue.Queue[dict]" = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._replies: "queue.Queue[tuple]" = queue.Queue()
+        self._child: Child = children.spawn([sys.executable, WORKER, str(index)], key=index, inbox=self._replies,
+                                            env=_env(env), log_path=stderr_path)
+        self.proc = self._child.proc
         self.peer_id = 0
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                self._replies.put(json.loads(line))
-            except json.JSONDecodeError:
-                pass
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self._child.pid
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self._child.alive()
 
     def send(self, cmd: str, **kwargs: Any) -> int:
         msg_id = next(_ids)
-        self.proc.stdin.write(json.dumps({"cmd": cmd, "id": msg_id, **kwargs}) + "\n")
-        self.proc.stdin.flush()
+        self._child.send({"cmd": cmd, "id": msg_id, **kwargs})
         return msg_id
 
     def recv(self, timeout: float = 60.0) -> dict:
         try:
-            return self._replies.get(timeout=timeout)
+            _, reply = self._replies.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"peer {self.index} (pid {self.pid}) gave no reply within {timeout} s") from None
+        if reply is None:  # end of its output: put it back so that every later recv sees it too
+            self._replies.put((self.index, None))
+            raise TimeoutError(f"peer {self.index} (pid {self.pid}) exited (code {self._child.exit_code}) "
+                               "before replying")
+        return reply
 
     def call(self, cmd: str, timeout: float = 60.0, **kwargs: Any) -> dict:
         self.send(cmd, **kwargs)
         return self.recv(timeout)
 
     def kill(self, sig: int = signal.SIGKILL) -> float:
-        """Sends sig; returns the time it was sent."""
-        t = time.time()
-        try:
-            os.kill(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        """Sends sig; returns the time it was sent (after SIGKILL the process is also reaped)."""
+        t = self._child.signal(sig)
         if sig == signal.SIGKILL:
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            self._child.wait(10.0)
         return t
 
 
@@ -127,6 +91,7 @@ class Cluster:
     def __init__(self, log_dir: Optional[str] = None, master_args: Iterable[str] = (),
                  master_env: Optional[dict] = None) -> None:
         self.log_dir = log_dir
+        self.children = Children()
         self.master = MasterProcess(log_path=self._log("master.log"), args=master_args, env=master_env)
         self.peers: list[Peer] = []
         self._next_index = 0
@@ -135,7 +100,7 @@ class Cluster:
         return os.path.join(self.log_dir, name) if self.log_dir else None
 
     def spawn(self, env: Optional[dict] = None) -> Peer:
-        p = Peer(self._next_index, stderr_path=self._log(f"peer{self._next_index}.log"), env=env)
+        p = Peer(self._next_index, self.children, stderr_path=self._log(f"peer{self._next_index}.log"), env=env)
         self._next_index += 1
         self.peers.append(p)
         return p
@@ -197,13 +162,7 @@ class Cluster:
         return [p.recv(timeout) for p in peers]
 
     def close(self) -> None:
-        for p in self.peers:
-            if p.alive():
-                try:
-                    p.proc.stdin.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                p.kill(signal.SIGKILL)
+        self.children.close()
         self.master.kill(signal.SIGKILL)
 
     def __enter__(self) -> "Cluster":

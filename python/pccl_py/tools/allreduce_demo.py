@@ -47,6 +47,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ._process import die_with_parent
+from .harness import Children
 
 ELEMENTS = 32_768            # 256 KiB of float64: above the 64 KiB STAR limit, so AUTO runs the ring
 OP_TIMEOUT = 10.0            # Communicator(timeout=): per all_reduce / update_topology
@@ -286,6 +287,7 @@ class Demo:
         self.master: Any = None
         self.address = ""
         self.peers: dict[int, PeerHandle] = {}   # every process ever started, by demo index
+        self.children = Children()
         self.members: list[int] = []             # indices the parent believes are members, sorted
         self.stats = Stats()
         self.deadline = time.monotonic() + args.time_limit
@@ -307,17 +309,15 @@ class Demo:
     def spawn(self, index: int) -> PeerHandle:
         """Starts `python -m pccl_py.tools.allreduce_demo --peer INDEX ...`, talking to us over one end of a socketpair."""
         ours, theirs = socket.socketpair()
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(x for x in (package_root, env.get("PYTHONPATH")) if x)
         cmd = [sys.executable, "-m", "pccl_py.tools.allreduce_demo", "--peer", str(index), "--fd", str(theirs.fileno()),
                "--master", self.address, "--seed", str(self.args.seed), "--log-level", self.args.log_level,
                "--parent-pid", str(os.getpid())]
         try:
-            # A session of its own: a Ctrl-C in the terminal reaches only this process, which then kills the
-            # peers itself. stdout stays ours alone; the core's log lines (stderr) are passed through.
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-                                    pass_fds=(theirs.fileno(),), start_new_session=True)
+            # The harness gives it a session of its own: a Ctrl-C in the terminal reaches only this process,
+            # which then kills the peers itself. stdout stays ours alone (the peer talks over the socket);
+            # the core's log lines (stderr) are passed through.
+            proc = self.children.spawn(cmd, key=index, inbox=None, stdin=False, capture_stdout=False,
+                                       pass_fds=(theirs.fileno(),)).proc
         except BaseException:
             ours.close()
             raise
@@ -533,13 +533,8 @@ class Demo:
 
     def kill_all(self) -> None:
         """SIGKILL, by PID, every peer process that has not exited; reap them; stop the master."""
+        self.children.close()
         for p in self.peers.values():
-            if p.alive():
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.reap(5.0)
             try:
                 p.conn.close()
             except OSError:

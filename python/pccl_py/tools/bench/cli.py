@@ -43,7 +43,6 @@ torch is imported only when ``--compare gloo`` is given, and only in the peer pr
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import json
 import math
@@ -61,6 +60,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._process import die_with_parent
+from ..harness import Children, package_env
 from .backends import (BenchError, GlooBackend, GlooP2PBackend, P2PBackend, PcclBackend, StateSyncBackend,
                              time_ops, warm_up)
 from .report import compare, fmt_size, format_report, write_plot
@@ -298,17 +299,6 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
 # ------------------------------------------------------------------------------------------------
 # local mode: a master in this process, N worker subprocesses
 # ------------------------------------------------------------------------------------------------
-def _set_parent_death_signal(parent_pid: int) -> None:
-    """Linux: die with the parent even if it is SIGKILLed and cannot clean up."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if parent_pid and os.getppid() != parent_pid:
-        os._exit(3)  # the parent died before prctl took effect
-
-
 def _worker_argv(args: argparse.Namespace, master: str, world: int, listen_port: int = 0,
                  advertise_address: Optional[str] = None) -> List[str]:
     argv = [sys.executable, "-m", "pccl_py.tools.bench", "--worker", "--master", master, "--world-size", str(world),
@@ -331,52 +321,24 @@ def _worker_argv(args: argparse.Namespace, master: str, world: int, listen_port:
     return argv
 
 
-class _Workers:
-    """The worker subprocesses; each is tracked by PID and killed in close()."""
+class _Workers(Children):
+    """The worker subprocesses, started and reaped by the harness; their reports arrive on ``events``."""
 
     def __init__(self) -> None:
-        self.procs: List[subprocess.Popen] = []
+        super().__init__()
         self.events: "queue.Queue[Tuple[int, Optional[Dict[str, Any]]]]" = queue.Queue()
 
-    def spawn(self, argv: List[str], env: Dict[str, str]) -> None:
-        index = len(self.procs)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None, env=env,
-                                text=True, bufsize=1)
-        self.procs.append(proc)
-        threading.Thread(target=self._read, args=(index, proc), daemon=True).start()
+    def spawn_worker(self, argv: List[str], env: Dict[str, str]) -> None:
+        index = len(self.all)
+        # Lines without the marker (a traceback, say) are passed on, labelled.
+        self.spawn(argv, key=index, inbox=self.events, env=env, stdin=False, marker=_MARK,
+                   on_other_line=lambda line: sys.stderr.write(f"[peer {index}] {line}"))
 
-    def _read(self, index: int, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith(_MARK):
-                try:
-                    self.events.put((index, json.loads(line[len(_MARK):])))
-                except json.JSONDecodeError:
-                    pass
-            else:
-                sys.stderr.write(f"[peer {index}] {line}")
-        self.events.put((index, None))  # EOF
-
-    def close(self) -> None:
-        alive = [p for p in self.procs if p.poll() is None]
-        for p in alive:
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 3.0
-        for p in alive:
-            try:
-                p.wait(timeout=max(0.05, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                try:
-                    p.wait(timeout=5.0)
-                except subprocess.TimeoutExpired:
-                    sys.stderr.write(f"pccl-bench: worker pid {p.pid} did not exit after SIGKILL\n")
+    def close(self, grace: float = 3.0) -> List[int]:
+        stuck = super().close(grace)
+        for pid in stuck:
+            sys.stderr.write(f"pccl-bench: worker pid {pid} did not exit after SIGKILL\n")
+        return stuck
 
 
 class _Progress:
@@ -422,10 +384,7 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
     master = Master("127.0.0.1", 0).start()
     workers = _Workers()
     relay = None
-    env = dict(os.environ)
-    # The workers must import this very copy of pccl_py.
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = package_env()  # the workers must import this very copy of pccl_py
     if args.compare == "gloo" and "GLOO_SOCKET_IFNAME" not in env and os.path.exists("/sys/class/net/lo"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # same loopback path as pccl's 127.0.0.1
     stall = 2 * args.timeout + 60  # no message from any worker for this long: give up
@@ -434,7 +393,7 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
             relay = _start_relay(args, master, workers, env)
         else:
             for _ in range(args.peers):
-                workers.spawn(_worker_argv(args, master.address, args.peers), env)
+                workers.spawn_worker(_worker_argv(args, master.address, args.peers), env)
         results: Dict[int, Dict[str, Any]] = {}
         finished: set = set()
         last = time.monotonic()
@@ -447,7 +406,7 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
                 continue
             last = time.monotonic()
             if ev is None:  # a worker's stdout closed: it is exiting
-                proc = workers.procs[index]
+                proc = workers.all[index].proc
                 try:
                     rc = proc.wait(timeout=30.0)
                 except subprocess.TimeoutExpired:
@@ -498,7 +457,7 @@ def _start_relay(args: argparse.Namespace, master: Any, workers: "_Workers", env
         for _ in range(args.peers):
             port = _free_port(args.listen_host)
             relay_host, relay_port = relay.add_mapping((args.listen_host, 0), (args.listen_host, port))
-            workers.spawn(_worker_argv(args, master.address, args.peers, port, f"{relay_host}:{relay_port}"), env)
+            workers.spawn_worker(_worker_argv(args, master.address, args.peers, port, f"{relay_host}:{relay_port}"), env)
     except BaseException:
         relay.stop()
         raise
@@ -507,8 +466,8 @@ def _start_relay(args: argparse.Namespace, master: Any, workers: "_Workers", env
 
 def worker_main(args: argparse.Namespace) -> int:
     """`--worker`: one peer, reporting to the parent over stdout."""
-    _set_parent_death_signal(args.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us by PID
+    die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it stops us by PID
     lock = threading.Lock()
 
     def emit(ev: Dict[str, Any]) -> None:

@@ -31,12 +31,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from ..harness import Child, Children, package_env
 from . import record
 from .display import Display
 from .peer import MARK, PROGRESS_EVERY
@@ -73,6 +73,7 @@ class PeerProc:
     final: dict = field(default_factory=dict)
     error: str = ""
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
+    child: Optional[Child] = None  # the harness' handle on proc
 
     @property
     def pid(self) -> int:
@@ -85,7 +86,8 @@ class Run:
         self.display = display
         self.rng = random.Random(args.seed)
         self.t0 = time.monotonic()
-        self.events: "queue.Queue[tuple[int, dict]]" = queue.Queue()
+        self.events: "queue.Queue[tuple[int, Optional[dict]]]" = queue.Queue()  # None: that peer's output ended
+        self.children = Children()
         self.peers: list[PeerProc] = []
         self.churn_events: list[dict] = []
         self.problems: list[str] = []
@@ -126,50 +128,24 @@ class Run:
             port = _free_port()
             host, relay_port = self.relay.add_mapping(("127.0.0.1", 0), ("127.0.0.1", port))
             argv += ["--listen-port", str(port), "--advertise-address", f"{host}:{relay_port}"]
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join(x for x in (package_root, env.get("PYTHONPATH")) if x)
-        # A session of its own: a Ctrl-C in the terminal reaches only the launcher, which kills the peers.
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, bufsize=1, env=env, start_new_session=True)
-        p = PeerProc(len(self.peers), slot, role, proc, self.now())
+        env = package_env({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        # The harness starts it in a session of its own: a Ctrl-C in the terminal reaches only the
+        # launcher, which kills the peers.
+        index = len(self.peers)
+        tail: deque = deque(maxlen=40)
+        child = self.children.spawn(argv, key=index, inbox=self.events, env=env, marker=MARK,
+                                    on_stderr_line=lambda line: tail.append(line.rstrip()))
+        p = PeerProc(index, slot, role, child.proc, self.now(), stderr_tail=tail, child=child)
         self.peers.append(p)
-        threading.Thread(target=self._read_stdout, args=(p,), daemon=True).start()
-        threading.Thread(target=self._read_stderr, args=(p,), daemon=True).start()
         return p
 
-    def _read_stdout(self, p: PeerProc) -> None:
-        assert p.proc.stdout is not None
-        for line in p.proc.stdout:
-            if line.startswith(MARK):
-                try:
-                    self.events.put((p.index, json.loads(line[len(MARK):])))
-                except ValueError:
-                    pass
-        self.events.put((p.index, {"event": "_eof"}))
-
-    def _read_stderr(self, p: PeerProc) -> None:
-        assert p.proc.stderr is not None
-        for line in p.proc.stderr:
-            p.stderr_tail.append(line.rstrip())
-
     def tell(self, p: PeerProc, msg: dict) -> None:
-        try:
-            assert p.proc.stdin is not None
-            p.proc.stdin.write(json.dumps(msg) + "\n")
-            p.proc.stdin.flush()
-        except (OSError, ValueError):
-            pass  # it died meanwhile; its end is reported by its stdout reader
+        assert p.child is not None
+        p.child.send(msg)  # False if it died meanwhile; its end is reported by its stdout reader
 
     def kill(self, p: PeerProc) -> None:
-        if p.proc.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            p.proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
+        assert p.child is not None
+        if not p.child.kill(timeout=5.0):
             self.problems.append(f"slot {p.slot} (pid {p.pid}) did not die after SIGKILL")
 
     # -- events from peers ---------------------------------------------------------------------------
@@ -230,10 +206,10 @@ class Run:
         until = time.monotonic() + wait
         try:
             index, ev = self.events.get(timeout=wait)
-            self.handle(self.peers[index], ev)
+            self.handle(self.peers[index], ev or {"event": "_eof"})
             while time.monotonic() < until:
                 index, ev = self.events.get_nowait()
-                self.handle(self.peers[index], ev)
+                self.handle(self.peers[index], ev or {"event": "_eof"})
         except queue.Empty:
             pass
 
@@ -319,14 +295,8 @@ class Run:
 
     def cleanup(self) -> None:
         """SIGKILL and reap, by PID, every peer still running; stop the relay and the master. Never raises."""
-        for p in self.peers:
-            self.kill(p)
-            for stream in (p.proc.stdin, p.proc.stdout, p.proc.stderr):
-                try:
-                    if stream is not None:
-                        stream.close()
-                except OSError:
-                    pass
+        for pid in self.children.close():
+            self.problems.append(f"pid {pid} did not die after SIGKILL")
         for thing in (self.relay, self.master):
             if thing is not None:
                 try:

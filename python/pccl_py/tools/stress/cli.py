@@ -49,12 +49,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from ..harness import Children, MasterProcess
 from ..machine_stalls import StallMonitor
 from .report import Progress, format_report
 from .worker import MAX_SLOTS
@@ -69,14 +69,6 @@ MASTER_REDIAL = 0.5
 
 def _now() -> float:
     return time.monotonic()
-
-
-def _package_env() -> dict:
-    """Our environment, with this package importable by children even when it is not installed."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
-    return env
 
 
 @dataclass
@@ -114,45 +106,6 @@ class WorkerProc:
             os.kill(self.pid, sig)
         except ProcessLookupError:
             pass
-
-
-class MasterProc:
-    """``python -m pccl_py.master`` on loopback; restartable on the same port."""
-
-    def __init__(self, log_path: str, port: int = 0) -> None:
-        self.log_path = log_path
-        self.port = port
-        self.proc: Optional[subprocess.Popen] = None
-        self.start()
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pccl_py.master", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--log-level", "info"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                env=_package_env(), text=True, start_new_session=True)
-        # A restart may race the old socket's release; the core binds with SO_REUSEADDR, so one try
-        # normally suffices, but a bounded wait on the first line keeps a failure visible.
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.kill()
-            raise RuntimeError(f"the master did not start (see {self.log_path}): {line!r}")
-        self.address = line.strip().rsplit(" ", 1)[-1]
-        self.port = int(self.address.rsplit(":", 1)[1])
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 @dataclass
@@ -218,11 +171,13 @@ class Stress:
         self.rng.shuffle(self.cover)
         self.log_dir = args.log_dir or tempfile.mkdtemp(prefix="pccl-stress-")
         os.makedirs(self.log_dir, exist_ok=True)
-        self.master: Optional[MasterProc] = None
+        self.master: Optional[MasterProcess] = None
+        self.children = Children()
+        self._by_key: dict[int, WorkerProc] = {}  # the harness' key of a worker (its spawn number) -> it
         self.workers: dict[int, WorkerProc] = {}     # live or not yet reaped, by slot
         self.finished: list[WorkerProc] = []          # reaped
         self.free_slots: deque = deque(range(MAX_SLOTS))  # FIFO: a freed slot is reused as late as possible
-        self.inbox: "queue.Queue[tuple[WorkerProc, Optional[dict]]]" = queue.Queue()
+        self.inbox: "queue.Queue[tuple[int, Optional[dict]]]" = queue.Queue()
         self.events: list[Event] = []
         self.counts: Counter = Counter()
         self.skipped = 0
@@ -251,49 +206,35 @@ class Stress:
     def spawn(self) -> WorkerProc:
         slot = self.free_slots.popleft()
         a = self.args
-        log_path = os.path.join(self.log_dir, f"worker{self.spawned:04d}-slot{slot}.log")
         self.spawned += 1
+        log_path = os.path.join(self.log_dir, f"worker{self.spawned - 1:04d}-slot{slot}.log")
         cmd = [sys.executable, "-m", "pccl_py.tools.stress.worker", "--master", self.master.address, "--slot", str(slot),
                "--seed", str(a.seed), "--connections", str(a.connections), "--timeout", str(a.timeout),
                "--heartbeat-timeout", str(a.heartbeat_timeout), "--step-sleep", str(a.step_sleep),
                "--parent-pid", str(os.getpid()), "--log-level", a.log_level]
         if a.master_restart:
             cmd += ["--master-restart", "--master-grace", str(a.master_grace)]
-        with open(log_path, "ab") as log:
-            # A session of its own: a Ctrl-C in the terminal reaches only us, and we kill the workers.
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                    env=_package_env(), text=True, bufsize=1, start_new_session=True)
-        w = WorkerProc(slot, proc, log_path, _now())
+        # The harness starts it in a session of its own: a Ctrl-C in the terminal reaches only us, and we
+        # kill the workers.
+        child = self.children.spawn(cmd, key=self.spawned, inbox=self.inbox, log_path=log_path, stdin=False)
+        w = WorkerProc(slot, child.proc, log_path, _now())
         self.workers[slot] = w
-        threading.Thread(target=self._read, args=(w,), name=f"reader-{slot}", daemon=True).start()
+        self._by_key[self.spawned] = w
         return w
-
-    def _read(self, w: WorkerProc) -> None:
-        assert w.proc.stdout is not None
-        for line in w.proc.stdout:
-            try:
-                self.inbox.put((w, json.loads(line)))
-            except json.JSONDecodeError:
-                pass
-        self.inbox.put((w, None))
 
     def kill_all(self) -> None:
         """SIGKILL and reap, by PID, every process this run started. Never raises."""
-        for w in list(self.workers.values()):
-            if w.alive():
-                w.expected_exit = True
-                w.signal(signal.SIGKILL)
-            try:
-                w.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.notes.append(f"could not reap worker slot {w.slot} (pid {w.pid})")
+        for w in self.workers.values():
+            w.expected_exit = True
+        for pid in self.children.close():
+            self.notes.append(f"could not reap worker pid {pid}")
         if self.master is not None:
             self.master.kill()
 
     def leftovers(self) -> list[int]:
         pids = [w.pid for w in self.workers.values() if w.alive()]
         if self.master is not None and self.master.alive():
-            pids.append(self.master.proc.pid)
+            pids.append(self.master.pid)
         return pids
 
     # -- messages ---------------------------------------------------------------------------------
@@ -301,10 +242,10 @@ class Stress:
         deadline = _now() + timeout
         while True:
             try:
-                w, msg = self.inbox.get(timeout=max(0.0, deadline - _now()))
+                key, msg = self.inbox.get(timeout=max(0.0, deadline - _now()))
             except queue.Empty:
                 return
-            self.handle(w, msg)
+            self.handle(self._by_key[key], msg)
             if timeout and _now() >= deadline:
                 timeout = 0.0
                 deadline = _now()
@@ -431,7 +372,7 @@ class Stress:
             assert self.master is not None
             self.master.kill()
             time.sleep(0.2)
-            self.master.start()
+            self.master.start()  # on the same port
             e.t_end = _now()  # back up: a new master's rebuild window starts about now
         self.events.append(e)
         self.counts[kind] += 1
@@ -461,7 +402,7 @@ class Stress:
     # -- run --------------------------------------------------------------------------------------
     def run(self, progress: "Progress") -> None:
         a = self.args
-        self.master = MasterProc(os.path.join(self.log_dir, "master.log"))
+        self.master = MasterProcess(os.path.join(self.log_dir, "master.log"))
         for _ in range(a.peers):
             self.spawn()
         # Let the initial group form before the churn starts, so the schedule's first events hit members.
