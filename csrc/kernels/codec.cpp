@@ -385,7 +385,16 @@ void decode_reduce_typed(Quant q, const uint8_t* wire, size_t n, const void* min
         case Quant::kQ4: return decode_reduce_q4<T, OP>(wire, n, m, o);
         case Quant::kFp16: return decode_reduce_16<T, OP, false>(wire, n, m, o);
         case Quant::kBf16: return decode_reduce_16<T, OP, true>(wire, n, m, o);
-        default: break;
+        case Quant::kNone:
+            // Not on the collectives' path (they reduce unquantized payloads in place), but total, so
+            // that no caller gets silently untouched output.
+            for (size_t i = 0; i < n; ++i) {
+                T v;
+                std::memcpy(&v, wire + i * sizeof(T), sizeof(T));
+                o[i] = combine<T, OP>(v, m[i]);
+            }
+            return;
+        case Quant::kCount: break;
     }
 }
 
