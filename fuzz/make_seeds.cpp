@@ -224,6 +224,45 @@ void control_auth() {
     write("fuzz_control_auth", "refused", r);
 }
 
+// fuzz_master: flags (1: authenticate, 2: the harness's HELLO for group u8), then frames.
+void master() {
+    auto cat = [](std::vector<uint8_t> a, const std::vector<uint8_t>& b) {
+        a.insert(a.end(), b.begin(), b.end());
+        return a;
+    };
+    std::vector<uint8_t> member_msgs;
+    member_msgs = cat(member_msgs, encode_empty(MsgType::kHeartbeat));
+    member_msgs = cat(member_msgs, encode_vote(Vote{1, 1000}));
+    Status st;
+    st.epoch = 1;
+    st.ops = {OpReport{0, 1, OpProgress::kDataDone, 0}};
+    st.tags = {TagReport{0, 1, 0}};
+    member_msgs = cat(member_msgs, encode_status(st));
+    member_msgs = cat(member_msgs, encode_failure(Failure{1, FailureKind::kTimeout, 0}));
+    member_msgs = cat(member_msgs, encode_empty(MsgType::kLeave));
+    write("fuzz_master", "member-messages", cat({3, 1}, member_msgs));
+
+    Hello h;
+    h.group = 2;
+    h.host = "127.0.0.1";
+    h.port = 40001;
+    Rejoin rj;
+    rj.hello = h;
+    rj.peer_id = 77;
+    rj.epoch = 5;
+    rj.members = {MemberInfo{77, "127.0.0.1", 40001, 1}, MemberInfo{78, "127.0.0.1", 40002, 1}};
+    rj.heard = {LastHeard{78, 200, 0}};
+    auto frame = encode_rejoin(rj);
+    Output o;
+    o.put<uint8_t>(1).put<uint16_t>(static_cast<uint16_t>(frame.size() - 4)).raw(frame.data() + 4, frame.size() - 4);
+    o.raw(encode_empty(MsgType::kHeartbeat).data(), 5);
+    write("fuzz_master", "rejoin", o.buf);
+
+    AuthHello ah;
+    ah.has_secret = 1;
+    write("fuzz_master", "outsider", cat({0}, cat(encode_auth_hello(ah), encode_hello(h))));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -238,5 +277,6 @@ int main(int argc, char** argv) {
     mesh_handshake();
     op_router();
     control_auth();
+    master();
     return 0;
 }

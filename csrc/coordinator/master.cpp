@@ -152,6 +152,9 @@ void Master::accept_new() {
         if (fd < 0) return;
         set_nodelay(fd);
         auto p = std::make_unique<Peer>();
+        // Skips ids in use: a REJOIN may claim one from this range (found by fuzz_master: the entry of
+        // a member was replaced, and the group's next recovery dereferenced the missing peer).
+        while (peers_.count(next_conn_id_)) ++next_conn_id_;
         p->id = next_conn_id_++;
         p->fd = Fd(fd);
         p->remote = peer_ip(fd);
