@@ -251,3 +251,37 @@ def test_rejoin_with_an_id_from_the_connection_range(cluster):
     time.sleep(0.5)
     assert cluster.master.proc.poll() is None, f"the master died; log tail:\n{read_text(cluster.master.log_path)[-2000:]}"
     still_serving(cluster, join(cluster, 2, COMM))
+
+
+def test_rejoin_claim_of_a_dead_claimant_is_not_honoured_for_another_peer(cluster):
+    """Found by the fuzz target fuzz_master (docs/fuzzing.md): a claimant that rejoined a rebuilding
+    group and then died left its claim behind; a peer of another group that later took the same id
+    (free again once the claimant was gone) was counted back for the first group when its window
+    closed. Its loss then removed it from its own group only, and the first group's next recovery
+    dereferenced the missing member: the master crashed (null Peer in finish_recovery). A claim now
+    goes with its claimant."""
+    port = cluster.master.port
+    log = lambda: read_text(cluster.master.log_path)  # noqa: E731
+    a = auth_socket(port, rejoin_frame(92, 1001, [1001, 1002], hb_ms=3000))
+    assert [t for t, _ in recv_frames(a, 1)][:1] == [2]
+    a.close()  # the claimant of 1001 in group 92 dies during the rebuild window
+    wait_for(lambda: "peer 1001 lost from group 92" in log(), 5.0, what="the claimant's loss")
+    b = auth_socket(port, rejoin_frame(93, 1001, [1001]))  # id 1001 is free again: group 93 takes it
+    c = auth_socket(port, rejoin_frame(92, 1002, [1001, 1002], hb_ms=3000))
+    try:
+        for s in (b, c):
+            assert [t for t, _ in recv_frames(s, 1)][:1] == [2]
+        try:
+            wait_for(lambda: "group 93 rebuilt" in log() and "group 92 rebuilt" in log(), 15.0, what="both rebuilds")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; log tail:\n{log()[-2000:]}") from None
+        assert "group 92 rebuilt at epoch 3 with members [1002]" in log(), (
+            "group 92 counted peer 1001 of group 93 as its own member:\n" + log()[-2000:])
+    finally:
+        b.close()
+        time.sleep(0.3)
+        c.close()  # group 92's recovery (before the fix, over the missing 1001)
+    wait_for(lambda: "peer 1002 lost from group 92" in log(), 5.0, what="the last member's loss")
+    time.sleep(2.5)  # a recovery waits at least 1 s for members that do not answer
+    assert cluster.master.proc.poll() is None, f"the master died; log tail:\n{log()[-2000:]}"
+    still_serving(cluster, join(cluster, 2, COMM))

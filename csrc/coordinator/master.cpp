@@ -445,6 +445,10 @@ void Master::remove_member(Group& g, uint64_t id) {
     g.voters.erase(id);
     g.awaiting.erase(id);
     g.statuses.erase(id);
+    // A claim goes with its claimant: once it is gone its id is free, and a peer that takes the id later
+    // (in another group, say) must not be counted back for this one (found by fuzz_master: that peer's
+    // loss then left a member without a peer here, and the next recovery crashed the master).
+    g.claims.erase(id);
 }
 
 void Master::drop(Peer& p, const std::string& reason, bool graceful) {
