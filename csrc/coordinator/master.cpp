@@ -152,6 +152,9 @@ void Master::accept_new() {
         if (fd < 0) return;
         set_nodelay(fd);
         auto p = std::make_unique<Peer>();
+        // Skips ids in use: a REJOIN may claim one from this range (found by fuzz_master: the entry of
+        // a member was replaced, and the group's next recovery dereferenced the missing peer).
+        while (peers_.count(next_conn_id_)) ++next_conn_id_;
         p->id = next_conn_id_++;
         p->fd = Fd(fd);
         p->remote = peer_ip(fd);
@@ -442,6 +445,10 @@ void Master::remove_member(Group& g, uint64_t id) {
     g.voters.erase(id);
     g.awaiting.erase(id);
     g.statuses.erase(id);
+    // A claim goes with its claimant: once it is gone its id is free, and a peer that takes the id later
+    // (in another group, say) must not be counted back for this one (found by fuzz_master: that peer's
+    // loss then left a member without a peer here, and the next recovery crashed the master).
+    g.claims.erase(id);
 }
 
 void Master::drop(Peer& p, const std::string& reason, bool graceful) {

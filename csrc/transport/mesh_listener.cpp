@@ -7,6 +7,7 @@
 
 #include "common/log.hpp"
 #include "common/thread_name.hpp"
+#include "transport/mesh_handshake.hpp"
 
 namespace pccl {
 namespace {
@@ -171,13 +172,9 @@ void MeshListener::loop() {
                 std::memcpy(&h, p.buf, sizeof h);
                 // Members may dial a newcomer before it has read its own welcome: a handshake waits
                 // (within its deadline) until this peer knows its id.
-                if (h.magic != kHandshakeMagic) reject = "bad handshake magic (not a pccl_py peer)";
-                else if (h.version != kHandshakeVersion) reject = "unsupported protocol version";
-                else if (peer_id_ == 0) waiting_for_identity = true;
-                else if (h.group != group_) reject = "wrong peer group";
-                else if (h.to_peer != peer_id_) reject = "handshake addressed to another peer";
-                else if (h.conn_index >= 64) reject = "connection index out of range";
-                else if (h.epoch < min_epoch_) reject = "stale epoch";
+                const HandshakeCheck check = check_handshake_fields(h, group_, peer_id_, min_epoch_);
+                if (check.reject) reject = check.reject;
+                else if (check.wait_for_identity) waiting_for_identity = true;
                 else if (p.got < kHandshakeBytes) {
                     // the fields are fine; wait for the proof
                 } else if (parked_.size() >= kMaxParked) {

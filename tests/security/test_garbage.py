@@ -204,3 +204,84 @@ def test_peer_listener_drops_far_future_handshake(cluster):
     finally:
         s.close()
     still_serving(cluster, members)
+
+
+def rejoin_frame(group: int, peer_id: int, members: list[int], hb_ms: int = 10_000) -> bytes:
+    """A well-formed REJOIN (messages.cpp, encode_rejoin): `peer_id` was a member of `members` in epoch 3."""
+    def member(pid: int, port: int) -> bytes:
+        h = b"127.0.0.1"
+        return struct.pack("<QH", pid, len(h)) + h + struct.pack("<HH", port, 1)
+    body = hello_body(group=group, hb_ms=hb_ms, port=40000 + members.index(peer_id))
+    body += struct.pack("<QQBI", peer_id, 3, 1, len(members))
+    body += b"".join(member(m, 40000 + i) for i, m in enumerate(members)) + struct.pack("<I", 0)
+    return frame(14, body)
+
+
+def test_rejoin_with_an_id_from_the_connection_range(cluster):
+    """Found by the fuzz target fuzz_master (docs/fuzzing.md; the master there had seen 118,000
+    connections, so its last input, fuzz/corpus/fuzz_master/crash-connection-id-collision, does not
+    reproduce it alone; this test does): a REJOIN claiming an id from the range the master numbers fresh
+    connections by (from 2^62) was taken back, and the connection that later drew the same number
+    replaced the member's entry: the member's connection was closed for nothing, and once that
+    connection went too, the group's next recovery dereferenced the missing member and the master
+    crashed (null Peer in finish_recovery). Fresh connections now skip every id in use."""
+    port = cluster.master.port
+    claimed = (1 << 62) + 40  # the 41st connection's number
+    a = auth_socket(port, rejoin_frame(91, claimed, [claimed, 7]))
+    m = auth_socket(port, rejoin_frame(91, 7, [claimed, 7]))
+    try:
+        for name, s in (("claimant", a), ("other member", m)):
+            types = [t for t, _ in recv_frames(s, 1)]
+            assert types[:1] == [2], f"{name}: expected a welcome first, got types {types}"
+        wait_for(lambda: "group 91 rebuilt at epoch 3" in read_text(cluster.master.log_path), 5.0, what="the rebuild")
+        for _ in range(60):  # connections numbered past the claimed id, each closed at once
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        closed, _ = wait_closed(a, time.time() + 1.0)
+        assert not closed, "a connection that drew the member's id closed the member's own connection"
+        m.close()  # the group recovers without it: the claimant is asked for its ops' state
+        got = [t for t, _ in recv_frames(a, 2, timeout=5.0)]
+        assert 8 in got, f"the remaining member got no RECOVER after the other one left (types {got})"
+    finally:
+        a.close()
+        m.close()
+    # The claimant's close ends the recovery (before the fix, finishing it dereferenced the missing
+    # member); the master must live on and serve.
+    wait_for(lambda: f"peer {claimed} lost from group 91" in read_text(cluster.master.log_path), 5.0,
+             what="the claimant's loss")
+    time.sleep(0.5)
+    assert cluster.master.proc.poll() is None, f"the master died; log tail:\n{read_text(cluster.master.log_path)[-2000:]}"
+    still_serving(cluster, join(cluster, 2, COMM))
+
+
+def test_rejoin_claim_of_a_dead_claimant_is_not_honoured_for_another_peer(cluster):
+    """Found by the fuzz target fuzz_master (docs/fuzzing.md): a claimant that rejoined a rebuilding
+    group and then died left its claim behind; a peer of another group that later took the same id
+    (free again once the claimant was gone) was counted back for the first group when its window
+    closed. Its loss then removed it from its own group only, and the first group's next recovery
+    dereferenced the missing member: the master crashed (null Peer in finish_recovery). A claim now
+    goes with its claimant."""
+    port = cluster.master.port
+    log = lambda: read_text(cluster.master.log_path)  # noqa: E731
+    a = auth_socket(port, rejoin_frame(92, 1001, [1001, 1002], hb_ms=3000))
+    assert [t for t, _ in recv_frames(a, 1)][:1] == [2]
+    a.close()  # the claimant of 1001 in group 92 dies during the rebuild window
+    wait_for(lambda: "peer 1001 lost from group 92" in log(), 5.0, what="the claimant's loss")
+    b = auth_socket(port, rejoin_frame(93, 1001, [1001]))  # id 1001 is free again: group 93 takes it
+    c = auth_socket(port, rejoin_frame(92, 1002, [1001, 1002], hb_ms=3000))
+    try:
+        for s in (b, c):
+            assert [t for t, _ in recv_frames(s, 1)][:1] == [2]
+        try:
+            wait_for(lambda: "group 93 rebuilt" in log() and "group 92 rebuilt" in log(), 15.0, what="both rebuilds")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; log tail:\n{log()[-2000:]}") from None
+        assert "group 92 rebuilt at epoch 3 with members [1002]" in log(), (
+            "group 92 counted peer 1001 of group 93 as its own member:\n" + log()[-2000:])
+    finally:
+        b.close()
+        time.sleep(0.3)
+        c.close()  # group 92's recovery (before the fix, over the missing 1001)
+    wait_for(lambda: "peer 1002 lost from group 92" in log(), 5.0, what="the last member's loss")
+    time.sleep(2.5)  # a recovery waits at least 1 s for members that do not answer
+    assert cluster.master.proc.poll() is None, f"the master died; log tail:\n{log()[-2000:]}"
+    still_serving(cluster, join(cluster, 2, COMM))
