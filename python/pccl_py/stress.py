@@ -670,6 +670,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="where the master's and workers' logs and timeline.log go (default: a temp dir)")
     p.add_argument("--log-level", default="error", choices=["debug", "info", "warn", "error", "off"],
                    help="peers' core log level into their logs (default error)")
+    p.add_argument("--encryption", choices=["none", "tls"], default=None,
+                   help="encrypt every connection (tls; keyed by $PCCL_SECRET, or a secret made for the run); "
+                        "default: $PCCL_ENCRYPTION, else none")
     a = p.parse_args(argv)
     if a.peers < 3:
         p.error("--peers must be at least 3 (events never leave fewer than 2 running members)")
@@ -680,6 +683,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.encryption is not None:
+        # The master and the workers read both from the environment they inherit (_package_env).
+        os.environ["PCCL_ENCRYPTION"] = args.encryption
+    if os.environ.get("PCCL_ENCRYPTION", "").strip().lower() == "tls" and not os.environ.get("PCCL_SECRET"):
+        from .secret import generate_secret  # noqa: PLC0415
+
+        os.environ["PCCL_SECRET"] = generate_secret()
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise _Terminated()
