@@ -42,6 +42,22 @@ struct TlsBio {
     static int write(BIO* b, const char* data, int len) {
         TlsSession* s = self(b);
         BIO_clear_retry_flags(b);
+        if (!s->out_.empty()) {  // coalescing: collect the record, send when the buffer is full
+            const size_t n = static_cast<size_t>(len);
+            if (s->out_len_ + n > s->out_.size() && s->flush_locked() < 0) return -1;
+            if (s->out_sent_ > 0) {  // a partial send: move the rest to the front
+                std::memmove(s->out_.data(), s->out_.data() + s->out_sent_, s->out_len_ - s->out_sent_);
+                s->out_len_ -= s->out_sent_;
+                s->out_sent_ = 0;
+            }
+            if (s->out_len_ + n > s->out_.size()) {
+                BIO_set_retry_write(b);
+                return -1;
+            }
+            std::memcpy(s->out_.data() + s->out_len_, data, n);
+            s->out_len_ += n;
+            return len;
+        }
         ssize_t n = ::send(s->fd_, data, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n >= 0) return static_cast<int>(n);
         s->sys_errno_ = errno;
@@ -57,7 +73,15 @@ struct TlsBio {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) BIO_set_retry_read(b);
         return -1;
     }
-    static long ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
+    static long ctrl(BIO* b, int cmd, long, void*) {
+        if (cmd != BIO_CTRL_FLUSH) return 0;
+        BIO_clear_retry_flags(b);
+        TlsSession* s = self(b);
+        if (s->out_.empty()) return 1;
+        int rc = s->flush_locked();
+        if (rc == 0) BIO_set_retry_write(b);
+        return rc > 0 ? 1 : 0;  // handshake flights wait for the socket like a short write
+    }
     static int create(BIO* b) {
         BIO_set_init(b, 1);
         return 1;
@@ -245,6 +269,38 @@ int TlsSession::handshake() {
         return -1;
     }
     return errno == EAGAIN ? 0 : -1;
+}
+
+void TlsSession::coalesce_output(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (out_len_ == out_sent_) {
+        out_.assign(bytes, 0);
+        out_len_ = out_sent_ = 0;
+    }
+}
+
+int TlsSession::flush_locked() {
+    while (out_sent_ < out_len_) {
+        ssize_t n = ::send(fd_, out_.data() + out_sent_, out_len_ - out_sent_, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            out_sent_ += static_cast<size_t>(n);
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            want_write_ = true;
+            return 0;
+        }
+        sys_errno_ = errno;
+        error_ = std::string("send: ") + std::strerror(errno);
+        return -1;
+    }
+    out_len_ = out_sent_ = 0;
+    return 1;
+}
+
+int TlsSession::flush() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return flush_locked();
 }
 
 bool Link::wait(TimePoint deadline) {
