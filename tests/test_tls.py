@@ -25,7 +25,7 @@ import pytest
 
 import pccl_py
 from fault_helpers import join, read_text, wait_for
-from harness import Cluster
+from harness import Cluster, MasterProcess
 from support import assert_within, new_comm, run_concurrently, wait_until
 
 SECRET = "tls test secret, not a real one"
@@ -132,6 +132,24 @@ def test_wrong_secret_under_tls_is_refused_at_once(tmp_path):
         wait_for(lambda: "wrong job secret" in read_text(cluster.master.log_path), 3.0, what="log line")
         res = cluster.all_reduce(members, seed=2, dtype="float32", count=10_000)
         assert all(x["ok"] and x["correct"] for x in res), res
+
+
+def test_members_rejoin_a_restarted_tls_master(tmp_path):
+    """The rejoin after a master restart runs over TLS too: members keep all-reducing while the master
+    is away and are taken back by a TLS master restarted at the same address."""
+    with _cluster(tmp_path, encrypted=True) as c:
+        members = join(c, 2, dict(TLS, master_grace=8.0, heartbeat_timeout=2.0))
+        ids = sorted(m.peer_id for m in members)
+        port = c.master.port
+        c.master.kill()
+        time.sleep(0.3)
+        c.master = MasterProcess(port=port, log_path=c._log("master2.log"),
+                                 args=["--secret-file", str(tmp_path / "job.secret"), "--encryption", "tls"])
+        wait_for(lambda: read_text(c.master.log_path).count("rejoined group") >= 2, 10.0, what="both rejoins")
+        res = c.all_reduce(members, seed=21, dtype="float32", count=50_000)
+        assert all(r["ok"] and r["correct"] and r["world_size"] == 2 for r in res), res
+        assert sorted(m.call("state")["peer_id"] for m in members) == ids
+        assert "refused" not in read_text(c.master.log_path)
 
 
 def test_tls_without_a_secret_is_refused_before_connecting(monkeypatch):
@@ -270,3 +288,62 @@ def test_bytes_on_the_wire_are_not_the_plaintext():
         assert doubled[i:i + 8] not in mesh_bytes_tls, doubled[i:i + 8]
     assert master_bytes_tls[:1] == b"\x16"
     assert magic not in master_bytes_tls
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.distributed: pg_options={"encryption": "tls"}
+
+_TORCH_RANK = r"""
+import json, os, sys
+from datetime import timedelta
+import torch, torch.distributed as dist
+import pccl_py, pccl_py.torch
+from pccl_py.torch import rendezvous
+rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+dist.init_process_group("pccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                        timeout=timedelta(seconds=60), pg_options={"encryption": "tls"})
+x = torch.arange(100_000, dtype=torch.float32) * (rank + 1)
+dist.all_reduce(x)
+res = {"ok": bool(torch.equal(x, torch.arange(100_000, dtype=torch.float32) * 3))}
+if rank == 0:
+    # The master rank 0 hosts encrypts: a plaintext peer with the right secret is refused.
+    addr = rendezvous._default_master
+    c = pccl_py.Communicator(addr, secret=rendezvous.secret_for(addr), encryption="none", listen_host="127.0.0.1",
+                             timeout=10, join_timeout=10)
+    try:
+        c.connect()
+        res["plaintext"] = "admitted"
+    except pccl_py.PCCLError as exc:
+        res["plaintext"] = type(exc).__name__ + ": " + str(exc)
+    finally:
+        c.close()
+dist.barrier()
+json.dump(res, open(out, "w"))
+dist.destroy_process_group()
+os._exit(0)
+"""
+
+
+def test_torch_group_with_tls_pg_option(tmp_path):
+    pytest.importorskip("torch")
+    port = _free_port()
+    env = {**__import__("os").environ, "PCCL_LOG_LEVEL": "error", "OMP_NUM_THREADS": "1",
+           "PCCL_MASTER_BIND": "127.0.0.1"}
+    env.pop("PCCL_SECRET", None)
+    env.pop("PCCL_ENCRYPTION", None)
+    outs = [str(tmp_path / f"rank{r}.json") for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _TORCH_RANK, str(r), "2", str(port), outs[r]], env=env)
+             for r in range(2)]
+    try:
+        for p in procs:
+            p.wait(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert [p.returncode for p in procs] == [0, 0]
+    import json
+    res = [json.load(open(o)) for o in outs]
+    assert all(r["ok"] for r in res), res
+    assert res[0]["plaintext"].startswith("AuthenticationError") and "encrypts every connection" in res[0]["plaintext"], res
