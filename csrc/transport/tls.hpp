@@ -89,7 +89,8 @@ public:
     // Coalesced output (the mesh's bulk connections): encrypted records collect in a buffer of
     // `bytes` and leave in one send() per buffer instead of one per 16 KiB record. The caller must
     // flush() after each batch of writes and, while output_pending(), wait for the socket to become
-    // writable and flush again. Measured on loopback, 64 MiB all-reduces: see docs/security.md.
+    // writable and flush again. Two loopback peers in one process, twelve 64 MiB all-reduces: 1.8 s
+    // of system time with a send per record, 1.3 s with 256 KiB sends (0.9-1.2 s without TLS).
     void coalesce_output(size_t bytes);
     // Sends what the buffer holds: 1 when it is empty, 0 when the socket is full, -1 on failure.
     int flush();
@@ -147,7 +148,7 @@ public:
 private:
     // Waits (at most until the deadline) for what the session's last EAGAIN asked for.
     bool wait(TimePoint deadline);
-    std::unique_ptr<TlsSession> tls_;  // declared before fd_ would matter only if it owned the socket
+    std::unique_ptr<TlsSession> tls_;  // uses fd_'s descriptor: reset before fd_ closes it
     Fd fd_;
 };
 
