@@ -165,10 +165,6 @@ TlsKey control_tls_key(const std::string& secret) {
 
 TlsKey mesh_tls_key(const Mac& mesh_key) { return hmac_sha256(as_view(mesh_key), {"pccl/3 tls mesh psk"}); }
 
-bool looks_like_tls(const uint8_t* head, size_t len) {
-    return len >= 3 && head[0] == 22 && head[1] == 3 && head[2] <= 4;
-}
-
 const uint8_t* plaintext_master_alert(size_t* len) {
     // Record: alert (21), TLS 1.2 record version, 2 bytes: fatal (2), protocol_version (70).
     static const uint8_t kAlert[] = {21, 3, 3, 0, 2, 2, 70};

@@ -47,10 +47,6 @@ using TlsKey = Mac;
 TlsKey control_tls_key(const std::string& secret);
 TlsKey mesh_tls_key(const Mac& mesh_key);
 
-// What a plaintext pccl_py peer sends first: a control frame's 4-byte length. What a TLS client
-// sends first: a handshake record (content type 22, legacy version 3.x). True when `head` (at least
-// 3 bytes) is the start of a TLS record, so each side can tell the other it speaks the wrong mode.
-bool looks_like_tls(const uint8_t* head, size_t len);
 // A TLS fatal alert (protocol_version) sent in clear: what a plaintext master answers a TLS client
 // with, so the client's handshake fails at once with a reason (is_plaintext_refusal) instead of a
 // timeout.
