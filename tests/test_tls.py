@@ -182,6 +182,7 @@ class Tap:
 
     def __init__(self, target: tuple) -> None:
         self.target = target
+        self.corrupt_at = -1  # when >= 0: flip one bit of the byte at this offset of the recording
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.recorded = bytearray()
@@ -209,7 +210,12 @@ class Tap:
                 if not data:
                     break
                 with self.lock:
+                    start = len(self.recorded)
                     self.recorded += data
+                    if start <= self.corrupt_at < start + len(data):
+                        data = bytearray(data)
+                        data[self.corrupt_at - start] ^= 0x10
+                        self.corrupt_at = -1
                 dst.sendall(data)
         except OSError:
             pass
@@ -266,6 +272,52 @@ def _capture(encryption: str) -> tuple:
                          lambda: (receiver.recv(got, 0), receiver.recv(got_small, 0)), timeout=60)
         assert got.tobytes() == msg.tobytes() and got_small.tobytes() == small.tobytes()
         return master_tap.data(), b"".join(t.data() for t in taps[1:])
+    finally:
+        for c in comms:
+            c.close()
+        for t in taps:
+            t.stop()
+        master.stop()
+
+
+def test_a_tampered_record_fails_the_op_never_delivers_wrong_bytes():
+    """One bit flipped in flight on a mesh connection: TLS refuses the record, the transfer fails on
+    both sides like a lost link (never a success with other bytes, the receive buffer untouched), and
+    the group goes on."""
+    master = pccl_py.Master(secret=SECRET, encryption="tls").start()
+    comms, taps = [], []
+    try:
+        for _ in range(2):
+            port = _free_port()
+            taps.append(Tap(("127.0.0.1", port)))
+            comms.append(new_comm(master.address, secret=SECRET, encryption="tls", listen_port=port,
+                                  advertise_address=f"127.0.0.1:{taps[-1].port}", heartbeat_timeout=3.0,
+                                  timeout=30.0))
+        a, b = comms
+        a.connect()
+        run_concurrently(b.connect, lambda: (wait_until(a.are_peers_pending, 30, "pending"), a.update_topology()),
+                         timeout=60)
+        sender, receiver = (a, b) if a.rank == 0 else (b, a)
+        msg = np.random.default_rng(5).integers(0, 256, 4 << 20, dtype=np.uint8)
+        for t in taps:  # the mesh connection crosses the tap of the member that accepted it
+            with t.lock:
+                t.corrupt_at = len(t.recorded) + 1_000_000
+        got = np.zeros_like(msg)
+        outcomes = run_concurrently(lambda: sender.send(msg, 1), lambda: receiver.recv(got, 0), timeout=60,
+                                    return_exceptions=True)
+        assert all(isinstance(o, pccl_py.PCCLError) for o in outcomes), outcomes
+        assert not got.any(), "a failed receive wrote into the buffer"
+        # Which side the master keeps is its failure policy's business; whoever is still a member
+        # goes on, on the next epoch's connections (which no tap corrupts).
+        for t in taps:
+            t.corrupt_at = -1
+        members = [c for c in comms if c.world_size >= 1]
+        assert members, "the tampered link took every peer out"
+        for c in members:
+            if c.world_size == 1:
+                x = np.arange(8, dtype=np.float32)
+                c.all_reduce(x)
+                assert np.array_equal(x, np.arange(8, dtype=np.float32))
     finally:
         for c in comms:
             c.close()
