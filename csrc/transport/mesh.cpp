@@ -275,12 +275,13 @@ bool Mesh::handle_write_tls(Conn& c) {
         if (c.tls->output_pending()) return true;
     }
     for (size_t budget = kIoBudget;;) {
-        SendReq* req;
+        SendReq* req = nullptr;
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            if (c.queue.empty()) return flush(false);
-            req = &c.queue.front();
+            if (!c.queue.empty()) req = &c.queue.front();
         }
+        // Flushed without mutex_: a failure calls the handler. A send queued meanwhile wakes the loop.
+        if (req == nullptr) return flush(false);
         if (budget == 0) return flush(true);  // more to write: EPOLLOUT brings this connection back
         const size_t total = kHeaderBytes + req->header.length;
         if (!c.staged) {
