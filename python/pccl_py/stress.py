@@ -604,6 +604,7 @@ class Stress:
             "seed": self.args.seed, "duration_s": round(self.t_end - self.t0, 1), "initial_peers": self.args.peers,
             "heartbeat_timeout_s": self.args.heartbeat_timeout, "connections_per_peer": self.args.connections,
             "master_restart": self.args.master_restart, "log_dir": self.log_dir,
+            "encryption": os.environ.get("PCCL_ENCRYPTION", "").strip().lower() or "none",
             "events": {k: self.counts.get(k, 0) for k in EVENT_KINDS}, "events_skipped": self.skipped,
             "workers_started": self.spawned,
             "ops_completed": total["ops_ok"], "ops_failed": total["ops_failed"], "ops_retried": total["retries"],
