@@ -2,7 +2,7 @@
 
 #include "common/error.hpp"
 #include "protocol/messages.hpp"
-#include "transport/socket.hpp"
+#include "transport/tls.hpp"
 
 namespace pccl {
 namespace {
@@ -17,16 +17,16 @@ Mac control_proof(const char* label, const std::string& secret, const Nonce& np,
 
 // Reads one control frame (length prefix, then body) and returns its type, leaving the body's
 // fields in `body` for a Reader. Reads exactly one frame, so later frames stay on the socket.
-MsgType read_frame(int fd, std::vector<uint8_t>& body, TimePoint deadline, const std::string& master) {
+MsgType read_frame(Link& link, std::vector<uint8_t>& body, TimePoint deadline, const std::string& master) {
     uint8_t len_bytes[4];
     auto timeout = [&] {
         return Error(ErrorCode::kTimeout, "the master at " + master + " did not answer the authentication handshake in time");
     };
-    if (!recv_all(fd, len_bytes, 4, deadline)) throw timeout();
+    if (!link.recv_all(len_bytes, 4, deadline)) throw timeout();
     uint32_t len = len_bytes[0] | (len_bytes[1] << 8) | (len_bytes[2] << 16) | (static_cast<uint32_t>(len_bytes[3]) << 24);
     if (len == 0 || len > kMaxControlMessage) throw ProtocolError("control frame length " + std::to_string(len) + " out of range");
     body.resize(len);
-    if (!recv_all(fd, body.data(), len, deadline)) throw timeout();
+    if (!link.recv_all(body.data(), len, deadline)) throw timeout();
     if (body[0] == 0 || body[0] >= static_cast<uint8_t>(MsgType::kCount))
         throw ProtocolError("invalid message type " + std::to_string(body[0]));
     return static_cast<MsgType>(body[0]);
@@ -47,15 +47,15 @@ Mac control_master_proof(const std::string& secret, const Nonce& np, const Nonce
     return control_proof(kMasterLabel, secret, np, nm, join, join_len);
 }
 
-void authenticate_to_master(int fd, const std::string& secret, const std::vector<uint8_t>& join_frame,
+void authenticate_to_master(Link& link, const std::string& secret, const std::vector<uint8_t>& join_frame,
                             TimePoint deadline, const std::string& master) {
     try {
         AuthHello hello{static_cast<uint8_t>(!secret.empty()), random_nonce()};
         auto frame = encode_auth_hello(hello);
-        if (!send_all(fd, frame.data(), frame.size(), deadline))
+        if (!link.send_all(frame.data(), frame.size(), deadline))
             throw Error(ErrorCode::kTimeout, "sending the authentication handshake to " + master + " timed out");
         std::vector<uint8_t> body;
-        MsgType type = read_frame(fd, body, deadline, master);
+        MsgType type = read_frame(link, body, deadline, master);
         Reader r(body.data() + 1, body.size() - 1);
         if (type == MsgType::kAuthRefused) refused(r, master);
         if (type != MsgType::kAuthChallenge)
@@ -71,9 +71,9 @@ void authenticate_to_master(int fd, const std::string& secret, const std::vector
         const size_t join_len = join_frame.size() - 4;
         auto proof = encode_auth_mac(MsgType::kAuthProof, control_peer_proof(secret, hello.nonce, ch.nonce, join, join_len));
         proof.insert(proof.end(), join_frame.begin(), join_frame.end());
-        if (!send_all(fd, proof.data(), proof.size(), deadline))
+        if (!link.send_all(proof.data(), proof.size(), deadline))
             throw Error(ErrorCode::kTimeout, "sending the join request to " + master + " timed out");
-        type = read_frame(fd, body, deadline, master);
+        type = read_frame(link, body, deadline, master);
         Reader r2(body.data() + 1, body.size() - 1);
         if (type == MsgType::kAuthRefused) refused(r2, master);
         if (type != MsgType::kAuthOk) throw ProtocolError(std::string("expected auth-ok, got '") + msg_type_name(type) + "'");

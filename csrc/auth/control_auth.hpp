@@ -23,17 +23,20 @@
 
 namespace pccl {
 
+class Link;
+
 Mac control_peer_proof(const std::string& secret, const Nonce& peer_nonce, const Nonce& master_nonce,
                        const uint8_t* join, size_t join_len);
 Mac control_master_proof(const std::string& secret, const Nonce& peer_nonce, const Nonce& master_nonce,
                          const uint8_t* join, size_t join_len);
 
-// The peer's half, blocking on a fresh connection `fd` until the deadline: runs the exchange and
+// The peer's half, blocking on a fresh connection until the deadline (inside TLS when the link is
+// encrypted: transport/tls.hpp): runs the exchange and
 // sends `join_frame` (a complete HELLO or REJOIN frame) under the proof. Returns once the master's
 // proof checked out; the master's next frames (WELCOME, ...) are left unread on the socket.
 // Throws Error(kAuth) when either side refuses the other, Error(kTimeout) at the deadline and
 // Error(kIo)/ProtocolError when the connection breaks or carries garbage.
-void authenticate_to_master(int fd, const std::string& secret, const std::vector<uint8_t>& join_frame,
+void authenticate_to_master(Link& link, const std::string& secret, const std::vector<uint8_t>& join_frame,
                             TimePoint deadline, const std::string& master_address);
 
 // Whether binding `host` exposes a port beyond this machine (anything but a loopback address).

@@ -117,10 +117,10 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("quant_code"), py::arg("dtype_code"), py::arg("src_ptr"), py::arg("dst_ptr"), py::arg("count"));
 
     py::class_<Master>(m, "Master")
-        .def(py::init([](std::string host, uint16_t port, py::bytes secret) {
-                 return std::make_unique<Master>(std::move(host), port, std::string(secret));
+        .def(py::init([](std::string host, uint16_t port, py::bytes secret, bool encrypt) {
+                 return std::make_unique<Master>(std::move(host), port, std::string(secret), encrypt);
              }),
-             py::arg("host"), py::arg("port"), py::arg("secret") = py::bytes())
+             py::arg("host"), py::arg("port"), py::arg("secret") = py::bytes(), py::arg("encrypt") = false)
         .def("start", &Master::start, py::call_guard<py::gil_scoped_release>())
         .def("stop", &Master::stop, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("port", &Master::port)
@@ -140,7 +140,8 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Communicator>(m, "Communicator")
         .def(py::init([](std::string master, uint32_t group, int conns, double timeout, double hb, double join,
                          std::string listen_host, uint16_t listen_port, std::string advertise_host,
-                         uint16_t advertise_port, double master_grace, bool swap_result_pages, py::bytes secret) {
+                         uint16_t advertise_port, double master_grace, bool swap_result_pages, py::bytes secret,
+                         bool encrypt) {
                  CommConfig c;
                  c.master_address = std::move(master);
                  c.group = group;
@@ -155,12 +156,13 @@ PYBIND11_MODULE(_core, m) {
                  c.master_grace = master_grace;
                  c.swap_result_pages = swap_result_pages;
                  c.secret = std::string(secret);
+                 c.encrypt = encrypt;
                  return std::make_unique<Communicator>(std::move(c));
              }),
              py::arg("master_address"), py::arg("peer_group"), py::arg("connections_per_peer"), py::arg("timeout"),
              py::arg("heartbeat_timeout"), py::arg("join_timeout"), py::arg("listen_host"), py::arg("listen_port"),
              py::arg("advertise_host"), py::arg("advertise_port"), py::arg("master_grace"),
-             py::arg("swap_result_pages"), py::arg("secret") = py::bytes())
+             py::arg("swap_result_pages"), py::arg("secret") = py::bytes(), py::arg("encrypt") = false)
         .def("connect", &Communicator::connect, py::call_guard<py::gil_scoped_release>())
         .def("update_topology", &Communicator::update_topology, py::call_guard<py::gil_scoped_release>())
         .def("are_peers_pending", &Communicator::peers_pending)

@@ -72,8 +72,13 @@ std::vector<Decision> decide(const std::map<uint64_t, Status>& statuses) {
 }
 }  // namespace
 
-Master::Master(std::string host, uint16_t port, std::string secret)
-    : host_(std::move(host)), requested_port_(port), secret_(std::move(secret)) {
+Master::Master(std::string host, uint16_t port, std::string secret, bool encrypt)
+    : host_(std::move(host)), requested_port_(port), secret_(std::move(secret)), encrypt_(encrypt) {
+    if (encrypt_ && secret_.empty())
+        throw Error(ErrorCode::kInvalidArgument,
+                    "encryption='tls' needs the job secret (secret=, --secret-file or PCCL_SECRET): the TLS "
+                    "handshakes are authenticated with a key derived from it");
+    if (encrypt_) tls_key_ = control_tls_key(secret_);
     // Ids count up from the start time in microseconds: a master started later begins above every id
     // an earlier one can have handed out (that would take more than one join per microsecond).
     auto now = std::chrono::system_clock::now().time_since_epoch();
@@ -127,7 +132,7 @@ void Master::serve() {
         ids.push_back(0);
         for (auto& [id, p] : peers_) {
             short ev = POLLIN;
-            if (!p->out.empty()) ev |= POLLOUT;
+            if (!p->out.empty() || (p->tls && p->tls->wants_write())) ev |= POLLOUT;
             fds.push_back({p->fd.get(), ev, 0});
             ids.push_back(id);
         }
@@ -138,7 +143,8 @@ void Master::serve() {
             Peer* p = find(ids[i]);
             if (p == nullptr || fds[i].revents == 0) continue;
             if (fds[i].revents & POLLOUT) flush(*p);
-            if (!p->dead && (fds[i].revents & (POLLIN | POLLHUP | POLLERR))) read_from(*p);
+            const bool tls_wants_out = p->tls && p->tls->wants_write() && (fds[i].revents & POLLOUT);
+            if (!p->dead && ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) || tls_wants_out)) read_from(*p);
         }
         timers();
         for (auto it = peers_.begin(); it != peers_.end();)
@@ -159,26 +165,36 @@ void Master::accept_new() {
         p->fd = Fd(fd);
         p->remote = peer_ip(fd);
         p->last_seen = Clock::now();
+        if (encrypt_) {
+            try {
+                p->tls = std::make_unique<TlsSession>(fd, TlsSession::Role::kServer, tls_key_);
+            } catch (const Error& e) {
+                PCCL_WARN("master", "closing a connection from %s: %s", p->remote.c_str(), e.what());
+                continue;
+            }
+        }
         uint64_t id = p->id;
         peers_[id] = std::move(p);
     }
 }
 
 void Master::read_from(Peer& p) {
+    if (!p.screened && !screen_first_byte(p)) return;
     uint8_t buf[65536];
     for (;;) {
-        ssize_t n = ::recv(p.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+        ssize_t n = p.tls ? p.tls->read(buf, sizeof buf) : ::recv(p.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
         if (n == 0) {
             drop(p, "connection closed", false);
             return;
         }
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
-            drop(p, std::string("recv failed: ") + std::strerror(errno), false);
+            drop_broken(p, "recv");
             return;
         }
         p.in.append(buf, static_cast<size_t>(n));
-        if (static_cast<size_t>(n) < sizeof buf) break;
+        // TLS returns a record at a time and may hold more than the socket shows: read to EAGAIN.
+        if (static_cast<size_t>(n) < sizeof buf && !p.tls) break;
     }
     p.last_seen = Clock::now();
     std::vector<uint8_t> body;
@@ -198,7 +214,8 @@ void Master::read_from(Peer& p) {
 
 void Master::flush(Peer& p) {
     while (!p.out.empty()) {
-        ssize_t n = ::send(p.fd.get(), p.out.data(), p.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = p.tls ? p.tls->write(p.out.data(), p.out.size())
+                          : ::send(p.fd.get(), p.out.data(), p.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n <= 0) return;
         p.out.erase(p.out.begin(), p.out.begin() + n);
     }
@@ -455,6 +472,7 @@ void Master::drop(Peer& p, const std::string& reason, bool graceful) {
     if (p.dead) return;
     p.dead = true;
     flush(p);
+    p.tls.reset();
     p.fd.reset();
     if (p.state == PeerState::kHandshake) {
         PCCL_INFO("master", "connection %llu from %s closed before joining: %s", (unsigned long long)p.id, p.remote.c_str(), reason.c_str());

@@ -15,13 +15,15 @@
 #include "auth/crypto.hpp"
 #include "protocol/messages.hpp"
 #include "transport/socket.hpp"
+#include "transport/tls.hpp"
 
 namespace pccl {
 
 class Master {
 public:
     // secret: the job secret every peer must prove it knows (empty: none; see auth/control_auth.hpp).
-    Master(std::string host, uint16_t port, std::string secret = {});
+    // encrypt: every connection runs TLS keyed by the secret (transport/tls.hpp); needs a secret.
+    Master(std::string host, uint16_t port, std::string secret = {}, bool encrypt = false);
     ~Master();
     void start();  // binds, then serves on a background thread
     void stop();
@@ -45,6 +47,10 @@ private:
         enum class Auth { kHello, kProof, kJoin } auth = Auth::kHello;
         Nonce peer_nonce{}, master_nonce{};
         Mac proof{};
+        // Encryption: the connection's TLS session (encrypting masters only), and whether its first
+        // byte was checked for the other mode (screen_first_byte).
+        std::unique_ptr<TlsSession> tls;
+        bool screened = false;
     };
     struct Group {
         uint32_t id = 0;
@@ -90,6 +96,12 @@ private:
     // master_auth.cpp: the authentication exchange of a connection in kHandshake, then its join.
     void on_handshake(Peer& p, MsgType type, Reader& r);
     void refuse_auth(Peer& p, const std::string& why);
+    // A new connection's first byte tells a TLS client from a plaintext peer; one in the wrong mode
+    // is told so in the mode it speaks, logged and dropped. False when it was dropped.
+    bool screen_first_byte(Peer& p);
+    // A failed read or write on p's connection: logged (a TLS handshake failure is an authentication
+    // refusal) and dropped.
+    void drop_broken(Peer& p, const char* what);
     void warn_if_exposed() const;
     void on_hello(Peer& p, const Hello& h);
     void on_rejoin(Peer& p, const Rejoin& m);
@@ -110,6 +122,8 @@ private:
     std::string host_;
     uint16_t requested_port_;
     std::string secret_;
+    bool encrypt_ = false;
+    TlsKey tls_key_{};
     uint16_t port_ = 0;
     Fd listener_;
     std::atomic<bool> stop_{false};

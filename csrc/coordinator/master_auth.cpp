@@ -1,7 +1,9 @@
 // The master's half of the control-plane authentication (auth/control_auth.hpp describes the
 // exchange). Kept apart from master.cpp: nothing here touches a group; a connection reaches
 // on_hello/on_rejoin only after its proof checked out.
+#include <cerrno>
 #include <cstring>
+#include <sys/socket.h>
 
 #include "auth/control_auth.hpp"
 #include "common/log.hpp"
@@ -22,6 +24,44 @@ void Master::refuse_auth(Peer& p, const std::string& why) {
     PCCL_WARN("master", "refused connection %llu from %s: %s", (unsigned long long)p.id, p.remote.c_str(), why.c_str());
     send(p, encode_auth_refused(why));
     drop(p, "authentication refused: " + why, false);
+}
+
+bool Master::screen_first_byte(Peer& p) {
+    uint8_t first = 0;
+    if (::recv(p.fd.get(), &first, 1, MSG_PEEK | MSG_DONTWAIT) != 1) return true;  // nothing yet, or the read path's error
+    p.screened = true;
+    // A TLS client opens with a handshake record (type 22); a plaintext peer with AUTH_HELLO's length,
+    // whose low byte is not 22.
+    const bool speaks_tls = first == 22;
+    if (encrypt_ && !speaks_tls) {
+        p.tls.reset();  // answered in the clear, which is what it reads
+        refuse_auth(p, "this master encrypts every connection (encryption='tls'); pass encryption='tls' to the "
+                       "Communicator (or set PCCL_ENCRYPTION=tls) on every peer");
+        return false;
+    }
+    if (!encrypt_ && speaks_tls) {
+        PCCL_WARN("master", "refused connection %llu from %s: it speaks TLS, and this master runs without encryption "
+                            "(start it with --encryption tls, or drop encryption on the peers)",
+                  (unsigned long long)p.id, p.remote.c_str());
+        size_t len = 0;
+        const uint8_t* alert = plaintext_master_alert(&len);
+        (void)!::send(p.fd.get(), alert, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        drop(p, "authentication refused: the peer speaks TLS", false);
+        return false;
+    }
+    return true;
+}
+
+void Master::drop_broken(Peer& p, const char* what) {
+    const int err = errno;
+    if (p.tls && !p.tls->established()) {
+        std::string why = p.tls->key_mismatch() ? "wrong job secret (its TLS key did not match)"
+                                                : "TLS handshake failed: " + p.tls->error();
+        PCCL_WARN("master", "refused connection %llu from %s: %s", (unsigned long long)p.id, p.remote.c_str(), why.c_str());
+        drop(p, "authentication refused: " + why, false);
+        return;
+    }
+    drop(p, std::string(what) + " failed: " + (p.tls ? p.tls->error() : std::string(std::strerror(err))), false);
 }
 
 // Precondition: p.state == kHandshake. Any message out of order is a protocol error (the caller

@@ -15,6 +15,10 @@ Communicator::Communicator(CommConfig config) : config_(std::move(config)) {
     auto hp = parse_host_port(config_.master_address);
     master_host_ = hp.host;
     master_port_ = hp.port;
+    if (config_.encrypt && config_.secret.empty())
+        throw Error(ErrorCode::kInvalidArgument,
+                    "encryption='tls' needs the job secret (secret= or PCCL_SECRET): the TLS handshakes are "
+                    "authenticated with a key derived from it; give the master and every peer the same secret");
 }
 
 Communicator::~Communicator() {
@@ -38,7 +42,7 @@ void Communicator::connect() {
     }
     listener_ = std::make_unique<MeshListener>(config_.listen_host, config_.listen_port);
     try {
-        master_ = connect_tcp(master_host_, master_port_, deadline_after(std::min(config_.timeout, 30.0)));
+        master_ = Link(connect_tcp(master_host_, master_port_, deadline_after(std::min(config_.timeout, 30.0))));
     } catch (const Error& e) {
         listener_->stop();
         throw Error(ErrorCode::kMasterLost, "cannot reach the master at " + config_.master_address + " (" + e.what() +
@@ -51,7 +55,7 @@ void Communicator::connect() {
     h.port = config_.advertise_port ? config_.advertise_port : listener_->port();
     h.connections = static_cast<uint16_t>(config_.connections);
     try {
-        authenticate(master_.get(), encode_hello(h), std::min(config_.timeout, 30.0));
+        authenticate(master_, encode_hello(h), std::min(config_.timeout, 30.0));
     } catch (const Error& e) {
         listener_->stop();
         master_.reset();
@@ -79,7 +83,7 @@ void Communicator::connect() {
                                              " have not called update_topology(); close() and try again later");
 }
 
-void Communicator::authenticate(int fd, const std::vector<uint8_t>& join_frame, double seconds) {
+void Communicator::authenticate(Link& link, const std::vector<uint8_t>& join_frame, double seconds) {
     if (config_.secret.empty() && binds_beyond_loopback(config_.listen_host)) {
         static std::atomic<bool> warned{false};  // once per process: every peer of a test would repeat it
         if (!warned.exchange(true))
@@ -87,7 +91,9 @@ void Communicator::authenticate(int fd, const std::vector<uint8_t>& join_frame, 
                               "its port or the master's can join or disturb the group. Set the same secret on the "
                               "master and every peer (secret= or PCCL_SECRET). ***", config_.listen_host.c_str());
     }
-    authenticate_to_master(fd, config_.secret, join_frame, deadline_after(seconds), config_.master_address);
+    const auto deadline = deadline_after(seconds);
+    if (config_.encrypt) link.start_tls(control_tls_key(config_.secret), deadline, "the master at " + config_.master_address);
+    authenticate_to_master(link, config_.secret, join_frame, deadline, config_.master_address);
 }
 
 void Communicator::check_usable(const char* what) {

@@ -39,6 +39,7 @@ struct CommConfig {
     double master_grace = 0.0;   // how long a member waits for a restarted master (0: the loss is final)
     bool swap_result_pages = true;  // see collectives/page_swap.hpp
     std::string secret;          // the job secret (empty: none); see auth/control_auth.hpp
+    bool encrypt = false;        // TLS on every connection (transport/tls.hpp); needs the secret
 };
 
 struct ReduceResult {
@@ -114,9 +115,10 @@ private:
     void absorb_heard(const Mesh& mesh);
     // heard_ as the rejoin claim reports it, for the other members of `members`; mutex_ held.
     std::vector<LastHeard> last_heard(const std::vector<MemberInfo>& members);
-    // Runs the authentication exchange on a fresh master connection and sends the join under it
-    // (auth/control_auth.hpp); throws Error(kAuth) on a refusal either way.
-    void authenticate(int fd, const std::vector<uint8_t>& join_frame, double seconds);
+    // Starts TLS on a fresh master connection when encrypting (transport/tls.hpp), runs the
+    // authentication exchange and sends the join under it (auth/control_auth.hpp); throws
+    // Error(kAuth) on a refusal either way.
+    void authenticate(Link& link, const std::vector<uint8_t>& join_frame, double seconds);
 
     // shared helpers
     void send_to_master(const std::vector<uint8_t>& frame);
@@ -147,7 +149,7 @@ private:
     CommConfig config_;
     std::string master_host_;
     uint16_t master_port_ = 0;
-    Fd master_;
+    Link master_;  // written under send_mutex_ (the control thread reads it)
     std::mutex send_mutex_;
     std::unique_ptr<MeshListener> listener_;
     std::thread control_;

@@ -20,7 +20,7 @@ void Communicator::send_to_master(const std::vector<uint8_t>& frame) {
     {
         std::lock_guard<std::mutex> lock(send_mutex_);
         try {
-            ok = master_.valid() && send_all(master_.get(), frame.data(), frame.size(), deadline_after(2.0));
+            ok = master_.valid() && master_.send_all(frame.data(), frame.size(), deadline_after(2.0));
         } catch (const Error&) {
             ok = false;
         }
@@ -70,14 +70,16 @@ void Communicator::enter_terminal(State state, const std::string& reason) {
 namespace {
 
 // Reads what is available on the master connection into `in`. Returns false when the connection
-// closed or failed (why says how).
-bool read_master(int fd, FrameAssembler& in, std::string* why) {
+// closed or failed (why says how). Only the control thread reads; writers hold send_mutex_, and an
+// encrypted link serialises the two itself.
+bool read_master(Link& link, FrameAssembler& in, std::string* why) {
     uint8_t buf[65536];
     for (;;) {
-        ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        ssize_t n = link.recv_some(buf, sizeof buf);
         if (n > 0) {
             in.append(buf, static_cast<size_t>(n));
-            if (static_cast<size_t>(n) < sizeof buf) return true;
+            // TLS returns a record at a time and may hold more than the socket shows: read to EAGAIN.
+            if (static_cast<size_t>(n) < sizeof buf && !link.encrypted()) return true;
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return true;
@@ -106,7 +108,7 @@ void Communicator::control_loop() {
         bool closed = false;
         std::string why;
         if (p.revents) {
-            closed = !read_master(master_.get(), in, &why);
+            closed = !read_master(master_, in, &why);
             last_rx = Clock::now();
         }
         try {
@@ -198,9 +200,9 @@ bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) 
     const auto give_up = deadline_after(config_.master_grace);
     std::vector<uint8_t> body;
     while (!stop_ && Clock::now() < give_up) {
-        Fd fd;
+        Link fd;
         try {
-            fd = connect_tcp(master_host_, master_port_, std::min(give_up, deadline_after(1.0)));
+            fd = Link(connect_tcp(master_host_, master_port_, std::min(give_up, deadline_after(1.0))));
         } catch (const Error&) {
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
             continue;
@@ -215,7 +217,7 @@ bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) 
         // Authenticated before it becomes master_: no other thread may write to it before the rejoin,
         // which the authentication exchange carries.
         try {
-            authenticate(fd.get(), encode_rejoin(claim), std::min(config_.heartbeat_timeout + 1.0, config_.master_grace));
+            authenticate(fd, encode_rejoin(claim), std::min(config_.heartbeat_timeout + 1.0, config_.master_grace));
         } catch (const Error& e) {
             if (e.code() == ErrorCode::kAuth) {
                 enter_terminal(State::kMasterLost, why + "; the restarted master refused this peer: " + e.what());
@@ -237,7 +239,7 @@ bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) 
             while (!stop_ && Clock::now() < answer_by && lost.empty()) {
                 pollfd p{master_.get(), POLLIN, 0};
                 ::poll(&p, 1, 50);
-                if (p.revents && !read_master(master_.get(), in, &lost)) break;
+                if (p.revents && !read_master(master_, in, &lost)) break;
                 while (in.next(body)) {
                     Reader r(body.data(), body.size());
                     MsgType type = next_type(r);
@@ -491,7 +493,21 @@ void Communicator::build_mesh(uint64_t epoch, const std::vector<MemberInfo>& mem
         if (epoch_ != epoch || state_ != State::kMember) return;
         router = router_;
     }
-    auto mesh = std::make_shared<Mesh>(epoch, std::move(conns), router, config_.heartbeat_timeout);
+    std::shared_ptr<Mesh> mesh;
+    try {
+        std::unique_ptr<MeshTls> tls;
+        if (config_.encrypt) {
+            tls = std::make_unique<MeshTls>();
+            tls->key = mesh_tls_key(mesh_key_);
+            tls->dialed.assign(static_cast<size_t>(n), false);
+            for (int j = my_rank + 1; j < n; ++j) tls->dialed[static_cast<size_t>(j)] = true;
+        }
+        mesh = std::make_shared<Mesh>(epoch, std::move(conns), router, config_.heartbeat_timeout, tls.get());
+    } catch (const Error& e) {
+        PCCL_WARN("peer", "building the mesh of epoch %llu failed: %s", (unsigned long long)epoch, e.what());
+        report_failure(epoch, FailureKind::kLinkBroken, -1);
+        return;
+    }
     mesh->start();
     std::lock_guard<std::mutex> lock(mutex_);
     if (epoch_ != epoch || state_ != State::kMember) return;  // mesh destructor stops it

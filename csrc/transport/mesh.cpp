@@ -20,10 +20,15 @@ constexpr size_t kHeaderBytes = sizeof(FrameHeader);
 // three links of a 3-peer ring took turns instead of running together: 0.9x gloo's busbw at 16 MiB,
 // 1.05x with 512 KiB).
 constexpr size_t kIoBudget = 512u << 10;
+// The most plaintext one TLS record carries.
+constexpr size_t kTlsRecord = 16384;
+// Encrypted records leave in sends of up to this much (TlsSession::coalesce_output): one send per
+// 16 KiB record cost a system call and a loopback delivery each.
+constexpr size_t kTlsSendBuffer = 256u << 10;
 }  // namespace
 
 Mesh::Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<MeshHandler> handler,
-           double heartbeat_timeout)
+           double heartbeat_timeout, const MeshTls* tls)
     : epoch_(epoch), handler_(std::move(handler)), heartbeat_timeout_(heartbeat_timeout), conn_index_(conns.size()) {
     epoll_ = Fd(epoll_create1(EPOLL_CLOEXEC));
     wake_ = Fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
@@ -51,7 +56,14 @@ Mesh::Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<M
             auto c = std::make_unique<Conn>();
             c->fd = std::move(fd);
             c->rank = static_cast<int>(r);
-            c->lend_ok = lend_ok;
+            // Encrypted payloads leave from OpenSSL's buffer: there are no caller pages to lend.
+            c->lend_ok = lend_ok && tls == nullptr;
+            if (tls != nullptr) {
+                const bool client = r < tls->dialed.size() && tls->dialed[r];
+                c->tls = std::make_unique<TlsSession>(c->fd.get(), client ? TlsSession::Role::kClient : TlsSession::Role::kServer,
+                                                      tls->key);
+                c->tls->coalesce_output(kTlsSendBuffer);
+            }
             c->id = conns_.size();
             c->last_rx = c->last_tx = now;
             c->rx_ticks.store(now.time_since_epoch().count(), std::memory_order_relaxed);
@@ -76,6 +88,9 @@ void Mesh::start() {
     thread_ = std::thread([this] {
         io_thread_.store(std::this_thread::get_id());
         name_this_thread("pccl-mesh");
+        // Clients send their ClientHello now; every handshake then advances with its socket's events.
+        for (auto& c : conns_)
+            if (c->tls && !failed_ && !step_handshake(*c)) break;
         loop();
     });
 }
@@ -90,6 +105,7 @@ void Mesh::shutdown() {
     for (auto& c : conns_) {
         c->queue.clear();
         c->rx_target = RecvTarget{};
+        c->tls.reset();
         c->fd.reset();
     }
 }
@@ -153,15 +169,37 @@ void Mesh::fail(Conn& c, const std::string& reason, bool link_lost) {
 // Reads what the socket has, up to len bytes. Returns the byte count, 0 when the socket is drained, or
 // -1 after failing the mesh (EOF or error).
 ssize_t Mesh::read_some(Conn& c, void* dst, size_t len) {
-    ssize_t n = ::recv(c.fd.get(), dst, len, 0);
+    ssize_t n = c.tls ? c.tls->read(dst, len) : ::recv(c.fd.get(), dst, len, 0);
     if (n > 0) {
         c.last_rx = Clock::now();
         c.rx_ticks.store(c.last_rx.time_since_epoch().count(), std::memory_order_relaxed);
         return n;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
-    fail(c, n == 0 ? std::string("connection closed by the remote peer") : std::string("recv: ") + std::strerror(errno));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        if (c.tls && c.tls->wants_write()) {
+            c.read_waits_write = true;
+            update_interest(c, true);
+        }
+        return 0;
+    }
+    if (n < 0 && c.tls) fail(c, "TLS: " + c.tls->error());
+    else fail(c, n == 0 ? std::string("connection closed by the remote peer") : std::string("recv: ") + std::strerror(errno));
     return -1;
+}
+
+bool Mesh::step_handshake(Conn& c) {
+    int rc = c.tls->handshake();
+    if (rc < 0) {
+        fail(c, "TLS handshake failed: " + c.tls->error() +
+                    (c.tls->key_mismatch() ? " (the member holds another key for this epoch)" : ""));
+        return false;
+    }
+    if (rc == 0) {
+        update_interest(c, c.tls->wants_write());
+        return true;
+    }
+    update_interest(c, false);
+    return handle_read(c) && handle_write(c);
 }
 
 // Hands a complete frame to the handler; a violation it detects ends the mesh like any other failure.
@@ -214,10 +252,84 @@ bool Mesh::handle_read(Conn& c) {
             if (!deliver(c)) return false;
         }
     }
+    // Stopped at the budget: OpenSSL may already hold the rest (read ahead), where epoll cannot see it.
+    if (c.tls) c.rx_more = rx_more_ = true;
     return true;
 }
 
+bool Mesh::handle_write_tls(Conn& c) {
+    if (!c.tls->established()) return true;  // step_handshake writes the queue once the session is up
+    // Sends the coalesced records; false when the connection failed. Whatever the socket did not take
+    // waits for EPOLLOUT, even with the queue empty.
+    auto flush = [&](bool more) {
+        int rc = c.tls->flush();
+        if (rc < 0) {
+            fail(c, "TLS: " + c.tls->error());
+            return false;
+        }
+        update_interest(c, more || rc == 0);
+        return true;
+    };
+    if (c.tls->output_pending()) {
+        if (!flush(true)) return false;
+        if (c.tls->output_pending()) return true;
+    }
+    for (size_t budget = kIoBudget;;) {
+        SendReq* req = nullptr;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!c.queue.empty()) req = &c.queue.front();
+        }
+        // Flushed without mutex_: a failure calls the handler. A send queued meanwhile wakes the loop.
+        if (req == nullptr) return flush(false);
+        if (budget == 0) return flush(true);  // more to write: EPOLLOUT brings this connection back
+        const size_t total = kHeaderBytes + req->header.length;
+        if (!c.staged) {
+            const size_t head = std::min<size_t>(req->header.length, kTlsRecord - kHeaderBytes);
+            c.stage.resize(kTlsRecord);
+            std::memcpy(c.stage.data(), &req->header, kHeaderBytes);
+            if (head) std::memcpy(c.stage.data() + kHeaderBytes, req->data, head);
+            c.stage_len = kHeaderBytes + head;
+            c.staged = true;
+        }
+        // A write that must be retried is retried with the same bytes: req->sent moves only on success.
+        const uint8_t* p;
+        size_t len;
+        if (req->sent < c.stage_len) {
+            p = c.stage.data() + req->sent;
+            len = c.stage_len - req->sent;
+        } else {
+            const size_t off = req->sent - kHeaderBytes;
+            p = req->data + off;
+            len = req->header.length - off;
+        }
+        ssize_t n = c.tls->write(p, len);
+        if (n < 0) {
+            if (errno == EAGAIN) {
+                c.write_waits_read = !c.tls->wants_write();
+                update_interest(c, c.tls->wants_write() || c.tls->output_pending());
+                return true;
+            }
+            fail(c, "TLS: " + c.tls->error());
+            return false;
+        }
+        c.last_tx = Clock::now();
+        req->sent += static_cast<size_t>(n);
+        budget -= std::min(budget, static_cast<size_t>(n));
+        if (req->sent < total) continue;
+        c.staged = false;
+        std::shared_ptr<SendCompletion> done;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            done = std::move(c.queue.front().completion);
+            c.queue.pop_front();
+        }
+        if (done) done->sent();
+    }
+}
+
 bool Mesh::handle_write(Conn& c) {
+    if (c.tls) return handle_write_tls(c);
     for (size_t budget = kIoBudget;;) {
         SendReq* req;
         {
@@ -301,7 +413,7 @@ void Mesh::loop() {
     while (!stop_ && !failed_) {
         // A send this thread queued after the last write pass must not wait for the next event.
         int n = epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()),
-                           self_queued_ ? 0 : static_cast<int>(keepalive_every * 1000 / 2) + 1);
+                           self_queued_ || rx_more_ ? 0 : static_cast<int>(keepalive_every * 1000 / 2) + 1);
         if (n < 0 && errno != EINTR) break;
         bool wake = false;
         for (int i = 0; i < n && !failed_; ++i) {
@@ -313,12 +425,35 @@ void Mesh::loop() {
                 continue;
             }
             Conn& c = *conns_[id];
+            if (c.tls) {
+                if (!c.tls->established()) {
+                    if (!step_handshake(c)) break;
+                    continue;
+                }
+                if ((events[i].events & EPOLLOUT) && c.read_waits_write) {
+                    c.read_waits_write = false;
+                    if (!handle_read(c)) break;
+                }
+            }
             if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
                 if (!handle_read(c)) break;
+            if (c.write_waits_read) {
+                c.write_waits_read = false;
+                if (!handle_write(c)) break;
+            }
             if (events[i].events & EPOLLOUT)
                 if (!handle_write(c)) break;
         }
         if (stop_ || failed_) break;
+        if (rx_more_) {
+            rx_more_ = false;
+            for (auto& c : conns_) {
+                if (!c->rx_more) continue;
+                c->rx_more = false;
+                if (!handle_read(*c)) break;
+            }
+            if (failed_) break;
+        }
         if (self_queued_) {
             self_queued_ = false;
             wake = true;

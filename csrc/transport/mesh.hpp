@@ -2,7 +2,9 @@
 // epoll thread. Reads land directly in the buffers the handler names (no intermediate copy); writes
 // are queued per connection and drained as the socket accepts them, so one op can keep several
 // connections busy at once. A mesh never outlives its epoch: membership changes build a new one, so
-// bytes of an aborted op can never be mistaken for a later op's.
+// bytes of an aborted op can never be mistaken for a later op's. With encryption (transport/tls.hpp)
+// every connection carries a TLS session that the same thread drives: handshakes run inside the loop,
+// all connections at once, and the plaintext path is the same code as without (one branch per call).
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -18,6 +20,7 @@
 #include "protocol/frame.hpp"
 #include "transport/page_sender.hpp"
 #include "transport/socket.hpp"
+#include "transport/tls.hpp"
 
 namespace pccl {
 
@@ -47,10 +50,19 @@ public:
     virtual void on_failure(int from, const std::string& reason) = 0;
 };
 
+// Encryption of a mesh: every connection runs TLS with this pre-shared key (mesh_tls_key); the end
+// that dialed a connection is its TLS client.
+struct MeshTls {
+    TlsKey key{};
+    std::vector<bool> dialed;  // [rank]: this peer dialed that member's connections
+};
+
 class Mesh {
 public:
-    // conns[rank] holds the connections to that member (empty for this peer's own rank).
-    Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<MeshHandler> handler, double heartbeat_timeout);
+    // conns[rank] holds the connections to that member (empty for this peer's own rank). tls: encrypt
+    // every connection (nullptr: plaintext). Throws Error(kIo) when OpenSSL cannot make a session.
+    Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<MeshHandler> handler, double heartbeat_timeout,
+         const MeshTls* tls = nullptr);
     ~Mesh();
     Mesh(const Mesh&) = delete;
     Mesh& operator=(const Mesh&) = delete;
@@ -98,6 +110,18 @@ private:
         std::atomic<Clock::rep> rx_ticks{0};  // last_rx for other threads (heard())
         std::unique_ptr<PageSender> pages;  // I/O thread only; made on the first payload lent
         bool lend_ok = false;               // PageSender::worth_lending for this peer; fixed at construction
+        // Encryption (I/O thread only). rx_more: a read stopped at its budget while OpenSSL may hold
+        // more decrypted bytes than the socket shows (epoll would not report them). The waits_ flags:
+        // a TLS call asked for the other direction's readiness first.
+        std::unique_ptr<TlsSession> tls;
+        bool rx_more = false;
+        bool read_waits_write = false;
+        bool write_waits_read = false;
+        // The first record of a frame: its header and the start of its payload, so a small frame is
+        // one record and one system call (a record for the header alone would double both).
+        std::vector<uint8_t> stage;
+        size_t stage_len = 0;
+        bool staged = false;
     };
 
     void loop();
@@ -105,6 +129,9 @@ private:
     ssize_t read_some(Conn& c, void* dst, size_t len);
     bool deliver(Conn& c);
     bool handle_write(Conn& c);
+    bool handle_write_tls(Conn& c);
+    // Advances a connection's TLS handshake; once it is up, reads and writes what waited for it.
+    bool step_handshake(Conn& c);
     // link_lost: the connection closed or failed; false when it only went silent (heard() tells the two
     // apart: silence is already in last_rx).
     void fail(Conn& c, const std::string& reason, bool link_lost = true);
@@ -121,6 +148,7 @@ private:
     std::thread thread_;
     std::atomic<std::thread::id> io_thread_{};
     bool self_queued_ = false;  // the I/O thread queued a send itself: write before waiting again
+    bool rx_more_ = false;      // some Conn::rx_more is set: read again before waiting
     std::atomic<bool> stop_{false};
     std::atomic<bool> failed_{false};
     std::atomic<int> lost_rank_{-1};  // the rank whose link closed or failed first, if one did

@@ -14,7 +14,7 @@ from . import _core
 from .buffers import DTYPE_CODES, Buffer, check_output, describe
 from .errors import InvalidArgumentError
 from .ops import Algorithm, ReduceInfo, ReduceOp
-from .secret import SecretLike, resolve_secret
+from .secret import SecretLike, resolve_encryption, resolve_secret
 from . import shared_state as _shared_state
 
 from .tags import MAX_USER_TAG  # tags from here up belong to pccl_py's own collectives
@@ -113,6 +113,10 @@ class Communicator:
         secret: the job secret (str or bytes) shared with the master; default: the ``PCCL_SECRET``
             environment variable; empty: none. connect() raises AuthenticationError at once when the
             master's secret differs (or only one side has one). See docs/security.md.
+        encryption: "tls": every connection (to the master and to each member) runs TLS 1.3, keyed
+            by the secret (required); the master must be started with encryption too, and connect()
+            raises AuthenticationError when only one side encrypts. "none": clear text. Default: the
+            ``PCCL_ENCRYPTION`` environment variable, else "none".
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class Communicator:
         master_grace: float = 0.0,
         swap_result_pages: bool = True,
         secret: SecretLike = None,
+        encryption: Optional[str] = None,
     ) -> None:
         if not isinstance(master_address, str) or ":" not in master_address:
             raise InvalidArgumentError(f"master_address must be 'host:port', not {master_address!r}")
@@ -146,10 +151,12 @@ class Communicator:
         if not isinstance(swap_result_pages, bool):
             raise InvalidArgumentError(f"swap_result_pages must be True or False, not {swap_result_pages!r}")
         advertise_host, advertise_port = _split_advertise(advertise_address)
+        key = resolve_secret(secret)
+        self.encrypted = resolve_encryption(encryption, key)
         self._core = _core.Communicator(
             master_address, peer_group, connections_per_peer, float(timeout), float(heartbeat_timeout),
             float(join_timeout), listen_host, listen_port, advertise_host, advertise_port, float(master_grace),
-            swap_result_pages, resolve_secret(secret))
+            swap_result_pages, key, self.encrypted)
         self.master_address = master_address
         self.peer_group = peer_group
         self._state_revision: Optional[int] = None  # revision of the last successful shared-state sync

@@ -1,7 +1,7 @@
 """The master process: admission, membership epochs, failure resolution. Never on the data path.
 
-Run it with ``pccl-master --host 0.0.0.0 --port 48148 --secret-file job.secret`` or embed it with
-``pccl_py.Master``. The trap: a master without a job secret admits anyone who reaches its port; it says
+Run it with ``pccl-master --host 0.0.0.0 --port 48148 --secret-file job.secret [--encryption tls]`` or
+embed it with ``pccl_py.Master``. The trap: a master without a job secret admits anyone who reaches its port; it says
 so loudly when bound beyond loopback, and ``--require-secret`` makes that an error (docs/security.md).
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 from . import _core
 from .errors import InvalidArgumentError
-from .secret import ENV_SECRET, SecretLike, read_secret_file, resolve_secret
+from .secret import ENCRYPTIONS, ENV_ENCRYPTION, ENV_SECRET, SecretLike, read_secret_file, resolve_encryption, resolve_secret
 
 _LEVELS = {"debug": 0, "info": 1, "warn": 2, "error": 3, "off": 4}
 
@@ -33,10 +33,16 @@ class Master:
         port: TCP port; 0 picks a free one (read it back from ``address``).
         secret: the job secret (str or bytes) every peer must prove it knows; default: the
             ``PCCL_SECRET`` environment variable; empty: no secret (anyone reaching the port may join).
+        encryption: "tls" to encrypt every connection with TLS 1.3 keyed by the secret (peers must
+            use it too; a plaintext peer is refused with AuthenticationError), "none"; default: the
+            ``PCCL_ENCRYPTION`` environment variable, else "none".
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, secret: SecretLike = None) -> None:
-        self._core = _core.Master(host, int(port), resolve_secret(secret))
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, secret: SecretLike = None,
+                 encryption: Optional[str] = None) -> None:
+        key = resolve_secret(secret)
+        self.encrypted = resolve_encryption(encryption, key)
+        self._core = _core.Master(host, int(port), key, self.encrypted)
         self._started = False
 
     def start(self) -> "Master":
@@ -76,18 +82,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"file holding the job secret every peer must know (default: ${ENV_SECRET}, else none)")
     parser.add_argument("--require-secret", action="store_true",
                         help="refuse to start without a job secret (from --secret-file or $" + ENV_SECRET + ")")
+    parser.add_argument("--encryption", choices=list(ENCRYPTIONS), default=None,
+                        help=f"'tls': encrypt every connection, keyed by the secret (default: ${ENV_ENCRYPTION}, else none)")
     args = parser.parse_args(argv)
     set_log_level(args.log_level)
     try:
         secret = read_secret_file(args.secret_file) if args.secret_file else resolve_secret(None)
         if args.require_secret and not secret:
             raise InvalidArgumentError(f"--require-secret: no job secret given; pass --secret-file PATH or set {ENV_SECRET}")
-        master = Master(args.host, args.port, secret=secret)
+        master = Master(args.host, args.port, secret=secret, encryption=args.encryption)
         master.start()
     except Exception as exc:  # noqa: BLE001 - report and exit non-zero
         print(f"pccl-master: {exc}", file=sys.stderr)
         return 2
-    print(f"pccl-master listening on {master.address}", flush=True)
+    # The address stays the line's last word: scripts and tests parse it.
+    print("pccl-master " + ("(TLS) " if master.encrypted else "") + f"listening on {master.address}", flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -1,9 +1,12 @@
-"""The job secret: where it comes from (argument, ``PCCL_SECRET``, a file) and what it may look like.
+"""The job secret and encryption setting: where they come from (argument, ``PCCL_SECRET`` /
+``PCCL_ENCRYPTION``, a file) and what they may look like.
 
 Why this exists: the master, every Communicator and every tool must resolve the secret the same way,
 or one of them silently runs without it. The trap: an empty value is "no secret" (so ``PCCL_SECRET=``
 does not lock anyone out by accident), while a secret given as text and as bytes must be the same
 bytes (text is UTF-8 encoded). The secret never appears in a log, an error message or a repr.
+Encryption ("tls") is keyed by the secret, so asking for it without one is refused here, before any
+connection, rather than silently running in clear.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Optional, Union
 from .errors import InvalidArgumentError
 
 ENV_SECRET = "PCCL_SECRET"
+ENV_ENCRYPTION = "PCCL_ENCRYPTION"
+ENCRYPTIONS = ("none", "tls")
 MAX_SECRET_BYTES = 4096
 
 SecretLike = Union[str, bytes, bytearray, None]
@@ -48,6 +53,26 @@ def read_secret_file(path: str) -> bytes:
     if len(value) > MAX_SECRET_BYTES:
         raise InvalidArgumentError(f"the secret file {path!r} holds more than {MAX_SECRET_BYTES} bytes")
     return value
+
+
+def resolve_encryption(encryption: Optional[str], secret: bytes) -> bool:
+    """Whether to encrypt: the argument if given, else ``PCCL_ENCRYPTION``, else "none".
+
+    "tls" needs the (resolved) secret: it authenticates the TLS handshakes (docs/security.md).
+    """
+    source = "encryption"
+    if encryption is None:
+        encryption, source = os.environ.get(ENV_ENCRYPTION, ""), ENV_ENCRYPTION
+    if not isinstance(encryption, str):
+        raise InvalidArgumentError(f"encryption must be 'tls' or 'none', not {type(encryption).__name__}")
+    value = encryption.strip().lower() or "none"
+    if value not in ENCRYPTIONS:
+        raise InvalidArgumentError(f"{source} must be 'tls' or 'none', not {encryption!r}")
+    if value == "tls" and not secret:
+        raise InvalidArgumentError(
+            f"{source}='tls' needs the job secret: pass secret= (or set {ENV_SECRET}, or pccl-master --secret-file); "
+            "the TLS handshakes are authenticated with a key derived from it")
+    return value == "tls"
 
 
 def generate_secret() -> str:

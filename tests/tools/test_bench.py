@@ -72,6 +72,24 @@ def test_bench_compare_gloo_json(tmp_path):
         assert c["busbw_ratio"] > 0 and c["latency_ratio"] > 0
 
 
+def test_bench_compare_tls_json(tmp_path):
+    """--compare tls: a second, encrypting master and Communicator per peer; pccl-tls rows beside pccl,
+    with their ratios and intervals, and the report's TLS table."""
+    data = _run_bench(tmp_path, "--compare", "tls")
+    _check_results(data, ["pccl", "pccl-tls"])
+    assert [c["size_bytes"] for c in data["comparison"]] == [1024, 65536]
+    for c in data["comparison"]:
+        assert c["tls_ratio"] > 0 and c["tls_latency_ratio"] > 0
+        lo, hi = c["tls_ratio_interval"]
+        assert 0 < lo <= hi
+
+
+def test_bench_encryption_tls_only(tmp_path):
+    data = _run_bench(tmp_path, "--encryption", "tls")
+    _check_results(data, ["pccl-tls"])
+    assert data["config"]["encryption"] == "tls"
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed: no gloo to compare with")
 def test_bench_p2p_rows_against_gloo(tmp_path):
     """--p2p adds a send/recv round trip for pccl and gloo; its busbw counts the message both ways."""

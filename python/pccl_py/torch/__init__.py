@@ -5,6 +5,8 @@ on pccl's fault-tolerant TCP collectives by changing one string::
 
     import pccl_py.torch  # noqa: F401  (registers the backend)
     dist.init_process_group("pccl", init_method="env://")
+    # encrypted (TLS 1.3, keyed by the job secret; docs/security.md):
+    dist.init_process_group("pccl", init_method="env://", pg_options={"encryption": "tls"})
 
 Registration is explicit on purpose: torch 2.13 auto-loads only *device* extensions (the
 ``torch.backends`` entry-point group, called while ``import torch`` runs), not process-group
@@ -40,6 +42,15 @@ def _seconds(timeout: Any) -> float:
     return float(timeout) if timeout else 1800.0
 
 
+def _encryption(backend_options: Any) -> Any:
+    """pg_options of init_process_group/new_group: None, or a dict whose only key is "encryption"."""
+    if backend_options is None:
+        return None
+    if not isinstance(backend_options, dict) or set(backend_options) - {"encryption"}:
+        raise ValueError(f"pccl's pg_options must be a dict like {{'encryption': 'tls'}}, not {backend_options!r}")
+    return backend_options.get("encryption")
+
+
 def create_process_group(dist_backend_opts: Any, backend_options: Any = None) -> ProcessGroupPCCL:
     """torch's creator hook (extended API): hosts or finds the master, joins, returns the group."""
     store = dist_backend_opts.store
@@ -48,12 +59,14 @@ def create_process_group(dist_backend_opts: Any, backend_options: Any = None) ->
     timeout = min(max(_seconds(dist_backend_opts.timeout), 0.1), 86400.0)
     # torch passes no global ranks for the default group.
     is_default = not list(dist_backend_opts.global_ranks_in_group)
-    address, master = rendezvous.find_master(store, rank, is_default, timeout)
+    encryption = _encryption(backend_options)
+    address, master = rendezvous.find_master(store, rank, is_default, timeout, encryption)
     # CUDA tensors are staged through pinned host memory, which torch may have pinned by registering
     # ordinary pages with the driver: swapping pages under it would hide results from the GPU.
     comm = Communicator(address, peer_group=rendezvous.peer_group_id(group_name), timeout=timeout,
                         heartbeat_timeout=rendezvous.heartbeat_timeout(), join_timeout=timeout,
-                        swap_result_pages=not staging.cuda_available(), secret=rendezvous.secret_for(address))
+                        swap_result_pages=not staging.cuda_available(), secret=rendezvous.secret_for(address),
+                        encryption=encryption)
     try:
         pccl_ranks = rendezvous.join(comm, rank, size, timeout)
     except BaseException:

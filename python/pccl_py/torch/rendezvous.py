@@ -18,6 +18,8 @@ turns the former into the latter:
   without configuration. The trap: torch's TCPStore itself is unauthenticated, so whoever can reach
   the store can read that secret; on an untrusted network set ``PCCL_SECRET`` (it is then never
   written to the store) and firewall the store's port.
+* encryption: ``pg_options={"encryption": "tls"}`` on ``init_process_group`` (or ``PCCL_ENCRYPTION=tls``
+  on every rank) encrypts every connection; a master hosted here is started with it too.
 * admission: every member connects, and members keep voting ``update_topology()`` while peers are
   pending, until the group has all its members; then one all_reduce checks that the members are
   exactly the group's ranks (each torch rank exactly once).
@@ -88,7 +90,8 @@ def _advertised_host(store: Any) -> str:
         return "127.0.0.1"
 
 
-def find_master(store: Any, group_rank: int, is_default: bool, timeout: float) -> tuple[str, Optional[Master]]:
+def find_master(store: Any, group_rank: int, is_default: bool, timeout: float,
+                encryption: Optional[str] = None) -> tuple[str, Optional[Master]]:
     """Returns the master address for a new group, and the Master if this process started it."""
     global _default_master
     external = os.environ.get(ENV_MASTER)
@@ -100,7 +103,7 @@ def find_master(store: Any, group_rank: int, is_default: bool, timeout: float) -
     own = resolve_secret(None)  # PCCL_SECRET, or b""
     if group_rank == 0:
         secret = own or generate_secret().encode()
-        hosted = Master(os.environ.get("PCCL_MASTER_BIND", "0.0.0.0"), 0, secret=secret).start()
+        hosted = Master(os.environ.get("PCCL_MASTER_BIND", "0.0.0.0"), 0, secret=secret, encryption=encryption).start()
         address = f"{_advertised_host(store)}:{hosted.port}"
         store.set(SECRET_KEY, b"" if own else secret)
         store.set(MASTER_KEY, address)

@@ -21,7 +21,9 @@ class BenchError(RuntimeError):
 class PcclBackend:
     name = "pccl"
 
-    def __init__(self, comm: Any, dtype: str, algorithm: str, quantization: Optional[str] = None) -> None:
+    def __init__(self, comm: Any, dtype: str, algorithm: str, quantization: Optional[str] = None,
+                 name: str = "pccl") -> None:
+        self.name = name  # "pccl-tls" for an encrypting communicator
         self.comm = comm
         self.dtype = dtype
         self.algorithm = algorithm

@@ -37,6 +37,12 @@ between peers crosses the relay, which adds RTT/2 per direction, caps each conne
 gives the fraction of min(K x FLOW, LINK) that busbw reached, and the relay's CPU use. gloo cannot be
 routed through the relay (it picks and exchanges its own ports), so ``--wan`` excludes ``--compare``.
 
+Encryption: ``--encryption tls`` runs pccl over TLS (docs/security.md). ``--compare tls`` measures
+what TLS costs: this process starts a second master with encryption, every peer joins it with a second
+Communicator (with ``--wan`` through its own relay mappings), and the "pccl-tls" backend alternates
+with plain "pccl" in the same ABBA rounds; the report gives pccl-tls/pccl ratios. Both masters use
+the job secret (``PCCL_SECRET``, or one generated for the run).
+
 torch is imported only when ``--compare gloo`` is given, and only in the peer processes.
 """
 
@@ -215,15 +221,28 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
     pccl_py.set_log_level(args.log_level)
     comm = pccl_py.Communicator(master, connections_per_peer=args.connections, timeout=args.timeout,
                                 join_timeout=args.timeout, listen_host=args.listen_host,
-                                listen_port=args.listen_port, advertise_address=args.advertise_address)
+                                listen_port=args.listen_port, advertise_address=args.advertise_address,
+                                encryption=args.encryption)
+    tls_comm = None
     backends: List[Any] = []
     try:
         emit({"type": "status", "message": f"waiting for {world} peers to join"})
         _join(comm, world, args.timeout)
         rank = comm.rank
         emit({"type": "joined", "rank": rank, "world_size": world})
-        backends.append(PcclBackend(comm, args.dtype, args.algorithm,
-                              None if args.quantization == "none" else args.quantization))
+        quant = None if args.quantization == "none" else args.quantization
+        backends.append(PcclBackend(comm, args.dtype, args.algorithm, quant,
+                                    name="pccl-tls" if args.encryption == "tls" else "pccl"))
+        if args.compare == "tls":
+            if not args.tls_master:
+                raise BenchError("--compare tls in join mode needs --tls-master HOST:PORT (a master started with "
+                                 "--encryption tls and the same secret)")
+            tls_comm = pccl_py.Communicator(args.tls_master, connections_per_peer=args.connections,
+                                            timeout=args.timeout, join_timeout=args.timeout,
+                                            listen_host=args.listen_host, listen_port=args.tls_listen_port,
+                                            advertise_address=args.tls_advertise_address, encryption="tls")
+            _join(tls_comm, world, args.timeout)
+            backends.append(PcclBackend(tls_comm, args.dtype, args.algorithm, quant, name="pccl-tls"))
         if args.shared_state:
             if world < 2:
                 raise BenchError("--shared-state needs at least 2 peers (holders and a newcomer)")
@@ -293,6 +312,8 @@ def run_peer(args: argparse.Namespace, master: str, world: int, emit: Emit) -> D
                 b.close(graceful=False)  # a peer may be gone: no barrier that could only time out
             except Exception:  # noqa: BLE001 - already failing; the original error matters
                 pass
+        if tls_comm is not None:
+            tls_comm.close()
         comm.close()
 
 
@@ -305,7 +326,7 @@ def _worker_argv(args: argparse.Namespace, master: str, world: int, listen_port:
             "--parent-pid", str(os.getpid()), "--sizes", ",".join(str(s) for s in args.sizes),
             "--dtype", args.dtype, "--iters", str(args.iters), "--warmup", str(args.warmup),
             "--connections", str(args.connections), "--algorithm", args.algorithm,
-            "--quantization", args.quantization,
+            "--quantization", args.quantization, "--encryption", args.encryption,
             "--timeout", str(args.timeout), "--log-level", args.log_level, "--listen-host", args.listen_host,
             "--listen-port", str(listen_port)]
     if advertise_address:
@@ -380,8 +401,15 @@ class _Progress:
 def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
     """Starts a master and args.peers workers, waits (boundedly) for their results."""
     from ...master import Master  # noqa: PLC0415
+    from ...secret import ENV_SECRET, generate_secret, resolve_secret  # noqa: PLC0415
 
-    master = Master("127.0.0.1", 0).start()
+    env = dict(os.environ)
+    secret = resolve_secret(None)
+    if not secret and (args.encryption == "tls" or args.compare == "tls"):
+        secret = generate_secret().encode()  # TLS is keyed by the secret: make one for this run
+        env[ENV_SECRET] = secret.decode()
+    master = Master("127.0.0.1", 0, secret=secret, encryption=args.encryption).start()
+    tls_master = Master("127.0.0.1", 0, secret=secret, encryption="tls").start() if args.compare == "tls" else None
     workers = _Workers()
     relay = None
     env = package_env()  # the workers must import this very copy of pccl_py
@@ -390,10 +418,13 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
     stall = 2 * args.timeout + 60  # no message from any worker for this long: give up
     try:
         if args.wan is not None:
-            relay = _start_relay(args, master, workers, env)
+            relay = _start_relay(args, master, workers, env, tls_master)
         else:
             for _ in range(args.peers):
-                workers.spawn_worker(_worker_argv(args, master.address, args.peers), env)
+                argv = _worker_argv(args, master.address, args.peers)
+                if tls_master is not None:
+                    argv += ["--tls-master", tls_master.address]
+                workers.spawn_worker(argv, env)
         results: Dict[int, Dict[str, Any]] = {}
         finished: set = set()
         last = time.monotonic()
@@ -435,6 +466,8 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
         if relay is not None:
             relay.stop()
         master.stop()
+        if tls_master is not None:
+            tls_master.stop()
 
 
 def _finite(x: float) -> Optional[float]:
@@ -448,8 +481,10 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def _start_relay(args: argparse.Namespace, master: Any, workers: "_Workers", env: Dict[str, str]) -> Any:
-    """--wan: a relay in this process, one mapping per peer; each peer advertises its relay port."""
+def _start_relay(args: argparse.Namespace, master: Any, workers: "_Workers", env: Dict[str, str],
+                 tls_master: Any = None) -> Any:
+    """--wan: a relay in this process, one mapping per peer (and per Communicator: --compare tls
+    gives each peer a second one); each peer advertises its relay port."""
     from ..wan import WanRelay  # noqa: PLC0415
 
     relay = WanRelay(args.wan).start()
@@ -457,7 +492,13 @@ def _start_relay(args: argparse.Namespace, master: Any, workers: "_Workers", env
         for _ in range(args.peers):
             port = _free_port(args.listen_host)
             relay_host, relay_port = relay.add_mapping((args.listen_host, 0), (args.listen_host, port))
-            workers.spawn_worker(_worker_argv(args, master.address, args.peers, port, f"{relay_host}:{relay_port}"), env)
+            argv = _worker_argv(args, master.address, args.peers, port, f"{relay_host}:{relay_port}")
+            if tls_master is not None:
+                tls_port = _free_port(args.listen_host)
+                tls_host, tls_relay_port = relay.add_mapping((args.listen_host, 0), (args.listen_host, tls_port))
+                argv += ["--tls-master", tls_master.address, "--tls-listen-port", str(tls_port),
+                         "--tls-advertise-address", f"{tls_host}:{tls_relay_port}"]
+            workers.spawn_worker(argv, env)
     except BaseException:
         relay.stop()
         raise
@@ -524,7 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p2p", action="store_true",
                    help="also time Communicator.send/recv: a round trip of each size between ranks 0 and 1 "
                         "(with --compare gloo, also torch.distributed send/recv on gloo)")
-    p.add_argument("--compare", choices=["gloo"], help="also run torch.distributed gloo on the same processes and sizes")
+    p.add_argument("--compare", choices=["gloo", "tls"],
+                   help="also run torch.distributed gloo (gloo), or pccl with encryption='tls' (tls), on the same "
+                        "processes and sizes")
+    p.add_argument("--encryption", default="none", choices=["none", "tls"],
+                   help="pccl's encryption (default none; tls needs PCCL_SECRET, or a local run makes one)")
+    p.add_argument("--tls-master", metavar="HOST:PORT", default=None,
+                   help="--compare tls in join mode: the master started with --encryption tls")
+    p.add_argument("--tls-listen-port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--tls-advertise-address", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot busbw and latency vs size (needs matplotlib)")
     p.add_argument("--timeout", type=float, default=120.0,
@@ -570,7 +619,9 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     if args.wan is not None and args.master and not args.worker:
         parser.error("--wan starts its relay in local mode only; with --master, run stress/wan_relay.py "
                      "yourself and pass --listen-port and --advertise-address")
-    if args.wan is not None and args.compare:
+    if args.compare == "tls" and args.encryption == "tls":
+        parser.error("--compare tls measures TLS against plain pccl: drop --encryption tls")
+    if args.wan is not None and args.compare == "gloo":
         parser.error("--wan cannot be combined with --compare gloo: gloo opens its own connections on ports it "
                      "picks itself, which the relay cannot intercept, so gloo would run unemulated; "
                      "run the gloo comparison without --wan")
@@ -626,6 +677,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "connections_per_peer": args.connections,
                       "sizes": args.sizes, "iters": args.iters, "warmup": args.warmup,
                       "fixed_iters": args.fixed_iters, "compare": args.compare, "shared_state": args.shared_state, "p2p": args.p2p,
+                      "encryption": args.encryption,
                       "wan": [args.wan.rtt_ms, args.wan.flow_mbit, args.wan.link_mbit] if args.wan else None}
     data["host"] = {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())}
     data["comparison"] = compare(data["results"])

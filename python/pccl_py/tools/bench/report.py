@@ -73,6 +73,11 @@ def compare(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         st = by.get(("state", size))
         if st is not None:
             row["state_ratio"] = _ratio(st["busbw_GBps"], p["busbw_GBps"])
+        t = by.get(("pccl-tls", size))
+        if t is not None:
+            row["tls_ratio"] = _ratio(t["busbw_GBps"], p["busbw_GBps"])
+            row["tls_latency_ratio"] = _ratio(t["median_s"], p["median_s"])
+            row["tls_ratio_interval"] = list(ratio_interval(t.get("times_s") or [], p.get("times_s") or []))
         pp, gp = by.get(("p2p", size)), by.get(("gloo-p2p", size))
         if pp is not None and gp is not None:
             row["p2p_ratio"] = _ratio(pp["busbw_GBps"], gp["busbw_GBps"])
@@ -140,6 +145,15 @@ def format_report(data: Dict[str, Any], args: argparse.Namespace) -> str:
             lo, hi = c["p2p_ratio_interval"]
             lines.append(f"{fmt_size(c['size_bytes']):>9}  {c['p2p_ratio']:>15.2f}x {f'{lo:.2f}-{hi:.2f}':>14} "
                          f"{c['p2p_latency_ratio']:>17.2f}x")
+    tls_rows = [c for c in data.get("comparison") or [] if "tls_ratio" in c]
+    if tls_rows:
+        level = f"{_INTERVAL * 100:.0f}%"
+        lines += ["", "pccl with TLS vs without, same processes and rounds (busbw ratio 1 = encryption costs nothing)",
+                  f"{'size':>9}  {'busbw tls/plain':>16} {level + ' interval':>14} {'latency tls/plain':>18}"]
+        for c in tls_rows:
+            lo, hi = c["tls_ratio_interval"]
+            lines.append(f"{fmt_size(c['size_bytes']):>9}  {c['tls_ratio']:>15.2f}x {f'{lo:.2f}-{hi:.2f}':>14} "
+                         f"{c['tls_latency_ratio']:>17.2f}x")
     rows = [c for c in data.get("comparison") or [] if "busbw_ratio" in c]
     if rows:
         level = f"{_INTERVAL * 100:.0f}%"

@@ -555,6 +555,7 @@ class Stress:
             "seed": self.args.seed, "duration_s": round(self.t_end - self.t0, 1), "initial_peers": self.args.peers,
             "heartbeat_timeout_s": self.args.heartbeat_timeout, "connections_per_peer": self.args.connections,
             "master_restart": self.args.master_restart, "log_dir": self.log_dir,
+            "encryption": os.environ.get("PCCL_ENCRYPTION", "").strip().lower() or "none",
             "events": {k: self.counts.get(k, 0) for k in EVENT_KINDS}, "events_skipped": self.skipped,
             "workers_started": self.spawned,
             "ops_completed": total["ops_ok"], "ops_failed": total["ops_failed"], "ops_retried": total["retries"],
@@ -621,6 +622,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="where the master's and workers' logs and timeline.log go (default: a temp dir)")
     p.add_argument("--log-level", default="error", choices=["debug", "info", "warn", "error", "off"],
                    help="peers' core log level into their logs (default error)")
+    p.add_argument("--encryption", choices=["none", "tls"], default=None,
+                   help="encrypt every connection (tls; keyed by $PCCL_SECRET, or a secret made for the run); "
+                        "default: $PCCL_ENCRYPTION, else none")
     a = p.parse_args(argv)
     if a.peers < 3:
         p.error("--peers must be at least 3 (events never leave fewer than 2 running members)")
@@ -631,6 +635,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.encryption is not None:
+        # The master and the workers read both from the environment they inherit (_package_env).
+        os.environ["PCCL_ENCRYPTION"] = args.encryption
+    if os.environ.get("PCCL_ENCRYPTION", "").strip().lower() == "tls" and not os.environ.get("PCCL_SECRET"):
+        from .secret import generate_secret  # noqa: PLC0415
+
+        os.environ["PCCL_SECRET"] = generate_secret()
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise _Terminated()

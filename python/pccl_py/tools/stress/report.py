@@ -92,7 +92,8 @@ class Progress:
 
 def format_report(r: dict) -> str:
     lines = [f"pccl-stress report (seed {r['seed']}, {r['duration_s']} s, {r['initial_peers']} initial peers, "
-             f"heartbeat_timeout {r['heartbeat_timeout_s']} s, K={r['connections_per_peer']})"]
+             f"heartbeat_timeout {r['heartbeat_timeout_s']} s, K={r['connections_per_peer']}"
+             + (", TLS" if r.get("encryption") == "tls" else "") + ")"]
     lines.append("  events: " + ", ".join(f"{k} {v}" for k, v in r["events"].items()) +
                  f" (skipped {r['events_skipped']}); workers started {r['workers_started']}")
     lines.append(f"  ops completed {r['ops_completed']}, failed {r['ops_failed']}, retried {r['ops_retried']} "

@@ -1,0 +1,401 @@
+"""Issue 18, requirement 2: encryption="tls" on every connection (docs/security.md, "Encryption").
+
+Real processes and sockets. Under TLS an all-reduce (striped over two connections per peer pair),
+point-to-point transfers of every size class (small, piece-sized, page-swapped) and a shared-state
+sync give bitwise the results they give in clear. A plaintext peer cannot join a TLS master, nor a TLS
+peer a plaintext one, and a TLS peer with another secret is refused: each at once, with an
+AuthenticationError saying what to change, and a line in the master's log. TLS without a secret is
+refused before any connection. Finally the bytes on the wire: a tap relay between the peers (and
+between a peer and the master) records every byte; a known payload pattern and the protocol's magic
+appear in the recording in clear text, and not under TLS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import pccl_py
+from fault_helpers import join, read_text, wait_for
+from harness import Cluster, MasterProcess
+from support import assert_within, new_comm, run_concurrently, wait_until
+
+SECRET = "tls test secret, not a real one"
+TLS = dict(heartbeat_timeout=3.0, timeout=30.0, secret=SECRET, encryption="tls")
+PLAIN = dict(heartbeat_timeout=3.0, timeout=30.0, secret=SECRET)
+
+
+def _cluster(tmp_path, encrypted: bool) -> Cluster:
+    path = tmp_path / "job.secret"
+    path.write_text(SECRET)
+    args = ["--secret-file", str(path)] + (["--encryption", "tls"] if encrypted else [])
+    return Cluster(log_dir=str(tmp_path), master_args=args)
+
+
+def _sent_sha(dtype: str, count: int, seed: int) -> str:
+    nbytes = count * np.dtype(dtype).itemsize
+    return hashlib.sha256(np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def _workload(cluster: Cluster, comm: dict) -> dict:
+    """The same all-reduces, p2p transfers and shared-state sync; returns every result's hash."""
+    out: dict = {}
+    members = join(cluster, 3, dict(comm, connections_per_peer=2))
+    # Up to 12 MiB: several pieces per stripe. Integer sums are exact, so their results must match across
+    # the two clusters too (a float sum depends on the ring order, which depends on the join order).
+    for i, (dtype, count) in enumerate((("int32", 1), ("int32", 1000), ("float32", 300_000), ("int32", 3_000_000))):
+        res = cluster.all_reduce(members, seed=10 + i, dtype=dtype, count=count, timeout=120)
+        assert all(r["ok"] and r["correct"] and r["world_size"] == 3 for r in res), res
+        assert len({r["sha"] for r in res}) == 1, "members disagree on the result"
+        if dtype == "int32":
+            out[f"all_reduce {count}"] = res[0]["sha"]
+    a, _, c = members
+    for i, (dtype, count) in enumerate((("uint8", 1), ("float64", 1000), ("uint8", 262_145),
+                                        ("float32", 9 * (1 << 18) + 3))):
+        ops = dict(peer=2, count=count, seed=200 + i, dtype=dtype, tag=i)
+        a.send("p2p", ops=[dict(ops, op="send")])
+        c.send("p2p", ops=[dict(ops, op="recv", peer=0)])
+        ra, rc = a.recv(120), c.recv(120)
+        assert ra["ok"] and rc["ok"] and ra["results"][0]["ok"] and rc["results"][0]["ok"], (ra, rc)
+        assert rc["results"][0]["sha_after"] == _sent_sha(dtype, count, 200 + i), (dtype, count)
+        out[f"p2p {dtype} {count}"] = rc["results"][0]["sha_after"]
+    # Two members hold revision 4; the third is behind and receives the whole state over the mesh.
+    keys = {"w": {"count": 1_500_000, "seed": 41}, "b": {"count": 333, "seed": 42, "dtype": "float64"}}
+    for p in members[:2]:
+        p.send("sync_state", keys=keys, revision=4, rebuild=True)
+    members[2].send("sync_state", keys={k: dict(v, seed=0) for k, v in keys.items()}, revision=0, rebuild=True)
+    replies = [p.recv(120) for p in members]
+    assert all(r["ok"] for r in replies), replies
+    assert len({tuple(sorted(r["hashes"].items())) for r in replies}) == 1, replies
+    assert sorted(replies[2]["infos"][0]["received_keys"]) == ["b", "w"]
+    out["state"] = tuple(sorted(replies[0]["hashes"].items()))
+    return out
+
+
+def test_results_are_bitwise_identical_with_and_without_tls(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "tls").mkdir()
+    with _cluster(tmp_path / "plain", encrypted=False) as plain:
+        clear = _workload(plain, PLAIN)
+    with _cluster(tmp_path / "tls", encrypted=True) as tls:
+        encrypted = _workload(tls, TLS)
+        log = read_text(tls.master.log_path)
+        assert "refused" not in log, log
+    assert encrypted == clear
+
+
+def test_plaintext_peer_cannot_join_a_tls_master(tmp_path):
+    with _cluster(tmp_path, encrypted=True) as cluster:
+        members = join(cluster, 2, TLS)
+        intruder = cluster.spawn()
+        assert intruder.call("resources", timeout=60)["ok"]
+        t0 = time.time()
+        r = intruder.call("connect", master=cluster.master.address, kwargs=PLAIN, timeout=30)
+        assert_within(t0, time.time(), 1.0, "refusing a plaintext peer")
+        assert not r["ok"] and r["error"] == "AuthenticationError", r
+        assert "encrypts every connection" in r["message"] and "encryption='tls'" in r["message"], r
+        wait_for(lambda: "encrypts every connection" in read_text(cluster.master.log_path), 3.0, what="log line")
+        res = cluster.all_reduce(members, seed=1, dtype="float32", count=10_000)
+        assert all(x["ok"] and x["correct"] for x in res), res
+
+
+def test_tls_peer_cannot_join_a_plaintext_master(tmp_path):
+    with _cluster(tmp_path, encrypted=False) as cluster:
+        p = cluster.spawn()
+        assert p.call("resources", timeout=60)["ok"]
+        t0 = time.time()
+        r = p.call("connect", master=cluster.master.address, kwargs=TLS, timeout=30)
+        assert_within(t0, time.time(), 1.0, "refusing a TLS peer at a plaintext master")
+        assert not r["ok"] and r["error"] == "AuthenticationError", r
+        assert "does not use encryption" in r["message"], r
+        wait_for(lambda: "it speaks TLS" in read_text(cluster.master.log_path), 3.0, what="log line")
+
+
+def test_wrong_secret_under_tls_is_refused_at_once(tmp_path):
+    with _cluster(tmp_path, encrypted=True) as cluster:
+        members = join(cluster, 2, TLS)
+        p = cluster.spawn()
+        assert p.call("resources", timeout=60)["ok"]
+        t0 = time.time()
+        r = p.call("connect", master=cluster.master.address, kwargs=dict(TLS, secret="another secret"), timeout=30)
+        assert_within(t0, time.time(), 1.0, "refusing a wrong secret under TLS")
+        assert not r["ok"] and r["error"] == "AuthenticationError", r
+        assert "job secret differs" in r["message"], r
+        wait_for(lambda: "wrong job secret" in read_text(cluster.master.log_path), 3.0, what="log line")
+        res = cluster.all_reduce(members, seed=2, dtype="float32", count=10_000)
+        assert all(x["ok"] and x["correct"] for x in res), res
+
+
+def test_members_rejoin_a_restarted_tls_master(tmp_path):
+    """The rejoin after a master restart runs over TLS too: members keep all-reducing while the master
+    is away and are taken back by a TLS master restarted at the same address."""
+    with _cluster(tmp_path, encrypted=True) as c:
+        members = join(c, 2, dict(TLS, master_grace=8.0, heartbeat_timeout=2.0))
+        ids = sorted(m.peer_id for m in members)
+        port = c.master.port
+        c.master.kill()
+        time.sleep(0.3)
+        c.master = MasterProcess(port=port, log_path=c._log("master2.log"),
+                                 args=["--secret-file", str(tmp_path / "job.secret"), "--encryption", "tls"])
+        wait_for(lambda: read_text(c.master.log_path).count("rejoined group") >= 2, 10.0, what="both rejoins")
+        res = c.all_reduce(members, seed=21, dtype="float32", count=50_000)
+        assert all(r["ok"] and r["correct"] and r["world_size"] == 2 for r in res), res
+        assert sorted(m.call("state")["peer_id"] for m in members) == ids
+        assert "refused" not in read_text(c.master.log_path)
+
+
+def test_tls_without_a_secret_is_refused_before_connecting(monkeypatch):
+    monkeypatch.delenv("PCCL_SECRET", raising=False)
+    monkeypatch.delenv("PCCL_ENCRYPTION", raising=False)
+    with pytest.raises(pccl_py.InvalidArgumentError, match="needs the job secret"):
+        pccl_py.Communicator("127.0.0.1:9", encryption="tls")
+    with pytest.raises(pccl_py.InvalidArgumentError, match="needs the job secret"):
+        pccl_py.Master(encryption="tls")
+    with pytest.raises(pccl_py.InvalidArgumentError, match="'tls' or 'none'"):
+        pccl_py.Communicator("127.0.0.1:9", secret="x", encryption="ssl")
+    monkeypatch.setenv("PCCL_ENCRYPTION", "tls")
+    with pytest.raises(pccl_py.InvalidArgumentError, match="PCCL_ENCRYPTION='tls' needs the job secret"):
+        pccl_py.Communicator("127.0.0.1:9")
+    monkeypatch.setenv("PCCL_SECRET", "s")
+    assert pccl_py.Communicator("127.0.0.1:9").encrypted
+    assert not pccl_py.Communicator("127.0.0.1:9", encryption="none").encrypted
+    r = subprocess.run([sys.executable, "-m", "pccl_py.master", "--port", "0", "--encryption", "tls"],
+                       env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "needs the job secret" in r.stderr, r
+
+
+# ---------------------------------------------------------------------------------------------
+# bytes on the wire
+
+
+class Tap:
+    """A relay on loopback that forwards every connection to `target` and records every byte both
+    ways. Threads are daemons; stop() closes every socket, which ends them."""
+
+    def __init__(self, target: tuple) -> None:
+        self.target = target
+        self.corrupt_at = -1  # when >= 0: flip one bit of the byte at this offset of the recording
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.recorded = bytearray()
+        self.lock = threading.Lock()
+        self.socks: list = []
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                a, _ = self.server.accept()
+                b = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                return
+            b.settimeout(None)
+            self.socks += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                with self.lock:
+                    start = len(self.recorded)
+                    self.recorded += data
+                    if start <= self.corrupt_at < start + len(data):
+                        data = bytearray(data)
+                        data[self.corrupt_at - start] ^= 0x10
+                        self.corrupt_at = -1
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def data(self) -> bytes:
+        with self.lock:
+            return bytes(self.recorded)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.server.close()
+        for s in self.socks:
+            s.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PATTERN = b"pccl-tls-wiretap-pattern!"  # 25 bytes: not a divisor of any piece size
+MAGIC = 0x4C434350  # kProtocolMagic (csrc/protocol/messages.hpp)
+
+
+def _capture(encryption: str) -> tuple:
+    """Two in-process peers whose master connections and mesh connections all cross taps; rank 0
+    sends rank 1 a message made of PATTERN. Returns (master tap bytes, mesh tap bytes)."""
+    master = pccl_py.Master(secret=SECRET, encryption=encryption).start()
+    master_tap = Tap(("127.0.0.1", master.port))
+    comms, taps = [], [master_tap]
+    try:
+        for _ in range(2):
+            port = _free_port()
+            tap = Tap(("127.0.0.1", port))
+            taps.append(tap)
+            comms.append(new_comm(f"127.0.0.1:{master_tap.port}", secret=SECRET, encryption=encryption,
+                                  listen_port=port, advertise_address=f"127.0.0.1:{tap.port}",
+                                  heartbeat_timeout=3.0, timeout=30.0))
+        a, b = comms
+        a.connect()
+        run_concurrently(b.connect, lambda: (wait_until(a.are_peers_pending, 30, "pending"), a.update_topology()),
+                         timeout=60)
+        msg = np.frombuffer(PATTERN * 40_000, dtype=np.uint8).copy()  # ~1 MiB: pieces, and once lendable
+        small = np.frombuffer(PATTERN * 4, dtype=np.uint8).copy()
+        got, got_small = np.zeros_like(msg), np.zeros_like(small)
+        sender, receiver = (a, b) if a.rank == 0 else (b, a)
+        run_concurrently(lambda: (sender.send(msg, 1), sender.send(small, 1)),
+                         lambda: (receiver.recv(got, 0), receiver.recv(got_small, 0)), timeout=60)
+        assert got.tobytes() == msg.tobytes() and got_small.tobytes() == small.tobytes()
+        return master_tap.data(), b"".join(t.data() for t in taps[1:])
+    finally:
+        for c in comms:
+            c.close()
+        for t in taps:
+            t.stop()
+        master.stop()
+
+
+def test_a_tampered_record_fails_the_op_never_delivers_wrong_bytes():
+    """One bit flipped in flight on a mesh connection: TLS refuses the record, the transfer fails on
+    both sides like a lost link (never a success with other bytes, the receive buffer untouched), and
+    the group goes on."""
+    master = pccl_py.Master(secret=SECRET, encryption="tls").start()
+    comms, taps = [], []
+    try:
+        for _ in range(2):
+            port = _free_port()
+            taps.append(Tap(("127.0.0.1", port)))
+            comms.append(new_comm(master.address, secret=SECRET, encryption="tls", listen_port=port,
+                                  advertise_address=f"127.0.0.1:{taps[-1].port}", heartbeat_timeout=3.0,
+                                  timeout=30.0))
+        a, b = comms
+        a.connect()
+        run_concurrently(b.connect, lambda: (wait_until(a.are_peers_pending, 30, "pending"), a.update_topology()),
+                         timeout=60)
+        sender, receiver = (a, b) if a.rank == 0 else (b, a)
+        msg = np.random.default_rng(5).integers(0, 256, 4 << 20, dtype=np.uint8)
+        for t in taps:  # the mesh connection crosses the tap of the member that accepted it
+            with t.lock:
+                t.corrupt_at = len(t.recorded) + 1_000_000
+        got = np.zeros_like(msg)
+        outcomes = run_concurrently(lambda: sender.send(msg, 1), lambda: receiver.recv(got, 0), timeout=60,
+                                    return_exceptions=True)
+        assert all(isinstance(o, pccl_py.PCCLError) for o in outcomes), outcomes
+        assert not got.any(), "a failed receive wrote into the buffer"
+        # Which side the master keeps is its failure policy's business; whoever is still a member
+        # goes on, on the next epoch's connections (which no tap corrupts).
+        for t in taps:
+            t.corrupt_at = -1
+        members = [c for c in comms if c.world_size >= 1]
+        assert members, "the tampered link took every peer out"
+        for c in members:
+            if c.world_size == 1:
+                x = np.arange(8, dtype=np.float32)
+                c.all_reduce(x)
+                assert np.array_equal(x, np.arange(8, dtype=np.float32))
+    finally:
+        for c in comms:
+            c.close()
+        for t in taps:
+            t.stop()
+        master.stop()
+
+
+def test_bytes_on_the_wire_are_not_the_plaintext():
+    magic = struct.pack("<I", MAGIC)  # the control protocol's magic, as AUTH_HELLO carries it
+    master_bytes, mesh_bytes = _capture("none")
+    # The control experiment: without encryption the taps see the payload and the protocol in clear.
+    assert PATTERN * 4 in mesh_bytes and magic in master_bytes
+    master_bytes_tls, mesh_bytes_tls = _capture("tls")
+    # Under TLS no 8-byte run of the payload (large or small message) and no protocol magic crosses
+    # the wire; the control connection opens with a TLS handshake record.
+    assert len(mesh_bytes_tls) > 1_000_000, "the mesh bytes did not cross the tap"
+    doubled = PATTERN * 2
+    for i in range(len(PATTERN)):
+        assert doubled[i:i + 8] not in mesh_bytes_tls, doubled[i:i + 8]
+    assert master_bytes_tls[:1] == b"\x16"
+    assert magic not in master_bytes_tls
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.distributed: pg_options={"encryption": "tls"}
+
+_TORCH_RANK = r"""
+import json, os, sys
+from datetime import timedelta
+import torch, torch.distributed as dist
+import pccl_py, pccl_py.torch
+from pccl_py.torch import rendezvous
+rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+dist.init_process_group("pccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                        timeout=timedelta(seconds=60), pg_options={"encryption": "tls"})
+x = torch.arange(100_000, dtype=torch.float32) * (rank + 1)
+dist.all_reduce(x)
+res = {"ok": bool(torch.equal(x, torch.arange(100_000, dtype=torch.float32) * 3))}
+if rank == 0:
+    # The master rank 0 hosts encrypts: a plaintext peer with the right secret is refused.
+    addr = rendezvous._default_master
+    c = pccl_py.Communicator(addr, secret=rendezvous.secret_for(addr), encryption="none", listen_host="127.0.0.1",
+                             timeout=10, join_timeout=10)
+    try:
+        c.connect()
+        res["plaintext"] = "admitted"
+    except pccl_py.PCCLError as exc:
+        res["plaintext"] = type(exc).__name__ + ": " + str(exc)
+    finally:
+        c.close()
+dist.barrier()
+json.dump(res, open(out, "w"))
+dist.destroy_process_group()
+os._exit(0)
+"""
+
+
+def test_torch_group_with_tls_pg_option(tmp_path):
+    pytest.importorskip("torch")
+    port = _free_port()
+    env = {**__import__("os").environ, "PCCL_LOG_LEVEL": "error", "OMP_NUM_THREADS": "1",
+           "PCCL_MASTER_BIND": "127.0.0.1"}
+    env.pop("PCCL_SECRET", None)
+    env.pop("PCCL_ENCRYPTION", None)
+    outs = [str(tmp_path / f"rank{r}.json") for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _TORCH_RANK, str(r), "2", str(port), outs[r]], env=env)
+             for r in range(2)]
+    try:
+        for p in procs:
+            p.wait(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert [p.returncode for p in procs] == [0, 0]
+    import json
+    res = [json.load(open(o)) for o in outs]
+    assert all(r["ok"] for r in res), res
+    assert res[0]["plaintext"].startswith("AuthenticationError") and "encrypts every connection" in res[0]["plaintext"], res
