@@ -403,7 +403,7 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
     from ...master import Master  # noqa: PLC0415
     from ...secret import ENV_SECRET, generate_secret, resolve_secret  # noqa: PLC0415
 
-    env = dict(os.environ)
+    env = package_env()  # the workers must import this very copy of pccl_py
     secret = resolve_secret(None)
     if not secret and (args.encryption == "tls" or args.compare == "tls"):
         secret = generate_secret().encode()  # TLS is keyed by the secret: make one for this run
@@ -412,7 +412,6 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
     tls_master = Master("127.0.0.1", 0, secret=secret, encryption="tls").start() if args.compare == "tls" else None
     workers = _Workers()
     relay = None
-    env = package_env()  # the workers must import this very copy of pccl_py
     if args.compare == "gloo" and "GLOO_SOCKET_IFNAME" not in env and os.path.exists("/sys/class/net/lo"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # same loopback path as pccl's 127.0.0.1
     stall = 2 * args.timeout + 60  # no message from any worker for this long: give up
