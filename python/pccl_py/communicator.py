@@ -146,11 +146,15 @@ class Communicator:
         if not isinstance(swap_result_pages, bool):
             raise InvalidArgumentError(f"swap_result_pages must be True or False, not {swap_result_pages!r}")
         advertise_host, advertise_port = _split_advertise(advertise_address)
+        resolved_secret = resolve_secret(secret)
         self._core = _core.Communicator(
             master_address, peer_group, connections_per_peer, float(timeout), float(heartbeat_timeout),
             float(join_timeout), listen_host, listen_port, advertise_host, advertise_port, float(master_grace),
-            swap_result_pages, resolve_secret(secret))
+            swap_result_pages, resolved_secret)
         self.master_address = master_address
+        #: Whether a job secret authenticates this communicator's connections (only holders of the
+        #: secret can be members). The torch backend's object collectives require it (docs/security.md).
+        self.authenticated = bool(resolved_secret)
         self.peer_group = peer_group
         self._state_revision: Optional[int] = None  # revision of the last successful shared-state sync
         # A sync is several collectives on one reserved tag: two syncs from different threads would
