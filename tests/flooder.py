@@ -12,8 +12,11 @@ opens connections from several loopback source addresses at a steady rate, each 
   without the job secret, which the master must refuse.
 
 It keeps at most --max-open sockets (closing its own oldest to open more) and prints a JSON summary on
-stdout when --duration is over. The trap: a single-threaded flooder that blocks on one connect() stops
-flooding; everything here is non-blocking.
+stdout when --duration is over. Two traps: a single-threaded flooder that blocks on one connect() stops
+flooding (everything here is non-blocking); and hundreds of thousands of connections from ephemeral
+ports crowd the machine's ephemeral range, so other programs' "pick a free port" collides with them
+(torch's TCPStore failed with EADDRINUSE next to a 5-minute run). Source ports therefore come from
+--source-ports, below the ephemeral range, and sockets close with a reset (no TIME_WAIT here).
 
     python tests/flooder.py --target 127.0.0.1:48148 --duration 20 --rate 400
 """
@@ -56,8 +59,10 @@ def _bad_auth(rng: random.Random) -> bytes:
 
 class Flood:
     def __init__(self, targets: list[tuple[str, int]], sources: list[str], rate: float, max_open: int,
-                 seed: int) -> None:
+                 seed: int, ports: tuple[int, int] = (20000, 31999)) -> None:
         self.targets, self.sources, self.rate, self.max_open = targets, sources, rate, max_open
+        self.ports = ports
+        self.next_port = {src: ports[0] + (seed * 977) % (ports[1] - ports[0]) for src in sources}
         self.rng = random.Random(seed)
         self.sel = selectors.DefaultSelector()
         self.open: dict[int, dict] = {}  # fd -> {sock, mode, since, next_byte}
@@ -72,13 +77,19 @@ class Flood:
         mode = self.rng.choices(MODES, WEIGHTS)[0]
         s = socket.socket()
         s.setblocking(False)
-        try:
-            s.bind((source, 0))
-            err = s.connect_ex((host, port))
-        except OSError:
-            s.close()
-            self.stats["connect_failed"] += 1
-            return
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        err = -1
+        for _ in range(32):
+            lo, hi = self.ports
+            sport = self.next_port[source]
+            self.next_port[source] = lo if sport >= hi else sport + 1
+            try:
+                s.bind((source, sport))
+                err = s.connect_ex((host, port))
+                break
+            except OSError:
+                continue
         if err not in (0, errno.EINPROGRESS):
             s.close()
             self.stats["connect_failed"] += 1
@@ -189,10 +200,13 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=400.0, help="new connections a second (default 400)")
     p.add_argument("--max-open", type=int, default=3000, help="sockets held at once (default 3000)")
     p.add_argument("--sources", default="127.0.0.2-127.0.0.9", help="source addresses (default 127.0.0.2-127.0.0.9)")
+    p.add_argument("--source-ports", default="20000-31999",
+                   help="source port range, below the ephemeral range (default 20000-31999)")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
+    lo, hi = (int(x) for x in a.source_ports.split("-"))
     targets = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in a.target]
-    stats = Flood(targets, _sources(a.sources), a.rate, a.max_open, a.seed).run(a.duration)
+    stats = Flood(targets, _sources(a.sources), a.rate, a.max_open, a.seed, (lo, hi)).run(a.duration)
     print(json.dumps(stats), flush=True)
     return 0
 
