@@ -256,3 +256,68 @@ def test_router_counts_zero_length_early_frames():
     assert held == 65_536 and "frames held" in why, (held, why)
     held, why = pccl_py._core._router_hold_probe(1_000, 4096)
     assert held == 1_000 and why == ""
+
+
+def test_a_group_stops_growing_before_its_epoch_message_would_not_decode():
+    """Members advertising 255-character host names: about 2000 of them made an EPOCH message over the 1 MiB
+    frame cap, which no member can decode. The master refuses the peer that would cross half of it
+    (leaving the rest for op decisions), saying why."""
+    from control_frames import auth_socket, hello, recv_control
+
+    host = "h" * 255
+    socks = []
+    with pccl_py.Master(max_pending_per_group=4096) as m:
+        try:
+            refused = None
+            for i in range(2100):
+                s = auth_socket(m.port, hello(group=3, host=host, hb_ms=600_000, port=1000 + i))
+                socks.append(s)
+                t, body = recv_control(s, 1, 5.0)[0]
+                if t == 13:  # ERROR
+                    refused = (i, body)
+                    break
+                assert t == 2, (i, t, body)  # WELCOME
+            assert refused is not None, "2100 members with 255-character hosts were all taken"
+            i, body = refused
+            assert 1900 <= i <= 1960, f"refused at member {i}"
+            assert b"would not fit in an epoch message" in body
+        finally:
+            _close_all(socks)
+
+
+def test_handshakes_parked_for_unknown_epochs_do_not_keep_members_out():
+    """Someone who guessed the group and a member's peer id parks 4200 well-formed handshakes for a future
+    epoch (whose key the member cannot know yet, so they wait unverified). The parking holds 4096: the
+    members' own handshakes used to be refused ("too many parked connections") until those expired.
+    Now the oldest unverified one makes room, and a newcomer's epoch builds its mesh at once."""
+    with pccl_py.Master() as m:
+        port = _free_port()
+        a = new_comm(m.address, listen_port=port).connect()
+        b = new_comm(m.address)
+        run = Background(b.connect)
+        admit_pending([a])
+        run.result(30.0)
+        hs = [struct.pack("<IHHIIQQQ", 0x48434350, 2, i % 64, 0, 0, a.epoch + 5, 1000 + i, a.peer_id) + bytes(64)
+              for i in range(4200)]
+        parked = []
+        try:
+            for i, h in enumerate(hs):
+                s = _dial(port, f"127.0.0.{2 + i % 20}")
+                s.sendall(h)
+                parked.append(s)
+            time.sleep(1.0)
+            c = new_comm(m.address)
+            run = Background(c.connect)
+            t0 = time.time()
+            admit_pending([a, b])
+            run.result(30.0)
+            bufs = [np.ones(100, np.float32) for _ in range(3)]
+            run_concurrently(*[lambda comm=comm, x=x: comm.all_reduce(x) for comm, x in zip((a, b, c), bufs)],
+                             timeout=30.0)
+            assert all((x == 3.0).all() for x in bufs)
+            assert_within(t0, time.time(), 5.0, "admitting a peer next to 4200 parked handshakes")
+            c.close()
+        finally:
+            _close_all(parked)
+            b.close()
+            a.close()

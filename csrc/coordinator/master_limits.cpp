@@ -95,8 +95,18 @@ bool Master::group_has_room(Peer& p, const Hello& h) {
     if (it == groups_.end()) return true;
     const Group& g = it->second;
     const size_t size = g.members.size() + g.pending.size() + g.admitting.size();
+    // Each member costs its EPOCH entry (id, host, port, connections); half of a control message is
+    // kept for the entries, so the epoch message stays decodable (the rest is for op decisions).
+    size_t entries = 14 + std::max(h.host.size(), p.remote.size());
+    for (const auto* ids : {&g.members, &g.pending, &g.admitting})
+        for (uint64_t id : *ids)
+            if (const Peer* q = find(id)) entries += 14 + q->hello.host.size();
     std::string why;
-    if (size >= limits_.max_group_size)
+    if (entries > kMaxControlMessage / 2)
+        why = "peer group " + std::to_string(h.group) + " cannot take another member: its membership would not fit "
+              "in an epoch message (" + std::to_string(entries) + " bytes of member entries; shorter advertised host "
+              "names leave room for more)";
+    else if (size >= limits_.max_group_size)
         why = "peer group " + std::to_string(h.group) + " is full: it has " + std::to_string(size) +
               " members and pending peers, the master's limit (pccl-master --max-group-size) is " +
               std::to_string(limits_.max_group_size);

@@ -97,6 +97,20 @@ std::string MeshListener::verify(Parked& p, bool blocking) {
     return {};
 }
 
+// Connections parked for an epoch whose key is not known yet have proven nothing: when the parking is
+// full, the oldest of them makes room (a verified one never does), so handshakes for future epochs
+// from someone who guessed the group and this peer's id cannot keep the members' out.
+// Precondition: mutex_ held.
+bool MeshListener::evict_unverified_parked() {
+    auto oldest = parked_.end();
+    for (auto it = parked_.begin(); it != parked_.end(); ++it)
+        if (!it->second.verified && (oldest == parked_.end() || it->second.since < oldest->second.since)) oldest = it;
+    if (oldest == parked_.end()) return false;
+    PCCL_WARN("listener", "parking full: closing the oldest unverified connection, from %s", oldest->second.remote.c_str());
+    parked_.erase(oldest);
+    return true;
+}
+
 Fd MeshListener::take(uint64_t epoch, uint64_t from, uint16_t index, TimePoint deadline) {
     std::unique_lock<std::mutex> lock(mutex_);
     Key key{epoch, from, index};
@@ -229,7 +243,7 @@ void MeshListener::loop() {
                 else if (h.epoch < min_epoch_) reject = "stale epoch";
                 else if (p.got < kHandshakeBytes) {
                     // the fields are fine; wait for the proof
-                } else if (parked_.size() >= kMaxParked) {
+                } else if (parked_.size() >= kMaxParked && !evict_unverified_parked()) {
                     reject = "too many parked connections";
                 } else {
                     Parked park{std::move(p.fd), Clock::now(), false, h, p.nonce, {}, p.remote};
