@@ -12,6 +12,7 @@
 #include "kernels/hash.hpp"
 #include "peer/async_op.hpp"
 #include "peer/communicator.hpp"
+#include "peer/op_router.hpp"
 
 namespace py = pybind11;
 using namespace pccl;
@@ -102,6 +103,37 @@ PYBIND11_MODULE(_core, m) {
     });
 
     m.def("set_log_level", [](int level) { set_log_level(static_cast<LogLevel>(level)); });
+    // For tests: feeds `frames` well-formed frame headers of `length` payload bytes, for operations not
+    // started (tag 1, seq 1, 2, ...), to a fresh data-frame router, as a member far ahead would send
+    // them; returns how many it held before refusing one, and its reason ("" if none was refused).
+    m.def("_router_hold_probe", [](uint64_t frames, uint32_t length) {
+        uint64_t held = 0;
+        std::string why;
+        {
+        py::gil_scoped_release release;
+        OpRouter router([](int, const std::string&) {});
+        std::vector<uint8_t> payload(length, 0x5a);
+        for (uint64_t i = 0; i < frames; ++i) {
+            FrameHeader h{};
+            h.magic = kFrameMagic;
+            h.type = static_cast<uint8_t>(length ? FrameType::kData : FrameType::kDone);
+            h.tag = 1;
+            h.seq = i + 1;
+            h.count = length;
+            h.length = length;
+            try {
+                RecvTarget t = router.on_header(0, h);
+                if (length && t.dst) std::memcpy(t.dst, payload.data(), length);
+                router.on_frame(0, h, t);
+            } catch (const ProtocolError& e) {
+                why = e.what();
+                break;
+            }
+            ++held;
+        }
+        }
+        return py::make_tuple(held, why);
+    }, py::arg("frames"), py::arg("length"));
     m.def("content_hash", [](uintptr_t addr, size_t bytes) { return content_hash(reinterpret_cast<const void*>(addr), bytes); },
           py::call_guard<py::gil_scoped_release>());
     m.def("copy_bytes", [](uintptr_t dst, uintptr_t src, size_t bytes) {
@@ -117,10 +149,25 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("quant_code"), py::arg("dtype_code"), py::arg("src_ptr"), py::arg("dst_ptr"), py::arg("count"));
 
     py::class_<Master>(m, "Master")
-        .def(py::init([](std::string host, uint16_t port, py::bytes secret, bool encrypt) {
-                 return std::make_unique<Master>(std::move(host), port, std::string(secret), encrypt);
+        .def(py::init([](std::string host, uint16_t port, py::bytes secret, double handshake_timeout,
+                         uint32_t max_unauthenticated, uint32_t max_unauthenticated_per_source, uint64_t max_preauth_bytes,
+                         uint32_t max_pending_per_group, uint32_t max_group_size, bool encrypt) {
+                 MasterLimits limits;
+                 limits.handshake_timeout = handshake_timeout;
+                 limits.max_unauthenticated = max_unauthenticated;
+                 limits.max_unauthenticated_per_source = max_unauthenticated_per_source;
+                 limits.max_preauth_bytes = max_preauth_bytes;
+                 limits.max_pending_per_group = max_pending_per_group;
+                 limits.max_group_size = max_group_size;
+                 return std::make_unique<Master>(std::move(host), port, std::string(secret), encrypt, limits);
              }),
-             py::arg("host"), py::arg("port"), py::arg("secret") = py::bytes(), py::arg("encrypt") = false)
+             py::arg("host"), py::arg("port"), py::arg("secret") = py::bytes(),
+             py::arg("handshake_timeout") = MasterLimits{}.handshake_timeout,
+             py::arg("max_unauthenticated") = MasterLimits{}.max_unauthenticated,
+             py::arg("max_unauthenticated_per_source") = MasterLimits{}.max_unauthenticated_per_source,
+             py::arg("max_preauth_bytes") = MasterLimits{}.max_preauth_bytes,
+             py::arg("max_pending_per_group") = MasterLimits{}.max_pending_per_group,
+             py::arg("max_group_size") = MasterLimits{}.max_group_size, py::arg("encrypt") = false)
         .def("start", &Master::start, py::call_guard<py::gil_scoped_release>())
         .def("stop", &Master::stop, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("port", &Master::port)

@@ -44,4 +44,23 @@ void log_message(LogLevel level, const char* component, const char* fmt, ...) {
     std::fflush(stderr);
 }
 
+bool LogBudget::allow(const char* component, const char* what) {
+    const long long now = std::chrono::duration_cast<std::chrono::seconds>(
+                              std::chrono::steady_clock::now().time_since_epoch()).count();
+    if (now != window_) {
+        if (suppressed_ > 0)
+            log_message(LogLevel::kWarn, component, "%llu more %s in the last %lld s not logged (over %d lines a second)",
+                        suppressed_, what, window_ < 0 ? 1LL : now - window_, per_second_);
+        window_ = now;
+        used_ = 0;
+        suppressed_ = 0;
+    }
+    if (used_ < per_second_) {
+        ++used_;
+        return true;
+    }
+    ++suppressed_;
+    return false;
+}
+
 }  // namespace pccl

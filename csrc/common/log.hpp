@@ -12,6 +12,23 @@ LogLevel log_level();
 void log_message(LogLevel level, const char* component, const char* fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+// Caps the lines one noisy event (a connection closed before it authenticated, say) logs per second:
+// a flood of thousands of connections a second must not turn into as many log lines, which cost the
+// serving thread a write and a flush each. Not thread-safe: one owner thread.
+class LogBudget {
+public:
+    explicit LogBudget(int per_second) : per_second_(per_second) {}
+    // True when this line may be logged. Lines over the budget are counted; the first call of a new
+    // second logs how many were left out (under `component`, as `what`).
+    bool allow(const char* component, const char* what);
+
+private:
+    int per_second_;
+    long long window_ = -1;  // the current second, of a monotonic clock
+    int used_ = 0;
+    unsigned long long suppressed_ = 0;
+};
+
 }  // namespace pccl
 
 #define PCCL_LOG(level, component, ...)                                        \

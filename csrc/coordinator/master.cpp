@@ -14,7 +14,6 @@
 
 namespace pccl {
 namespace {
-constexpr double kHandshakeTimeout = 5.0;
 constexpr double kHeartbeatEvery = 0.25;
 constexpr size_t kMaxOutBuffer = 16u << 20;
 // How long a restarted master's rebuild window stays open at least, whatever the claims say about the
@@ -72,13 +71,23 @@ std::vector<Decision> decide(const std::map<uint64_t, Status>& statuses) {
 }
 }  // namespace
 
-Master::Master(std::string host, uint16_t port, std::string secret, bool encrypt)
-    : host_(std::move(host)), requested_port_(port), secret_(std::move(secret)), encrypt_(encrypt) {
+Master::Master(std::string host, uint16_t port, std::string secret, bool encrypt, MasterLimits limits)
+    : host_(std::move(host)), requested_port_(port), secret_(std::move(secret)), encrypt_(encrypt), limits_(limits) {
     if (encrypt_ && secret_.empty())
         throw Error(ErrorCode::kInvalidArgument,
                     "encryption='tls' needs the job secret (secret=, --secret-file or PCCL_SECRET): the TLS "
                     "handshakes are authenticated with a key derived from it");
     if (encrypt_) tls_key_ = control_tls_key(secret_);
+    auto bad = [](const std::string& what) { throw Error(ErrorCode::kInvalidArgument, "Master: " + what); };
+    if (!(limits_.handshake_timeout >= 0.1 && limits_.handshake_timeout <= 3600))
+        bad("handshake_timeout must be within [0.1, 3600] seconds");
+    if (limits_.max_unauthenticated < 1) bad("max_unauthenticated must be at least 1");
+    if (limits_.max_unauthenticated_per_source < 1) bad("max_unauthenticated_per_source must be at least 1");
+    if (limits_.max_preauth_bytes < kMaxControlMessage + 4)
+        bad("max_preauth_bytes must be at least " + std::to_string(kMaxControlMessage + 4) + " (one join message)");
+    if (limits_.max_pending_per_group < 1) bad("max_pending_per_group must be at least 1");
+    if (limits_.max_group_size < 1 || limits_.max_group_size > kMaxMembers)
+        bad("max_group_size must be within [1, " + std::to_string(kMaxMembers) + "] (what an epoch message can carry)");
     // Ids count up from the start time in microseconds: a master started later begins above every id
     // an earlier one can have handed out (that would take more than one join per microsecond).
     auto now = std::chrono::system_clock::now().time_since_epoch();
@@ -100,7 +109,7 @@ void Master::start() {
     bind_if_needed();
     thread_ = std::thread([this] {
         name_this_thread("pccl-master");
-        serve();
+        serve_guarded();
     });
 }
 
@@ -149,22 +158,31 @@ void Master::serve() {
         timers();
         for (auto it = peers_.begin(); it != peers_.end();)
             it = it->second->dead ? peers_.erase(it) : std::next(it);
+        if (seconds_since(last_group_sweep_) >= 1.0) {
+            last_group_sweep_ = Clock::now();
+            collect_idle_groups();
+        }
     }
 }
 
 void Master::accept_new() {
-    for (;;) {
+    for (int i = 0; i < 256; ++i) {  // a flood's backlog must not starve the members' messages
         int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (fd < 0) return;
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) out_of_descriptors();
+            return;
+        }
+        Fd owned(fd);
         set_nodelay(fd);
         auto p = std::make_unique<Peer>();
         // Skips ids in use: a REJOIN may claim one from this range (found by fuzz_master: the entry of
         // a member was replaced, and the group's next recovery dereferenced the missing peer).
         while (peers_.count(next_conn_id_)) ++next_conn_id_;
         p->id = next_conn_id_++;
-        p->fd = Fd(fd);
+        p->fd = std::move(owned);
         p->remote = peer_ip(fd);
-        p->last_seen = Clock::now();
+        p->last_seen = p->accepted = Clock::now();
+        p->in.set_max_frame(kMaxPreAuthFrame);
         if (encrypt_) {
             try {
                 p->tls = std::make_unique<TlsSession>(fd, TlsSession::Role::kServer, tls_key_);
@@ -173,15 +191,17 @@ void Master::accept_new() {
                 continue;
             }
         }
-        uint64_t id = p->id;
-        peers_[id] = std::move(p);
+        admit_connection(std::move(p));
     }
 }
 
 void Master::read_from(Peer& p) {
     if (!p.screened && !screen_first_byte(p)) return;
     uint8_t buf[65536];
-    for (;;) {
+    std::vector<uint8_t> body;
+    // Frames are taken after every chunk: a length prefix over the connection's cap is refused as soon
+    // as it arrives, so a connection buffers at most its cap plus one chunk.
+    for (bool more = true; more && !p.dead;) {
         ssize_t n = p.tls ? p.tls->read(buf, sizeof buf) : ::recv(p.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
         if (n == 0) {
             drop(p, "connection closed", false);
@@ -193,23 +213,37 @@ void Master::read_from(Peer& p) {
             return;
         }
         p.in.append(buf, static_cast<size_t>(n));
-        // TLS returns a record at a time and may hold more than the socket shows: read to EAGAIN.
-        if (static_cast<size_t>(n) < sizeof buf && !p.tls) break;
-    }
-    p.last_seen = Clock::now();
-    std::vector<uint8_t> body;
-    try {
-        while (!p.dead && p.in.next(body)) {
-            Reader r(body.data(), body.size());
-            auto type = static_cast<MsgType>(r.get_enum(static_cast<uint8_t>(MsgType::kCount), "message type"));
-            handle(p, type, r);
+        // TLS returns a record at a time and may hold more than the socket shows: it reads to EAGAIN.
+        more = p.tls || static_cast<size_t>(n) == sizeof buf;
+        p.last_seen = Clock::now();
+        try {
+            while (!p.dead && p.in.next(body)) {
+                Reader r(body.data(), body.size());
+                auto type = static_cast<MsgType>(r.get_enum(static_cast<uint8_t>(MsgType::kCount), "message type"));
+                handle(p, type, r);
+            }
+        } catch (const ProtocolError& e) {
+            if (p.state != PeerState::kHandshake || closed_log_.allow("master", "connections closed before joining"))
+                PCCL_WARN("master", "closing connection %llu from %s: %s", (unsigned long long)p.id, p.remote.c_str(), e.what());
+            if (p.state != PeerState::kHandshake) send(p, encode_error(ErrorMsg{std::string("protocol violation: ") + e.what()}));
+            flush(p);
+            drop(p, std::string("protocol violation: ") + e.what(), false);
+            return;
+        } catch (const std::exception& e) {
+            // Not the peer's fault as far as anyone can tell (out of memory, say): this connection goes,
+            // the master keeps serving the others.
+            PCCL_WARN("master", "internal error handling a message of connection %llu from %s: %s; closing it",
+                      (unsigned long long)p.id, p.remote.c_str(), e.what());
+            drop(p, std::string("internal error at the master: ") + e.what(), false);
+            return;
+        } catch (...) {
+            PCCL_WARN("master", "unknown internal error handling a message of connection %llu from %s; closing it",
+                      (unsigned long long)p.id, p.remote.c_str());
+            drop(p, "unknown internal error at the master", false);
+            return;
         }
-    } catch (const ProtocolError& e) {
-        PCCL_WARN("master", "closing connection %llu from %s: %s", (unsigned long long)p.id, p.remote.c_str(), e.what());
-        if (p.state != PeerState::kHandshake) send(p, encode_error(ErrorMsg{std::string("protocol violation: ") + e.what()}));
-        flush(p);
-        drop(p, std::string("protocol violation: ") + e.what(), false);
     }
+    if (!p.dead && p.state == PeerState::kHandshake && p.in.buffered() > kMaxPreAuthFrame) check_preauth_budget();
 }
 
 void Master::flush(Peer& p) {
@@ -283,6 +317,7 @@ void Master::rekey(Peer& p, uint64_t id) {
 }
 
 void Master::on_hello(Peer& p, const Hello& h) {
+    if (!group_has_room(p, h)) return;
     p.hello = h;
     if (p.hello.host.empty() || p.hello.host == "0.0.0.0") p.hello.host = p.remote;
     while (find(next_peer_id_)) ++next_peer_id_;
@@ -474,10 +509,7 @@ void Master::drop(Peer& p, const std::string& reason, bool graceful) {
     flush(p);
     p.tls.reset();
     p.fd.reset();
-    if (p.state == PeerState::kHandshake) {
-        PCCL_INFO("master", "connection %llu from %s closed before joining: %s", (unsigned long long)p.id, p.remote.c_str(), reason.c_str());
-        return;
-    }
+    if (p.state == PeerState::kHandshake) return log_closed_before_join(p, reason);
     Group& g = group(p.hello.group);
     bool was_member = std::find(g.members.begin(), g.members.end(), p.id) != g.members.end();
     bool was_pending = std::find(g.pending.begin(), g.pending.end(), p.id) != g.pending.end();
@@ -623,13 +655,11 @@ void Master::timers() {
     bool beat = seconds_since(last_heartbeat_) >= kHeartbeatEvery;
     if (beat) last_heartbeat_ = now;
     auto heartbeat = encode_empty(MsgType::kHeartbeat);
+    handshake_deadlines(now);
     for (auto& [id, p] : peers_) {
         if (p->dead) continue;
+        if (p->state == PeerState::kHandshake) continue;  // handshake_deadlines()
         double silent = std::chrono::duration<double>(now - p->last_seen).count();
-        if (p->state == PeerState::kHandshake) {
-            if (silent > kHandshakeTimeout) drop(*p, "no hello within the handshake timeout", false);
-            continue;
-        }
         double limit = p->hello.heartbeat_timeout_ms / 1000.0;
         if (silent > limit) {
             char why[128];

@@ -13,17 +13,44 @@
 #include <vector>
 
 #include "auth/crypto.hpp"
+#include "common/log.hpp"
 #include "protocol/messages.hpp"
 #include "transport/socket.hpp"
 #include "transport/tls.hpp"
 
 namespace pccl {
 
+// What one master spends at most on connections that have not joined yet, and how big a group may
+// grow. Without them a flood of idle or trickling connections (slowloris) held every slot and the
+// master's memory grew with whatever anyone sent it. docs/security.md lists the defaults and why.
+struct MasterLimits {
+    // From accept to a completed join (authentication plus HELLO/REJOIN), absolute: a peer that
+    // trickles a byte at a time is closed at this deadline all the same.
+    double handshake_timeout = 5.0;
+    // Connections that have not joined yet, in total and per source address. Over the per-source cap,
+    // that source's oldest connection is closed; over the total, the oldest of the source holding the
+    // most. A legitimate handshake takes milliseconds, so a flood churns only its own connections.
+    uint32_t max_unauthenticated = 512;
+    uint32_t max_unauthenticated_per_source = 64;
+    // Bytes that connections which have not joined yet may hold in partial frames, in total. Their
+    // authentication messages are capped at kMaxPreAuthFrame each; only the join message (a REJOIN
+    // lists the whole membership) may be large, up to kMaxControlMessage.
+    uint64_t max_preauth_bytes = 16u << 20;
+    // Peers waiting for admission to one group, and members plus pending peers of one group (at most
+    // kMaxMembers: an EPOCH naming more could not be decoded by the members).
+    uint32_t max_pending_per_group = 1024;
+    uint32_t max_group_size = kMaxMembers;
+};
+
+// The authentication messages before the join (AUTH_HELLO, AUTH_PROOF) are under 64 bytes.
+constexpr uint32_t kMaxPreAuthFrame = 256;
+
 class Master {
 public:
     // secret: the job secret every peer must prove it knows (empty: none; see auth/control_auth.hpp).
     // encrypt: every connection runs TLS keyed by the secret (transport/tls.hpp); needs a secret.
-    Master(std::string host, uint16_t port, std::string secret = {}, bool encrypt = false);
+    // Throws Error(kInvalidArgument) for limits out of range.
+    Master(std::string host, uint16_t port, std::string secret = {}, bool encrypt = false, MasterLimits limits = {});
     ~Master();
     void start();  // binds, then serves on a background thread
     void stop();
@@ -41,6 +68,7 @@ private:
         FrameAssembler in;
         std::vector<uint8_t> out;
         TimePoint last_seen;
+        TimePoint accepted;  // the handshake deadline runs from here (MasterLimits::handshake_timeout)
         bool dead = false;
         // The authentication exchange (kHandshake only): which message comes next, the two nonces,
         // and the peer's proof, checked against the HELLO or REJOIN that follows it.
@@ -103,6 +131,16 @@ private:
     // refusal) and dropped.
     void drop_broken(Peer& p, const char* what);
     void warn_if_exposed() const;
+    // master_limits.cpp: the resource limits (MasterLimits) and the serving loop's last line of defence.
+    void admit_connection(std::unique_ptr<Peer> p);
+    void out_of_descriptors();
+    Peer* oldest_unjoined(const std::string* source);
+    void check_preauth_budget();
+    void handshake_deadlines(TimePoint now);
+    bool group_has_room(Peer& p, const Hello& h);
+    void collect_idle_groups();
+    void serve_guarded();
+    void log_closed_before_join(const Peer& p, const std::string& reason);
     void on_hello(Peer& p, const Hello& h);
     void on_rejoin(Peer& p, const Rejoin& m);
     void check_rebuild(Group& g);
@@ -124,6 +162,7 @@ private:
     std::string secret_;
     bool encrypt_ = false;
     TlsKey tls_key_{};
+    MasterLimits limits_;
     uint16_t port_ = 0;
     Fd listener_;
     std::atomic<bool> stop_{false};
@@ -137,6 +176,9 @@ private:
     std::map<uint64_t, std::unique_ptr<Peer>> peers_;  // keyed by peer id (connection id before hello)
     std::map<uint32_t, Group> groups_;
     TimePoint last_heartbeat_;
+    TimePoint last_group_sweep_;
+    // A flood closes thousands of connections a second; their lines are capped (see LogBudget).
+    LogBudget closed_log_{100};
 };
 
 }  // namespace pccl

@@ -21,7 +21,8 @@ void Master::warn_if_exposed() const {
 }
 
 void Master::refuse_auth(Peer& p, const std::string& why) {
-    PCCL_WARN("master", "refused connection %llu from %s: %s", (unsigned long long)p.id, p.remote.c_str(), why.c_str());
+    if (closed_log_.allow("master", "connections closed before joining"))
+        PCCL_WARN("master", "refused connection %llu from %s: %s", (unsigned long long)p.id, p.remote.c_str(), why.c_str());
     send(p, encode_auth_refused(why));
     drop(p, "authentication refused: " + why, false);
 }
@@ -92,6 +93,7 @@ void Master::on_handshake(Peer& p, MsgType type, Reader& r) {
             expect(MsgType::kAuthProof);
             p.proof = decode_auth_mac(r);
             p.auth = Peer::Auth::kJoin;
+            p.in.set_max_frame(kMaxControlMessage);  // a REJOIN lists the membership (max_preauth_bytes bounds the sum)
             return;
         case Peer::Auth::kJoin: {
             if (type != MsgType::kHello && type != MsgType::kRejoin)

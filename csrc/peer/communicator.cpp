@@ -69,7 +69,24 @@ void Communicator::connect() {
     }
     control_ = std::thread([this] {
         name_this_thread("pccl-control");
-        control_loop();
+        // Whatever escapes the loop (an allocation failure, say) ends this peer's membership with a
+        // clear error on every call, like a lost master; it must not end the process, nor leave calls
+        // waiting for their timeout.
+        std::string why;
+        try {
+            control_loop();
+        } catch (const std::exception& e) {
+            why = std::string("internal error in the control thread: ") + e.what();
+        } catch (...) {
+            why = "unknown internal error in the control thread";
+        }
+        if (!why.empty()) {
+            try {
+                PCCL_LOG(LogLevel::kError, "peer", "%s", why.c_str());
+                enter_terminal(State::kMasterLost, why + "; close() this communicator and connect a new one");
+            } catch (...) {
+            }
+        }
     });
 
     std::unique_lock<std::mutex> lock(mutex_);

@@ -17,7 +17,15 @@ void OpRouter::deliver(Collective& op, const Early& e) {
         op.on_frame(e.from, e.header);
     } catch (const Error& err) {
         op.fail(FailureKind::kLinkBroken, std::string("protocol violation from a peer: ") + err.what(), e.from);
+    } catch (const std::exception& err) {  // not the peer's fault as far as anyone can tell: the op fails, clearly
+        op.fail(FailureKind::kLinkBroken, std::string("internal error handing over an early frame: ") + err.what(), e.from);
     }
+}
+
+// Precondition: mutex_ held.
+void OpRouter::release_early(const FrameHeader& h) {
+    early_bytes_ -= h.length + kEarlyFrameCharge;
+    early_frames_ -= 1;
 }
 
 void OpRouter::add(const std::shared_ptr<Collective>& op) {
@@ -27,7 +35,7 @@ void OpRouter::add(const std::shared_ptr<Collective>& op) {
     auto it = early_.find(key);
     if (it == early_.end()) return;
     for (auto& e : it->second) {
-        early_bytes_ -= e.header.length;
+        release_early(e.header);
         deliver(*op, e);
     }
     early_.erase(it);
@@ -40,6 +48,18 @@ void OpRouter::remove(const Collective* op) {
     if (it != ops_.end() && it->second.get() == op) ops_.erase(it);
     auto& r = retired_[{key.first, p2p_stream(key.second)}];
     r = std::max(r, key.second + 1);
+    // A tag's collectives start in order, so frames still held for a seq below this one belong to an op
+    // this peer never runs: nothing can take them. (Point-to-point ops of a channel may start out of
+    // order; theirs stay until the epoch ends.)
+    if (p2p_stream(key.second) != 0) return;
+    for (auto e = early_.lower_bound(Key{key.first, 0}); e != early_.end() && e->first.first == key.first;) {
+        if (p2p_stream(e->first.second) == 0 && e->first.second < r && !ops_.count(e->first)) {
+            for (auto& f : e->second) release_early(f.header);
+            e = early_.erase(e);
+        } else {
+            ++e;
+        }
+    }
 }
 
 void OpRouter::fail_all(FailureKind kind, const std::string& why, int suspect) {
@@ -61,9 +81,13 @@ RecvTarget OpRouter::on_header(int from, const FrameHeader& h) {
             if (r != retired_.end() && h.seq < r->second)
                 throw ProtocolError("frame for an operation that already finished (tag " + std::to_string(h.tag) +
                                     ", seq " + std::to_string(h.seq) + ")");
-            if (early_bytes_ + h.length > kMaxEarlyBytes)
+            if (early_bytes_ + h.length + kEarlyFrameCharge > kMaxEarlyBytes)
                 throw ProtocolError("peer is too far ahead: more than 2 GiB of frames for operations not started here");
-            early_bytes_ += h.length;
+            if (early_frames_ + 1 > kMaxEarlyFrames)
+                throw ProtocolError("peer is too far ahead: more than " + std::to_string(kMaxEarlyFrames) +
+                                    " frames held for operations not started here");
+            early_bytes_ += h.length + kEarlyFrameCharge;
+            early_frames_ += 1;
             // Pooled and not zeroed: with peers a millisecond apart every op meets a few early
             // pieces, and fresh zeroed blocks of this size cost page faults and unmaps each time.
             std::shared_ptr<uint8_t[]> buf = acquire_buffer(h.length);
@@ -88,7 +112,7 @@ void OpRouter::on_frame(int from, const FrameHeader& h, RecvTarget& target) {
     }
     Early e{from, h, std::shared_ptr<uint8_t[]>(target.keep, static_cast<uint8_t*>(target.keep.get()))};
     if (it != ops_.end()) {
-        early_bytes_ -= h.length;
+        release_early(h);
         deliver(*it->second, e);
         return;
     }

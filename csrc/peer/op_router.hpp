@@ -13,7 +13,14 @@
 
 namespace pccl {
 
+// What frames for ops not started here may hold, per epoch's mesh: bytes (payloads plus a charge per
+// entry, so zero-length completion notices count too) and entries. A peer over either is a protocol
+// violation (its link fails, and with it the op). A legitimate peer is at most a few ops ahead, each
+// with a bounded number of pieces; the caps only bite on a member that sends frames for ops nobody
+// runs.
 constexpr size_t kMaxEarlyBytes = size_t{2} << 30;
+constexpr size_t kMaxEarlyFrames = size_t{1} << 16;
+constexpr size_t kEarlyFrameCharge = 128;  // about what one entry costs: header, map node, buffer handle
 
 class OpRouter : public MeshHandler {
 public:
@@ -44,7 +51,9 @@ private:
     // Per (tag, stream): every seq below this is finished. The stream is 0 for a tag's collectives and
     // the channel of a point-to-point key (protocol/p2p_key.hpp), whose ops finish in their own order.
     std::map<std::pair<uint32_t, uint64_t>, uint64_t> retired_;
-    size_t early_bytes_ = 0;
+    size_t early_bytes_ = 0;   // payloads plus kEarlyFrameCharge per held frame
+    size_t early_frames_ = 0;  // frames held, including those whose payload is still arriving
+    void release_early(const FrameHeader& h);
 };
 
 }  // namespace pccl

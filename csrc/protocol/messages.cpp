@@ -419,9 +419,9 @@ bool FrameAssembler::next(std::vector<uint8_t>& body) {
     if (avail < 4) return false;
     const uint8_t* p = buf_.data() + consumed_;
     uint32_t len = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
-    if (len == 0 || len > kMaxControlMessage)
-        throw ProtocolError("control frame length " + std::to_string(len) + " outside [1, " +
-                            std::to_string(kMaxControlMessage) + "]");
+    if (len == 0 || len > max_frame_)
+        throw ProtocolError("control frame length " + std::to_string(len) + " outside [1, " + std::to_string(max_frame_) +
+                            "]");
     if (avail < 4 + static_cast<size_t>(len)) return false;
     body.assign(p + 4, p + 4 + len);
     consumed_ += 4 + len;

@@ -216,12 +216,19 @@ const char* epoch_cause_name(EpochCause c);
 class FrameAssembler {
 public:
     void append(const uint8_t* data, size_t len) { buf_.insert(buf_.end(), data, data + len); }
-    // Returns true and fills body when a complete frame is buffered; throws ProtocolError on a bad length.
+    // Returns true and fills body when a complete frame is buffered; throws ProtocolError on a bad length
+    // (checked as soon as a length prefix is buffered, before its body arrives).
     bool next(std::vector<uint8_t>& body);
+    // The largest frame body accepted from now on (at most kMaxControlMessage). The master lowers it
+    // for connections that have not authenticated yet, whose messages are tiny.
+    void set_max_frame(uint32_t max) { max_frame_ = max < kMaxControlMessage ? max : kMaxControlMessage; }
+    // Bytes held (a partial frame, or frames not taken yet): what this connection costs in memory.
+    size_t buffered() const { return buf_.size() - consumed_; }
 
 private:
     std::vector<uint8_t> buf_;
     size_t consumed_ = 0;
+    uint32_t max_frame_ = kMaxControlMessage;
 };
 
 }  // namespace pccl

@@ -91,7 +91,24 @@ void Mesh::start() {
         // Clients send their ClientHello now; every handshake then advances with its socket's events.
         for (auto& c : conns_)
             if (c->tls && !failed_ && !step_handshake(*c)) break;
-        loop();
+        // Anything the loop lets escape (an allocation failure, say) ends this epoch's mesh like a
+        // broken link: every op on it fails with this reason and the master starts a new epoch. It must
+        // not end the process, nor leave the ops waiting for their timeout.
+        std::string why;
+        try {
+            loop();
+        } catch (const std::exception& e) {
+            why = std::string("internal error in the mesh I/O thread: ") + e.what();
+        } catch (...) {
+            why = "unknown internal error in the mesh I/O thread";
+        }
+        if (!why.empty() && !failed_.exchange(true)) {
+            PCCL_LOG(LogLevel::kError, "mesh", "epoch %llu: %s", (unsigned long long)epoch_, why.c_str());
+            try {
+                handler_->on_failure(-1, why);
+            } catch (...) {
+            }
+        }
     });
 }
 
@@ -209,6 +226,9 @@ bool Mesh::deliver(Conn& c) {
     } catch (const Error& e) {
         fail(c, std::string("protocol violation: ") + e.what());
         return false;
+    } catch (const std::exception& e) {
+        fail(c, std::string("internal error handling a frame: ") + e.what());
+        return false;
     }
     c.rx_target = RecvTarget{};
     return true;
@@ -231,6 +251,9 @@ bool Mesh::handle_read(Conn& c) {
                 c.rx_target = handler_->on_header(c.rank, c.rx_header);
             } catch (const Error& e) {
                 fail(c, std::string("protocol violation: ") + e.what());
+                return false;
+            } catch (const std::exception& e) {  // no buffer for an early frame, say
+                fail(c, std::string("internal error handling a frame header: ") + e.what());
                 return false;
             }
             if (c.rx_header.length == 0) {

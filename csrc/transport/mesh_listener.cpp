@@ -1,6 +1,8 @@
 #include "transport/mesh_listener.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <poll.h>
 #include <sys/socket.h>
 #include <vector>
@@ -14,6 +16,12 @@ namespace {
 constexpr double kHandshakeSeconds = 5.0;
 constexpr size_t kMaxParked = 4096;
 constexpr size_t kMaxHandshaking = 1024;
+// Handshakes in progress from one source address. Over it, that source's oldest is closed; over
+// kMaxHandshaking, the oldest of the busiest source. A member's handshake completes in milliseconds,
+// so a source that floods (or holds idle sockets: 1024 of them used to fill every slot, and no mesh
+// could be built) churns its own connections and leaves the members' room. Legitimate bursts stay
+// well under it: every member on one host dials `connections` (at most 64) sockets per epoch.
+constexpr size_t kMaxHandshakingPerSource = 256;
 // A legitimate parked connection is taken within a mesh build of its epoch, which starts milliseconds
 // after it arrives; one that waits longer names an epoch that never came.
 constexpr double kMaxParkedSeconds = 10.0;
@@ -25,7 +33,18 @@ MeshListener::MeshListener(const std::string& host, uint16_t port) {
     set_nonblocking(listener_.get(), true);
     thread_ = std::thread([this] {
         name_this_thread("pccl-listen");
-        loop();
+        // The listener must outlive anything the loop throws (an allocation failure, say): the
+        // connections in handshake are lost, the parked ones and the listening socket stay.
+        while (!stop_) {
+            try {
+                loop();
+            } catch (const std::exception& e) {
+                PCCL_LOG(LogLevel::kError, "listener", "internal error: %s; serving on", e.what());
+            } catch (...) {
+                PCCL_LOG(LogLevel::kError, "listener", "unknown internal error; serving on");
+            }
+            if (!stop_) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
     });
 }
 
@@ -79,6 +98,20 @@ std::string MeshListener::verify(Parked& p, bool blocking) {
     return {};
 }
 
+// Connections parked for an epoch whose key is not known yet have proven nothing: when the parking is
+// full, the oldest of them makes room (a verified one never does), so handshakes for future epochs
+// from someone who guessed the group and this peer's id cannot keep the members' out.
+// Precondition: mutex_ held.
+bool MeshListener::evict_unverified_parked() {
+    auto oldest = parked_.end();
+    for (auto it = parked_.begin(); it != parked_.end(); ++it)
+        if (!it->second.verified && (oldest == parked_.end() || it->second.since < oldest->second.since)) oldest = it;
+    if (oldest == parked_.end()) return false;
+    PCCL_WARN("listener", "parking full: closing the oldest unverified connection, from %s", oldest->second.remote.c_str());
+    parked_.erase(oldest);
+    return true;
+}
+
 Fd MeshListener::take(uint64_t epoch, uint64_t from, uint16_t index, TimePoint deadline) {
     std::unique_lock<std::mutex> lock(mutex_);
     Key key{epoch, from, index};
@@ -104,39 +137,69 @@ void MeshListener::loop() {
         Nonce nonce{};
         std::string remote;
     };
-    std::vector<std::unique_ptr<Pending>> pending;
+    std::vector<std::unique_ptr<Pending>> pending;  // in accept order: the oldest first
     std::vector<pollfd> fds;
     bool waiting_for_identity = false;
+    LogBudget closed_log(100);  // a flood closes thousands of connections a second
+    auto log_close = [&](const std::string& remote, const std::string& why) {
+        if (closed_log.allow("listener", "closed connections"))
+            PCCL_WARN("listener", "closing connection from %s: %s", remote.c_str(), why.c_str());
+    };
+    // Makes room for one more handshake from `source` (see kMaxHandshakingPerSource).
+    auto make_room = [&](const std::string& source) {
+        size_t same = 0;
+        for (auto& q : pending) same += q->remote == source;
+        std::string victim;
+        if (same >= kMaxHandshakingPerSource) {
+            victim = source;
+        } else if (pending.size() >= kMaxHandshaking) {
+            std::map<std::string, size_t> by_source;
+            for (auto& q : pending) ++by_source[q->remote];
+            victim = std::max_element(by_source.begin(), by_source.end(),
+                                      [](const auto& a, const auto& b) { return a.second < b.second; })->first;
+        }
+        if (victim.empty()) return;
+        for (auto it = pending.begin(); it != pending.end(); ++it)
+            if ((*it)->remote == victim) {
+                log_close(victim, "too many handshakes in progress from its address; the oldest is closed");
+                pending.erase(it);
+                return;
+            }
+    };
     while (!stop_) {
         fds.clear();
         fds.push_back({listener_.get(), POLLIN, 0});
         for (auto& p : pending) fds.push_back({p->fd.get(), POLLIN, 0});
         ::poll(fds.data(), fds.size(), waiting_for_identity ? 5 : 100);
         if (fds[0].revents & POLLIN) {
-            for (;;) {
+            for (int accepted = 0; accepted < 256; ++accepted) {  // a flood must not starve the handshakes
                 int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-                if (fd < 0) break;
-                if (pending.size() >= kMaxHandshaking) {
-                    ::close(fd);
-                    PCCL_WARN("listener", "too many connections in handshake; refusing one");
-                    continue;
+                if (fd < 0) {
+                    // Out of descriptors: the listener stays readable; free the oldest handshake
+                    // rather than spin on it.
+                    if ((errno == EMFILE || errno == ENFILE) && !pending.empty()) {
+                        log_close(pending.front()->remote, "out of file descriptors; the oldest handshake is closed");
+                        pending.erase(pending.begin());
+                    }
+                    break;
                 }
+                Fd owned(fd);
                 set_nodelay(fd);
                 auto p = std::make_unique<Pending>();
-                p->fd = Fd(fd);
+                p->fd = std::move(owned);
                 p->deadline = deadline_after(kHandshakeSeconds);
                 p->remote = peer_ip(fd);
+                make_room(p->remote);
                 try {
                     p->nonce = random_nonce();
                 } catch (const Error& e) {
-                    PCCL_WARN("listener", "closing connection from %s: %s", p->remote.c_str(), e.what());
+                    log_close(p->remote, e.what());
                     continue;
                 }
                 // The listener's challenge: 32 bytes always fit a fresh socket's send buffer.
                 if (::send(fd, p->nonce.data(), p->nonce.size(), MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(p->nonce.size())) {
                     const bool closed = errno == EPIPE || errno == ECONNRESET;
-                    PCCL_WARN("listener", "closing connection from %s: %s", p->remote.c_str(),
-                              closed ? "closed during handshake" : "could not send the handshake nonce");
+                    log_close(p->remote, closed ? "closed during handshake" : "could not send the handshake nonce");
                     continue;
                 }
                 pending.push_back(std::move(p));
@@ -177,7 +240,7 @@ void MeshListener::loop() {
                 else if (check.wait_for_identity) waiting_for_identity = true;
                 else if (p.got < kHandshakeBytes) {
                     // the fields are fine; wait for the proof
-                } else if (parked_.size() >= kMaxParked) {
+                } else if (parked_.size() >= kMaxParked && !evict_unverified_parked()) {
                     reject = "too many parked connections";
                 } else {
                     Parked park{std::move(p.fd), Clock::now(), false, h, p.nonce, {}, p.remote};
@@ -196,7 +259,7 @@ void MeshListener::loop() {
                 }
             }
             if (reject.empty() && !done && now > p.deadline) reject = "no handshake within the deadline";
-            if (!reject.empty()) PCCL_WARN("listener", "closing connection from %s: %s", p.remote.c_str(), reject.c_str());
+            if (!reject.empty()) log_close(p.remote, reject);
             if (!reject.empty() || done) {
                 pending.erase(pending.begin() + static_cast<long>(i));
             } else {

@@ -49,6 +49,7 @@ private:
     // Checks a parked connection's proof against its epoch's key and answers with this side's proof.
     // Precondition: mutex_ held. Returns an empty string, or why the connection must be closed.
     std::string verify(Parked& p, bool blocking);
+    bool evict_unverified_parked();
     Fd listener_;
     uint16_t port_ = 0;
     std::atomic<bool> stop_{false};

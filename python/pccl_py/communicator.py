@@ -158,6 +158,9 @@ class Communicator:
             float(join_timeout), listen_host, listen_port, advertise_host, advertise_port, float(master_grace),
             swap_result_pages, key, self.encrypted)
         self.master_address = master_address
+        #: Whether a job secret authenticates this communicator's connections (only holders of the
+        #: secret can be members). The torch backend's object collectives require it (docs/security.md).
+        self.authenticated = bool(key)
         self.peer_group = peer_group
         self._state_revision: Optional[int] = None  # revision of the last successful shared-state sync
         # A sync is several collectives on one reserved tag: two syncs from different threads would

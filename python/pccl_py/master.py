@@ -25,6 +25,35 @@ def set_log_level(level: str) -> None:
     _core.set_log_level(_LEVELS[level])
 
 
+# Resource limits against connections that never join (floods, slowloris) and oversized groups; the
+# defaults and their reasons are in docs/security.md ("Resource limits").
+DEFAULT_LIMITS = {
+    "handshake_timeout": 5.0,
+    "max_unauthenticated": 512,
+    "max_unauthenticated_per_source": 64,
+    "max_preauth_bytes": 16 << 20,
+    "max_pending_per_group": 1024,
+    "max_group_size": 4096,
+}
+
+
+def _check_limits(limits: dict) -> dict:
+    out = dict(DEFAULT_LIMITS)
+    for name, value in limits.items():
+        if value is None:
+            continue
+        if name == "handshake_timeout":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= float(value) <= 3600:
+                raise InvalidArgumentError(f"handshake_timeout must be a number of seconds within [0.1, 3600], got {value!r}")
+            out[name] = float(value)
+        else:
+            top = (1 << 64) if name == "max_preauth_bytes" else (1 << 32)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < top:
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+            out[name] = int(value)
+    return out
+
+
 class Master:
     """A master serving in a background thread of this process.
 
@@ -36,13 +65,39 @@ class Master:
         encryption: "tls" to encrypt every connection with TLS 1.3 keyed by the secret (peers must
             use it too; a plaintext peer is refused with AuthenticationError), "none"; default: the
             ``PCCL_ENCRYPTION`` environment variable, else "none".
+        handshake_timeout: seconds from accepting a connection to its completed join (default 5).
+        max_unauthenticated: connections that have not joined yet, in total (default 512).
+        max_unauthenticated_per_source: the same, per source address (default 64).
+        max_preauth_bytes: bytes of partial messages those connections may hold in total (default 16 MiB).
+        max_pending_per_group: peers waiting for admission to one group (default 1024).
+        max_group_size: members plus pending peers of one group (default and maximum 4096).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, secret: SecretLike = None,
-                 encryption: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        secret: SecretLike = None,
+        encryption: Optional[str] = None,
+        handshake_timeout: Optional[float] = None,
+        max_unauthenticated: Optional[int] = None,
+        max_unauthenticated_per_source: Optional[int] = None,
+        max_preauth_bytes: Optional[int] = None,
+        max_pending_per_group: Optional[int] = None,
+        max_group_size: Optional[int] = None,
+    ) -> None:
+        limits = _check_limits({
+            "handshake_timeout": handshake_timeout,
+            "max_unauthenticated": max_unauthenticated,
+            "max_unauthenticated_per_source": max_unauthenticated_per_source,
+            "max_preauth_bytes": max_preauth_bytes,
+            "max_pending_per_group": max_pending_per_group,
+            "max_group_size": max_group_size,
+        })
         key = resolve_secret(secret)
         self.encrypted = resolve_encryption(encryption, key)
-        self._core = _core.Master(host, int(port), key, self.encrypted)
+        self._core = _core.Master(host, int(port), key, encrypt=self.encrypted, **limits)
         self._started = False
 
     def start(self) -> "Master":
@@ -84,13 +139,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="refuse to start without a job secret (from --secret-file or $" + ENV_SECRET + ")")
     parser.add_argument("--encryption", choices=list(ENCRYPTIONS), default=None,
                         help=f"'tls': encrypt every connection, keyed by the secret (default: ${ENV_ENCRYPTION}, else none)")
+    limits = parser.add_argument_group("resource limits (docs/security.md)")
+    limits.add_argument("--handshake-timeout", type=float, metavar="SECONDS",
+                        help="from connecting to a completed join (default 5)")
+    limits.add_argument("--max-unauthenticated", type=int, metavar="N",
+                        help="connections that have not joined yet, in total (default 512)")
+    limits.add_argument("--max-unauthenticated-per-source", type=int, metavar="N",
+                        help="connections that have not joined yet, per source address (default 64)")
+    limits.add_argument("--max-preauth-bytes", type=int, metavar="BYTES",
+                        help="partial messages those connections may hold, in total (default 16 MiB)")
+    limits.add_argument("--max-pending", type=int, metavar="N",
+                        help="peers waiting for admission to one group (default 1024)")
+    limits.add_argument("--max-group-size", type=int, metavar="N",
+                        help="members plus pending peers of one group (default and maximum 4096)")
     args = parser.parse_args(argv)
     set_log_level(args.log_level)
     try:
         secret = read_secret_file(args.secret_file) if args.secret_file else resolve_secret(None)
         if args.require_secret and not secret:
             raise InvalidArgumentError(f"--require-secret: no job secret given; pass --secret-file PATH or set {ENV_SECRET}")
-        master = Master(args.host, args.port, secret=secret, encryption=args.encryption)
+        master = Master(args.host, args.port, secret=secret, encryption=args.encryption, handshake_timeout=args.handshake_timeout,
+                        max_unauthenticated=args.max_unauthenticated,
+                        max_unauthenticated_per_source=args.max_unauthenticated_per_source,
+                        max_preauth_bytes=args.max_preauth_bytes, max_pending_per_group=args.max_pending,
+                        max_group_size=args.max_group_size)
         master.start()
     except Exception as exc:  # noqa: BLE001 - report and exit non-zero
         print(f"pccl-master: {exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..communicator import Communicator
-from . import rendezvous, staging
+from . import objects, rendezvous, staging
 from .backend import DEFAULT_TAG_BASE, TAGS, ProcessGroupPCCL
 from .work import PcclWork
 
@@ -81,7 +81,8 @@ def create_process_group(dist_backend_opts: Any, backend_options: Any = None) ->
     return pg
 
 
-def wrap_communicator(comm: Communicator, *, tag_base: int = DEFAULT_TAG_BASE) -> ProcessGroupPCCL:
+def wrap_communicator(comm: Communicator, *, tag_base: int = DEFAULT_TAG_BASE,
+                      allow_object_collectives: bool = False) -> ProcessGroupPCCL:
     """A ProcessGroup on an existing, connected Communicator, for dynamic membership.
 
     ``rank()`` and ``size()`` follow ``comm.rank`` and ``comm.world_size`` (pccl's ring order), so
@@ -89,10 +90,17 @@ def wrap_communicator(comm: Communicator, *, tag_base: int = DEFAULT_TAG_BASE) -
     ``tag_base .. tag_base + 7``; keep other uses of ``comm`` off those tags. ``shutdown()`` does not
     close ``comm``. Pass it as ``process_group=`` to DistributedDataParallel or call its methods; the
     ``dist.*`` functions that look groups up by global rank need groups created by torch.
+
+    torch's object collectives (``all_gather_object`` and the like) unpickle what the members send; on
+    this group they are refused unless ``comm`` has a job secret, ``allow_object_collectives=True`` is
+    given, or ``PCCL_ALLOW_OBJECT_COLLECTIVES=1`` is set (docs/security.md).
     """
     if comm.world_size <= 0:
         raise ValueError("wrap_communicator needs a connected Communicator (call comm.connect() first)")
-    return ProcessGroupPCCL(comm, comm.rank, comm.world_size, dynamic=True, owns_comm=False, tag_base=tag_base)
+    if not isinstance(allow_object_collectives, bool):
+        raise ValueError(f"allow_object_collectives must be True or False, not {allow_object_collectives!r}")
+    return ProcessGroupPCCL(comm, comm.rank, comm.world_size, dynamic=True, owns_comm=False, tag_base=tag_base,
+                            allow_object_collectives=allow_object_collectives)
 
 
 def _register() -> None:
@@ -103,3 +111,4 @@ def _register() -> None:
 
 
 _register()
+objects.install()

@@ -29,6 +29,7 @@ from ..communicator import Communicator
 from ..errors import ClosedError, InvalidArgumentError, PeerLostError
 from ..master import Master
 from ..ops import ReduceOp
+from . import objects
 from .errors import for_torch
 from .staging import Staged, empty_cpu, stage, stage_all
 from .work import Completer, PcclWork
@@ -134,9 +135,10 @@ class ProcessGroupPCCL(dist.ProcessGroup):
 
     def __init__(self, comm: Communicator, rank: int, size: int, *, dynamic: bool = False, owns_comm: bool = True,
                  master: Optional[Master] = None, tag_base: int = DEFAULT_TAG_BASE, name: str = "pccl",
-                 timeout: Optional[float] = None) -> None:
+                 timeout: Optional[float] = None, allow_object_collectives: bool = False) -> None:
         super().__init__(rank, size)
         self._comm = comm
+        self._allow_objects = allow_object_collectives
         self._rank = rank
         self._size = size
         self._dynamic = dynamic
@@ -150,6 +152,11 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         self._timeout = timeout  # pccl's op timeout in seconds, for torch's timeout wording (None: unknown)
         self._group_name = name
         self._group_desc = name
+
+    def object_collectives_allowed(self) -> bool:
+        """Whether torch's object collectives (which unpickle what members send) may run on this group:
+        its members are authenticated by a job secret, or the user opted in (see objects.py)."""
+        return bool(getattr(self._comm, "authenticated", False)) or self._allow_objects or objects.env_allows()
 
     # -- identity ----------------------------------------------------------------------------------
     def getBackendName(self) -> str:  # noqa: N802 - torch's trampoline name
