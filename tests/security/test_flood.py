@@ -11,7 +11,7 @@ import json
 import time
 
 from flood_scenario import run
-from pccl_py.machine_stalls import monitor
+from pccl_py.tools.machine_stalls import monitor
 
 # Peak resident set (VmHWM) a process may reach: a master is a Python interpreter plus the core, about
 # 30 MiB; a worker with numpy about 60 MiB. The flood must not add more than this on top of either.
