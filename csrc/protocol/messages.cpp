@@ -252,7 +252,7 @@ std::vector<uint8_t> encode_status(const Status& m) {
 Status decode_status(Reader& r) {
     Status m;
     m.epoch = r.get<uint64_t>();
-    uint32_t n = r.get_count(kMaxReportedOps, "reported op");
+    uint32_t n = r.get_count(kMaxReportedOps, "reported op", 14);
     m.ops.resize(n);
     for (auto& op : m.ops) {
         op.tag = r.get<uint32_t>();
@@ -260,7 +260,7 @@ Status decode_status(Reader& r) {
         op.progress = static_cast<OpProgress>(r.get_enum(static_cast<uint8_t>(OpProgress::kCount), "op progress"));
         op.pending = r.get_enum(2, "pending flag");
     }
-    uint32_t t = r.get_count(kMaxReportedOps, "reported tag");
+    uint32_t t = r.get_count(kMaxReportedOps, "reported tag", 13);
     m.tags.resize(t);
     for (auto& tr : m.tags) {
         tr.tag = r.get<uint32_t>();
@@ -298,7 +298,7 @@ EpochMsg decode_epoch(Reader& r) {
     uint32_t n = r.get_count(kMaxMembers, "member");
     if (n == 0) throw ProtocolError("epoch with no members");
     for (uint32_t i = 0; i < n; ++i) m.members.push_back(get_member(r));
-    uint32_t d = r.get_count(kMaxReportedOps, "decision");
+    uint32_t d = r.get_count(kMaxReportedOps, "decision", 14);
     m.decisions.resize(d);
     for (auto& dec : m.decisions) {
         dec.tag = r.get<uint32_t>();
