@@ -232,15 +232,19 @@ PYBIND11_MODULE(_core, m) {
              })
         // send=True: addr is the message; False: where it is published. peer: rank in the current epoch.
         .def("p2p",
-             [](Communicator& c, bool send, int peer, uintptr_t addr, size_t count, int dtype, uint32_t tag) {
+             [](Communicator& c, bool send, int peer, uintptr_t addr, size_t count, int dtype, uint32_t tag,
+                uint64_t planned_epoch) {
                  P2PSpec s = make_p2p(send, peer, addr, count, dtype, tag);
+                 s.planned_epoch = planned_epoch;
                  ReduceResult r;
                  {
                      py::gil_scoped_release release;
                      r = c.p2p(s);
                  }
                  return to_dict(r);
-             })
+             },
+             py::arg("send"), py::arg("peer"), py::arg("addr"), py::arg("count"), py::arg("dtype"), py::arg("tag"),
+             py::arg("planned_epoch") = 0)
         .def("p2p_async",
              [](Communicator& c, bool send, int peer, uintptr_t addr, size_t count, int dtype, uint32_t tag,
                 uint64_t planned_epoch) {

@@ -24,6 +24,15 @@ _ALGORITHMS = {"auto": Algorithm.AUTO, "ring": Algorithm.RING, "star": Algorithm
 _QUANTIZATIONS = {None: 0, "none": 0, "fp16": 1, "bf16": 2, "q8": 3, "q4": 4}
 
 
+def _planned(epoch: Optional[int]) -> int:
+    """A point-to-point op's epoch= argument as the core takes it (0: none)."""
+    if epoch is None:
+        return 0
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise InvalidArgumentError(f"epoch must be None or a positive int (comm.epoch), not {epoch!r}")
+    return epoch
+
+
 def _quantization(value: Optional[str]) -> int:
     try:
         return _QUANTIZATIONS[value.lower() if isinstance(value, str) else value]
@@ -300,7 +309,7 @@ class Communicator:
             raise InvalidArgumentError(f"{what}: {role}={peer} is not a rank of the group")
         return (send, peer, buf.ptr, buf.count, DTYPE_CODES[buf.dtype], tag), buf
 
-    def send(self, x: Any, dst: int, *, tag: int = 0) -> ReduceInfo:
+    def send(self, x: Any, dst: int, *, tag: int = 0, epoch: Optional[int] = None) -> ReduceInfo:
         """Sends x to the member of rank dst, which receives it with ``recv(out, src=<this rank>, tag=tag)``.
 
         Returns once dst holds the whole message. Sends on one (dst, tag) are received in the order they
@@ -308,32 +317,40 @@ class Communicator:
         same dtype and element count, else both sides raise MismatchError. Do not modify x until the call
         returns. The GIL is released while it waits.
 
+        dst is a rank of the membership current when the call is made, and the partner it names is kept
+        (by identity) if the op is re-run after a membership change both survive. Ranks shift when the
+        membership changes, so a rank read before a change names someone else after it. Pass
+        ``epoch=comm.epoch`` as read when the partner was chosen to have dst read in that epoch instead:
+        the op then runs only in that epoch and raises PeerLostError if the membership changed before or
+        while it ran.
+
         Raises:
-            PeerLostError: dst died, was evicted or left before it held the message (raised on both sides).
+            PeerLostError: dst died, was evicted or left before it held the message (raised on both sides);
+                with epoch=, also any membership change since that epoch.
             TimeoutError: dst did not receive within the communicator's timeout.
             MismatchError, InvalidArgumentError (bad rank, own rank, bad tag), MasterLostError, EvictedError,
             ClosedError.
         """
         args, _keep = self._p2p_args(True, x, dst, tag)
-        return ReduceInfo.from_core(self._core.p2p(*args))
+        return ReduceInfo.from_core(self._core.p2p(*args, _planned(epoch)))
 
-    def recv(self, out: Any, src: int, *, tag: int = 0) -> ReduceInfo:
+    def recv(self, out: Any, src: int, *, tag: int = 0, epoch: Optional[int] = None) -> ReduceInfo:
         """Receives into out the message that the member of rank src sends with ``send(x, dst=<this rank>,
         tag=tag)``. out is written only once the whole message arrived and both sides agreed; on any
-        failure it is unchanged. Raises what ``send`` raises."""
+        failure it is unchanged. src and epoch as for ``send``'s dst. Raises what ``send`` raises."""
         args, _keep = self._p2p_args(False, out, src, tag)
-        return ReduceInfo.from_core(self._core.p2p(*args))
+        return ReduceInfo.from_core(self._core.p2p(*args, _planned(epoch)))
 
-    def send_async(self, x: Any, dst: int, *, tag: int = 0) -> P2PHandle:
+    def send_async(self, x: Any, dst: int, *, tag: int = 0, epoch: Optional[int] = None) -> P2PHandle:
         """Starts ``send`` in the background; arguments are checked (and its place on the channel taken)
         before this returns. Do not touch x until wait() returns."""
         args, keep = self._p2p_args(True, x, dst, tag)
-        return P2PHandle(self._core.p2p_async(*args), (keep,))
+        return P2PHandle(self._core.p2p_async(*args, _planned(epoch)), (keep,))
 
-    def recv_async(self, out: Any, src: int, *, tag: int = 0) -> P2PHandle:
+    def recv_async(self, out: Any, src: int, *, tag: int = 0, epoch: Optional[int] = None) -> P2PHandle:
         """Starts ``recv`` in the background. Do not touch out until wait() returns."""
         args, keep = self._p2p_args(False, out, src, tag)
-        return P2PHandle(self._core.p2p_async(*args), (keep,))
+        return P2PHandle(self._core.p2p_async(*args, _planned(epoch)), (keep,))
 
     def _internal_p2p_async(self, send: bool, x: Any, peer: int, tag: int, planned_epoch: int = 0) -> P2PHandle:
         """send_async/recv_async on any tag (pccl_py.tags), for the library's own protocols. With

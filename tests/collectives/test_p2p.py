@@ -117,8 +117,10 @@ def test_kill_mid_transfer_fails_the_other_side_fast(tmp_path, victim):
     with Cluster(str(tmp_path)) as cluster:
         a, b, c = cluster.join(3, **COMM)
         start = time.time() + 0.5
-        a.send("p2p", ops=[op("send", 1, count, 11)], repeat=200, start_at=start)
-        b.send("p2p", ops=[op("recv", 0, count, 11)], repeat=200, start_at=start)
+        # Pinned to this epoch: a transfer issued after the kill was seen must fail too, not name
+        # whoever holds the dead peer's rank by then.
+        a.send("p2p", ops=[op("send", 1, count, 11)], repeat=200, start_at=start, pin_epoch=True)
+        b.send("p2p", ops=[op("recv", 0, count, 11)], repeat=200, start_at=start, pin_epoch=True)
         time.sleep(1.3)  # several transfers in (each takes a few tens of ms)
         dead, survivor = (a, b) if victim == "sender" else (b, a)
         t_kill = dead.kill()
@@ -146,8 +148,8 @@ def test_failed_receive_leaves_buffer_unchanged(tmp_path):
     with Cluster(str(tmp_path)) as cluster:
         a, b = cluster.join(2, **COMM)
         start = time.time() + 1.5
-        b.send("p2p", ops=[op("recv", 0, count, 21)], start_at=start)
-        a.send("p2p", ops=[op("send", 1, count, 21)], start_at=start)
+        b.send("p2p", ops=[op("recv", 0, count, 21)], start_at=start, pin_epoch=True)
+        a.send("p2p", ops=[op("send", 1, count, 21)], start_at=start, pin_epoch=True)
         time.sleep(max(0.0, start - time.time()) + 0.02)
         a.kill()
         res = b.recv(30)["results"][0]
@@ -155,6 +157,29 @@ def test_failed_receive_leaves_buffer_unchanged(tmp_path):
             assert res["sha_after"] == sent_sha("float32", count, 21)
         else:
             assert res["error"] == "PeerLostError", res
+            assert res["sha_after"] == res["sha_before"]
+
+
+def test_a_pinned_epoch_fails_instead_of_renaming_the_partner(tmp_path):
+    """Ranks shift when the membership changes. A receive from rank 0 issued after rank 0 died would name
+    another member (here: itself); with epoch= it raises PeerLostError instead, and so does a send."""
+    with Cluster(str(tmp_path)) as cluster:
+        a, b, c = cluster.join(3, **COMM)
+        ranks = {p.index: p.call("state")["rank"] for p in (a, b, c)}
+        epoch = b.call("state")["epoch"]
+        victim = next(p for p in (a, b, c) if ranks[p.index] == 0)
+        survivors = [p for p in (a, b, c) if p is not victim]
+        victim.kill()
+        for p in survivors:  # wait until both have left the old epoch
+            deadline = time.time() + 30
+            while p.call("state")["epoch"] == epoch:
+                assert time.time() < deadline, "the kill was never noticed"
+                time.sleep(0.05)
+        s0, s1 = survivors
+        for p, o in ((s0, op("recv", 0, 1000, 41)), (s1, op("send", 0, 1000, 41))):
+            r = p.call("p2p", ops=[o], pin_epoch=True, pinned=epoch)
+            res = r["results"][0]
+            assert not res["ok"] and res["error"] == "PeerLostError", res
             assert res["sha_after"] == res["sha_before"]
 
 

@@ -135,6 +135,10 @@ class Worker:
         if wait > 0:
             time.sleep(wait)
         results = [{"ok": True} for _ in ops]
+        # pin_epoch: the ranks are those of the epoch current now, and a later membership change fails the
+        # ops (PeerLostError) instead of resolving the ranks in the new membership.
+        # pinned: that epoch instead of the current one.
+        epoch = (cmd.get("pinned") or self.comm.epoch) if cmd.get("pin_epoch") else None
         t0 = time.time()
         for _ in range(int(cmd.get("repeat", 1))):
             handles = []
@@ -144,7 +148,7 @@ class Worker:
                     continue
                 try:
                     fn = self.comm.send_async if o["op"] == "send" else self.comm.recv_async
-                    handles.append(fn(b, o["peer"], tag=o.get("tag", 0)))
+                    handles.append(fn(b, o["peer"], tag=o.get("tag", 0), epoch=epoch))
                 except pccl_py.PCCLError as exc:
                     r.update(ok=False, error=type(exc).__name__, message=str(exc), t=time.time())
                     handles.append(None)
