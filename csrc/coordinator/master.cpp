@@ -457,6 +457,7 @@ void Master::check_rebuild(Group& g) {
 void Master::finish_rebuild(Group& g) {
     g.rebuilding = false;
     g.rebuild_due.clear();
+    const std::set<uint64_t> lost_links = std::move(g.rebuild_lost);
     g.rebuild_lost.clear();
     std::vector<uint64_t> ids;  // live claimants, in arrival order
     for (auto id : g.claim_order)
@@ -520,6 +521,11 @@ void Master::finish_rebuild(Group& g) {
         const Rejoin& c = g.claims.at(id);
         consistent = consistent && c.epoch == ref_epoch && c.settled && c.members.size() == ref->members.size();
     }
+    // A claimant saw its link to a member that is back close or fail (members frozen past their heartbeat
+    // timeout while the master was away): that mesh is broken, and the failure report it sent then was
+    // lost with the old master. Continuing on it would stall the next op until its timeout (seen under
+    // the sanitizer build, whose slowness stretched such a freeze); a new epoch builds a new mesh.
+    for (auto id : g.members) consistent = consistent && !lost_links.count(id);
     std::map<uint64_t, uint64_t> claimed;
     for (auto id : stale) claimed[id] = g.claims.at(id).epoch;
     g.claims.clear();
