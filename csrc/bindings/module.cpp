@@ -219,6 +219,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("epoch", &Communicator::epoch)
         .def_property_readonly("peer_id", &Communicator::peer_id)
         .def("check_usable", [](Communicator& c, const std::string& what) { c.check_usable(what.c_str()); })
+        // Fault injection for tests/test_hostile.py: a FAILURE report as a malicious member would send it.
+        .def("_send_failure_report", &Communicator::send_failure_report, py::arg("epoch"), py::arg("kind"), py::arg("suspect"))
         .def("all_reduce",
              [](Communicator& c, uintptr_t src, uintptr_t dst, size_t count, int dtype, int op, uint32_t tag, int algo,
                 int quant) {

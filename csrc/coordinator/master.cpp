@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <poll.h>
 #include <sys/socket.h>
 #include <utility>
@@ -21,6 +22,17 @@ constexpr size_t kMaxOutBuffer = 16u << 20;
 // one. (A member that is not back by then and that the claims show silent for its heartbeat timeout
 // is left out: waiting for it longer would re-arm a detection that began before the restart.)
 constexpr double kRedialWindow = 0.5;
+// How long after its own start a master lets old members displace newcomers that formed a group at it
+// before they came back (on_rejoin). Live members redial every 100 ms through their master_grace; this
+// covers members that were frozen or slow for a while, and after it a running group cannot be taken over
+// by claims at all.
+constexpr double kRejoinWindow = 30.0;
+// A day of microseconds: how far a claimed peer id may exceed this master's first id (clock skew between
+// the old master's machine and this one's).
+constexpr uint64_t kClaimableIdSkew = 86400ull * 1000 * 1000;
+// How many epochs a link reported broken between two members that both looked alive to the master is
+// remembered (on_failure).
+constexpr uint64_t kBrokenLinkMemory = 8;
 
 std::string ids_to_string(const std::vector<uint64_t>& ids) {
     std::string s;
@@ -92,6 +104,7 @@ Master::Master(std::string host, uint16_t port, std::string secret, bool encrypt
     // an earlier one can have handed out (that would take more than one join per microsecond).
     auto now = std::chrono::system_clock::now().time_since_epoch();
     next_peer_id_ = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(now).count());
+    max_claimable_id_ = next_peer_id_ + kClaimableIdSkew;
 }
 
 Master::~Master() { stop(); }
@@ -324,6 +337,7 @@ void Master::on_hello(Peer& p, const Hello& h) {
     rekey(p, next_peer_id_++);
     Group& g = group(h.group);
     if (g.members.empty() && !g.recovering && !g.rebuilding) {
+        g.rebuilt = false;  // a new group formed by newcomers
         p.state = PeerState::kMember;
         g.members.push_back(p.id);
         g.epoch += 1;
@@ -343,11 +357,26 @@ void Master::on_hello(Peer& p, const Hello& h) {
     broadcast_pending(g);
 }
 
+namespace {
+// Two claims are connected when one lists the other's claimant: they describe the same group history.
+bool lists(const Rejoin& c, uint64_t id) {
+    return std::any_of(c.members.begin(), c.members.end(), [&](const MemberInfo& mi) { return mi.peer_id == id; });
+}
+}  // namespace
+
 // A restarted master knows nothing; the members tell it. The first rejoin of a group opens a window
 // (that member's heartbeat timeout) for the other members to come back. When all have, and
 // they agree on the epoch, the group simply continues: its mesh never depended on the master. Any
 // gap (a member that did not return, a member that was mid-recovery, disagreeing claims) is closed
 // by an ordinary recovery into a new epoch, which also settles every in-flight op.
+//
+// A claim is only a claim (issue 18): whoever holds the secret (anyone, without one) can send any
+// REJOIN. So a group that runs with live members is never handed over on one: a claim that lists one
+// of them is refused (the group went on without the claimant), a group that was itself rebuilt from
+// claims is never displaced, and newcomers that formed a group at this master before the old members
+// came back yield only while the master is young (kRejoinWindow) and only to two claimants whose
+// claims are connected (one lists the other); a lone claim is held until a second one comes or its
+// heartbeat timeout passes, then refused. finish_rebuild() keeps claims from taking over each other.
 void Master::on_rejoin(Peer& p, const Rejoin& m) {
     Group& g = group(m.hello.group);
     auto refuse = [&](const std::string& why) {
@@ -356,16 +385,27 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
         drop(p, "rejoin of peer " + std::to_string(m.peer_id) + " to group " + std::to_string(g.id) + " refused: " + why,
              false);
     };
+    for (const auto& mi : m.members)
+        if (mi.peer_id > max_claimable_id_)
+            return refuse("it names peer id " + std::to_string(mi.peer_id) + ", above any id an earlier master can have handed out");
+    if (find(m.peer_id)) return refuse("its peer id is taken");
     if (!g.rebuilding) {
-        bool continues = false;  // the group here includes members of the claimed membership
-        for (const auto& mi : m.members)
-            continues = continues || std::find(g.members.begin(), g.members.end(), mi.peer_id) != g.members.end();
-        if (continues) return refuse("the group already runs without it");
         if (!g.members.empty() || !g.pending.empty()) {
+            for (const auto& mi : m.members)
+                if (std::find(g.members.begin(), g.members.end(), mi.peer_id) != g.members.end())
+                    return refuse("the group already runs without it");
+            if (g.rebuilt || seconds_since(started_) > kRejoinWindow)
+                return refuse("the group runs with other members and this claim lists none of them");
             // Newcomers reached the restarted master before the old members did and formed a group of
-            // their own. The old members hold the state; the newcomers hold nothing yet and join again.
+            // their own. The old members hold the state; the newcomers hold nothing yet and join again,
+            // but only once a second claimant corroborates: one REJOIN evicts nobody.
+            uint64_t partner = 0;
+            for (const auto& [id, h] : g.held)
+                if (find(id) && (lists(h.claim, m.peer_id) || lists(m, id))) partner = id;
+            if (!partner) return hold_claim(g, p, m);
             std::vector<uint64_t> newcomers = g.members;
             newcomers.insert(newcomers.end(), g.pending.begin(), g.pending.end());
+            std::map<uint64_t, HeldClaim> held = std::move(g.held);
             uint32_t id = g.id;
             g = Group{};
             g.id = id;
@@ -375,9 +415,11 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
                                                     std::to_string(id) + " are rejoining; connect again"}));
                     drop(*q, "displaced by the rejoining members of group " + std::to_string(id), false);
                 }
+            g.held = std::move(held);
         }
         g.rebuilding = true;
         g.claims.clear();
+        g.claim_order.clear();
         g.rebuild_due.clear();
         g.rebuild_lost.clear();
         g.failure_while_rebuilding = false;
@@ -385,16 +427,29 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
         // not back within its heartbeat timeout would count as dead anywhere else too. The window is
         // not extended by later claims: every second of it stalls the group. It closes earlier once
         // every missing member is due by what the claims report (check_rebuild).
-        g.rebuild_deadline = deadline_after(m.hello.heartbeat_timeout_ms / 1000.0);
-        g.rebuild_floor = std::min(g.rebuild_deadline, deadline_after(kRedialWindow));
+        // The floor holds however short the first claim's heartbeat timeout: until it, any claim may be
+        // a stranger's that got in first, and the members' claims are what finish_rebuild weighs it against.
+        g.rebuild_floor = deadline_after(kRedialWindow);
+        g.rebuild_deadline = std::max(g.rebuild_floor, deadline_after(m.hello.heartbeat_timeout_ms / 1000.0));
+        // Claims held while newcomers ran the group come in first, in the order they arrived.
+        std::vector<std::pair<uint64_t, HeldClaim>> held(g.held.begin(), g.held.end());
+        g.held.clear();
+        std::sort(held.begin(), held.end(), [](const auto& a, const auto& b) { return a.second.arrived < b.second.arrived; });
+        for (auto& [hid, h] : held)
+            if (Peer* q = find(hid)) take_claim(g, *q, h.claim, h.arrived, false);
     }
-    if (find(m.peer_id)) return refuse("its peer id is taken");
+    take_claim(g, p, m, Clock::now(), true);
+}
+
+// Precondition: g.rebuilding; m.peer_id is free or already p's (a held claim).
+void Master::take_claim(Group& g, Peer& p, const Rejoin& m, TimePoint arrived, bool check) {
     for (const auto& mi : m.members) next_peer_id_ = std::max(next_peer_id_, mi.peer_id + 1);
     p.hello = m.hello;
     if (p.hello.host.empty() || p.hello.host == "0.0.0.0") p.hello.host = p.remote;
-    rekey(p, m.peer_id);
+    if (p.id != m.peer_id) rekey(p, m.peer_id);
     p.state = PeerState::kMember;
     g.claims[m.peer_id] = m;
+    g.claim_order.push_back(m.peer_id);
     send(p, encode_welcome(Welcome{m.peer_id, 1}));
     PCCL_INFO("master", "peer %llu rejoined group %u (epoch %llu, %zu of %zu members back)", (unsigned long long)m.peer_id,
               g.id, (unsigned long long)m.epoch, g.claims.size(), m.members.size());
@@ -404,11 +459,13 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
     // heard from it more recently keeps it in (the latest evidence wins), except that a closed link is
     // final: a claimant that was itself frozen reads what a dead member sent before it died as news.
     // Either way a live member is back within the redial floor, which no evidence shortens.
-    const auto now = Clock::now();
     const auto hb = std::chrono::milliseconds(m.hello.heartbeat_timeout_ms);
+    // A claim with a shorter heartbeat timeout than the window's shortens it (never lengthens it): the
+    // first claim may be a stranger's that asks for an hour.
+    g.rebuild_deadline = std::min(g.rebuild_deadline, std::max(g.rebuild_floor, arrived + hb));
     std::set<uint64_t> reported;
     for (const auto& h : m.heard) {
-        const TimePoint due = now - std::chrono::milliseconds(h.silent_ms) + hb;
+        const TimePoint due = arrived - std::chrono::milliseconds(h.silent_ms) + hb;
         auto [it, fresh] = g.rebuild_due.emplace(h.peer_id, due);
         if (!fresh) it->second = std::max(it->second, due);
         if (h.lost) g.rebuild_lost.insert(h.peer_id);
@@ -416,13 +473,30 @@ void Master::on_rejoin(Peer& p, const Rejoin& m) {
     }
     for (const auto& mi : m.members)  // no evidence on it here: it may take the whole window
         if (mi.peer_id != m.peer_id && !reported.count(mi.peer_id)) g.rebuild_due[mi.peer_id] = g.rebuild_deadline;
-    g.rebuild_due.emplace(m.peer_id, now);
-    check_rebuild(g);
+    g.rebuild_due.emplace(m.peer_id, arrived);
+    if (check) check_rebuild(g);
 }
 
-// Closes the rebuild window as soon as waiting longer cannot change its outcome: every member a claim
-// lists is back, or (after the redial floor) every one still missing is due by the claims' evidence,
-// or the window's hard end has come.
+// A claim for a group that newcomers run at this young master, with no other claimant yet: it waits
+// (no answer) until a claimant connected to it comes (on_rejoin) or its heartbeat timeout passes
+// (timers() refuses it then).
+void Master::hold_claim(Group& g, Peer& p, const Rejoin& m) {
+    p.hello = m.hello;
+    if (p.hello.host.empty() || p.hello.host == "0.0.0.0") p.hello.host = p.remote;
+    rekey(p, m.peer_id);
+    p.state = PeerState::kHeld;
+    p.held_until = std::min(deadline_after(m.hello.heartbeat_timeout_ms / 1000.0),
+                            started_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(kRejoinWindow)));
+    g.held[m.peer_id] = HeldClaim{m, Clock::now()};
+    PCCL_INFO("master", "holding the rejoin of peer %llu to group %u: newcomers run the group; it is taken back only if "
+              "another member of its claim rejoins too", (unsigned long long)m.peer_id, g.id);
+}
+
+// Closes the rebuild window as soon as waiting longer cannot change its outcome: after the redial floor,
+// every member a claim lists is back or every one still missing is due by the claims' evidence; or the
+// window's hard end has come. Never before the floor, even when every listed member is back: the claims
+// in hand may all be a stranger's (a REJOIN that lists only itself is "complete"), and the live members
+// redial within the floor (issue 18).
 void Master::check_rebuild(Group& g) {
     if (!g.rebuilding) return;
     const auto now = Clock::now();
@@ -432,50 +506,96 @@ void Master::check_rebuild(Group& g) {
         all_back = false;
         waiting = waiting || (due > now && !g.rebuild_lost.count(id));
     }
-    if (all_back || now > g.rebuild_deadline || (!waiting && now >= g.rebuild_floor)) finish_rebuild(g);
+    if (now > g.rebuild_deadline || ((all_back || !waiting) && now >= g.rebuild_floor)) finish_rebuild(g);
 }
 
 void Master::finish_rebuild(Group& g) {
     g.rebuilding = false;
     g.rebuild_due.clear();
+    const std::set<uint64_t> lost_links = std::move(g.rebuild_lost);
     g.rebuild_lost.clear();
-    // The most recent claim is the reference; members it lists come first, in its ring order.
-    const Rejoin* ref = nullptr;
-    for (auto& [id, c] : g.claims)
-        if (find(id) && (!ref || c.epoch > ref->epoch)) ref = &c;
-    if (!ref) {
+    std::vector<uint64_t> ids;  // live claimants, in arrival order
+    for (auto id : g.claim_order)
+        if (g.claims.count(id) && find(id) && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+    g.claim_order.clear();
+    if (ids.empty()) {
         g.claims.clear();
         return;
     }
-    bool consistent = true;
+    auto listed = [&](uint64_t by, uint64_t id) { return lists(g.claims.at(by), id); };
+    // 1. Claims that share no member describe different histories (or a forged one). The largest set of
+    // connected claims wins (ties: the one with the earliest claim); the others' claimants are refused,
+    // so a stranger's claim can never exclude the members.
+    std::vector<size_t> comp(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) comp[i] = i;
+    std::function<size_t(size_t)> root = [&](size_t i) { return comp[i] == i ? i : comp[i] = root(comp[i]); };
+    for (size_t i = 0; i < ids.size(); ++i)
+        for (size_t j = i + 1; j < ids.size(); ++j)
+            if (listed(ids[i], ids[j]) || listed(ids[j], ids[i])) comp[root(j)] = root(i);
+    std::map<size_t, size_t> size;
+    for (size_t i = 0; i < ids.size(); ++i) ++size[root(i)];
+    size_t best = root(0);
+    for (size_t i = 0; i < ids.size(); ++i)  // arrival order: the first of equal sizes stays
+        if (size[root(i)] > size[best]) best = root(i);
+    std::vector<uint64_t> winners, strangers;
+    for (size_t i = 0; i < ids.size(); ++i) (root(i) == best ? winners : strangers).push_back(ids[i]);
+    // 2. A claimant is stale when most of the members its own claim lists (among those back) claim a
+    // later epoch without it: the old master had already let the group go on without it (evicted while
+    // frozen, say). Taking it back would put a peer whose op sequence stopped epochs ago next to members
+    // that went on; seen in a 30-minute pccl-stress run, two such peers taken back held every later op
+    // of the group until its timeout, over and over. It joins again as a new peer instead. A majority,
+    // not one claim: one member claiming a later epoch without the others cannot exclude them.
+    std::vector<uint64_t> kept, stale;
+    for (auto x : winners) {
+        int fellows = 0, went_on = 0;
+        for (auto y : winners) {
+            if (y == x || !listed(x, y)) continue;
+            ++fellows;
+            if (g.claims.at(y).epoch > g.claims.at(x).epoch && !listed(y, x)) ++went_on;
+        }
+        (2 * went_on > fellows ? stale : kept).push_back(x);
+    }
+    // 3. The most recent kept claim is the reference; members it lists come first, in its ring order,
+    // then any other kept claimant (a gap the new epoch settles).
+    const Rejoin* ref = &g.claims.at(kept.front());
+    for (auto id : kept)
+        if (g.claims.at(id).epoch > ref->epoch) ref = &g.claims.at(id);
     const uint64_t ref_epoch = ref->epoch;  // ref points into g.claims, cleared below
-    g.epoch = ref->epoch;
+    bool consistent = true;
+    g.epoch = ref_epoch;
     g.members.clear();
     for (const auto& mi : ref->members)
-        if (g.claims.count(mi.peer_id) && find(mi.peer_id)) g.members.push_back(mi.peer_id);
+        if (std::find(kept.begin(), kept.end(), mi.peer_id) != kept.end()) g.members.push_back(mi.peer_id);
         else consistent = false;
-    // A claimant that the reference membership does not list was removed in a later epoch than the one
-    // it claims (evicted while frozen, say): the old master had already let the group go on without
-    // it. Taking it back would put a peer whose op sequence stopped epochs ago next to members that
-    // went on; seen in a 30-minute pccl-stress run, two such peers taken back this way held every
-    // later op of the group until its timeout, over and over. It joins again as a new peer instead.
-    std::vector<std::pair<uint64_t, uint64_t>> stale;  // peer id, claimed epoch
-    for (auto& [id, c] : g.claims) {
-        if (!find(id)) continue;
+    for (auto id : kept)
         if (std::find(g.members.begin(), g.members.end(), id) == g.members.end()) {
-            stale.emplace_back(id, c.epoch);
-            continue;
+            g.members.push_back(id);
+            consistent = false;
         }
-        consistent = consistent && c.epoch == ref->epoch && c.settled && c.members.size() == ref->members.size();
+    for (auto id : kept) {
+        const Rejoin& c = g.claims.at(id);
+        consistent = consistent && c.epoch == ref_epoch && c.settled && c.members.size() == ref->members.size();
     }
+    // A claimant saw its link to a member that is back close or fail (members frozen past their heartbeat
+    // timeout while the master was away): that mesh is broken, and the failure report it sent then was
+    // lost with the old master. Continuing on it would stall the next op until its timeout (seen under
+    // the sanitizer build, whose slowness stretched such a freeze); a new epoch builds a new mesh.
+    for (auto id : g.members) consistent = consistent && !lost_links.count(id);
+    std::map<uint64_t, uint64_t> claimed;
+    for (auto id : stale) claimed[id] = g.claims.at(id).epoch;
     g.claims.clear();
-    for (auto [id, claimed] : stale)
-        if (Peer* p = find(id))
-            evict(*p, "the master restarted and peer group " + std::to_string(g.id) + " had already gone on without this peer "
-                      "(it claims epoch " + std::to_string(claimed) + ", the group was at epoch " +
-                      std::to_string(ref_epoch) + " without it); connect again");
+    g.rebuilt = true;
     PCCL_INFO("master", "group %u rebuilt at epoch %llu with members [%s]%s", g.id, (unsigned long long)g.epoch,
               ids_to_string(g.members).c_str(), consistent ? "" : "; starting a new epoch to settle the gaps");
+    for (auto id : stale)
+        if (Peer* p = find(id))
+            evict(*p, "the master restarted and peer group " + std::to_string(g.id) + " had already gone on without this peer "
+                      "(it claims epoch " + std::to_string(claimed[id]) + ", the group was at epoch " +
+                      std::to_string(ref_epoch) + " without it); connect again");
+    for (auto id : strangers)
+        if (Peer* p = find(id))
+            evict(*p, "the master restarted and the other claims for peer group " + std::to_string(g.id) +
+                      " share no member with this peer's claim; connect again");
     if (!consistent || g.failure_while_rebuilding) {
         start_recovery(g, consistent ? g.rebuild_cause : EpochCause::kLost, {});
         return;
@@ -510,6 +630,11 @@ void Master::drop(Peer& p, const std::string& reason, bool graceful) {
     p.tls.reset();
     p.fd.reset();
     if (p.state == PeerState::kHandshake) return log_closed_before_join(p, reason);
+    if (p.state == PeerState::kHeld) {
+        group(p.hello.group).held.erase(p.id);
+        PCCL_INFO("master", "held rejoin of peer %llu to group %u ended: %s", (unsigned long long)p.id, p.hello.group, reason.c_str());
+        return;
+    }
     Group& g = group(p.hello.group);
     bool was_member = std::find(g.members.begin(), g.members.end(), p.id) != g.members.end();
     bool was_pending = std::find(g.pending.begin(), g.pending.end(), p.id) != g.pending.end();
@@ -528,6 +653,16 @@ void Master::evict(Peer& p, const std::string& reason) {
     drop(p, "evicted: " + reason, false);
 }
 
+// One member's word is not enough to evict another (issue 18): a member may lie. A link reported broken
+// (or silent) evicts its suspect at once only when the master's own view agrees: the suspect's master
+// connection has been silent for half its heartbeat timeout (a frozen or cut-off peer; one that died
+// has already been dropped when its connection closed, so kill -9 recovery does not wait on this).
+// Otherwise both ends look alive: the epoch ends without evicting anyone (the mesh is rebuilt, which
+// heals a transient fault), and the report is remembered for kBrokenLinkMemory epochs. If the same
+// link is reported broken again, or a second member reports the same suspect, the fault is real:
+// a suspect that two members report is evicted; a link only its two ends report is resolved by
+// evicting both ends, so that neither can choose who goes (a liar takes itself out with its victim).
+// Only the first report of an epoch acts (it ends the epoch); later ones of that epoch are stale.
 void Master::on_failure(Peer& p, const Failure& f) {
     Group& g = group(p.hello.group);
     if (g.rebuilding) {  // acted on once the group is rebuilt
@@ -538,19 +673,57 @@ void Master::on_failure(Peer& p, const Failure& f) {
         return;
     }
     if (g.recovering || f.epoch != g.epoch) return;  // already being handled, or about an older epoch
+    if (std::find(g.members.begin(), g.members.end(), p.id) == g.members.end()) return;  // not in this epoch
     EpochCause cause = f.kind == FailureKind::kMismatch  ? EpochCause::kMismatch
                        : f.kind == FailureKind::kTimeout ? EpochCause::kTimeout
                                                          : EpochCause::kLost;
     PCCL_INFO("master", "peer %llu reports a failure in epoch %llu of group %u (%s, suspect %llu)",
               (unsigned long long)p.id, (unsigned long long)f.epoch, g.id, epoch_cause_name(cause),
               (unsigned long long)f.suspect);
-    if (f.kind == FailureKind::kLinkBroken && f.suspect != 0 && f.suspect != p.id) {
-        Peer* s = find(f.suspect);
-        if (s != nullptr && s->state == PeerState::kMember && s->hello.group == g.id) {
-            evict(*s, "peer " + std::to_string(p.id) + " found its link to this peer closed or silent for heartbeat_timeout during an operation");
-            return;  // drop() already started the recovery
-        }
+    Peer* s = nullptr;
+    if (f.kind == FailureKind::kLinkBroken && f.suspect != 0 && f.suspect != p.id &&
+        std::find(g.members.begin(), g.members.end(), f.suspect) != g.members.end())
+        s = find(f.suspect);
+    if (s == nullptr || s->state != PeerState::kMember) return start_recovery(g, cause, {});
+    const double silent = seconds_since(s->last_seen);
+    if (silent >= s->hello.heartbeat_timeout_ms / 2000.0) {
+        char why[200];
+        std::snprintf(why, sizeof why, "peer %llu found its link to this peer closed or silent during an operation, and the "
+                      "master has not heard from it for %.1f s either", (unsigned long long)p.id, silent);
+        evict(*s, why);
+        return;  // drop() already started the recovery
     }
+    for (auto it = g.broken_links.begin(); it != g.broken_links.end();)
+        it = it->second + kBrokenLinkMemory < g.epoch ? g.broken_links.erase(it) : std::next(it);
+    bool again = false;
+    std::set<uint64_t> accusers{p.id};
+    for (const auto& [link, epoch] : g.broken_links) {
+        if (link.second == s->id) accusers.insert(link.first);
+        again = again || link == std::make_pair(p.id, s->id) || link == std::make_pair(s->id, p.id);
+    }
+    g.broken_links[{p.id, s->id}] = g.epoch;
+    const uint64_t reporter = p.id, suspect = s->id;
+    if (accusers.size() >= 2) {
+        std::string who = ids_to_string(std::vector<uint64_t>(accusers.begin(), accusers.end()));
+        PCCL_WARN("master", "peers %s of group %u all report their links to peer %llu broken while it looks alive to the "
+                  "master; evicting it", who.c_str(), g.id, (unsigned long long)suspect);
+        evict(*s, "peers " + who + " found their links to this peer broken during operations");
+        return;
+    }
+    if (again) {
+        PCCL_WARN("master", "the link between peers %llu and %llu of group %u broke again while both look alive to the "
+                  "master; evicting both (neither one's word decides who goes)", (unsigned long long)reporter,
+                  (unsigned long long)suspect, g.id);
+        const std::string why = "the link between peers " + std::to_string(reporter) + " and " + std::to_string(suspect) +
+                                " broke again while both were alive; both ends are removed; connect again";
+        std::vector<uint64_t> both{reporter, suspect};
+        start_recovery(g, EpochCause::kLost, both);  // removes both first, then starts one recovery
+        for (auto id : both)
+            if (Peer* q = find(id)) evict(*q, why);
+        return;
+    }
+    PCCL_INFO("master", "peer %llu of group %u looks alive to the master: starting a new epoch without evicting it",
+              (unsigned long long)suspect, g.id);
     start_recovery(g, cause, {});
 }
 
@@ -660,6 +833,13 @@ void Master::timers() {
         if (p->dead) continue;
         if (p->state == PeerState::kHandshake) continue;  // handshake_deadlines()
         double silent = std::chrono::duration<double>(now - p->last_seen).count();
+        if (p->state == PeerState::kHeld) {
+            if (now > p->held_until)
+                evict(*p, "the master restarted and peer group " + std::to_string(p->hello.group) +
+                              " could not take this peer back (newcomers run the group and no other member of this peer's "
+                              "claimed membership rejoined to confirm the claim); connect again");
+            continue;
+        }
         double limit = p->hello.heartbeat_timeout_ms / 1000.0;
         if (silent > limit) {
             char why[128];

@@ -58,7 +58,9 @@ public:
     const std::string& host() const { return host_; }
 
 private:
-    enum class PeerState { kHandshake, kPending, kMember };
+    // kHeld: a REJOIN the master neither takes nor refuses yet (it waits for another claimant to
+    // corroborate it, see on_rejoin); such a peer belongs to no membership.
+    enum class PeerState { kHandshake, kPending, kMember, kHeld };
     struct Peer {
         uint64_t id = 0;
         Fd fd;
@@ -79,6 +81,11 @@ private:
         // byte was checked for the other mode (screen_first_byte).
         std::unique_ptr<TlsSession> tls;
         bool screened = false;
+        TimePoint held_until;  // kHeld only: refused then unless corroborated
+    };
+    struct HeldClaim {
+        Rejoin claim;
+        TimePoint arrived;  // its last-heard evidence is dated from here
     };
     struct Group {
         uint32_t id = 0;
@@ -110,6 +117,15 @@ private:
         std::set<uint64_t> rebuild_lost;
         bool failure_while_rebuilding = false;
         EpochCause rebuild_cause = EpochCause::kLost;
+        std::vector<uint64_t> claim_order;  // claimants in arrival order (finish_rebuild's tie-break)
+        // Its membership came out of a rebuild (members of an earlier master), not from HELLOs here:
+        // no REJOIN can displace it (on_rejoin).
+        bool rebuilt = false;
+        // Claims for this group while newcomers run it, waiting for a second claimant (on_rejoin).
+        std::map<uint64_t, HeldClaim> held;
+        // Links reported broken in recent epochs between members that both looked alive to the master:
+        // (reporter, suspect) -> the epoch of the report. See on_failure.
+        std::map<std::pair<uint64_t, uint64_t>, uint64_t> broken_links;
     };
 
     void bind_if_needed();
@@ -143,6 +159,8 @@ private:
     void log_closed_before_join(const Peer& p, const std::string& reason);
     void on_hello(Peer& p, const Hello& h);
     void on_rejoin(Peer& p, const Rejoin& m);
+    void take_claim(Group& g, Peer& p, const Rejoin& m, TimePoint arrived, bool check);
+    void hold_claim(Group& g, Peer& p, const Rejoin& m);
     void check_rebuild(Group& g);
     void finish_rebuild(Group& g);
     void rekey(Peer& p, uint64_t id);
@@ -179,6 +197,11 @@ private:
     TimePoint last_group_sweep_;
     // A flood closes thousands of connections a second; their lines are capped (see LogBudget).
     LogBudget closed_log_{100};
+    TimePoint started_ = Clock::now();
+    // The highest peer id a REJOIN may claim: ids a master hands out count up from its start time in
+    // microseconds, so an earlier master's are below this one's first id (a day of clock skew allowed).
+    // It keeps next_peer_id_, which claims push up, far below the connection ids.
+    uint64_t max_claimable_id_ = 0;
 };
 
 }  // namespace pccl

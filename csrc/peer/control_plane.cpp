@@ -42,6 +42,11 @@ void Communicator::report_failure(uint64_t epoch, FailureKind kind, int suspect_
     send_to_master(encode_failure(Failure{epoch, kind, suspect}));
 }
 
+void Communicator::send_failure_report(uint64_t epoch, uint8_t kind, uint64_t suspect) {
+    if (kind >= static_cast<uint8_t>(FailureKind::kCount)) throw Error(ErrorCode::kInvalidArgument, "failure kind out of range");
+    send_to_master(encode_failure(Failure{epoch, static_cast<FailureKind>(kind), suspect}));
+}
+
 void Communicator::enter_terminal(State state, const std::string& reason) {
     std::set<std::shared_ptr<Collective>> ops;
     std::shared_ptr<Mesh> mesh;

@@ -40,13 +40,23 @@ void put_member(Writer& w, const MemberInfo& mi) {
     w.put<uint16_t>(mi.connections);
 }
 
+void expect_unique_members(const std::vector<MemberInfo>& members, const char* what) {
+    std::set<uint64_t> seen;
+    for (const auto& mi : members)
+        if (!seen.insert(mi.peer_id).second) throw ProtocolError(std::string(what) + " lists a peer id twice");
+}
+
+void expect_epoch(uint64_t epoch, const char* what) {
+    if (epoch == 0 || epoch > kMaxEpoch) throw ProtocolError(std::string(what) + " epoch out of range (1 .. 2^62)");
+}
+
 MemberInfo get_member(Reader& r) {
     MemberInfo mi;
     mi.peer_id = r.get<uint64_t>();
     mi.host = r.get_string(kMaxHostLength);
     mi.port = r.get<uint16_t>();
     mi.connections = r.get<uint16_t>();
-    if (mi.peer_id == 0 || mi.port == 0 || mi.connections < 1 || mi.connections > 64)
+    if (mi.peer_id == 0 || mi.peer_id > kMaxPeerId || mi.port == 0 || mi.connections < 1 || mi.connections > 64)
         throw ProtocolError("invalid member entry");
     return mi;
 }
@@ -113,7 +123,10 @@ Rejoin decode_rejoin(Reader& r) {
         m.members.push_back(get_member(r));
         found = found || m.members.back().peer_id == m.peer_id;
     }
-    if (m.peer_id == 0 || m.epoch == 0 || !found) throw ProtocolError("rejoin without a valid peer id, epoch and own membership");
+    if (m.peer_id == 0 || m.peer_id > kMaxPeerId || !found)
+        throw ProtocolError("rejoin without a valid peer id (1 .. 2^62-1) in its own membership");
+    if (m.epoch == 0 || m.epoch > kMaxClaimedEpoch) throw ProtocolError("rejoin claims an epoch out of range (1 .. 2^61)");
+    expect_unique_members(m.members, "rejoin");
     std::set<uint64_t> others;  // whom it may report on: the other members of its claim, once each
     for (const auto& mi : m.members)
         if (mi.peer_id != m.peer_id) others.insert(mi.peer_id);
@@ -143,7 +156,7 @@ Welcome decode_welcome(Reader& r) {
     Welcome m;
     m.peer_id = r.get<uint64_t>();
     m.admitted = r.get_enum(2, "admitted flag");
-    if (m.peer_id == 0) throw ProtocolError("peer id 0 in welcome");
+    if (m.peer_id == 0 || m.peer_id > kMaxPeerId) throw ProtocolError("peer id out of range in welcome");
     r.expect_end();
     return m;
 }
@@ -164,6 +177,7 @@ Vote decode_vote(Reader& r) {
     Vote m;
     m.epoch = r.get<uint64_t>();
     m.timeout_ms = r.get<uint32_t>();
+    if (m.epoch > kMaxEpoch) throw ProtocolError("vote epoch out of range");
     if (m.timeout_ms == 0 || m.timeout_ms > 24u * 3600 * 1000) throw ProtocolError("vote timeout out of range");
     r.expect_end();
     return m;
@@ -213,6 +227,8 @@ Failure decode_failure(Reader& r) {
     m.epoch = r.get<uint64_t>();
     m.kind = static_cast<FailureKind>(r.get_enum(static_cast<uint8_t>(FailureKind::kCount), "failure kind"));
     m.suspect = r.get<uint64_t>();
+    expect_epoch(m.epoch, "failure");
+    if (m.suspect > kMaxPeerId) throw ProtocolError("failure names a suspect peer id out of range");
     r.expect_end();
     return m;
 }
@@ -226,6 +242,7 @@ std::vector<uint8_t> encode_recover(const Recover& m) {
 Recover decode_recover(Reader& r) {
     Recover m;
     m.epoch = r.get<uint64_t>();
+    expect_epoch(m.epoch, "recover");
     r.expect_end();
     return m;
 }
@@ -252,6 +269,7 @@ std::vector<uint8_t> encode_status(const Status& m) {
 Status decode_status(Reader& r) {
     Status m;
     m.epoch = r.get<uint64_t>();
+    expect_epoch(m.epoch, "status");
     uint32_t n = r.get_count(kMaxReportedOps, "reported op", 14);
     m.ops.resize(n);
     for (auto& op : m.ops) {
@@ -296,8 +314,10 @@ EpochMsg decode_epoch(Reader& r) {
     m.epoch = r.get<uint64_t>();
     m.cause = static_cast<EpochCause>(r.get_enum(static_cast<uint8_t>(EpochCause::kCount), "epoch cause"));
     uint32_t n = r.get_count(kMaxMembers, "member");
+    expect_epoch(m.epoch, "epoch message");
     if (n == 0) throw ProtocolError("epoch with no members");
     for (uint32_t i = 0; i < n; ++i) m.members.push_back(get_member(r));
+    expect_unique_members(m.members, "epoch message");
     uint32_t d = r.get_count(kMaxReportedOps, "decision", 14);
     m.decisions.resize(d);
     for (auto& dec : m.decisions) {

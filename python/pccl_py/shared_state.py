@@ -46,6 +46,11 @@ _MIN_PART_BYTES = 1 << 20
 _MAX_TABLE_BYTES = 64 << 20
 # Below this total, hashing threads cost more than they save.
 _PARALLEL_HASH_BYTES = 8 << 20
+# Bytes per element of every dtype a table may name. A table's byte count is never taken on its
+# sender's word: it must equal elements x itemsize (issue 18), or a hostile rank 0 could make every
+# peer allocate terabytes, or copy a short staging buffer over a longer tensor.
+_ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8,
+             "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
 class SyncStrategy(str, enum.Enum):
@@ -412,8 +417,11 @@ def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes,
                 keys = parsed[tables[i]] = _parse_table(tables[i])
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise SharedStateError(f"the peer at rank {i} sent a malformed shared-state table ({exc})") from None
+        peer_id = int(header[i, 8])
+        for k in keys:
+            _check_announced_size(k, i, peer_id)
         peers.append(PeerMeta(
-            rank=i, peer_id=int(header[i, 8]), revision=int(header[i, 3]),
+            rank=i, peer_id=peer_id, revision=int(header[i, 3]),
             last_revision=None if int(header[i, 4]) == _NO_REVISION else int(header[i, 4]),
             strategy=_STRATEGY_BY_CODE[int(header[i, 5])], keys=keys))
     return peers, info.epoch, rank
@@ -426,6 +434,23 @@ def _parse_table(table: bytes) -> Tuple[KeyMeta, ...]:
     if len({k.name for k in keys}) != len(keys):
         raise ValueError("duplicate key names")
     return keys
+
+
+def _check_announced_size(k: KeyMeta, rank: int, peer_id: int) -> None:
+    """Raises SharedStateError unless the entry's byte count is exactly its dtype's itemsize times its
+    element count (checked on every peer, for every peer's table, before anything is allocated)."""
+    itemsize = _ITEMSIZE.get(k.dtype)
+    elements = 1
+    for d in k.shape:
+        elements *= d
+    negative = any(d < 0 for d in k.shape)
+    if itemsize is None or negative or k.nbytes != elements * itemsize:
+        expected = ("no size (unknown dtype)" if itemsize is None else "no size (negative dimension)" if negative
+                    else f"{elements * itemsize} bytes")
+        raise SharedStateError(
+            f"the peer at rank {rank} (peer id {peer_id}) announced shared state key {k.name!r} as {k.dtype}"
+            f"{list(k.shape)} of {k.nbytes} bytes, but that dtype and shape make {expected}; its table is corrupt "
+            "or hostile, so this sync is refused on every peer and your tensors are unchanged")
 
 
 def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = SyncStrategy.ENFORCE_POPULAR) -> SyncInfo:
@@ -551,6 +576,11 @@ def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, 
     """Runs the exchange rounds. Returns (verified staging buffers of this peer, or None if some entry
     could not be verified; tx bytes; rx bytes; rounds run)."""
     sizes = {k.name: k.nbytes for k in peers[0].keys}
+    for name, n in sizes.items():  # the tables agree on dtype and shape (plan_sync); this is the local entry
+        if name in bufs and n != bufs[name].nbytes:
+            raise SharedStateError(
+                f"peer {peers[0].peer_id} (rank 0) announced {n} bytes for shared state key {name!r}, but this peer's "
+                f"entry has {bufs[name].nbytes}; nothing was received and your tensors are unchanged")
     mine = plan.receives.get(rank, [])
     staging = {name: np.empty(sizes[name], dtype=np.uint8) for name in mine}
     verified: Dict[str, np.ndarray] = {}

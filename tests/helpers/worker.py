@@ -115,6 +115,11 @@ class Worker:
         # --- added for the point-to-point tests ----------------------------------------------------
         if name == "p2p":
             return self.p2p(cmd)
+        # --- added for the protocol-hardening tests (test_hostile.py) ------------------------------
+        if name == "send_failure":  # a FAILURE report with any suspect, as a malicious member would send
+            epoch = cmd.get("epoch") or self.comm.epoch
+            self.comm._core._send_failure_report(epoch, cmd.get("kind", 0), cmd["suspect"])
+            return {"ok": True, "epoch": epoch}
         raise ValueError(f"unknown command {name}")
 
     def p2p(self, cmd: dict) -> dict:
@@ -297,6 +302,21 @@ class Worker:
                     out[name] = pccl_py._core.content_hash(fake.ctypes.data, fake.nbytes)
                 return out
             ss._hash_buffers = lying
+        announce = cmd.get("announce_nbytes") or {}
+        if announce:  # a hostile peer: its table gives these byte counts instead of the true ones
+            import json as real_json
+            import pccl_py.shared_state as ss
+
+            class LyingJson:
+                loads = staticmethod(real_json.loads)
+
+                @staticmethod
+                def dumps(obj, **kw):
+                    if isinstance(obj, dict) and "keys" in obj:
+                        obj = dict(obj, keys=[[k[0], k[1], k[2], int(announce.get(k[0], k[3])), *k[4:]]
+                                              for k in obj["keys"]])
+                    return real_json.dumps(obj, **kw)
+            ss.json = LyingJson
         wait = float(cmd.get("start_at", 0)) - time.time()
         if wait > 0:
             time.sleep(wait)
@@ -322,6 +342,8 @@ class Worker:
         finally:
             if lie:
                 ss._hash_buffers = honest
+            if announce:
+                ss.json = real_json
         return {"ok": True, "infos": infos, "hashes": {k: f"{v:016x}" for k, v in state.hashes().items()},
                 "revision": state.revision, "t0": t0, "t": time.time()}
 
