@@ -281,9 +281,9 @@ def _capture(encryption: str) -> tuple:
 
 
 def test_a_tampered_record_fails_the_op_never_delivers_wrong_bytes():
-    """One bit flipped in flight on a mesh connection: TLS refuses the record, the transfer fails on
-    both sides like a lost link (never a success with other bytes, the receive buffer untouched), and
-    the group goes on."""
+    """One bit flipped in flight on a mesh connection: TLS refuses the record and the link breaks. The
+    transfer either fails on both sides with the receive buffer untouched, or (nobody evicted) runs again
+    in the next epoch and delivers exactly the message; never other bytes. The group goes on."""
     master = pccl_py.Master(secret=SECRET, encryption="tls").start()
     comms, taps = [], []
     try:
@@ -305,8 +305,14 @@ def test_a_tampered_record_fails_the_op_never_delivers_wrong_bytes():
         got = np.zeros_like(msg)
         outcomes = run_concurrently(lambda: sender.send(msg, 1), lambda: receiver.recv(got, 0), timeout=60,
                                     return_exceptions=True)
-        assert all(isinstance(o, pccl_py.PCCLError) for o in outcomes), outcomes
-        assert not got.any(), "a failed receive wrote into the buffer"
+        if all(isinstance(o, pccl_py.PCCLError) for o in outcomes):
+            assert not got.any(), "a failed receive wrote into the buffer"
+        else:
+            # Nobody was evicted for one report of a broken link (docs/security.md, "Hostile members"):
+            # the epoch ended and the transfer ran again on the next epoch's connections.
+            assert not any(isinstance(o, BaseException) for o in outcomes), outcomes
+            assert all(o.retries >= 1 for o in outcomes), outcomes
+            assert np.array_equal(got, msg), "the re-run delivered other bytes"
         # Which side the master keeps is its failure policy's business; whoever is still a member
         # goes on, on the next epoch's connections (which no tap corrupts).
         for t in taps:
