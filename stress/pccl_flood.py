@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The flood acceptance scenario of issue 18, for as long as asked, with its figures.
+"""The flood scenario (tests/helpers/flood_scenario.py), for as long as asked, with its figures.
 
 Why this file exists: tests/security/test_flood.py runs the scenario (tests/helpers/flood_scenario.py) for about 20 s
 with firm bounds; this runs it for minutes and reports what the test only bounds: peak RSS (VmHWM) of

@@ -370,7 +370,7 @@ bool lists(const Rejoin& c, uint64_t id) {
 // gap (a member that did not return, a member that was mid-recovery, disagreeing claims) is closed
 // by an ordinary recovery into a new epoch, which also settles every in-flight op.
 //
-// A claim is only a claim (issue 18): whoever holds the secret (anyone, without one) can send any
+// A claim is only a claim (docs/security.md, "Hostile members"): whoever holds the secret (anyone, without one) can send any
 // REJOIN. So a group that runs with live members is never handed over on one: a claim that lists one
 // of them is refused (the group went on without the claimant), a group that was itself rebuilt from
 // claims is never displaced, and newcomers that formed a group at this master before the old members
@@ -496,7 +496,7 @@ void Master::hold_claim(Group& g, Peer& p, const Rejoin& m) {
 // every member a claim lists is back or every one still missing is due by the claims' evidence; or the
 // window's hard end has come. Never before the floor, even when every listed member is back: the claims
 // in hand may all be a stranger's (a REJOIN that lists only itself is "complete"), and the live members
-// redial within the floor (issue 18).
+// redial within the floor (docs/security.md, "Hostile members").
 void Master::check_rebuild(Group& g) {
     if (!g.rebuilding) return;
     const auto now = Clock::now();
@@ -653,7 +653,7 @@ void Master::evict(Peer& p, const std::string& reason) {
     drop(p, "evicted: " + reason, false);
 }
 
-// One member's word is not enough to evict another (issue 18): a member may lie. A link reported broken
+// One member's word is not enough to evict another (docs/security.md, "Hostile members"): a member may lie. A link reported broken
 // (or silent) evicts its suspect at once only when the master's own view agrees: the suspect's master
 // connection has been silent for half its heartbeat timeout (a frozen or cut-off peer; one that died
 // has already been dropped when its connection closed, so kill -9 recovery does not wait on this).

@@ -95,7 +95,7 @@ public:
     ReduceResult run_p2p(const P2PSpec& spec, const P2PTicket& ticket);
     ReduceResult p2p(const P2PSpec& spec) { return run_p2p(spec, prepare_p2p(spec)); }
 
-    // Fault injection for the protocol-hardening tests (tests/test_hostile.py, issue 18): sends the master
+    // Fault injection for the protocol-hardening tests (tests/security/test_hostile.py): sends the master
     // a FAILURE report naming any suspect, as a malicious member could. Not part of the Python API.
     void send_failure_report(uint64_t epoch, uint8_t kind, uint64_t suspect);
 

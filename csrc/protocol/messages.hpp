@@ -22,7 +22,7 @@ constexpr uint32_t kMaxPending = kMaxMembers * 16;  // peers waiting for admissi
 constexpr size_t kMaxHostLength = 255;
 constexpr size_t kMaxTextLength = 1024;
 // Peer ids are in [1, kMaxPeerId]; the master keys connections that have not joined yet by ids above it,
-// so no id read off the wire can name such a connection (issue 18).
+// so no id read off the wire can name such a connection (docs/protocol.md, "Ranges").
 constexpr uint64_t kMaxPeerId = (uint64_t{1} << 62) - 1;
 // Epochs count membership changes from 1. No message carries one above kMaxEpoch, and a restarted master
 // adopts a claimed epoch only up to kMaxClaimedEpoch, so the +1 of every later epoch never wraps (a claim

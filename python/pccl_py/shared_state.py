@@ -47,7 +47,7 @@ _MAX_TABLE_BYTES = 64 << 20
 # Below this total, hashing threads cost more than they save.
 _PARALLEL_HASH_BYTES = 8 << 20
 # Bytes per element of every dtype a table may name. A table's byte count is never taken on its
-# sender's word: it must equal elements x itemsize (issue 18), or a hostile rank 0 could make every
+# sender's word: it must equal elements x itemsize (docs/security.md, "Hostile members"), or a hostile rank 0 could make every
 # peer allocate terabytes, or copy a short staging buffer over a longer tensor.
 _ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8,
              "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}

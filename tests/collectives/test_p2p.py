@@ -1,4 +1,4 @@
-"""Point-to-point send/recv (Communicator.send/recv and their async forms), issue 17 point 2.
+"""Point-to-point send/recv (Communicator.send/recv and their async forms).
 
 Multi-process tests use worker processes and real sockets (harness.Cluster; worker command "p2p": async
 sends/receives of random bits, sha256 of every receive buffer before and after). Argument checks and

@@ -1,4 +1,4 @@
-"""Overlapping faults cost no more than the slowest one of them (issue 17, point 4).
+"""Overlapping faults cost no more than the slowest one of them.
 
 A long pccl-stress run failed its stall limit when one peer was frozen, another was killed about 1 s
 later and the master was restarted about 0.5 s after that: the restarted master gave the frozen peer a

@@ -1,4 +1,4 @@
-"""The flood scenario of issue 18's acceptance: members all-reduce while connection floods hit the master
+"""The flood scenario: members all-reduce while connection floods hit the master
 and a member's mesh listener, and a newcomer joins in the middle of it.
 
 Why this exists: tests/security/test_flood.py runs it for about 20 s with firm bounds, stress/pccl_flood.py for as

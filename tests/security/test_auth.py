@@ -1,4 +1,4 @@
-"""Issue 18, requirement 1: authentication on every connection (docs/security.md).
+"""Authentication on every connection (docs/security.md).
 
 Real processes and sockets. A master started with a job secret admits only peers that prove they know
 it; a wrong or missing secret is refused at once (AuthenticationError from connect(), a log line at the
@@ -20,7 +20,7 @@ import time
 import pytest
 
 import pccl_py
-from control_frames import (AUTH_CHALLENGE, AUTH_REFUSED, auth_socket, hello, read_frames, recv_control,
+from control_frames import (AUTH_CHALLENGE, AUTH_REFUSED, auth_socket, hello, recv_control,
                             recv_frames)
 from fault_helpers import admit, join, listen_port_from_master_log, read_text, wait_for
 from harness import Cluster, MasterProcess

@@ -1,4 +1,4 @@
-"""Acceptance of issue 18 (resource limits): a flood at the master and at a member's mesh listener during a
+"""Resource limits under load: a flood at the master and at a member's mesh listener during a
 run. Thousands of connections (idle, slowloris, garbage, churn, refused authentications) from addresses
 other than the members' while three members all-reduce; then a newcomer joins and four go on. Zero
 crashes, zero evictions, every op correct, the newcomer admitted within 2 s, peak RSS bounded.

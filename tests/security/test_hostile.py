@@ -1,4 +1,4 @@
-"""Issue 18, requirement 3: protocol hardening against hostile but well-formed control messages.
+"""Protocol hardening against hostile but well-formed control messages.
 
 Real processes and sockets: a master subprocess and worker peers from harness.py. The hostile messages
 come from a client that authenticates (control_frames.auth_socket plays the exchange with the cluster's

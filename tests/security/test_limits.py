@@ -1,5 +1,5 @@
-"""Resource limits against connections that never join, oversized groups and idle-socket floods (issue 18,
-requirement 4; docs/security.md, "Resource limits").
+"""Resource limits against connections that never join, oversized groups and idle-socket floods
+(docs/security.md, "Resource limits").
 
 Each test first mounts the attack the limit answers (a slowloris trickle, idle sockets from one address, an
 oversized first frame, a crowd of pending peers...) and then checks the limit held and that a legitimate
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import pccl_py
-from control_frames import AUTH_CHALLENGE, auth_hello, frame, hello, recv_one_frame
+from control_frames import AUTH_CHALLENGE, auth_hello, frame, recv_one_frame
 from support import (Background, admit_pending, assert_within, connect_group, new_comm, run_concurrently,
                      wait_until)
 

@@ -1,4 +1,4 @@
-"""Issue 18, requirement 2: encryption="tls" on every connection (docs/security.md, "Encryption").
+"""encryption="tls" on every connection (docs/security.md, "Encryption").
 
 Real processes and sockets. Under TLS an all-reduce (striped over two connections per peer pair),
 point-to-point transfers of every size class (small, piece-sized, page-swapped) and a shared-state

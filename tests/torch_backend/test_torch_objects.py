@@ -1,4 +1,4 @@
-"""torch's object collectives on pccl groups (issue 18, requirement 5; docs/security.md, docs/torch.md).
+"""torch's object collectives on pccl groups (docs/security.md, docs/torch.md).
 
 all_gather_object and friends unpickle what the other members send. The first test shows the attack is
 real (a member that sends a crafted pickle runs code in the receiver) on a group that opted in, and that

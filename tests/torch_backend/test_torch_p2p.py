@@ -1,4 +1,4 @@
-"""torch point-to-point on the "pccl" backend (issue 17 point 2): send/recv/isend/irecv,
+"""torch point-to-point on the "pccl" backend: send/recv/isend/irecv,
 batch_isend_irecv, all_to_all(_single) with unequal splits, gather and scatter moving each byte once.
 
 Three real rank processes (tests/helpers/torch_p2p_worker.py) check every received value bitwise against the
