@@ -13,6 +13,7 @@ appear in the recording in clear text, and not under TLS.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import struct
 import subprocess
