@@ -19,6 +19,7 @@
 #include "common/error.hpp"
 #include "fuzz/input.hpp"
 #include "protocol/messages.hpp"
+#include "transport/tls.hpp"
 
 using namespace pccl;
 
@@ -38,8 +39,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Hello hello;
     hello.host = "127.0.0.1";
     hello.port = 1234;
+    Link link{Fd(sv[0])};  // plaintext: the exchange as a master without encryption runs it
     try {
-        authenticate_to_master(sv[0], with_secret ? "fuzz secret" : "", encode_hello(hello), deadline_after(2.0),
+        authenticate_to_master(link, with_secret ? "fuzz secret" : "", encode_hello(hello), deadline_after(2.0),
                                "fuzz-master");
         std::fprintf(stderr, "authenticated to a master that cannot know the peer's nonce\n");
         std::abort();
@@ -49,7 +51,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             std::abort();
         }
     }
-    ::close(sv[0]);
-    ::close(sv[1]);
+    ::close(sv[1]);  // sv[0] is the link's
     return 0;
 }
