@@ -45,6 +45,9 @@ struct MasterLimits {
 // The authentication messages before the join (AUTH_HELLO, AUTH_PROOF) are under 64 bytes.
 constexpr uint32_t kMaxPreAuthFrame = 256;
 
+// "1,2,3" (or "-" for none), for log lines about memberships (master.cpp).
+std::string ids_to_string(const std::vector<uint64_t>& ids);
+
 class Master {
 public:
     // secret: the job secret every peer must prove it knows (empty: none; see auth/control_auth.hpp).
