@@ -8,11 +8,6 @@
 #include "common/log.hpp"
 
 namespace pccl {
-namespace {
-// States of a piece in arrived_.
-constexpr uint8_t kAbsent = 0, kArrived = 1, kClaimed = 2;
-}  // namespace
-
 Algorithm choose_algorithm(Algorithm requested, size_t bytes) {
     if (requested != Algorithm::kAuto) return requested;
     return bytes <= kStarMaxBytes ? Algorithm::kStar : Algorithm::kRing;
@@ -53,7 +48,7 @@ void Collective::init_slots(const std::vector<size_t>& slot_elems) {
     slot_elems_ = slot_elems;
     arrived_.resize(slot_elems.size());
     for (size_t i = 0; i < slot_elems.size(); ++i) {
-        arrived_[i].assign(piece_count(slot_elems[i]), kAbsent);
+        arrived_[i].assign(piece_count(slot_elems[i]), Piece::kAbsent);
         pieces_total_ += arrived_[i].size();
     }
 }
@@ -110,7 +105,7 @@ RecvTarget Collective::target_for(int from, const FrameHeader& h) {
     if (h.length != wire(piece_elems(elems, piece))) throw ProtocolError("frame length does not match its piece");
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (arrived_[h.step][piece]) throw ProtocolError("duplicate piece");
+        if (arrived_[h.step][piece] != Piece::kAbsent) throw ProtocolError("duplicate piece");
     }
     return RecvTarget{base + h.offset, shared_from_this()};
 }
@@ -131,14 +126,14 @@ void Collective::on_frame(int from, const FrameHeader& h) {
         piece = h.offset / wire(piece_elems_);
         // Two frames for one piece can both pass target_for() when they arrive interleaved on two
         // connections; the second must not be reduced again.
-        if (arrived_[h.step][piece] != kAbsent) throw ProtocolError("duplicate piece");
+        if (arrived_[h.step][piece] != Piece::kAbsent) throw ProtocolError("duplicate piece");
         rx_bytes_ += h.length;
         if (!processing_on_arrival_) {
-            arrived_[h.step][piece] = kArrived;
+            arrived_[h.step][piece] = Piece::kArrived;
             cv_.notify_all();
             return;
         }
-        arrived_[h.step][piece] = kClaimed;
+        arrived_[h.step][piece] = Piece::kClaimed;
     }
     run_piece(h.step, piece);
 }
@@ -197,8 +192,8 @@ void Collective::process_all_arrivals() {
         processing_on_arrival_ = true;
         for (uint32_t s = 0; s < arrived_.size(); ++s)
             for (size_t j = 0; j < arrived_[s].size(); ++j)
-                if (arrived_[s][j] == kArrived) {
-                    arrived_[s][j] = kClaimed;
+                if (arrived_[s][j] == Piece::kArrived) {
+                    arrived_[s][j] = Piece::kClaimed;
                     early.emplace_back(s, j);
                 }
     }
@@ -268,7 +263,7 @@ void Collective::send_piece(int to, uint32_t slot, const uint8_t* wire_base, siz
 void Collective::wait_piece(uint32_t slot, size_t piece) {
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-        if (arrived_[slot][piece] != kAbsent) return;
+        if (arrived_[slot][piece] != Piece::kAbsent) return;
         check_interrupt();
         cv_.wait_until(lock, deadline_);
     }
@@ -325,7 +320,7 @@ void Collective::wait_partner_done() {
 
 void Collective::decide(bool commit, EpochCause cause, bool pending) {
     std::lock_guard<std::mutex> lock(mutex_);
-    decision_ = commit ? 1 : 2;
+    decision_ = commit ? Decision::kCommit : Decision::kAbort;
     decision_cause_ = cause;
     // Commit: a member that committed before the recovery reported the full OR, so the master's copy
     // is it; if none did, every member adopts the same union of partial views. Abort: the epoch's
@@ -341,9 +336,9 @@ bool Collective::peers_pending() {
 
 bool Collective::wait_decision(TimePoint deadline, bool* commit, EpochCause* cause) {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (!cv_.wait_until(lock, deadline, [&] { return decision_ != 0; })) return false;
+    if (!cv_.wait_until(lock, deadline, [&] { return decision_ != Decision::kNone; })) return false;
     // A sender's fate is its receiver's, whatever its own progress (it publishes nothing).
-    *commit = decision_ == 1 && (progress_ == OpProgress::kDataDone || awaits_receipt_);
+    *commit = decision_ == Decision::kCommit && (progress_ == OpProgress::kDataDone || awaits_receipt_);
     *cause = decision_cause_;
     return true;
 }

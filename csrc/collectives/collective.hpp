@@ -1,6 +1,8 @@
-// One all-reduce in flight on one peer: its buffers, what has arrived, what is still being sent, and
-// its fate. The I/O thread writes payloads straight into the regions this object names; the calling
-// thread runs the algorithm (ring or star) over them. The caller's input and output are never written
+// One op in flight on one peer: an all-reduce (ring.hpp, star.hpp) or one half of a point-to-point
+// transfer (p2p.hpp). Each kind says which slots it fills, from whom, and what it does with them; this
+// base owns what they share: the buffers, what has arrived, what is still being sent, the completion
+// exchange and the op's fate (the master's decision after a failure). The I/O thread writes payloads
+// straight into the regions this object names; the calling thread runs the kind's data phase over them. The caller's input and output are never written
 // before the op commits, so an aborted op leaves them bitwise unchanged (invariant 2).
 #pragma once
 #include <atomic>
@@ -172,7 +174,9 @@ private:
 
     std::mutex mutex_;
     std::condition_variable cv_;
-    std::vector<std::vector<uint8_t>> arrived_;  // per slot and piece: kAbsent, kArrived or kClaimed
+    // Per slot and piece: absent; arrived (not yet processed); claimed by whoever processes it.
+    enum class Piece : uint8_t { kAbsent, kArrived, kClaimed };
+    std::vector<std::vector<Piece>> arrived_;
     size_t pieces_total_ = 0, pieces_processed_ = 0;
     bool processing_on_arrival_ = false;
     std::vector<size_t> slot_elems_;
@@ -188,7 +192,8 @@ private:
     const std::atomic<uint32_t>* pending_source_ = nullptr;
     bool own_pending_ = false;   // this peer's flag, fixed when it claims its completion notices
     bool pending_seen_ = false;  // own_pending_ OR every notice received; replaced by a commit decision
-    int decision_ = 0;  // 0 none, 1 commit, 2 abort
+    enum class Decision : uint8_t { kNone, kCommit, kAbort };  // the master's, after a recovery
+    Decision decision_ = Decision::kNone;
     EpochCause decision_cause_ = EpochCause::kLost;
     uint64_t tx_bytes_ = 0, rx_bytes_ = 0, swapped_bytes_ = 0;
 };
