@@ -1,13 +1,13 @@
 """All-reduce inputs whose exact sum proves who contributed: the check every self-verifying peer uses.
 
-Why this exists: a peer that runs collectives under churn (a pccl-stress worker, a test worker's
-reduce_loop) cannot ask anyone who took part in an op: the membership may have changed while it ran.
-So each contribution carries its author. Every exact tensor starts with a membership block: 8 lanes of
-32 bits, where the peer in slot ``i`` contributes ``2**(i % 32)`` to lane ``i // 32``, and a count lane
-(each contributes 1). The payload element j is ``w[j] + (slot + 1) * v[j]`` with ``w, v`` drawn from
-(seed, step, tag), so the sum is ``n * w + S * v`` for the decoded set (n members, S the sum of
-slot + 1). Any contribution lost, counted twice, reduced into the wrong place or left over from another
-step breaks that identity.
+Why this exists: a peer that runs collectives under churn (a pccl-stress worker, a pccl-demo --allreduce
+peer, a test worker's reduce_loop) cannot ask anyone who took part in an op: the membership may have
+changed while it ran. So each contribution carries its author. Every exact tensor starts with a
+membership block: 8 lanes of 32 bits, where the peer in slot ``i`` contributes ``2**(i % 32)`` to lane
+``i // 32``, and a count lane (each contributes 1). The payload element j is
+``w[j] + (slot + 1) * v[j]`` with ``w, v`` drawn from (seed, step, tag), so the sum is ``n * w + S * v``
+for the decoded set (n members, S the sum of slot + 1). Any contribution lost, counted twice, reduced into the wrong place
+or left over from another step breaks that identity.
 
 The trap: every value must stay an integer below 2**53 so that float64 sums are exact whatever the
 reduction order; the lanes hold at most 32 bits and w, v stay below 2**16 for that reason. Do not widen
