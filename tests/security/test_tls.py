@@ -12,6 +12,7 @@ appear in the recording in clear text, and not under TLS.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -254,31 +256,23 @@ PATTERN = b"pccl-tls-wiretap-pattern!"  # 25 bytes: not a divisor of any piece s
 MAGIC = 0x4C434350  # kProtocolMagic (csrc/protocol/messages.hpp)
 
 
-def _capture(encryption: str) -> tuple:
-    """Two in-process peers whose master connections and mesh connections all cross taps; rank 0
-    sends rank 1 a message made of PATTERN. Returns (master tap bytes, mesh tap bytes)."""
-    master = pccl_py.Master(secret=SECRET, encryption=encryption).start()
-    master_tap = Tap(("127.0.0.1", master.port))
-    comms, taps = [], [master_tap]
+@contextlib.contextmanager
+def _pair_behind_taps(master: pccl_py.Master, address: str, encryption: str, taps: list) -> Iterator[list]:
+    """Two in-process peers of the master at `address`, whose mesh listeners are reached through taps
+    (appended to `taps`); the second is admitted by the first. Yields [a, b]; afterwards closes them, stops
+    every tap in `taps` and the master, even if the set-up failed halfway."""
+    comms: list = []
     try:
         for _ in range(2):
             port = free_port()
-            tap = Tap(("127.0.0.1", port))
-            taps.append(tap)
-            comms.append(new_comm(f"127.0.0.1:{master_tap.port}", secret=SECRET, encryption=encryption,
-                                  listen_port=port, advertise_address=f"127.0.0.1:{tap.port}",
-                                  heartbeat_timeout=3.0, timeout=30.0))
+            taps.append(Tap(("127.0.0.1", port)))
+            comms.append(new_comm(address, secret=SECRET, encryption=encryption, listen_port=port,
+                                  advertise_address=f"127.0.0.1:{taps[-1].port}", heartbeat_timeout=3.0,
+                                  timeout=30.0))
         a, b = comms
         a.connect()
         run_concurrently(b.connect, lambda: admit_pending([a], 30), timeout=60)
-        msg = np.frombuffer(PATTERN * 40_000, dtype=np.uint8).copy()  # ~1 MiB: pieces, and once lendable
-        small = np.frombuffer(PATTERN * 4, dtype=np.uint8).copy()
-        got, got_small = np.zeros_like(msg), np.zeros_like(small)
-        sender, receiver = (a, b) if a.rank == 0 else (b, a)
-        run_concurrently(lambda: (sender.send(msg, 1), sender.send(small, 1)),
-                         lambda: (receiver.recv(got, 0), receiver.recv(got_small, 0)), timeout=60)
-        assert got.tobytes() == msg.tobytes() and got_small.tobytes() == small.tobytes()
-        return master_tap.data(), b"".join(t.data() for t in taps[1:])
+        yield comms
     finally:
         for c in comms:
             c.close()
@@ -287,22 +281,31 @@ def _capture(encryption: str) -> tuple:
         master.stop()
 
 
+def _capture(encryption: str) -> tuple:
+    """Two in-process peers whose master connections and mesh connections all cross taps; rank 0
+    sends rank 1 a message made of PATTERN. Returns (master tap bytes, mesh tap bytes)."""
+    master = pccl_py.Master(secret=SECRET, encryption=encryption).start()
+    master_tap = Tap(("127.0.0.1", master.port))
+    taps = [master_tap]
+    with _pair_behind_taps(master, f"127.0.0.1:{master_tap.port}", encryption, taps) as (a, b):
+        msg = np.frombuffer(PATTERN * 40_000, dtype=np.uint8).copy()  # ~1 MiB: pieces, and once lendable
+        small = np.frombuffer(PATTERN * 4, dtype=np.uint8).copy()
+        got, got_small = np.zeros_like(msg), np.zeros_like(small)
+        sender, receiver = (a, b) if a.rank == 0 else (b, a)
+        run_concurrently(lambda: (sender.send(msg, 1), sender.send(small, 1)),
+                         lambda: (receiver.recv(got, 0), receiver.recv(got_small, 0)), timeout=60)
+        assert got.tobytes() == msg.tobytes() and got_small.tobytes() == small.tobytes()
+        return master_tap.data(), b"".join(t.data() for t in taps[1:])
+
+
 def test_a_tampered_record_fails_the_op_never_delivers_wrong_bytes():
     """One bit flipped in flight on a mesh connection: TLS refuses the record and the link breaks. The
     transfer either fails on both sides with the receive buffer untouched, or (nobody evicted) runs again
     in the next epoch and delivers exactly the message; never other bytes. The group goes on."""
     master = pccl_py.Master(secret=SECRET, encryption="tls").start()
-    comms, taps = [], []
-    try:
-        for _ in range(2):
-            port = free_port()
-            taps.append(Tap(("127.0.0.1", port)))
-            comms.append(new_comm(master.address, secret=SECRET, encryption="tls", listen_port=port,
-                                  advertise_address=f"127.0.0.1:{taps[-1].port}", heartbeat_timeout=3.0,
-                                  timeout=30.0))
+    taps: list = []
+    with _pair_behind_taps(master, master.address, "tls", taps) as comms:
         a, b = comms
-        a.connect()
-        run_concurrently(b.connect, lambda: admit_pending([a], 30), timeout=60)
         sender, receiver = (a, b) if a.rank == 0 else (b, a)
         msg = np.random.default_rng(5).integers(0, 256, 4 << 20, dtype=np.uint8)
         for t in taps:  # the mesh connection crosses the tap of the member that accepted it
@@ -330,12 +333,6 @@ def test_a_tampered_record_fails_the_op_never_delivers_wrong_bytes():
                 x = np.arange(8, dtype=np.float32)
                 c.all_reduce(x)
                 assert np.array_equal(x, np.arange(8, dtype=np.float32))
-    finally:
-        for c in comms:
-            c.close()
-        for t in taps:
-            t.stop()
-        master.stop()
 
 
 def test_bytes_on_the_wire_are_not_the_plaintext():
