@@ -66,6 +66,9 @@ def test_fp16_wire_rounds_every_float32_like_numpy(local_group, algorithm: str) 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_bf16_wire_rounds_every_float32_like_torch(local_group, algorithm: str) -> None:
+    """With bf16 on the wire, every float32 probe value (NaN, infinities, signed zeros, subnormals, rounding
+    ties) comes out of an all_reduce with exactly the bits torch's float32 -> bfloat16 -> float32 conversion
+    gives, for every algorithm."""
     torch = pytest.importorskip("torch")
     x = _float32_probes()
     xs = [x.copy(), np.full_like(x, -0.0)]

@@ -26,6 +26,8 @@ def each(comms, fn, timeout=20.0):
 
 
 def test_broadcast_copies_every_bit_pattern(group):
+    """broadcast() delivers the root's bytes unchanged to every rank, NaN payloads, -0.0 and infinities included,
+    and works for byte counts that are not a multiple of the word size."""
     # NaN payloads, -0.0 and infinities would not survive a float sum; an odd byte count forces 1-byte words.
     special = np.array([0x7FC00001, 0xFFF00002, 0x80000000, 0x7F800000, 0x3F800000], dtype=np.uint32).view(np.float32)
     arrays = [special.copy() if r == 1 else np.zeros(5, np.float32) for r in range(3)]
@@ -38,6 +40,8 @@ def test_broadcast_copies_every_bit_pattern(group):
 
 
 def test_all_gather_and_reduce_scatter(group):
+    """all_gather() concatenates every rank's bytes in rank order (-0.0 kept); reduce_scatter() gives each rank
+    its slice of the exact sum and leaves the input unchanged."""
     ins = [np.full(5, r - 0.0 if r else -0.0, dtype=np.float64) for r in range(3)]
     outs = [np.empty(15, np.float64) for _ in range(3)]
     each(group, lambda r, c: C.all_gather(c, ins[r], outs[r]))
@@ -54,6 +58,8 @@ def test_all_gather_and_reduce_scatter(group):
 
 
 def test_barrier_and_bad_sizes(group):
+    """barrier() returns on every rank; an all_gather output of the wrong size or a non-contiguous broadcast
+    buffer is refused with InvalidArgumentError saying what is wrong."""
     each(group, lambda r, c: C.barrier(c, tag=3))
     with pytest.raises(pccl_py.InvalidArgumentError, match="needs"):
         C.all_gather(group[0], np.zeros(4, np.float32), np.zeros(4, np.float32))

@@ -16,7 +16,7 @@ import pytest
 
 from harness import Cluster, Peer
 from reference import INT_DTYPES
-from support import reduce_all
+from support import join, reduce_all
 
 WORLD_SIZES = [1, 2, 3, 4, 5]
 OPS = ["SUM", "AVG", "PROD", "MIN", "MAX"]
@@ -43,7 +43,7 @@ class World:
 def world(request, tmp_path_factory) -> World:
     """A cluster of request.param peers, shared by every test of this module with that world size."""
     with Cluster(log_dir=str(tmp_path_factory.mktemp(f"world{request.param}"))) as c:
-        yield World(c, c.join(request.param))
+        yield World(c, join(c, request.param))
 
 
 def seed_for(*parts: object) -> int:
@@ -95,7 +95,7 @@ def test_sizes(world, count, dtype, algorithm):
 def test_64_mib(cluster, dtype, op):
     """64 MiB (16 Mi four-byte elements) among three peers: many pieces per ring chunk. Slow on two cores,
     so only two cases, on a cluster of its own."""
-    replies = reduce_all(cluster.join(3), dtype=dtype, count=64 * MIB // 4, op=op, seed=seed_for(dtype, op),
+    replies = reduce_all(join(cluster, 3), dtype=dtype, count=64 * MIB // 4, op=op, seed=seed_for(dtype, op),
                          timeout=300)
     assert {r["algorithm"] for r in replies} == {"ring"}
 

@@ -53,6 +53,8 @@ def vma_count() -> int:
 
 @needs_swap
 def test_large_result_is_swapped_exactly_and_neighbours_survive(pair):
+    """A large in-place result is published by swapping pages: the result is exact, the bytes sharing the view's
+    first and last pages are untouched, and 30 repetitions do not keep growing the process's mapping count."""
     peers = pair()
     rng = np.random.default_rng(1)
     # Each array is a view one element into a larger allocation: the bytes just outside the view share
@@ -80,6 +82,7 @@ def test_large_result_is_swapped_exactly_and_neighbours_survive(pair):
 
 @needs_swap
 def test_out_of_place_leaves_the_input_alone(pair):
+    """With out=, the result is swapped into the output array and the input keeps its values."""
     peers = pair()
     xs = [np.full(ELEMS, r + 1, dtype=np.float64) for r in range(2)]
     outs = [np.zeros(ELEMS, dtype=np.float64) for _ in range(2)]
@@ -91,6 +94,8 @@ def test_out_of_place_leaves_the_input_alone(pair):
 
 
 def test_small_results_and_disabled_swap_copy(pair):
+    """Results below the swap threshold, and any result with swap_result_pages=False, are copied (no bytes
+    swapped) and are still exact."""
     small = pair()
     xs = [np.ones(1 << 18, dtype=np.float32) for _ in range(2)]  # 1 MiB: below the swap threshold
     for x, info in zip(xs, reduce_pair(small, xs)):
@@ -102,11 +107,14 @@ def test_small_results_and_disabled_swap_copy(pair):
 
 
 def test_swap_result_pages_must_be_a_bool():
+    """swap_result_pages=1 (not a bool) is refused with InvalidArgumentError naming the option."""
     with pytest.raises(pccl_py.InvalidArgumentError, match="swap_result_pages"):
         pccl_py.Communicator("127.0.0.1:1", swap_result_pages=1)
 
 
 def test_shared_memory_is_copied_and_stays_shared(pair):
+    """An array in shared memory gets its result by copy, so another mapping of the same segment sees the result.
+    An array in shared memory gets its result by copy, so another mapping of the same segment sees the result."""
     peers = pair()
     segments = [shared_memory.SharedMemory(create=True, size=ELEMS * 4) for _ in peers]
     try:
@@ -130,6 +138,7 @@ def test_shared_memory_is_copied_and_stays_shared(pair):
 
 
 def test_file_backed_arrays_are_copied_and_reach_the_file(pair, tmp_path):
+    """A memory-mapped file array gets its result by copy, so the result reaches the file."""
     peers = pair()
     paths = [tmp_path / f"x{r}.bin" for r in range(2)]
     xs = [np.memmap(p, dtype=np.float32, mode="w+", shape=(ELEMS,)) for p in paths]
@@ -144,6 +153,7 @@ def test_file_backed_arrays_are_copied_and_reach_the_file(pair, tmp_path):
 
 @needs_swap
 def test_torch_tensor_is_swapped(pair):
+    """A large CPU torch tensor gets its result by page swap, and the result is exact."""
     torch = pytest.importorskip("torch")
     peers = pair()
     ts = [torch.full((ELEMS,), float(r + 1)) for r in range(2)]

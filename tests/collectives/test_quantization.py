@@ -35,9 +35,8 @@ import numpy as np
 import pytest
 
 import pccl_py
-from fault_helpers import join
 from harness import Cluster, Peer
-from support import assert_within, run_concurrently
+from support import assert_within, join, run_concurrently
 
 WORLDS = [2, 3, 4]
 FORMATS = ["fp16", "bf16", "q8", "q4"]
@@ -109,6 +108,9 @@ def _unquantized_tx(cluster: Cluster, members: list[Peer], dtype: str, algorithm
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_quantized_result_identical_accurate_and_smaller(group, fmt: str, dtype: str, algorithm: str) -> None:
+    """For every wire format, dtype and algorithm, a quantized all-reduce leaves the input unchanged, gives every
+    peer bitwise the same finite result within the format's error bound (and on its value grid for fp16/bf16),
+    and sends fewer bytes than the unquantized op by the format's ratio."""
     cluster, members = group
     world = len(members)
     everyone = [m.index for m in members]
@@ -158,6 +160,8 @@ def _specials(members: list[Peer]) -> list:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_nan_and_inf(group, fmt: str, dtype: str, algorithm: str) -> None:
+    """NaN and infinities in quantized all-reduces: fp16/bf16 keep NaN and +-Inf element for element; q8/q4 turn
+    each block holding a non-finite value into NaN and touch no other element; every peer holds the same bits."""
     cluster, members = group
     everyone = [m.index for m in members]
     specials = _specials(members)

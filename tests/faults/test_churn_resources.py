@@ -1,4 +1,4 @@
-"""Issue point 6: 200 interleaved joins and deaths against two long-lived observer members, which
+"""200 interleaved joins and deaths against two long-lived observer members, which
 keep doing all_reduce between the events. The observers' (and the master's) file descriptors, OS
 threads and RSS must not grow: after a warm-up and at the end they are compared (fds/threads: +2 at
 most, RSS: < +30 MB).
@@ -16,13 +16,13 @@ correct result with world_size 2.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections import Counter
 
-from fault_helpers import admit, join, wait_for
 from harness import Peer
+from pccl_py.tools._process import process_resources
+from support import admit, join, wait_until
 
 EVENTS = 200
 WARMUP = 20
@@ -31,14 +31,10 @@ COMM = dict(heartbeat_timeout=2.0, timeout=10.0)
 KINDS = ["kill_idle"] * 35 + ["close"] * 35 + ["kill_mid_op"] * 20 + ["kill_pending"] * 10
 
 
-def proc_resources(pid: int) -> dict:
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    with open(f"/proc/{pid}/status") as f:
-        status = dict(line.split(":", 1) for line in f if ":" in line)
-    return {"fds": fds, "os_threads": int(status["Threads"].strip()), "rss_kb": int(status["VmRSS"].split()[0])}
-
-
 def test_churn_does_not_leak(cluster):
+    """200 joins, each ended by a kill (idle, mid-op or while pending) or a graceful close: the two observers
+    keep agreeing on correct results at world size 2 after every event, every join succeeds, and the
+    observers' and master's descriptors, threads and RSS do not grow past the warm-up baseline."""
     t_start = time.time()
     rng = random.Random(2024)
     observers = join(cluster, 2, COMM)
@@ -64,13 +60,13 @@ def test_churn_does_not_leak(cluster):
         raise AssertionError(f"observers' all_reduce kept failing: {res}")
 
     def settle() -> None:
-        wait_for(lambda: all(o.call("state", timeout=10)["world_size"] == 2 for o in observers), 10.0,
-                 interval=0.01, what="observers back to world size 2")
+        wait_until(lambda: all(o.call("state", timeout=10)["world_size"] == 2 for o in observers), 10.0,
+                   interval=0.01, what="observers back to world size 2")
 
     def snapshot() -> dict:
         snap = {f"obs{o.index}": {k: v for k, v in o.call("resources", timeout=10).items() if k != "id"}
                 for o in observers}
-        snap["master"] = proc_resources(cluster.master.pid)
+        snap["master"] = process_resources(cluster.master.pid)
         return snap
 
     def take_joiner() -> Peer:
@@ -89,8 +85,8 @@ def test_churn_does_not_leak(cluster):
 
         if kind == "kill_pending":
             joiner.send("connect", master=cluster.master.address, kwargs=COMM)
-            wait_for(lambda: observers[0].call("pending", timeout=10)["pending"], 10.0, interval=0.005,
-                     what="joiner pending")
+            wait_until(lambda: observers[0].call("pending", timeout=10)["pending"], 10.0, interval=0.005,
+                       what="joiner pending")
             joiner.kill()
             # A vote with nobody left to admit just returns.
             for o in observers:

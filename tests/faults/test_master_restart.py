@@ -11,6 +11,7 @@ import signal
 import time
 
 from harness import Cluster, MasterProcess
+from support import admit, join, wait_until
 
 GRACE = 12.0
 CONNECT = dict(master_grace=GRACE, heartbeat_timeout=2.0, timeout=30.0)
@@ -46,8 +47,11 @@ def _restart(c: Cluster, port: int) -> None:
 
 
 def test_kill_9_master_then_restart_same_peers_same_revisions():
+    """After kill -9 and a restart of the master at the same address, the group continues with the same peers,
+    ids and world size; shared state goes on at the next revision without moving bytes, and a newcomer is
+    admitted and catches up."""
     with Cluster() as c:
-        peers = c.join(3, **CONNECT)
+        peers = join(c, 3, CONNECT)
         ids = sorted(p.call("state")["peer_id"] for p in peers)
         _reduce(c, peers)
         before = _sync(peers, keys=KEYS, revision=7, rebuild=True, steps=3, evolve=True)
@@ -63,8 +67,7 @@ def test_kill_9_master_then_restart_same_peers_same_revisions():
         assert sorted(s["peer_id"] for s in states) == ids
         assert {s["world_size"] for s in states} == {3}
         # Membership changes work with the new master: a newcomer joins and catches up.
-        newcomer = c.join(1, **CONNECT)
-        everyone = c.ranked([p for p in newcomer])
+        everyone = admit(c, peers, [c.spawn()], CONNECT)
         assert len(everyone) == 4
         fresh = next(p for p in everyone if p not in peers)
         for p in everyone:
@@ -79,8 +82,10 @@ def test_kill_9_master_then_restart_same_peers_same_revisions():
 
 
 def test_while_the_master_is_away_reduces_run_and_master_calls_wait_out_the_grace():
+    """While the master is down, all-reduces between peers still succeed; update_topology() raises
+    MasterLostError naming master_grace once the grace, counted from the master's loss, has run out."""
     with Cluster() as c:
-        peers = c.join(2, **CONNECT)
+        peers = join(c, 2, CONNECT)
         t_kill = time.time()
         c.master.kill()
         time.sleep(0.3)
@@ -96,8 +101,10 @@ def test_while_the_master_is_away_reduces_run_and_master_calls_wait_out_the_grac
 
 
 def test_peer_killed_while_the_master_is_away_is_resolved_by_the_restarted_master():
+    """A peer killed while the master is down: the survivors' op waits for a decision and, once the master is
+    back, fails with PeerLostError with the input unchanged; the survivors then reduce among themselves."""
     with Cluster() as c:
-        peers = c.join(3, **CONNECT)
+        peers = join(c, 3, CONNECT)
         port = c.master.port
         c.master.kill()
         time.sleep(0.3)
@@ -116,8 +123,11 @@ def test_peer_killed_while_the_master_is_away_is_resolved_by_the_restarted_maste
 
 
 def test_newcomers_that_reach_the_restarted_master_first_yield_to_the_old_members(tmp_path):
+    """A newcomer that reaches a restarted master before the old members forms a group alone; when the old
+    members come back it gets EvictedError saying it is rejoining, and the old group resumes its shared state
+    at the next revision."""
     with Cluster(log_dir=str(tmp_path)) as c:
-        peers = c.join(3, **CONNECT)
+        peers = join(c, 3, CONNECT)
         _sync(peers, keys=KEYS, revision=3, rebuild=True)
         port = c.master.port
         for p in peers:  # the old members are slow to come back
@@ -129,11 +139,9 @@ def test_newcomers_that_reach_the_restarted_master_first_yield_to_the_old_member
         assert r["ok"] and r["world_size"] == 1, r  # alone, it formed a group at the new master
         for p in peers:
             p.kill(signal.SIGCONT)
-        r = newcomer.call("all_reduce", dtype="float32", count=10, expect_from=[newcomer.index], timeout=60)
-        deadline = time.time() + 20
-        while r["ok"] and time.time() < deadline:
-            time.sleep(0.2)
-            r = newcomer.call("all_reduce", dtype="float32", count=10, expect_from=[newcomer.index], timeout=60)
+        r = wait_until(lambda: newcomer.call("all_reduce", dtype="float32", count=10, expect_from=[newcomer.index],
+                                             timeout=60),
+                       20, "the newcomer's all_reduce to fail", until=lambda r: not r["ok"], interval=0.2)
         assert not r["ok"] and r["error"] == "EvictedError" and "rejoining" in r["message"], r
         _reduce(c, peers)
         after = _sync(peers, advance=True)

@@ -19,9 +19,8 @@ import time
 
 import pytest
 
-from fault_helpers import join
 from harness import Cluster, MasterProcess
-from support import assert_within
+from support import assert_within, join
 
 HB = 2.0
 CONNECT = dict(master_grace=10.0, heartbeat_timeout=HB, timeout=10.0)

@@ -15,7 +15,8 @@ import pytest
 import pccl_py
 from harness import Cluster
 from reference import make_input, reference_result, results_match
-from support import Background, admit_pending, call, connect_group, new_comm, reply_to, run_concurrently
+from support import (Background, admit_pending, call, connect_group, new_comm, reply_to, run_concurrently,
+                     wait_until)
 
 PARTNER_DELAY = 2.0  # seconds the partner waits before joining the op
 
@@ -157,12 +158,11 @@ def test_core_threads_carry_names(master):
         handle = a.all_reduce_async(xa)  # waits for b inside its own thread
         expected = {"pccl-master", "pccl-listen", "pccl-control", "pccl-mesh", "pccl-async-op"}
         seen: set[str] = set()
-        deadline = time.monotonic() + 5.0  # a new thread names itself first thing, but not atomically
-        while not expected <= seen and time.monotonic() < deadline:
-            seen |= thread_names()
-            time.sleep(0.01)
-        b.all_reduce(xb)
-        handle.wait()
-        assert expected <= seen, f"missing {sorted(expected - seen)} among {sorted(seen)}"
+        try:  # a new thread names itself first thing, but not atomically
+            wait_until(lambda: seen.update(thread_names()) or seen, 5.0, f"threads named {sorted(expected)}",
+                       until=lambda s: expected <= s)
+        finally:
+            b.all_reduce(xb)
+            handle.wait()
     finally:
         run_concurrently(a.close, b.close)

@@ -1,7 +1,7 @@
-"""Helpers shared by the fault-injection tests (kill, freeze, master death, garbage, churn).
+"""Helpers shared by the fault-injection tests (kill, freeze, master death, garbage, churn): reading
+the master's log, collecting the survivors' replies after a kill, refilling a group to its size.
 
-Cluster.join() cannot pass the Communicator's own `timeout` (its keyword is taken by join's deadline),
-so these tests admit peers with the helpers below, which take the Communicator kwargs as a dict.
+Admission and waiting are support.admit()/join() and support.wait_until(), as everywhere else.
 """
 
 from __future__ import annotations
@@ -11,72 +11,7 @@ import time
 from typing import Any, Callable, Optional
 
 from harness import Cluster, Peer
-
-
-def admit(cluster: Cluster, members: list[Peer], newcomers: list[Peer], comm: dict[str, Any],
-          timeout: float = 30.0) -> list[Peer]:
-    """Connects every newcomer (already spawned) and has the members admit them; returns the new members.
-
-    With no members, the first newcomer founds the group.
-    """
-    members = list(members)
-    newcomers = list(newcomers)
-    deadline = time.time() + timeout
-    if not members:
-        first = newcomers.pop(0)
-        r = first.call("connect", master=cluster.master.address, kwargs=comm, timeout=timeout)
-        assert r["ok"], r
-        first.peer_id = r["peer_id"]
-        members = [first]
-    for p in newcomers:
-        p.send("connect", master=cluster.master.address, kwargs=comm)
-    waiting = {p.index: p for p in newcomers}
-
-    def collect(wait: float) -> None:
-        # A connect() that returned: admitted by an earlier vote (its reply can lag the vote's on a
-        # slow machine), or failed, which never becomes pending.
-        for idx, p in list(waiting.items()):
-            try:
-                r = p.recv(timeout=wait)
-            except TimeoutError:
-                continue
-            assert r["ok"], f"peer {idx} failed to join: {r}"
-            p.peer_id = r["peer_id"]
-            members.append(p)
-            del waiting[idx]
-
-    while waiting:
-        assert time.time() < deadline, "peers were not admitted in time"
-        while waiting and not members[0].call("pending", timeout=timeout)["pending"]:
-            assert time.time() < deadline, "joining peers never became pending"
-            collect(0)
-            time.sleep(0.01)
-        if not waiting:
-            break
-        for m in members:
-            m.send("update_topology")
-        for m in members:
-            r = m.recv(timeout)
-            assert r["ok"], r
-        collect(0.5)
-    return members
-
-
-def join(cluster: Cluster, n: int, comm: dict[str, Any], timeout: float = 60.0) -> list[Peer]:
-    """Spawns n peers, founds a group with them and returns them in rank order."""
-    new = [cluster.spawn() for _ in range(n)]
-    return cluster.ranked(admit(cluster, [], new, comm, timeout))
-
-
-def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.time() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(interval)
+from support import admit
 
 
 def read_text(path: Optional[str]) -> str:
@@ -132,7 +67,6 @@ def refill(cluster: Cluster, members: list[Peer], spare: Peer, comm: dict[str, A
     while len(members) < world:
         used, spare = spare, cluster.spawn()
         members = admit(cluster, members, [used], comm)
-    members = cluster.ranked(members)
     states = [m.call("state", timeout=10) for m in members]
     assert [s["rank"] for s in states] == list(range(world)), states
     assert all(s["world_size"] == world for s in states), states

@@ -23,6 +23,7 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from harness import Cluster, Peer  # noqa: E402
+from support import admit, join  # noqa: E402
 
 
 def vm_kb(pid: int, field: str) -> int:
@@ -53,28 +54,6 @@ def _start_flooder(targets: list[str], duration: float, rate: float, max_open: i
                             env={k: v for k, v in os.environ.items() if k != "PCCL_SECRET"})
 
 
-def _join_newcomer(newcomer: Peer, members: list[Peer], master: str, timeout: float) -> float:
-    """Has `newcomer` connect and the members admit it; returns seconds from its connect() to admission."""
-    t0 = time.time()
-    msg = newcomer.send("connect", master=master, kwargs={})
-    deadline = t0 + timeout
-    while not members[0].call("pending", timeout=timeout)["pending"]:
-        if time.time() > deadline:
-            raise AssertionError(f"the newcomer was not pending within {timeout} s")
-        time.sleep(0.01)
-    for m in members:
-        m.send("update_topology")
-    for m in members:
-        r = m.recv(timeout)
-        assert r["ok"], r
-    r = newcomer.recv(timeout)
-    while r.get("id") != msg:
-        r = newcomer.recv(timeout)
-    assert r["ok"], r
-    newcomer.peer_id = r["peer_id"]
-    return time.time() - t0
-
-
 def _reduce_loop(peers: list[Peer], until: float, tag: int, timeout: float) -> list[dict]:
     for p in peers:
         p.send("reduce_loop", until=until, count=256, seed=tag * 1000 + 1, tag=tag)
@@ -91,7 +70,7 @@ def run(duration: float, log_dir: str, *, peers: int = 3, newcomers: int = 1, ra
     flooders: list[subprocess.Popen] = []
     try:
         with Cluster(log_dir=log_dir) as cluster:
-            members = cluster.join(peers, timeout=60.0)
+            members = join(cluster, peers, timeout=60.0)
             master_log = os.path.join(log_dir, "master.log")
             victim = members[-1]
             victim_port = _listen_port(master_log, victim.peer_id)
@@ -114,8 +93,9 @@ def run(duration: float, log_dir: str, *, peers: int = 3, newcomers: int = 1, ra
                 results = _reduce_loop(group, stop, tag=k, timeout=duration + 60)
                 loops.append({"world": len(group), "results": results})
                 if k < newcomers:
-                    joins.append(_join_newcomer(waiting[k], group, cluster.master.address, timeout=30.0))
-                    group.append(waiting[k])
+                    t_join = time.time()  # from its connect() to admission (and a rank query per member)
+                    group = admit(cluster, group, [waiting[k]], timeout=30.0)
+                    joins.append(time.time() - t_join)
             flood_stats = []
             for f in flooders:
                 out, err = f.communicate(timeout=60)

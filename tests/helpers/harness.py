@@ -12,7 +12,6 @@ import os
 import queue
 import signal
 import sys
-import time
 from typing import Any, Iterable, Optional
 
 from pccl_py.tools.harness import Child, Children, package_env
@@ -108,48 +107,8 @@ class Cluster:
     def members(self) -> list[Peer]:
         return [p for p in self.peers if p.alive()]
 
-    def join(self, n: int, timeout: float = 60.0, **connect_kwargs: Any) -> list[Peer]:
-        """Spawns n peers and admits them all to connect_kwargs' peer_group; returns them in rank order."""
-        group = connect_kwargs.get("peer_group", 0)
-        current = [p for p in self.members() if p.peer_id and getattr(p, "group", 0) == group]
-        new = [self.spawn() for _ in range(n)]
-        for p in new:
-            p.group = group
-        deadline = time.time() + timeout
-        if not current:
-            first = new.pop(0)
-            r = first.call("connect", master=self.master.address, kwargs=connect_kwargs, timeout=timeout)
-            assert r["ok"], r
-            first.peer_id = r["peer_id"]
-            current = [first]
-        for p in new:
-            p.send("connect", master=self.master.address, kwargs=connect_kwargs)
-        joined: set[int] = set()
-        while len(joined) < len(new):
-            assert time.time() < deadline, "peers were not admitted in time"
-            # Members poll until the master has told them that someone is pending, then all vote.
-            while not current[0].call("pending")["pending"]:
-                assert time.time() < deadline, "joining peers never became pending"
-                time.sleep(0.02)
-            for m in current:
-                m.send("update_topology")
-            for m in current:
-                r = m.recv(timeout)
-                assert r["ok"], r
-            for p in new:
-                if p.index in joined:
-                    continue
-                try:
-                    r = p.recv(timeout=0.5)
-                except TimeoutError:
-                    continue
-                assert r["ok"], r
-                p.peer_id = r["peer_id"]
-                joined.add(p.index)
-                current.append(p)
-        return self.ranked(current)
-
     def ranked(self, peers: Iterable[Peer]) -> list[Peer]:
+        """peers sorted by the rank each one reports (support.admit() and join() admit peers)."""
         peers = list(peers)
         ranks = {p.index: p.call("state")["rank"] for p in peers}
         return sorted(peers, key=lambda p: ranks[p.index])

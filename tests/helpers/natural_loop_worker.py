@@ -11,6 +11,10 @@ eviction, and a final ``{"report": ...}``. SIGTERM ends the loop and prints the 
 the peer leave gracefully (close()) and then report. A wrong result exits with status 3 at once.
 
 Usage: natural_loop_worker.py MASTER_ADDRESS HEARTBEAT_TIMEOUT
+
+It stays apart from the self-verifying loops (worker.py's reduce_loop, pccl-stress's worker) on
+purpose: what it pins is that the plain loop, with no extra collective to agree on who votes, admits
+newcomers under churn; adding their machinery would test a different loop.
 """
 
 from __future__ import annotations

@@ -5,19 +5,28 @@ Two kinds of peers are used:
 * worker processes (harness.Peer), driven by JSON commands, for multi-process behaviour;
 * in-process Communicators, for API checks that need the caller's own objects and threads.
 
-Every wait here has a deadline, so a broken library makes a test fail instead of hang.
+Every wait here has a deadline, so a broken library makes a test fail instead of hang. There is one
+polling wait (wait_until) and one admission procedure, for each kind of peer: admit()/join() for worker
+processes, admit_pending()/connect_group() for in-process communicators. Both admit the same way: wait
+until the first member sees a pending peer, then every member calls update_topology() at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import pccl_py
-from harness import Cluster, Peer
 from pccl_py.tools.machine_stalls import monitor
+
+if TYPE_CHECKING:
+    from harness import Cluster, Peer
 
 # Where the worker scripts live (tests start them as processes by path) and the repository's root.
 HELPERS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -27,12 +36,26 @@ REPO_ROOT = os.path.dirname(os.path.dirname(HELPERS_DIR))
 # generic
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Polls predicate until it is true; fails the test after timeout seconds."""
+def wait_until(probe: Callable[[], Any], timeout: float, what: str, *, until: Callable[[Any], Any] = bool,
+               interval: float = 0.01) -> Any:
+    """The one polling wait of the tests: calls probe() every `interval` seconds until until(value) holds,
+    and returns that value.
+
+    Fails the test after `timeout` seconds with an AssertionError naming `what` was awaited and the last
+    value probe() gave (its tail if long), so a failure shows how far things got. probe() runs at least
+    once, even with timeout 0. With the default `until`, any truthy value ends the wait.
+    """
     deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.01)
+    while True:
+        value = probe()
+        if until(value):
+            return value
+        if time.monotonic() >= deadline:
+            seen = repr(value)
+            if len(seen) > 2000:
+                seen = "..." + seen[-2000:]
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {seen}")
+        time.sleep(interval)
 
 
 class Background:
@@ -136,28 +159,69 @@ def vote(members: list[Peer], timeout: float = 30.0) -> list[dict]:
     return [reply_to(m, i, timeout) for m, i in zip(members, ids)]
 
 
-def grow(cluster: Cluster, members: list[Peer], n: int, admit_timeout: float = 30.0,
-         **connect_kwargs: Any) -> list[Peer]:
-    """Admits n new worker peers into the group of `members` (a new group if members is empty).
+def admit(cluster: Cluster, members: list[Peer], newcomers: list[Peer], comm: Optional[dict] = None,
+          timeout: float = 60.0) -> list[Peer]:
+    """The one way tests admit worker peers: connects every newcomer (spawned, not yet connected) to the
+    cluster's master with Communicator kwargs `comm` and has `members` admit them; returns the whole
+    group, members and newcomers, in rank order.
 
-    Unlike Cluster.join, the group's members are given explicitly, so several peer groups can share
-    one master, and every connect() kwarg (including timeout=) reaches the Communicator. Returns the
-    whole group in rank order.
+    With no members, the first newcomer founds the group. The other newcomers connect at once, so one
+    vote may admit all of them or only those already pending when it was taken: it votes again until
+    every newcomer's connect() returned. A vote waits until members[0] sees a pending peer, then every
+    member calls update_topology() at the same time. Fails the test if a connect() or a vote fails or
+    everything takes longer than `timeout`. Several groups can share one master: pass each group's
+    members (and `peer_group` in comm).
     """
-    timeout = admit_timeout
+    comm = dict(comm or {})
     members = list(members)
-    for _ in range(n):
-        p = cluster.spawn()
-        msg = p.send("connect", master=cluster.master.address, kwargs=connect_kwargs)
-        if members:
-            wait_until(lambda: call(members[0], "pending")["pending"], timeout, "the newcomer to be pending")
-            for r in vote(members, timeout):
-                assert r["ok"], r
-        r = reply_to(p, msg, timeout)
-        assert r["ok"], r
-        p.peer_id = r["peer_id"]
-        members.append(p)
+    newcomers = list(newcomers)
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.01, deadline - time.monotonic())
+
+    if not members:
+        first = newcomers.pop(0)
+        r = call(first, "connect", timeout=left(), master=cluster.master.address, kwargs=comm)
+        assert r["ok"], f"peer {first.index} failed to found the group: {r}"
+        first.peer_id = r["peer_id"]
+        members.append(first)
+    waiting = {p.index: (p, p.send("connect", master=cluster.master.address, kwargs=comm)) for p in newcomers}
+
+    def collect(wait: float) -> None:
+        # A connect() that returned: admitted by an earlier vote (its reply can lag the vote's on a slow
+        # machine), or failed, which never becomes pending.
+        for idx, (p, msg) in list(waiting.items()):
+            try:
+                r = p.recv(timeout=wait)
+            except TimeoutError:
+                continue
+            if r.get("id") != msg:
+                continue  # a stale reply left behind by an earlier failed test
+            assert r["ok"], f"peer {idx} failed to join: {r}"
+            p.peer_id = r["peer_id"]
+            members.append(p)
+            del waiting[idx]
+
+    def pending() -> bool:
+        collect(0)
+        return not waiting or call(members[0], "pending", timeout=left())["pending"]
+
+    while waiting:
+        assert time.monotonic() < deadline, f"peers {sorted(waiting)} were not admitted within {timeout} s"
+        wait_until(pending, left(), f"peers {sorted(waiting)} to be pending or admitted")
+        if not waiting:
+            break
+        for r in vote(members, left()):
+            assert r["ok"], f"a vote to admit peers {sorted(waiting)} failed: {r}"
+        collect(0.5)
     return cluster.ranked(members)
+
+
+def join(cluster: Cluster, n: int, comm: Optional[dict] = None, timeout: float = 60.0) -> list[Peer]:
+    """Founds a new group of n fresh worker peers with Communicator kwargs `comm` (admit() with no
+    members); returns them in rank order."""
+    return admit(cluster, [], [cluster.spawn() for _ in range(n)], comm, timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +236,9 @@ def new_comm(address: str, **kwargs: Any) -> pccl_py.Communicator:
 
 
 def admit_pending(members: list[pccl_py.Communicator], timeout: float = 30.0) -> None:
-    """Waits until the members see a pending peer, then has every member vote (they block until all did)."""
+    """admit() for in-process communicators, one vote: waits until members[0] sees a pending peer, then
+    every member calls update_topology() at once (each blocks until all did). The newcomer's connect()
+    runs in the caller's own thread (see connect_group)."""
     wait_until(members[0].are_peers_pending, timeout, "a pending peer")
     run_concurrently(*[m.update_topology for m in members], timeout=timeout)
 
@@ -196,3 +262,42 @@ def assert_within(t0: float, t1: float, bound: float, what: str) -> float:
     assert t1 - t0 < bound + stalled, (f"{what} took {t1 - t0:.3f} s, over the {bound} s bound even after "
                                        f"the {stalled:.3f} s the whole machine stood still")
     return t1 - t0 - stalled
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.distributed ranks
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago (another process may take it meanwhile)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torch_ranks(script: str, world: int, out_dir: str, env: dict, timeout: float) -> list[dict]:
+    """Runs the Python source `script` as `world` processes, the ranks of one torch.distributed group,
+    and returns the JSON object each rank wrote, in rank order.
+
+    Each process gets the arguments: rank, world size, a free port for init_method tcp://127.0.0.1:port,
+    and the path of the JSON file to write. Every process is waited for up to `timeout` s and any still
+    running is killed (so a hung rank never outlives the test); the test fails unless every rank exited 0.
+    """
+    port = free_port()
+    outs = [os.path.join(out_dir, f"rank{r}.json") for r in range(world)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r), str(world), str(port), outs[r]], env=env)
+             for r in range(world)]
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert [p.returncode for p in procs] == [0] * world, f"rank exit codes {[p.returncode for p in procs]}"
+    results = []
+    for o in outs:
+        with open(o) as f:
+            results.append(json.load(f))
+    return results

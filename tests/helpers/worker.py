@@ -3,6 +3,14 @@
 The test drives it over stdin/stdout with one JSON object per line, so every test uses real processes
 and real sockets while still choosing exactly when each peer calls what. Inputs are generated from
 (seed, index) so the test and the worker can both compute the reference result.
+
+Why this is not pccl-stress's peer loop (pccl_py.tools.stress.worker): that loop runs on its own and
+must find out who took part in each op, so its inputs encode their authors and it can only check
+exact float64 sums. Here the test decides every call and its timing (start times, retries, kills in
+between) and knows the contributors, so it can check any dtype, op, quantization, point-to-point or
+shared-state call against a numpy reference. What both need is shared from the package: the inputs
+that prove their contributors (pccl_py.tools.proof, used by reduce_loop, the one command that runs
+on its own like the stress loop) and the reading of a process's resources (pccl_py.tools._process).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from reference import make_input, reference_result, results_match  # noqa: E402
 
 import pccl_py  # noqa: E402
+from pccl_py.tools._process import process_resources  # noqa: E402
 
 
 def _array(dtype: str, count: int, seed: int, index: int, op: str):
@@ -181,10 +190,10 @@ class Worker:
         would leave the others waiting in one more op). An op that raises PeerLostError or TimeoutError is
         retried at once (every survivor sees the same outcome, so the retries line up); any other error
         ends the loop and is reported. Each op is an exact float64 SUM whose result names its contributors
-        (pccl_py.tools.stress.worker's ident op), so every result is checked against the members that made it.
+        (pccl_py.tools.proof, as in pccl-stress's ident op), so every result is checked against the members that made it.
         Reports the longest wait between two successful ops (from the loop's start) and every wait over
         0.25 s, with time.time() stamps."""
-        from pccl_py.tools.stress.worker import check_exact, exact_contribution
+        from pccl_py.tools.proof import check_exact, exact_contribution
 
         until, size, seed = float(cmd["until"]), int(cmd.get("count", 256)), int(cmd.get("seed", 0))
         step, ok, failed, wrong, end = 0, 0, [], [], None
@@ -454,12 +463,8 @@ class Worker:
 
 
 def resources() -> dict:
-    fds = len(os.listdir("/proc/self/fd"))
-    threads = threading.active_count()
-    with open("/proc/self/status") as f:
-        status = dict(line.split(":", 1) for line in f if ":" in line)
-    return {"fds": fds, "os_threads": int(status["Threads"].strip()), "py_threads": threads,
-            "rss_kb": int(status["VmRSS"].split()[0])}
+    """This process's descriptors, OS threads and memory (pccl_py.tools._process), plus its Python threads."""
+    return {**process_resources(), "py_threads": threading.active_count()}
 
 
 # --- throughput tests: quantization, special values, result checks --------------------------------

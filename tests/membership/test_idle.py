@@ -12,6 +12,8 @@ from support import connect_group, run_concurrently
 
 
 def test_idle_peers_and_master_use_almost_no_cpu():
+    """Three idle peers and a master in one process, heartbeating every 250 ms, use under 5% of a core: no wait
+    spins."""
     master = pccl_py.Master("127.0.0.1", 0)
     master.start()
     comms = connect_group(f"127.0.0.1:{master.port}", 3, heartbeat_timeout=1.0)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from control_frames import auth_socket, frame, hello, recv_control, recv_frames
-from support import call, grow, reduce_all, reply_to, vote, wait_until
+from support import call, join, reduce_all, reply_to, vote, wait_until
 
 SPEC = dict(dtype="float32", count=1001, op="SUM")
 
@@ -23,7 +23,7 @@ def test_newcomer_is_admitted_only_after_every_member_updates_topology(cluster):
     """A newcomer's connect() blocks while the members keep reducing among themselves; the members see
     it as pending; once all of them call update_topology() it is admitted, and the next all_reduce
     includes its contribution."""
-    members = cluster.join(2)
+    members = join(cluster, 2)
     newcomer = cluster.spawn()
     joining = newcomer.send("connect", master=cluster.master.address)
     for m in members:
@@ -121,7 +121,7 @@ def test_member_that_never_updates_topology_cannot_hang_the_others(cluster):
     after `timeout` (not forever), naming the member that did not call it. The group stays usable and
     the newcomer stays pending until everyone votes."""
     timeout = 2.0
-    members = grow(cluster, [], 3, timeout=timeout)
+    members = join(cluster, 3, dict(timeout=timeout))
     idle = members[-1]
     newcomer = cluster.spawn()
     joining = newcomer.send("connect", master=cluster.master.address, kwargs={"timeout": timeout})
@@ -147,7 +147,7 @@ def test_member_that_never_updates_topology_cannot_hang_the_others(cluster):
 def test_graceful_close_between_ops(cluster, position):
     """After a member close()s between ops, the others' next all_reduce succeeds without any error,
     at the smaller world size, with a result over the remaining members only."""
-    members = cluster.join(5)
+    members = join(cluster, 5)
     reduce_all(members, seed=5, **SPEC)
     leaver = members[position]
     assert call(leaver, "close", timeout=30)["ok"]
@@ -159,8 +159,8 @@ def test_graceful_close_between_ops(cluster, position):
 def test_peer_groups_do_not_cross_talk(cluster):
     """Two peer groups on one master run the same all_reduce (same tag, seed, size) at the same time;
     each result contains only its own group's contributions."""
-    group_a = grow(cluster, [], 2, peer_group=1)
-    group_b = grow(cluster, [], 3, peer_group=2)
+    group_a = join(cluster, 2, dict(peer_group=1))
+    group_b = join(cluster, 3, dict(peer_group=2))
     for g, size in ((group_a, 2), (group_b, 3)):
         assert {call(p, "state")["world_size"] for p in g} == {size}
     for algorithm in ("star", "ring"):

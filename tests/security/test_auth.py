@@ -22,9 +22,9 @@ import pytest
 import pccl_py
 from control_frames import (AUTH_CHALLENGE, AUTH_REFUSED, auth_socket, hello, recv_control,
                             recv_frames)
-from fault_helpers import admit, join, listen_port_from_master_log, read_text, wait_for
+from fault_helpers import listen_port_from_master_log, read_text
 from harness import Cluster, MasterProcess
-from support import assert_within
+from support import admit, assert_within, join, run_torch_ranks, wait_until
 
 SECRET = "correct horse battery staple"
 COMM = dict(heartbeat_timeout=3.0, timeout=10.0, secret=SECRET)
@@ -58,6 +58,8 @@ def _collect(members, timeout: float = 120.0):
 
 
 def test_right_secret_all_reduce_and_shared_state(secret_cluster):
+    """Peers with the master's job secret join, all-reduce correctly, and a member behind on shared state
+    receives it over the authenticated mesh."""
     members = join(secret_cluster, 3, COMM)
     res = secret_cluster.all_reduce(members, seed=3, **SPEC)
     assert all(r["ok"] and r["correct"] and r["world_size"] == 3 for r in res), res
@@ -76,6 +78,8 @@ def test_right_secret_all_reduce_and_shared_state(secret_cluster):
     ("", "this master requires the job secret"),
 ])
 def test_wrong_or_missing_secret_is_refused_at_once_while_members_run(secret_cluster, secret, needle):
+    """A peer with a wrong or no secret is refused with AuthenticationError within 1 s, saying why, while the
+    members keep running ops; the master logs the refusal and the group is unchanged, with nobody pending."""
     members = join(secret_cluster, 2, COMM)
     _ops_in_background(secret_cluster, members)
     intruder = _ready(secret_cluster.spawn())
@@ -85,8 +89,8 @@ def test_wrong_or_missing_secret_is_refused_at_once_while_members_run(secret_clu
     assert not r["ok"] and r["error"] == "AuthenticationError", r
     assert needle in r["message"] and "refused this peer" in r["message"], r
     assert_within(t0, t1, 1.0, "refusing a peer with a wrong secret")
-    wait_for(lambda: f"from 127.0.0.1: {needle}" in read_text(secret_cluster.master.log_path), 3.0,
-             what="the master's log line for the refusal")
+    wait_until(lambda: f"from 127.0.0.1: {needle}" in read_text(secret_cluster.master.log_path), 3.0,
+               what="the master's log line for the refusal")
     _collect(members)
     # Nobody was admitted or became pending: the members still form the same group.
     assert [m.call("state")["world_size"] for m in members] == [2, 2]
@@ -101,13 +105,15 @@ def test_secret_on_one_side_only(cluster, tmp_path):
     r = p.call("connect", master=cluster.master.address, kwargs=dict(COMM), timeout=30)
     assert_within(t0, time.time(), 1.0, "refusing a peer with a secret the master lacks")
     assert not r["ok"] and r["error"] == "AuthenticationError" and "runs without one" in r["message"], r
-    wait_for(lambda: "peer has a job secret but this master runs without one" in read_text(cluster.master.log_path),
-             3.0, what="the master's log line")
+    wait_until(lambda: "peer has a job secret but this master runs without one" in read_text(cluster.master.log_path),
+               3.0, what="the master's log line")
     res = cluster.all_reduce(members, seed=2, **SPEC)
     assert all(r["ok"] and r["correct"] for r in res), res
 
 
 def test_replayed_handshake_is_refused(secret_cluster):
+    """A recorded, valid authentication replayed on a new connection is refused (the master's nonce is fresh),
+    the connection is closed and the refusal is logged."""
     port = secret_cluster.master.port
     recorded: list[bytes] = []
     join_frame = hello(group=91, hb_ms=10_000, port=9)
@@ -129,7 +135,7 @@ def test_replayed_handshake_is_refused(secret_cluster):
         assert r.recv(100) == b"", "the master kept a replayed connection open"
     finally:
         r.close()
-    wait_for(lambda: read_text(secret_cluster.master.log_path).count("wrong job secret") >= 1, 3.0, what="log line")
+    wait_until(lambda: read_text(secret_cluster.master.log_path).count("wrong job secret") >= 1, 3.0, what="log line")
     # The master's own proof reflected back as the peer's proof fails too (direction labels differ).
     r = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
@@ -159,13 +165,13 @@ def test_rejoin_after_master_restart_is_authenticated(tmp_path):
             time.sleep(0.3)
             c.master = MasterProcess(port=port, log_path=c._log(f"master{n + 2}.log"), args=["--secret-file", str(secret_file)])
             if secret_file is good:
-                wait_for(lambda: read_text(c.master.log_path).count("rejoined group") >= 2, 10.0, what="both rejoins")
+                wait_until(lambda: read_text(c.master.log_path).count("rejoined group") >= 2, 10.0, what="both rejoins")
                 res = c.all_reduce(members, seed=21, **SPEC)
                 assert all(r["ok"] and r["correct"] and r["world_size"] == 2 for r in res), res
                 assert sorted(m.call("state")["peer_id"] for m in members) == ids
             else:
-                wait_for(lambda: read_text(c.master.log_path).count("wrong job secret") >= 2, 10.0,
-                         what="the restarted master's refusals")
+                wait_until(lambda: read_text(c.master.log_path).count("wrong job secret") >= 2, 10.0,
+                           what="the restarted master's refusals")
                 assert "rejoined group" not in read_text(c.master.log_path)
                 for m in members:
                     m.send("update_topology")
@@ -175,11 +181,13 @@ def test_rejoin_after_master_restart_is_authenticated(tmp_path):
 
 
 def test_secret_from_environment(tmp_path):
+    """Without secret=, peers and master take the job secret from PCCL_SECRET; a peer whose PCCL_SECRET is empty
+    is refused with AuthenticationError."""
     env = {"PCCL_SECRET": SECRET}
     with Cluster(log_dir=str(tmp_path), master_env=env) as c:
         a, b = c.spawn(env=env), c.spawn(env=env)
         comm = dict(heartbeat_timeout=3.0, timeout=10.0)  # no secret= : PCCL_SECRET is used
-        members = c.ranked(admit(c, [], [a, b], comm))
+        members = admit(c, [], [a, b], comm)
         res = c.all_reduce(members, seed=9, **SPEC)
         assert all(r["ok"] and r["correct"] for r in res), res
         bare = c.spawn(env={"PCCL_SECRET": ""})
@@ -188,6 +196,8 @@ def test_secret_from_environment(tmp_path):
 
 
 def test_in_process_secret_as_bytes_and_str():
+    """The secret may be str or bytes (the same secret either way); a different secret is refused with
+    AuthenticationError, and a secret of another type is an InvalidArgumentError."""
     with pccl_py.Master(secret=SECRET.encode()) as m:
         c = pccl_py.Communicator(m.address, secret=SECRET, listen_host="127.0.0.1", join_timeout=10).connect()
         try:
@@ -217,6 +227,8 @@ def _run_master(args, env=None, timeout=10.0):
 
 
 def test_pccl_master_require_secret_and_secret_file(tmp_path):
+    """pccl-master --require-secret without a secret, an empty or unreadable --secret-file exit with status 2 and
+    say why; with a secret from a file or PCCL_SECRET the master admits that secret only."""
     proc, line, err = _run_master(["--host", "0.0.0.0", "--require-secret"])
     assert proc.returncode == 2 and "--require-secret: no job secret given" in err, (line, err)
     empty = tmp_path / "empty"
@@ -243,15 +255,15 @@ def test_pccl_master_require_secret_and_secret_file(tmp_path):
 
 
 def test_master_warns_when_exposed_without_a_secret():
+    """pccl-master listening on all interfaces without a job secret prints a SECURITY WARNING saying so."""
     proc, line, _ = _run_master(["--host", "0.0.0.0"])
     try:
         assert "listening on" in line
-        deadline = time.time() + 5
-        err = ""
+        chunks: list[str] = []
         os.set_blocking(proc.stderr.fileno(), False)
-        while "SECURITY WARNING" not in err and time.time() < deadline:
-            err += proc.stderr.read() or ""
-            time.sleep(0.05)
+        err = wait_until(lambda: chunks.append(proc.stderr.read() or "") or "".join(chunks), 5,
+                         "the master's security warning on stderr", until=lambda e: "SECURITY WARNING" in e,
+                         interval=0.05)
         assert "SECURITY WARNING" in err and "without a job secret" in err, err
     finally:
         proc.kill()
@@ -263,6 +275,8 @@ def _mesh_handshake(group, epoch, from_peer, to_peer, conn_index=0) -> bytes:
 
 
 def test_raw_mesh_connection_without_the_token_is_refused(secret_cluster):
+    """A raw connection to a member's mesh listener with a wrong token or a stale epoch is closed and logged with
+    the reason, and a legitimate newcomer still joins and all-reduces correctly."""
     members = join(secret_cluster, 2, COMM)
     target = members[1]
     st = target.call("state")
@@ -291,11 +305,11 @@ def test_raw_mesh_connection_without_the_token_is_refused(secret_cluster):
             assert_within(t0, time.time(), 1.0, "refusing a mesh handshake")
         finally:
             s.close()
-        wait_for(lambda: reason in read_text(log), 3.0, what=f"the listener's log line '{reason}'")
+        wait_until(lambda: reason in read_text(log), 3.0, what=f"the listener's log line '{reason}'")
     _collect(members)
     # A legitimate newcomer still gets a mesh, built with the new epoch's token.
     newcomer = secret_cluster.spawn()
-    everyone = secret_cluster.ranked(admit(secret_cluster, members, [newcomer], COMM))
+    everyone = admit(secret_cluster, members, [newcomer], COMM)
     res = secret_cluster.all_reduce(everyone, seed=12, **SPEC)
     assert all(r["ok"] and r["correct"] and r["world_size"] == 3 for r in res), res
 
@@ -337,25 +351,9 @@ def test_torch_group_is_authenticated(tmp_path, env_secret):
     """init_process_group("pccl") without configuration: rank 0 generates a secret and shares it through
     the store; with PCCL_SECRET on every rank, that one is used and never written to the store."""
     pytest.importorskip("torch")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "PCCL_SECRET": env_secret, "PCCL_LOG_LEVEL": "error", "OMP_NUM_THREADS": "1",
            "PCCL_MASTER_BIND": "127.0.0.1"}
-    outs = [str(tmp_path / f"rank{r}.json") for r in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", _TORCH_RANK, str(r), "2", str(port), outs[r]], env=env)
-             for r in range(2)]
-    try:
-        for p in procs:
-            p.wait(timeout=60)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
-    assert [p.returncode for p in procs] == [0, 0]
-    import json
-    res = [json.load(open(o)) for o in outs]
+    res = run_torch_ranks(_TORCH_RANK, 2, str(tmp_path), env, timeout=60)
     assert all(r["sum"] == 3.0 for r in res), res
     assert res[0]["stranger"] == "AuthenticationError", res
     assert res[0]["secret_sha"] == res[1]["secret_sha"], res  # rank 1 got rank 0's secret

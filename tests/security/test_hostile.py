@@ -20,7 +20,8 @@ import time
 import pytest
 
 from control_frames import auth_socket, frame, hello, hello_body, recv_control
-from fault_helpers import join, read_text, wait_for
+from fault_helpers import read_text
+from support import join, wait_until
 from harness import Cluster, MasterProcess
 
 SECRET = "hostile tests secret"
@@ -119,7 +120,7 @@ def test_rejoin_ids_and_epochs_out_of_range_are_refused(cluster, what, claim, ne
         assert _closed(s)
     finally:
         s.close()
-    wait_for(lambda: needle in read_text(cluster.master.log_path), 5.0, what=f"the master's log line for {what}")
+    wait_until(lambda: needle in read_text(cluster.master.log_path), 5.0, what=f"the master's log line for {what}")
     _group_intact(cluster, members, seed=3)
 
 
@@ -165,7 +166,7 @@ def test_rebuilt_group_cannot_be_taken_over_by_claims(tmp_path):
             s.close()
         assert [t for t, _ in got] == [WELCOME, EVICTED], got
         assert b"share no member with this peer's claim" in got[1][1], got
-        wait_for(lambda: "group 0 rebuilt" in read_text(c.master.log_path), 10.0, what="the rebuild")
+        wait_until(lambda: "group 0 rebuilt" in read_text(c.master.log_path), 10.0, what="the rebuild")
         assert f"with members [{','.join(str(i) for i in ids)}]" in read_text(c.master.log_path) or \
             sorted(m.call("state")["peer_id"] for m in members) == ids
         _group_intact(c, members, seed=5)
@@ -194,14 +195,14 @@ def test_one_members_failure_reports_cannot_evict_an_honest_peer(hostile_cluster
     liar, honest, victim = join(c, 3, c.comm)
     epoch0 = honest.call("state")["epoch"]
     assert liar.call("send_failure", suspect=victim.peer_id)["ok"]
-    wait_for(lambda: "looks alive to the master: starting a new epoch without evicting it" in read_text(c.master.log_path),
-             5.0, what="the master's decision")
-    wait_for(lambda: honest.call("state")["epoch"] > epoch0, 10.0, what="the new epoch")
+    wait_until(lambda: "looks alive to the master: starting a new epoch without evicting it" in read_text(c.master.log_path),
+               5.0, what="the master's decision")
+    wait_until(lambda: honest.call("state")["epoch"] > epoch0, 10.0, what="the new epoch")
     _group_intact(c, [liar, honest, victim], seed=7)
     # The same accusation in the next epoch: both ends go, the others stay.
     assert liar.call("send_failure", suspect=victim.peer_id)["ok"]
-    wait_for(lambda: "broke again while both look alive" in read_text(c.master.log_path), 5.0, what="the resolution")
-    wait_for(lambda: honest.call("state")["world_size"] == 1, 10.0, what="the group without both ends")
+    wait_until(lambda: "broke again while both look alive" in read_text(c.master.log_path), 5.0, what="the resolution")
+    wait_until(lambda: honest.call("state")["world_size"] == 1, 10.0, what="the group without both ends")
     res = c.all_reduce([honest], seed=8, **SPEC)
     assert res[0]["ok"] and res[0]["correct"], res
     for p in (liar, victim):
@@ -221,8 +222,8 @@ def test_failure_report_about_a_frozen_peer_still_evicts_it_at_once(cluster):
         replies = [p.recv(30) for p in (a, b)]
         assert all(not r["ok"] and r["error"] == "PeerLostError" for r in replies), replies
         assert time.time() - t0 < HB + 2.0
-        wait_for(lambda: "master has not heard from it" in read_text(cluster.master.log_path)
-                 or "no heartbeat for" in read_text(cluster.master.log_path), 5.0, what="the eviction")
+        wait_until(lambda: "master has not heard from it" in read_text(cluster.master.log_path)
+                   or "no heartbeat for" in read_text(cluster.master.log_path), 5.0, what="the eviction")
         res = cluster.all_reduce([a, b], seed=9, **SPEC)
         assert all(r["ok"] and r["correct"] and r["world_size"] == 2 for r in res), res
     finally:
@@ -244,7 +245,7 @@ def test_failure_with_ids_or_epochs_out_of_range_is_a_protocol_violation(cluster
         assert _closed(s)
     finally:
         s.close()
-    wait_for(lambda: needle in read_text(cluster.master.log_path), 5.0, what="the log line")
+    wait_until(lambda: needle in read_text(cluster.master.log_path), 5.0, what="the log line")
     _group_intact(cluster, members, seed=10)
 
 

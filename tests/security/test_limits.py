@@ -199,6 +199,8 @@ def test_idle_groups_are_forgotten():
 
 
 def test_limits_are_validated_with_clear_errors():
+    """Out-of-range or mistyped resource limits given to Master() raise InvalidArgumentError naming the limit.
+    Out-of-range or mistyped resource limits given to Master() raise InvalidArgumentError naming the limit."""
     for kwargs, match in (({"handshake_timeout": 0}, "handshake_timeout"), ({"max_unauthenticated": 0}, "max_unauthenticated"),
                           ({"max_unauthenticated_per_source": -1}, "max_unauthenticated_per_source"),
                           ({"max_preauth_bytes": 1000}, "max_preauth_bytes"),

@@ -12,6 +12,7 @@ appear in the recording in clear text, and not under TLS.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -20,14 +21,16 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Iterator
 
 import numpy as np
 import pytest
 
 import pccl_py
-from fault_helpers import join, read_text, wait_for
+from fault_helpers import read_text
 from harness import Cluster, MasterProcess
-from support import assert_within, new_comm, run_concurrently, wait_until
+from support import (admit_pending, assert_within, free_port, join, new_comm, run_concurrently, run_torch_ranks,
+                     wait_until)
 
 SECRET = "tls test secret, not a real one"
 TLS = dict(heartbeat_timeout=3.0, timeout=30.0, secret=SECRET, encryption="tls")
@@ -82,6 +85,8 @@ def _workload(cluster: Cluster, comm: dict) -> dict:
 
 
 def test_results_are_bitwise_identical_with_and_without_tls(tmp_path):
+    """The same workload gives bitwise the same results with and without TLS, and nothing is refused under TLS.
+    The same workload gives bitwise the same results with and without TLS, and nothing is refused under TLS."""
     (tmp_path / "plain").mkdir()
     (tmp_path / "tls").mkdir()
     with _cluster(tmp_path / "plain", encrypted=False) as plain:
@@ -94,6 +99,8 @@ def test_results_are_bitwise_identical_with_and_without_tls(tmp_path):
 
 
 def test_plaintext_peer_cannot_join_a_tls_master(tmp_path):
+    """A plaintext peer is refused by a TLS master within 1 s with an AuthenticationError saying to use
+    encryption='tls'; the master logs it and the members keep working."""
     with _cluster(tmp_path, encrypted=True) as cluster:
         members = join(cluster, 2, TLS)
         intruder = cluster.spawn()
@@ -103,12 +110,14 @@ def test_plaintext_peer_cannot_join_a_tls_master(tmp_path):
         assert_within(t0, time.time(), 1.0, "refusing a plaintext peer")
         assert not r["ok"] and r["error"] == "AuthenticationError", r
         assert "encrypts every connection" in r["message"] and "encryption='tls'" in r["message"], r
-        wait_for(lambda: "encrypts every connection" in read_text(cluster.master.log_path), 3.0, what="log line")
+        wait_until(lambda: "encrypts every connection" in read_text(cluster.master.log_path), 3.0, what="log line")
         res = cluster.all_reduce(members, seed=1, dtype="float32", count=10_000)
         assert all(x["ok"] and x["correct"] for x in res), res
 
 
 def test_tls_peer_cannot_join_a_plaintext_master(tmp_path):
+    """A TLS peer is refused by a plaintext master within 1 s with an AuthenticationError saying the master does
+    not use encryption, and the master logs it."""
     with _cluster(tmp_path, encrypted=False) as cluster:
         p = cluster.spawn()
         assert p.call("resources", timeout=60)["ok"]
@@ -117,10 +126,12 @@ def test_tls_peer_cannot_join_a_plaintext_master(tmp_path):
         assert_within(t0, time.time(), 1.0, "refusing a TLS peer at a plaintext master")
         assert not r["ok"] and r["error"] == "AuthenticationError", r
         assert "does not use encryption" in r["message"], r
-        wait_for(lambda: "it speaks TLS" in read_text(cluster.master.log_path), 3.0, what="log line")
+        wait_until(lambda: "it speaks TLS" in read_text(cluster.master.log_path), 3.0, what="log line")
 
 
 def test_wrong_secret_under_tls_is_refused_at_once(tmp_path):
+    """Under TLS a wrong secret is refused within 1 s with AuthenticationError saying the secret differs; the
+    members keep working."""
     with _cluster(tmp_path, encrypted=True) as cluster:
         members = join(cluster, 2, TLS)
         p = cluster.spawn()
@@ -130,7 +141,7 @@ def test_wrong_secret_under_tls_is_refused_at_once(tmp_path):
         assert_within(t0, time.time(), 1.0, "refusing a wrong secret under TLS")
         assert not r["ok"] and r["error"] == "AuthenticationError", r
         assert "job secret differs" in r["message"], r
-        wait_for(lambda: "wrong job secret" in read_text(cluster.master.log_path), 3.0, what="log line")
+        wait_until(lambda: "wrong job secret" in read_text(cluster.master.log_path), 3.0, what="log line")
         res = cluster.all_reduce(members, seed=2, dtype="float32", count=10_000)
         assert all(x["ok"] and x["correct"] for x in res), res
 
@@ -146,7 +157,7 @@ def test_members_rejoin_a_restarted_tls_master(tmp_path):
         time.sleep(0.3)
         c.master = MasterProcess(port=port, log_path=c._log("master2.log"),
                                  args=["--secret-file", str(tmp_path / "job.secret"), "--encryption", "tls"])
-        wait_for(lambda: read_text(c.master.log_path).count("rejoined group") >= 2, 10.0, what="both rejoins")
+        wait_until(lambda: read_text(c.master.log_path).count("rejoined group") >= 2, 10.0, what="both rejoins")
         res = c.all_reduce(members, seed=21, dtype="float32", count=50_000)
         assert all(r["ok"] and r["correct"] and r["world_size"] == 2 for r in res), res
         assert sorted(m.call("state")["peer_id"] for m in members) == ids
@@ -154,6 +165,8 @@ def test_members_rejoin_a_restarted_tls_master(tmp_path):
 
 
 def test_tls_without_a_secret_is_refused_before_connecting(monkeypatch):
+    """encryption='tls' (argument or PCCL_ENCRYPTION) without a job secret, or an unknown encryption name, raises
+    InvalidArgumentError before connecting, in the Communicator, Master() and pccl-master."""
     monkeypatch.delenv("PCCL_SECRET", raising=False)
     monkeypatch.delenv("PCCL_ENCRYPTION", raising=False)
     with pytest.raises(pccl_py.InvalidArgumentError, match="needs the job secret"):
@@ -239,42 +252,27 @@ class Tap:
             s.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 PATTERN = b"pccl-tls-wiretap-pattern!"  # 25 bytes: not a divisor of any piece size
 MAGIC = 0x4C434350  # kProtocolMagic (csrc/protocol/messages.hpp)
 
 
-def _capture(encryption: str) -> tuple:
-    """Two in-process peers whose master connections and mesh connections all cross taps; rank 0
-    sends rank 1 a message made of PATTERN. Returns (master tap bytes, mesh tap bytes)."""
-    master = pccl_py.Master(secret=SECRET, encryption=encryption).start()
-    master_tap = Tap(("127.0.0.1", master.port))
-    comms, taps = [], [master_tap]
+@contextlib.contextmanager
+def _pair_behind_taps(master: pccl_py.Master, address: str, encryption: str, taps: list) -> Iterator[list]:
+    """Two in-process peers of the master at `address`, whose mesh listeners are reached through taps
+    (appended to `taps`); the second is admitted by the first. Yields [a, b]; afterwards closes them, stops
+    every tap in `taps` and the master, even if the set-up failed halfway."""
+    comms: list = []
     try:
         for _ in range(2):
-            port = _free_port()
-            tap = Tap(("127.0.0.1", port))
-            taps.append(tap)
-            comms.append(new_comm(f"127.0.0.1:{master_tap.port}", secret=SECRET, encryption=encryption,
-                                  listen_port=port, advertise_address=f"127.0.0.1:{tap.port}",
-                                  heartbeat_timeout=3.0, timeout=30.0))
+            port = free_port()
+            taps.append(Tap(("127.0.0.1", port)))
+            comms.append(new_comm(address, secret=SECRET, encryption=encryption, listen_port=port,
+                                  advertise_address=f"127.0.0.1:{taps[-1].port}", heartbeat_timeout=3.0,
+                                  timeout=30.0))
         a, b = comms
         a.connect()
-        run_concurrently(b.connect, lambda: (wait_until(a.are_peers_pending, 30, "pending"), a.update_topology()),
-                         timeout=60)
-        msg = np.frombuffer(PATTERN * 40_000, dtype=np.uint8).copy()  # ~1 MiB: pieces, and once lendable
-        small = np.frombuffer(PATTERN * 4, dtype=np.uint8).copy()
-        got, got_small = np.zeros_like(msg), np.zeros_like(small)
-        sender, receiver = (a, b) if a.rank == 0 else (b, a)
-        run_concurrently(lambda: (sender.send(msg, 1), sender.send(small, 1)),
-                         lambda: (receiver.recv(got, 0), receiver.recv(got_small, 0)), timeout=60)
-        assert got.tobytes() == msg.tobytes() and got_small.tobytes() == small.tobytes()
-        return master_tap.data(), b"".join(t.data() for t in taps[1:])
+        run_concurrently(b.connect, lambda: admit_pending([a], 30), timeout=60)
+        yield comms
     finally:
         for c in comms:
             c.close()
@@ -283,23 +281,31 @@ def _capture(encryption: str) -> tuple:
         master.stop()
 
 
+def _capture(encryption: str) -> tuple:
+    """Two in-process peers whose master connections and mesh connections all cross taps; rank 0
+    sends rank 1 a message made of PATTERN. Returns (master tap bytes, mesh tap bytes)."""
+    master = pccl_py.Master(secret=SECRET, encryption=encryption).start()
+    master_tap = Tap(("127.0.0.1", master.port))
+    taps = [master_tap]
+    with _pair_behind_taps(master, f"127.0.0.1:{master_tap.port}", encryption, taps) as (a, b):
+        msg = np.frombuffer(PATTERN * 40_000, dtype=np.uint8).copy()  # ~1 MiB: pieces, and once lendable
+        small = np.frombuffer(PATTERN * 4, dtype=np.uint8).copy()
+        got, got_small = np.zeros_like(msg), np.zeros_like(small)
+        sender, receiver = (a, b) if a.rank == 0 else (b, a)
+        run_concurrently(lambda: (sender.send(msg, 1), sender.send(small, 1)),
+                         lambda: (receiver.recv(got, 0), receiver.recv(got_small, 0)), timeout=60)
+        assert got.tobytes() == msg.tobytes() and got_small.tobytes() == small.tobytes()
+        return master_tap.data(), b"".join(t.data() for t in taps[1:])
+
+
 def test_a_tampered_record_fails_the_op_never_delivers_wrong_bytes():
     """One bit flipped in flight on a mesh connection: TLS refuses the record and the link breaks. The
     transfer either fails on both sides with the receive buffer untouched, or (nobody evicted) runs again
     in the next epoch and delivers exactly the message; never other bytes. The group goes on."""
     master = pccl_py.Master(secret=SECRET, encryption="tls").start()
-    comms, taps = [], []
-    try:
-        for _ in range(2):
-            port = _free_port()
-            taps.append(Tap(("127.0.0.1", port)))
-            comms.append(new_comm(master.address, secret=SECRET, encryption="tls", listen_port=port,
-                                  advertise_address=f"127.0.0.1:{taps[-1].port}", heartbeat_timeout=3.0,
-                                  timeout=30.0))
+    taps: list = []
+    with _pair_behind_taps(master, master.address, "tls", taps) as comms:
         a, b = comms
-        a.connect()
-        run_concurrently(b.connect, lambda: (wait_until(a.are_peers_pending, 30, "pending"), a.update_topology()),
-                         timeout=60)
         sender, receiver = (a, b) if a.rank == 0 else (b, a)
         msg = np.random.default_rng(5).integers(0, 256, 4 << 20, dtype=np.uint8)
         for t in taps:  # the mesh connection crosses the tap of the member that accepted it
@@ -327,15 +333,11 @@ def test_a_tampered_record_fails_the_op_never_delivers_wrong_bytes():
                 x = np.arange(8, dtype=np.float32)
                 c.all_reduce(x)
                 assert np.array_equal(x, np.arange(8, dtype=np.float32))
-    finally:
-        for c in comms:
-            c.close()
-        for t in taps:
-            t.stop()
-        master.stop()
 
 
 def test_bytes_on_the_wire_are_not_the_plaintext():
+    """Tapped on the wire, plaintext runs show the payload and the protocol magic; TLS runs show neither (no
+    8-byte run of the payload) and the control connection opens with a TLS handshake record."""
     magic = struct.pack("<I", MAGIC)  # the control protocol's magic, as AUTH_HELLO carries it
     master_bytes, mesh_bytes = _capture("none")
     # The control experiment: without encryption the taps see the payload and the protocol in clear.
@@ -386,25 +388,12 @@ os._exit(0)
 
 
 def test_torch_group_with_tls_pg_option(tmp_path):
+    """pg_options={"encryption": "tls"} gives a torch group with correct all-reduces whose hosted master refuses
+    a plaintext peer that has the right secret."""
     pytest.importorskip("torch")
-    port = _free_port()
-    env = {**__import__("os").environ, "PCCL_LOG_LEVEL": "error", "OMP_NUM_THREADS": "1",
-           "PCCL_MASTER_BIND": "127.0.0.1"}
+    env = {**os.environ, "PCCL_LOG_LEVEL": "error", "OMP_NUM_THREADS": "1", "PCCL_MASTER_BIND": "127.0.0.1"}
     env.pop("PCCL_SECRET", None)
     env.pop("PCCL_ENCRYPTION", None)
-    outs = [str(tmp_path / f"rank{r}.json") for r in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", _TORCH_RANK, str(r), "2", str(port), outs[r]], env=env)
-             for r in range(2)]
-    try:
-        for p in procs:
-            p.wait(timeout=120)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
-    assert [p.returncode for p in procs] == [0, 0]
-    import json
-    res = [json.load(open(o)) for o in outs]
+    res = run_torch_ranks(_TORCH_RANK, 2, str(tmp_path), env, timeout=120)
     assert all(r["ok"] for r in res), res
     assert res[0]["plaintext"].startswith("AuthenticationError") and "encrypts every connection" in res[0]["plaintext"], res

@@ -145,6 +145,8 @@ def _model() -> torch.nn.Module:
 
 
 def test_one_worker_with_outer_lr_1_and_no_momentum_is_plain_training(local_group) -> None:
+    """DiLoCo on one worker with outer_lr=1 and no momentum ends where plain training with the inner optimizer
+    ends, reporting one outer step every sync_every steps."""
     (comm,) = local_group(1)
     plain, model = _model(), _model()
     opt_plain = torch.optim.SGD(plain.parameters(), lr=0.05)
@@ -170,6 +172,8 @@ def test_one_worker_with_outer_lr_1_and_no_momentum_is_plain_training(local_grou
 
 
 def test_sync_every_1_with_outer_lr_1_gives_the_mean_of_the_peers(run: Run) -> None:
+    """With sync_every=1, outer_lr=1 and no momentum, every peer's parameters after each outer step are the mean
+    of the peers' locally trained parameters, identical on every peer."""
     names = run_group(run, 3, algo="diloco", H=1, outer_lr=1.0, momentum=0.0, nesterov=False, steps=6, dump=True)
     table = by_step(run, names)
     assert sorted(k[0] for k in table) == list(range(1, 7))
@@ -190,6 +194,8 @@ def _nesterov(theta: np.ndarray, m: np.ndarray, g: np.ndarray, lr: float, mu: fl
 
 
 def test_diloco_matches_a_numpy_reference_with_nesterov_momentum(run: Run) -> None:
+    """DiLoCo's outer steps with Nesterov momentum match a numpy reference of the mean pseudo-gradient update,
+    identically on every peer."""
     names = run_group(run, 3, algo="diloco", steps=16, dump=True)
     start = np.array(run.events["p0"][0]["params"], dtype=np.float64)
     assert all(run.events[n][0]["hash"] == run.events["p0"][0]["hash"] for n in names), "founders start apart"
@@ -206,6 +212,8 @@ def test_diloco_matches_a_numpy_reference_with_nesterov_momentum(run: Run) -> No
 
 
 def test_async_matches_the_one_round_delayed_reference(run: Run) -> None:
+    """AsyncDiLoCo applies each round's mean pseudo-gradient one round late, matching a numpy reference; every
+    peer holds the same parameters, and flush() applies the last round at once."""
     names = run_group(run, 3, algo="async", steps=20, dump=True, flush=True)
     start = np.array(run.events["p0"][0]["params"], dtype=np.float64)
     theta, m = start.copy(), np.zeros_like(start)
@@ -232,6 +240,8 @@ def test_async_matches_the_one_round_delayed_reference(run: Run) -> None:
 
 
 def test_streaming_reduces_every_parameter_exactly_once_per_cycle(run: Run) -> None:
+    """StreamingDiLoCo syncs one fragment at a time: each sync sets exactly that fragment to the peers' mean and
+    leaves the others alone, and every fragment is synced once per cycle, identically on every peer."""
     names = run_group(run, 3, algo="streaming", H=8, fragments=2, overlap=0, outer_lr=1.0, momentum=0.0,
                       nesterov=False, steps=24, dump=True)
     sizes = run.events["p0"][0]["fragment_sizes"]
@@ -263,6 +273,9 @@ def test_streaming_reduces_every_parameter_exactly_once_per_cycle(run: Run) -> N
 
 @pytest.mark.parametrize("algo", ["diloco", "async"])
 def test_kill_during_the_reduce_and_a_newcomer_keep_every_peer_identical(run: Run, algo: str) -> None:
+    """A peer killed inside the outer reduce and a newcomer admitted later: the group continues at world size 2
+    and then 3, the newcomer starts from the members' exact parameters at an outer boundary, and all peers end
+    bitwise identical."""
     # 2M parameters (8 MiB): the reduce takes long enough for the kill to land inside it.
     cfg = dict(algo=algo, dim=1024, hidden=2048, H=3, steps=3 * 200, rounds_after_join=3, heartbeat_timeout=2.0)
     for i in range(3):
@@ -289,6 +302,8 @@ def test_kill_during_the_reduce_and_a_newcomer_keep_every_peer_identical(run: Ru
 
 @pytest.mark.parametrize("algo", ["diloco", "async"])
 def test_checkpoint_round_trip_continues_bitwise_identically(run: Run, tmp_path, algo: str) -> None:
+    """A group restarted from checkpoints saved mid-run (state_dict of the algorithm, model and optimizer)
+    continues with bitwise the same parameters as the run that was not interrupted."""
     # Two peers, unquantized: a sum of two values does not depend on which one is rank 0 (quantized,
     # the chunk owner's own part is not encoded, so the bits depend on the rank order, which the
     # restarted group may not reproduce; the in-process test below covers residuals).
@@ -313,6 +328,8 @@ def test_checkpoint_round_trip_continues_bitwise_identically(run: Run, tmp_path,
 
 @pytest.mark.parametrize("cls", [DiLoCo, AsyncDiLoCo, StreamingDiLoCo])
 def test_checkpoint_with_q4_residuals_continues_bitwise_identically(local_group, cls) -> None:
+    """A checkpoint taken with q4 error-feedback residuals (for DiLoCo, AsyncDiLoCo and StreamingDiLoCo) keeps
+    them, and training resumed from it continues bitwise identically."""
     (comm,) = local_group(1)
 
     def make() -> tuple:
@@ -350,6 +367,8 @@ def test_checkpoint_with_q4_residuals_continues_bitwise_identically(local_group,
 
 @pytest.mark.parametrize("quantization", ["fp16", "q8", "q4"])
 def test_quantized_pseudo_gradients_with_error_feedback_stay_identical(run: Run, quantization: str) -> None:
+    """With fp16, q8 or q4 pseudo-gradients, every peer still holds bitwise the same parameters after each outer
+    step, and training moves them."""
     names = run_group(run, 3, algo="diloco", steps=12, quantization=quantization, dump=True)
     table = by_step(run, names)
     assert_identical(table)
@@ -359,6 +378,7 @@ def test_quantized_pseudo_gradients_with_error_feedback_stay_identical(run: Run,
 
 
 def test_model_shapes_that_differ_between_peers_fail_with_mismatch_error(run: Run) -> None:
+    """Peers whose models differ in shape both fail with MismatchError naming both shapes."""
     run.spawn("p0", slot=0, founders=2, algo="diloco", steps=8)
     run.spawn("p1", slot=1, founders=2, algo="diloco", steps=8, hidden=17)
     run.finish("p0", "p1")
@@ -383,12 +403,16 @@ def _unconnected() -> pccl_py.Communicator:
     (dict(nesterov=True, outer_momentum=0.0), "nesterov"),
 ])
 def test_bad_arguments_raise_before_any_traffic(kwargs: dict, words: str) -> None:
+    """A bad DiLoCo argument (sync_every, quantization, outer_lr, ...) raises InvalidArgumentError naming it,
+    before any traffic."""
     model = _model()
     with pytest.raises(pccl_py.InvalidArgumentError, match=words):
         DiLoCo(model, torch.optim.SGD(model.parameters(), lr=0.1), _unconnected(), **kwargs)
 
 
 def test_bad_models_and_fragments_raise_before_any_traffic() -> None:
+    """Bad fragment counts, overlap, parameter dtypes, a non-Communicator or an unconnected one raise
+    InvalidArgumentError naming the problem, before any traffic."""
     comm = _unconnected()
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

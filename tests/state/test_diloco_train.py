@@ -49,6 +49,8 @@ def _train(algo: str, path: Path, *extra: str, timeout: float = 120) -> dict:
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_each_algorithm(algo: str, tmp_path: Path) -> None:
+    """A short pccl_py.tools.diloco_train run of each algorithm passes, writes a complete JSON record, and its
+    loss falls on the group's curve and on every peer's."""
     path = tmp_path / f"{algo}.json"
     rec = _train(algo, path)
     RECORDS[algo] = str(path)
@@ -101,6 +103,8 @@ def test_each_algorithm(algo: str, tmp_path: Path) -> None:
 
 
 def test_ddp_admits_newcomers_under_churn(tmp_path: Path) -> None:
+    """DDP training under kills admits newcomers into the running group, and every peer that finishes ends with
+    identical parameters."""
     # Time-limited: a peer is SIGKILLed about 2 s after the group is complete, then whenever no newcomer is
     # joining, until 22 s in; everyone is told to stop at 32 s. The newcomers must join the running group
     # and end with the members' exact weights.
@@ -119,6 +123,7 @@ def test_ddp_admits_newcomers_under_churn(tmp_path: Path) -> None:
 
 
 def test_plot_of_several_records(tmp_path: Path) -> None:
+    """--plot --from with several records writes a PNG."""
     pytest.importorskip("matplotlib")
     sources = [RECORDS[a] for a in ALGOS if a in RECORDS]
     if len(sources) < 2:  # run alone: make two records here
@@ -132,6 +137,8 @@ def test_plot_of_several_records(tmp_path: Path) -> None:
 
 
 def test_bad_flags_are_refused_before_anything_starts() -> None:
+    """Flag combinations that make no sense exit with status 2 and a message naming the flag, before anything
+    starts."""
     for args, words in ((["--algo", "ddp", "--quantization", "q8"], "--quantization is DiLoCo's"),
                         (["--algo", "diloco", "--inner-steps", "55", "--sync-every", "20"], "multiple of --sync-every"),
                         (["--algo", "solo", "--churn"], "does not communicate"),

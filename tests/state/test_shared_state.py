@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import pytest
 import pccl_py
 from pccl_py.shared_state import KeyMeta, PeerMeta, SyncStrategy, plan_sync, plan_transfers
 from harness import Cluster
+from support import admit, join, wait_until
 from reference import make_input
 
 MiB = 1 << 20
@@ -31,6 +31,8 @@ def _peer(rank, hashes, revision=1, last=None, strategy="enforce_popular", shape
 
 
 def test_most_popular_content_wins_and_only_dirty_keys_move():
+    """The election picks each key's most popular content; only the peers holding other content receive, only for
+    that key, from the peers holding the winner."""
     peers = [_peer(0, {"a": 1, "b": 2}), _peer(1, {"a": 1, "b": 9}), _peer(2, {"a": 1, "b": 2})]
     plan = plan_sync(peers)
     assert plan.group_error is None and not plan.peer_errors
@@ -40,6 +42,7 @@ def test_most_popular_content_wins_and_only_dirty_keys_move():
 
 
 def test_tie_breaks_the_same_way_whatever_the_rank_order():
+    """A tie between contents is broken by the content, not by which rank holds it."""
     a = _peer(0, {"w": 111})
     b = _peer(1, {"w": 222})
     first = plan_sync([a, b])
@@ -49,6 +52,7 @@ def test_tie_breaks_the_same_way_whatever_the_rank_order():
 
 
 def test_send_only_outranks_the_vote():
+    """A send_only peer's content wins over a majority holding other content, and it is the only source."""
     peers = [_peer(0, {"w": 1}), _peer(1, {"w": 1}), _peer(2, {"w": 7}, strategy="send_only")]
     plan = plan_sync(peers)
     assert plan.target_hash == {"w": 7}
@@ -57,6 +61,8 @@ def test_send_only_outranks_the_vote():
 
 
 def test_two_send_only_peers_that_disagree_fail_the_group():
+    """Two send_only peers with different content fail the whole group with SharedStateError naming the key and
+    the peer group."""
     plan = plan_sync([_peer(0, {"w": 1}, strategy="send_only"), _peer(1, {"w": 2}, strategy="send_only")], group=3)
     cls, msg = plan.group_error
     assert cls is pccl_py.SharedStateError
@@ -64,12 +70,15 @@ def test_two_send_only_peers_that_disagree_fail_the_group():
 
 
 def test_all_receive_only_fails_the_group():
+    """A group in which every peer is receive_only fails with SharedStateError: nobody could provide the content.
+    A group in which every peer is receive_only fails with SharedStateError: nobody could provide the content."""
     plan = plan_sync([_peer(0, {"w": 1}, strategy="receive_only"), _peer(1, {"w": 1}, strategy="receive_only")])
     cls, msg = plan.group_error
     assert cls is pccl_py.SharedStateError and "receive_only" in msg
 
 
 def test_receive_only_never_sends_even_when_up_to_date():
+    """receive_only peers do not vote and are never sources, even when they hold the winning content."""
     # Receive-only peers do not vote: 5 wins 2:1 although two peers hold 1.
     peers = [_peer(0, {"w": 1}, strategy="receive_only"), _peer(1, {"w": 1}), _peer(2, {"w": 5}), _peer(3, {"w": 5})]
     plan = plan_sync(peers)
@@ -83,18 +92,23 @@ def test_receive_only_never_sends_even_when_up_to_date():
     ({"dtype": "float64"}, "float64[4]"),
 ])
 def test_dtype_or_shape_mismatch_names_the_key(other, needle):
+    """Peers whose entry differs in dtype or shape fail with MismatchError naming the key and the dtype[shape].
+    Peers whose entry differs in dtype or shape fail with MismatchError naming the key and the dtype[shape]."""
     plan = plan_sync([_peer(0, {"w": 1}), _peer(1, {"w": 1}, **other)])
     cls, msg = plan.group_error
     assert cls is pccl_py.MismatchError and "'w'" in msg and needle in msg
 
 
 def test_missing_key_is_named():
+    """A key held by some peers only fails the group with MismatchError naming that key."""
     plan = plan_sync([_peer(0, {"w": 1, "extra": 3}), _peer(1, {"w": 1})])
     cls, msg = plan.group_error
     assert cls is pccl_py.MismatchError and "'extra'" in msg
 
 
 def test_revision_rule():
+    """The revision must advance by one per sync: a peer behind is updated, a peer ahead gets an error, a group
+    that did not advance fails, and the first sync accepts any revision."""
     # The group was at 4: 5 is expected; a peer at 3 is behind (updated), a peer at 7 is ahead (error).
     peers = [_peer(0, {"w": 1}, revision=5, last=4), _peer(1, {"w": 9}, revision=3, last=None),
              _peer(2, {"w": 1}, revision=7, last=4)]
@@ -111,6 +125,8 @@ def test_revision_rule():
 
 
 def test_allow_content_inequality_is_tolerated_among_current_peers_but_sent_to_newcomers():
+    """Keys allowed to differ are not synced among current peers, but a newcomer receives them from the peers
+    holding the representative content."""
     peers = [_peer(0, {"w": 1, "opt": 10}, revision=2, last=1, allow={"opt"}),
              _peer(1, {"w": 1, "opt": 11}, revision=2, last=1, allow={"opt"}),
              _peer(2, {"w": 0, "opt": 0}, revision=0, allow={"opt"})]
@@ -120,11 +136,15 @@ def test_allow_content_inequality_is_tolerated_among_current_peers_but_sent_to_n
 
 
 def test_survivors_do_not_elect_stale_content_after_the_holders_left():
+    """When every holder of the current revision has left, the survivors get SharedStateError instead of electing
+    their stale content."""
     plan = plan_sync([_peer(0, {"w": 0}, revision=0)], seen_revision=9)
     assert plan.group_error[0] is pccl_py.SharedStateError and "left" in plan.group_error[1]
 
 
 def test_large_entries_are_split_across_every_source():
+    """A large entry is fetched in parts from every source; a re-fetch round takes the whole entry from one
+    source, a different one each round."""
     peers = [_peer(0, {"w": 1}), _peer(1, {"w": 1}), _peer(2, {"w": 1}), _peer(3, {"w": 0})]
     plan = plan_sync(peers)
     transfers = plan_transfers(plan, {"w": 30 * MiB}, 0)
@@ -159,8 +179,10 @@ def _keys(**changes):
 
 
 def test_identical_state_moves_nothing_and_one_dirty_key_moves_only_its_bytes():
+    """Identical state moves no bytes; when one peer's key drifts, exactly that key's bytes are sent back to it
+    and every peer ends with the same hashes and the next revision."""
     with Cluster() as c:
-        peers = c.join(3)
+        peers = join(c, 3)
         replies = _sync_all(peers, keys=KEYS, revision=10, rebuild=True)
         for r in replies:
             assert r["ok"], r
@@ -182,7 +204,7 @@ def test_a_steady_state_sync_moves_one_header_row_per_member_not_the_key_tables(
     only the fixed-size headers: its traffic does not grow with the number of entries."""
     many = {f"layer{i:03d}.weight": {"count": 8, "seed": i} for i in range(200)}
     with Cluster() as c:
-        peers = c.join(3)
+        peers = join(c, 3)
         replies = _sync_all(peers, keys=many, revision=0, rebuild=True, steps=3, evolve=True)
         for r in replies:
             assert r["ok"], r
@@ -198,14 +220,16 @@ def test_a_steady_state_sync_moves_one_header_row_per_member_not_the_key_tables(
 
 
 def test_newcomer_at_step_50_receives_everything_then_nothing():
+    """A newcomer joining at revision 50 receives every key once, all peers then hold the same hashes, and later
+    syncs move nothing."""
     with Cluster() as c:
-        peers = c.join(2)
+        peers = join(c, 2)
         replies = _sync_all(peers, keys=KEYS, revision=0, rebuild=True, steps=50, evolve=True)
         for r in replies:
             assert r["ok"], r
             assert all(i["tx_bytes"] == 0 and i["rx_bytes"] == 0 for i in r["infos"])
             assert r["revision"] == 49
-        peers = c.join(1)  # a third peer with state from seed 0 and revision 0
+        peers = admit(c, peers, [c.spawn()])  # a third peer with state from seed 0 and revision 0
         newcomer = next(p for p in peers if p.index == 2)
         per_peer = {k: {"advance": True} for k, p in enumerate(peers) if p is not newcomer}
         per_peer[peers.index(newcomer)] = {"keys": _keys(w=0, b=0, i=0), "revision": 0, "rebuild": True}
@@ -224,8 +248,10 @@ def test_newcomer_at_step_50_receives_everything_then_nothing():
 
 
 def test_popularity_among_three_and_tie_between_two():
+    """Between real peers, the majority content wins among three, and a tie between two is settled with exactly
+    one key moved."""
     with Cluster() as c:
-        peers = c.join(3)
+        peers = join(c, 3)
         replies = _sync_all(peers, rebuild=True, revision=1, per_peer={
             0: {"keys": _keys(w=5)}, 1: {"keys": _keys(w=6)}, 2: {"keys": _keys(w=5)}})
         assert all(r["ok"] for r in replies), replies
@@ -234,7 +260,7 @@ def test_popularity_among_three_and_tie_between_two():
         assert all(r["hashes"]["w"] == want for r in replies)
         assert replies[1]["infos"][0]["received_keys"] == ["w"]
     with Cluster() as c:
-        peers = c.join(2)
+        peers = join(c, 2)
         replies = _sync_all(peers, rebuild=True, revision=1, per_peer={0: {"keys": _keys(w=7)}, 1: {"keys": _keys(w=8)}})
         assert all(r["ok"] for r in replies), replies
         assert replies[0]["hashes"] == replies[1]["hashes"]
@@ -242,9 +268,12 @@ def test_popularity_among_three_and_tie_between_two():
 
 
 def test_strategy_matrix_errors_stay_in_the_offending_group():
+    """Invalid strategy combinations and mismatched entries fail only the offending peer group, with the right
+    error and its tensors unchanged, while another group on the same master syncs undisturbed; valid mixed
+    strategies succeed."""
     with Cluster() as c:
-        good = c.join(2, peer_group=1)
-        bad = c.join(2, peer_group=2)
+        good = join(c, 2, dict(peer_group=1))
+        bad = join(c, 2, dict(peer_group=2))
         cases = [
             ({0: {"strategy": "send_only", "keys": _keys(w=1)}, 1: {"strategy": "send_only", "keys": _keys(w=2)}},
              "SharedStateError", "send-only"),
@@ -273,9 +302,11 @@ def test_strategy_matrix_errors_stay_in_the_offending_group():
 
 
 def test_two_peer_groups_sync_different_states_at_once_without_cross_talk():
+    """Two peer groups on one master sync different states at the same time; each gets exactly its own content
+    and bytes."""
     with Cluster() as c:
-        g1 = c.join(2, peer_group=1)
-        g2 = c.join(2, peer_group=2)
+        g1 = join(c, 2, dict(peer_group=1))
+        g2 = join(c, 2, dict(peer_group=2))
         # Each group has one member behind, so both groups move bytes at the same time.
         for group, seed in ((g1, 100), (g2, 200)):
             group[0].send("sync_state", keys=_keys(w=seed, b=seed + 1), revision=5, rebuild=True)
@@ -292,8 +323,10 @@ def test_two_peer_groups_sync_different_states_at_once_without_cross_talk():
 
 
 def test_a_peer_ahead_of_the_group_gets_the_error_the_others_continue():
+    """A peer whose revision is ahead of the group gets SharedStateError saying so, and the others' sync
+    succeeds."""
     with Cluster() as c:
-        peers = c.join(3)
+        peers = join(c, 3)
         replies = _sync_all(peers, keys=KEYS, revision=1, rebuild=True)
         assert all(r["ok"] for r in replies)
         replies = _sync_all(peers, per_peer={0: {"advance": True}, 1: {"advance": True},
@@ -303,9 +336,11 @@ def test_a_peer_ahead_of_the_group_gets_the_error_the_others_continue():
 
 
 def test_a_corrupt_source_is_detected_and_the_entry_fetched_again():
+    """A source that lies about its content hash is detected: the receiver fetches the entry again and ends with
+    the honest content."""
     big = {"w": {"count": 3 * MiB // 4 * 4, "seed": 1}}  # 12 MiB: split across both sources
     with Cluster() as c:
-        peers = c.join(3)
+        peers = join(c, 3)
         # Peers 0 and 1 claim the same content; one of them lies about its hash. Peer 2 is behind.
         liar = 1
         per_peer = {0: {"keys": big, "revision": 2}, 1: {"keys": _keys_for(big, w=666), "revision": 2, "lie": {"w": 1}},
@@ -342,23 +377,23 @@ def _kill_sender_mid_transfer(n_sources: int):
     survivors' replies."""
     big = {"w": {"count": 64 * MiB, "seed": 1}}
     with Cluster() as c:
-        peers = c.join(n_sources + 1, heartbeat_timeout=2.0, timeout=60)
+        peers = join(c, n_sources + 1, dict(heartbeat_timeout=2.0), timeout=60)
         receiver = peers[-1]
         per_peer = {k: {"keys": big, "revision": 4} for k in range(n_sources)}
         per_peer[n_sources] = {"keys": _keys_for(big, w=0), "revision": 0}
         baseline = _bytes_read(receiver.pid)
         for k, p in enumerate(peers):
             p.send("sync_state", rebuild=True, **per_peer[k])
-        deadline = time.time() + 60
-        while _bytes_read(receiver.pid) - baseline < 32 * MiB:
-            assert time.time() < deadline, "the newcomer never started receiving"
-            time.sleep(0.001)
+        wait_until(lambda: _bytes_read(receiver.pid) - baseline, 60, "the newcomer to receive 32 MiB",
+                   until=lambda got: got >= 32 * MiB, interval=0.001)
         peers[0].kill()
         replies = {p.index: p.recv(120) for p in peers[1:]}
         return replies[receiver.index], replies
 
 
 def test_kill_sender_mid_transfer_fails_over_to_another_source():
+    """When a sender is killed mid-transfer, the receiver fails over to another source and every survivor ends
+    with the same content."""
     mine, replies = _kill_sender_mid_transfer(2)
     assert mine["ok"], mine
     assert mine["infos"][0]["failovers"] >= 1 and mine["infos"][0]["received_keys"] == ["w"]
@@ -368,6 +403,8 @@ def test_kill_sender_mid_transfer_fails_over_to_another_source():
 
 
 def test_kill_only_sender_mid_transfer_is_a_clear_error_and_tensors_are_unchanged():
+    """When the only sender is killed mid-transfer, the receiver gets SharedStateError saying the source left,
+    with its tensors unchanged."""
     mine, _ = _kill_sender_mid_transfer(1)
     assert not mine["ok"] and mine["error"] == "SharedStateError", mine
     assert "left during this sync" in mine["message"]
@@ -379,6 +416,8 @@ def test_kill_only_sender_mid_transfer_is_a_clear_error_and_tensors_are_unchange
 
 
 def test_bad_arguments_are_clear_errors():
+    """Bad SharedState contents, read-only tensors, unknown strategies, a non-SharedState argument and reserved
+    tags raise InvalidArgumentError naming the problem."""
     with pytest.raises(pccl_py.InvalidArgumentError, match="non-empty mapping"):
         pccl_py.SharedState({})
     with pytest.raises(pccl_py.InvalidArgumentError, match="keys must be non-empty strings"):
@@ -403,6 +442,8 @@ def test_bad_arguments_are_clear_errors():
 
 
 def test_hash_is_a_fixed_function_of_the_bytes():
+    """The content hash is a fixed function of the bytes (known values), the same for equal bytes in different
+    arrays, and changes when one bit flips."""
     # Known values pin the function: a change would split peers running different versions.
     data = np.arange(100, dtype=np.uint8)
     got = [pccl_py._core.content_hash(data.ctypes.data, n) for n in (0, 1, 31, 32, 33, 100)]

@@ -57,6 +57,8 @@ def _check_results(data: dict, backends: list[str]) -> None:
 
 
 def test_bench_pccl_json(tmp_path):
+    """pccl-bench on pccl alone writes a JSON report with every field filled, no comparison, and ring or star
+    results."""
     data = _run_bench(tmp_path)
     _check_results(data, ["pccl"])
     assert data["comparison"] == []
@@ -65,6 +67,8 @@ def test_bench_pccl_json(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed: no gloo to compare with")
 def test_bench_compare_gloo_json(tmp_path):
+    """--compare gloo runs both backends in one invocation and reports a positive bandwidth and latency ratio for
+    every size."""
     data = _run_bench(tmp_path, "--compare", "gloo")
     _check_results(data, ["pccl", "gloo"])
     assert [c["size_bytes"] for c in data["comparison"]] == [1024, 65536]
@@ -85,6 +89,7 @@ def test_bench_compare_tls_json(tmp_path):
 
 
 def test_bench_encryption_tls_only(tmp_path):
+    """--encryption tls benchmarks pccl under TLS and says so in the report's config."""
     data = _run_bench(tmp_path, "--encryption", "tls")
     _check_results(data, ["pccl-tls"])
     assert data["config"]["encryption"] == "tls"
@@ -107,6 +112,8 @@ def test_bench_p2p_rows_against_gloo(tmp_path):
 
 
 def test_bench_schedule_alternates_backends_abba_and_settles_after_a_switch():
+    """The benchmark schedule alternates backends ABBA with equal iteration counts, and every block that follows
+    another backend starts with an untimed op."""
     from pccl_py.tools.bench.cli import _schedule
 
     assert _schedule(1, 50) == [(0, 50, False)]  # alone: one plain loop
@@ -124,6 +131,8 @@ def test_bench_schedule_alternates_backends_abba_and_settles_after_a_switch():
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="steal is read from Linux's /proc/stat")
 def test_bench_steal_is_a_share_of_cpu_time():
+    """The hypervisor steal the bench reads from /proc/stat is a share between 0 and 1, and -1 when it cannot be
+    measured."""
     from pccl_py.tools.bench.cli import _cpu_ticks, _steal_since
 
     steal, total = _cpu_ticks()
@@ -134,6 +143,8 @@ def test_bench_steal_is_a_share_of_cpu_time():
 
 
 def test_bench_report_flags_sizes_that_ran_under_steal():
+    """The bench report names the sizes that ran under noticeable steal, with the share, and says nothing about
+    steal otherwise."""
     import argparse
 
     from pccl_py.tools.bench.cli import Result
@@ -152,6 +163,7 @@ def test_bench_report_flags_sizes_that_ran_under_steal():
 
 
 def test_bench_plot_without_matplotlib_is_a_clear_error(tmp_path):
+    """--plot without matplotlib exits with status 2 naming matplotlib."""
     if importlib.util.find_spec("matplotlib") is not None:
         pytest.skip("matplotlib is installed, so --plot works")
     proc = subprocess.run([sys.executable, "-m", "pccl_py.tools.bench", "--plot", str(tmp_path / "x.png")],
@@ -161,11 +173,14 @@ def test_bench_plot_without_matplotlib_is_a_clear_error(tmp_path):
 
 
 def test_bench_does_not_import_torch_without_compare():
+    """The bench CLI does not import torch unless asked to compare with gloo."""
     code = "import sys, pccl_py.tools.bench.cli as b; b.build_parser().parse_args([]); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30, env=_env())
 
 
 def test_bench_ratio_interval_separates_a_real_difference_from_noise():
+    """The ratio's confidence interval excludes 1 for a real 1.5x difference, includes it for equal backends, is
+    reproducible (seeded), and is NaN without samples."""
     from pccl_py.tools.bench.report import ratio_interval
 
     rng = np.random.default_rng(1)
@@ -181,6 +196,8 @@ def test_bench_ratio_interval_separates_a_real_difference_from_noise():
 
 
 def test_bench_report_says_when_a_slower_size_is_within_noise():
+    """The report says pccl is slower at a size, and adds "within noise" only when the ratio's interval includes
+    1."""
     import argparse
 
     from pccl_py.tools.bench.cli import Result

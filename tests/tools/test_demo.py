@@ -36,6 +36,8 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 def test_demo_trains_through_a_kill_and_a_join() -> None:
+    """pccl-demo trains through at least one kill and one newcomer's join, every finisher ends with the same eval
+    loss and bitwise identical parameters, and it reports PASSED."""
     pytest.importorskip("torch")
     # The default run with kills about every 6 s instead of 20. Kills stop at 45 s and everyone stops at
     # 56 s, which leaves time for the founders' start and a newcomer's join on a loaded machine (at load 13
@@ -54,6 +56,8 @@ def test_demo_trains_through_a_kill_and_a_join() -> None:
 
 
 def test_demo_fails_cleanly_when_out_of_time() -> None:
+    """pccl-demo with too little time exits with status 1, says FAILED, claims nothing, and leaves no process
+    behind."""
     pytest.importorskip("torch")
     # Too short to even start training: the demo must fail with exit code 1, without claiming success,
     # and leave no process behind.
@@ -65,6 +69,7 @@ def test_demo_fails_cleanly_when_out_of_time() -> None:
 
 
 def test_demo_without_torch_says_what_to_install() -> None:
+    """pccl-demo without torch exits with status 2 and says which extra to install."""
     code = "import sys, pccl_py.tools.demo as d; d._torch_available = lambda: False; sys.exit(d.main([]))"
     r = _run(["-c", code], timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -72,6 +77,8 @@ def test_demo_without_torch_says_what_to_install() -> None:
 
 
 def test_allreduce_demo_survives_kill_and_admits_a_peer() -> None:
+    """pccl-demo --allreduce shows a kill surfacing as PeerLostError, a successful retry, an admission through
+    are_peers_pending(), and results that stayed correct."""
     r = _run(["-m", "pccl_py.tools.demo", "--allreduce"], timeout=60)
     out = r.stdout
     assert r.returncode == 0, f"exit code {r.returncode}\n--- stdout\n{out}\n--- stderr\n{r.stderr}"
@@ -84,6 +91,8 @@ def test_allreduce_demo_survives_kill_and_admits_a_peer() -> None:
 
 
 def test_allreduce_demo_reports_failure_with_exit_code_1() -> None:
+    """pccl-demo --allreduce with too little time exits with status 1 and RESULT: FAILED, claiming nothing, with
+    no process left behind."""
     # A time limit too short to finish: the demo must fail cleanly, without claiming success.
     r = _run(["-m", "pccl_py.tools.demo", "--allreduce", "--time-limit", "0.5"], timeout=60)
     assert r.returncode == 1, r.stdout
@@ -93,12 +102,14 @@ def test_allreduce_demo_reports_failure_with_exit_code_1() -> None:
 
 
 def test_basic_allreduce_example() -> None:
+    """examples/basic_allreduce.py runs and both peers hold the expected sum."""
     r = _run([EXAMPLE], timeout=60)
     assert r.returncode == 0, f"exit code {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
     assert "both peers hold the expected sum" in r.stdout, r.stdout
 
 
 def test_shared_state_example() -> None:
+    """examples/shared_state.py runs, and its newcomer receives the whole state in its first sync."""
     r = _run([os.path.join(ROOT, "examples", "shared_state.py")], timeout=120)
     assert r.returncode == 0, f"exit code {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
     assert "received 400400 bytes in its first sync" in r.stdout, r.stdout

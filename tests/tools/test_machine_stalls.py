@@ -25,6 +25,8 @@ print(json.dumps([m.stalled(t0, t1) for t0, t1 in windows] + [m.worst()]), flush
 
 
 def test_a_stopped_process_sees_its_stall_where_it_happened():
+    """The stall monitor of a process stopped for 0.6 s reports about 0.6 s of stall in a window around the stop,
+    all of a window inside it, and the stop as its worst stall."""
     env = dict(os.environ, PYTHONPATH=_PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True, env=env)

@@ -44,6 +44,8 @@ def _assert_clean(rc: int, out: str, r: dict) -> None:
 
 
 def test_short_seeded_run_passes(tmp_path):
+    """A short seeded pccl-stress run with every kind of churn passes: no wrong result or divergence, ops and
+    state syncs ran through the churn, failed ops were recovered, and resources were measured."""
     rc, out, r = _run(tmp_path, "--duration", "25", "--peers", "4", "--seed", "3")
     _assert_clean(rc, out, r)
     for kind in ("spawn", "kill", "stop", "leave", "master_restart"):
@@ -62,6 +64,8 @@ def test_short_seeded_run_passes(tmp_path):
 
 
 def test_corrupted_worker_is_detected(tmp_path):
+    """A worker that contributes wrong values (PCCL_STRESS_CORRUPT) is detected: the run reports wrong results
+    and exits with status 1."""
     rc, out, r = _run(tmp_path, "--duration", "5", "--peers", "3", "--seed", "4",
                       env_extra={"PCCL_STRESS_CORRUPT": "1"})
     assert rc == 1, out
@@ -72,6 +76,8 @@ def test_corrupted_worker_is_detected(tmp_path):
 
 @pytest.mark.stress_ci
 def test_ci_three_minute_run(tmp_path):
+    """A three-minute pccl-stress run with six peers passes, with thousands of ops and state syncs, master
+    restarts, and ops retried after kills."""
     rc, out, r = _run(tmp_path, "--duration", "180", "--peers", "6", "--seed", "1", timeout=400)
     print(out)
     _assert_clean(rc, out, r)

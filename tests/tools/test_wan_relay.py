@@ -21,7 +21,7 @@ import pytest
 
 import pccl_py
 from pccl_py.tools.wan import WanProfile, WanRelay, parse_mapping, parse_wan
-from support import REPO_ROOT
+from support import REPO_ROOT, wait_until
 
 _ROOT = REPO_ROOT
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pccl_py.__file__)))
@@ -150,6 +150,7 @@ def test_bytes_arrive_unchanged_and_in_order_both_ways():
 
 
 def test_ping_pong_takes_the_configured_rtt():
+    """A ping-pong through the relay takes at least the configured RTT and not much more."""
     def measure() -> List[float]:
         with _relay(WanProfile(rtt_ms=100)) as (_relay_obj, dial, server):
             c = dial()
@@ -221,6 +222,8 @@ def test_link_cap_is_shared_by_the_flows():
 
 
 def test_unreachable_target_closes_the_client():
+    """A connection whose target refuses is closed or reset by the relay, counted as refused, and not left
+    active."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     dead_port = server.getsockname()[1]
@@ -232,13 +235,13 @@ def test_unreachable_target_closes_the_client():
                 assert c.recv(1) == b""
         except ConnectionResetError:
             pass
-        deadline = time.monotonic() + 5
-        while relay.stats()["active"] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(relay.stats, 5, "the relay to drop the refused connection", until=lambda st: not st["active"])
         assert relay.stats()["refused"] == 1 and relay.stats()["active"] == 0
 
 
 def test_parsers():
+    """The mapping and WAN profile parsers accept their documented formats, derive the rate limits, and raise
+    ValueError for malformed input."""
     assert parse_mapping("127.0.0.1:9000=127.0.0.1:9001") == (("127.0.0.1", 9000), ("127.0.0.1", 9001))
     p = parse_wan("50,100,1000")
     assert (p.rtt_ms, p.flow_mbit, p.link_mbit) == (50, 100, 1000)
@@ -281,13 +284,9 @@ def test_all_reduce_through_the_relay_is_correct():
         def peer(i: int) -> np.ndarray:
             comm = comms[i]
             comm.connect()
-            deadline = time.monotonic() + 20
-            while comm.world_size < 2:
-                assert time.monotonic() < deadline, "peers did not join"
-                if comm.are_peers_pending():
-                    comm.update_topology()
-                else:
-                    time.sleep(0.01)
+            # The natural admission loop: the founder votes whenever it sees the other peer pending.
+            wait_until(lambda: comm.world_size >= 2 or (comm.are_peers_pending() and comm.update_topology()), 20,
+                       "the other peer to join")
             x = inputs[i].copy()
             comm.all_reduce(x)
             comm.all_reduce(np.zeros(1, dtype=np.float32))  # both done before either leaves
@@ -313,6 +312,8 @@ def _bench_env() -> dict:
 
 
 def test_bench_runs_through_the_wan(tmp_path):
+    """pccl-bench --wan runs through the relay, reports it, and every op takes at least the emulated round trip.
+    pccl-bench --wan runs through the relay, reports it, and every op takes at least the emulated round trip."""
     import json
 
     out = tmp_path / "b.json"
@@ -327,6 +328,7 @@ def test_bench_runs_through_the_wan(tmp_path):
 
 
 def test_bench_rejects_wan_with_gloo():
+    """pccl-bench --wan with --compare gloo exits with status 2 saying they cannot be combined."""
     proc = subprocess.run([sys.executable, "-m", "pccl_py.tools.bench", "--wan", "50,100,1000", "--compare", "gloo"],
                           capture_output=True, text=True, timeout=30, env=_bench_env())
     assert proc.returncode == 2
@@ -334,6 +336,7 @@ def test_bench_rejects_wan_with_gloo():
 
 
 def test_cli_relays_and_stops_on_sigterm(tmp_path):
+    """stress/wan_relay.py relays bytes to its target, exits 0 on SIGTERM, and reports its connection count."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)

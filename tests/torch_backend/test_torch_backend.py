@@ -96,6 +96,7 @@ def ops_run(tmp_path_factory):
 
 
 def test_registered_and_default_group_is_pccl(ops_run):
+    """The "pccl" backend is registered and the default group of every rank is a ProcessGroupPCCL."""
     assert "pccl" in dist.Backend.backend_list
     for r in ops_run.values():
         assert r["backend"] == "pccl" and r["pg_type"] == "ProcessGroupPCCL"
@@ -115,6 +116,8 @@ def _checks(ops_run, prefix: str) -> dict[str, list[dict]]:
     "coalescing_manager/", "objects", "reduce", "gather", "scatter", "all_to_all_single", "barrier", "async",
 ])
 def test_op_matches_gloo_and_is_bitwise_identical_across_ranks(ops_run, prefix):
+    """Each torch collective on pccl gives gloo's result on the same inputs, and every rank holds bitwise the
+    same result (except slices and root-only results)."""
     checks = _checks(ops_run, prefix)
     assert checks, f"no checks named {prefix}*"
     failed = {name: [c["detail"] for c in cs if not c["ok"]] for name, cs in checks.items()}
@@ -127,6 +130,7 @@ def test_op_matches_gloo_and_is_bitwise_identical_across_ranks(ops_run, prefix):
 
 
 def test_all_reduce_covers_every_dtype_and_op(ops_run):
+    """all_reduce was checked for every dtype and reduce op torch offers on CPU, complex and bool included."""
     names = set(_checks(ops_run, "all_reduce/"))
     for dtype in ("float16", "bfloat16", "float32", "float64", "int8", "uint8", "int32", "int64"):
         for op in ("SUM", "AVG", "PRODUCT", "MIN", "MAX"):
@@ -135,6 +139,8 @@ def test_all_reduce_covers_every_dtype_and_op(ops_run):
 
 
 def test_subgroups(ops_run):
+    """Collectives on subgroups are correct and identical on their members only, and a non-member rank is
+    excluded."""
     checks = _checks(ops_run, "subgroup")
     assert not {n: c for n, cs in checks.items() for c in cs if not c["ok"]}
     assert len(checks["subgroup[0,2]/all_reduce"]) == 2, "exactly ranks 0 and 2 take part in the subgroup"
@@ -144,6 +150,7 @@ def test_subgroups(ops_run):
 
 
 def test_ddp_matches_gloo_after_20_steps(ops_run):
+    """DDP on pccl ends 20 steps with the same parameters as on gloo, identical on every replica."""
     checks = _checks(ops_run, "ddp/")
     assert len(checks["ddp/parameters"]) == 3
     assert all(c["ok"] for c in checks["ddp/parameters"]), checks
@@ -152,6 +159,8 @@ def test_ddp_matches_gloo_after_20_steps(ops_run):
 
 
 def test_killed_rank_fails_survivors_work_within_1s_and_timeout_is_honoured(tmp_path):
+    """When a rank is killed, the survivors' Work fails with PeerLostError within 1 s (future failed, work
+    completed), their next op is refused at once, and a group timeout is honoured."""
     results = run_ranks("kill", 3, tmp_path)
     assert sorted(results) == [0, 1], f"survivors did not both report:\n{_logs(tmp_path, 'kill')}"
     r0 = results[0]
@@ -166,6 +175,7 @@ def test_killed_rank_fails_survivors_work_within_1s_and_timeout_is_honoured(tmp_
 
 
 def test_torchrun_example(tmp_path):
+    """examples/torch_backend.py runs under torchrun with three ranks, each printing example OK."""
     torchrun = shutil.which("torchrun")
     cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]) + [
         "--nproc-per-node", "3", "--master-port", str(_free_port()), os.path.join(ROOT, "examples", "torch_backend.py")]
@@ -188,6 +198,8 @@ def _in_threads(fns, timeout=20.0):
 
 
 def test_wrap_communicator_size_follows_live_world():
+    """A group wrapping a Communicator follows the live world: after a graceful leave its size, ranks and
+    all_gather slots shrink and results are over the remaining members."""
     master = pccl_py.Master().start()
     comms = connect_group(master.address, 3, timeout=10, heartbeat_timeout=2)
     try:
@@ -214,6 +226,8 @@ def test_wrap_communicator_size_follows_live_world():
 
 
 def test_unsupported_device_op_and_p2p_raise_clear_errors():
+    """Unsupported devices, reduce ops, complex MAX, sends to oneself and receive-from-any-source raise
+    InvalidArgumentError saying what is supported; a world of one still completes every op exactly."""
     master = pccl_py.Master().start()
     comm = pccl_py.Communicator(master.address, timeout=5).connect()
     try:
@@ -242,6 +256,8 @@ def test_unsupported_device_op_and_p2p_raise_clear_errors():
 
 
 def test_work_future_is_done_when_wait_returns_and_callbacks_may_wait_on_their_own_work(monkeypatch):
+    """A Work's future is done when wait() returns, and a callback may wait on its own Work without deadlocking
+    the completer thread."""
     # Widen the window between "the op finished" and "its future is set", which a loaded machine opens.
     set_result = torch.futures.Future.set_result
     monkeypatch.setattr(torch.futures.Future, "set_result", lambda f, r: (time.sleep(0.02), set_result(f, r))[1])
@@ -275,6 +291,9 @@ def test_work_future_is_done_when_wait_returns_and_callbacks_may_wait_on_their_o
 
 
 def test_premul_sum_coalesced_gather_and_torch_wording_of_errors():
+    """PREMUL_SUM scales each rank's input by its own factor (also in reduce_scatter), coalesced gathers fill
+    every rank's slots, misuse raises clear errors, and a timeout surfaces as torch's DistBackendError caused
+    by pccl_py.TimeoutError."""
     master = pccl_py.Master().start()
     comms = connect_group(master.address, 3, timeout=1.5)
     try:

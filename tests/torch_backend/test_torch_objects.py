@@ -45,6 +45,9 @@ def _attacker_all_gather_object(pg, obj) -> None:
 
 @pytest.mark.parametrize("opt_in", [True, False])
 def test_a_member_sending_a_crafted_pickle(tmp_path, opt_in):
+    """A crafted pickle from another member runs only where object collectives were opted into; without the
+    opt-in the call is refused with InvalidArgumentError naming PCCL_ALLOW_OBJECT_COLLECTIVES and nothing
+    runs."""
     marker = str(tmp_path / "ran")
     with pccl_py.Master() as m:
         victim, attacker = connect_group(m.address, 2, timeout=5.0)
@@ -70,6 +73,8 @@ def test_a_member_sending_a_crafted_pickle(tmp_path, opt_in):
 
 
 def test_every_object_collective_is_refused_without_a_secret(monkeypatch):
+    """Without a job secret or the opt-in, every object collective and torch's unpickling point raise
+    InvalidArgumentError naming the call."""
     monkeypatch.delenv("PCCL_ALLOW_OBJECT_COLLECTIVES", raising=False)
     with pccl_py.Master() as m:
         c = new_comm(m.address).connect()
@@ -96,6 +101,8 @@ def test_every_object_collective_is_refused_without_a_secret(monkeypatch):
 
 
 def test_allowed_with_a_secret_or_the_opt_in(monkeypatch):
+    """Object collectives work with a job secret or with PCCL_ALLOW_OBJECT_COLLECTIVES=1, and a non-bool
+    allow_object_collectives is a ValueError."""
     monkeypatch.delenv("PCCL_ALLOW_OBJECT_COLLECTIVES", raising=False)
     secret = "objects-test-secret"
     with pccl_py.Master(secret=secret) as m:

@@ -22,6 +22,8 @@ CHECKS = ["irecv_order", "batch_isend_irecv", "error_anysource", "error_self_sen
 
 
 def test_torch_p2p_ops_and_p2p_collectives(tmp_path, monkeypatch):
+    """torch send/recv, isend/irecv, batch_isend_irecv, all_to_all and the other point-to-point based ops succeed
+    with the right data on every rank."""
     monkeypatch.setattr(tb, "WORKER", WORKER)
     results = tb.run_ranks("p2p", 3, tmp_path, timeout=60.0)
     assert sorted(results) == [0, 1, 2], f"ranks did not all finish:\n{tb._logs(tmp_path, 'p2p')}"

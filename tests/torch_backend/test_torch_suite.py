@@ -48,6 +48,8 @@ def runs(tmp_path_factory):
 
 
 def test_every_test_gloo_passes_passes_with_pccl_except_the_documented_exclusions(runs):
+    """Every test of torch's distributed suite that passes on gloo passes on pccl, except the documented
+    exclusions, and the pccl run really used pccl."""
     exclusions = compare.load_exclusions()
     v = compare.verdict(runs["gloo"], runs["pccl"], exclusions)
     print(compare.summary(runs["gloo"], runs["pccl"], v, exclusions))
@@ -60,6 +62,7 @@ def test_every_test_gloo_passes_passes_with_pccl_except_the_documented_exclusion
 
 
 def test_exclusions_have_a_known_category_and_a_reason():
+    """Every exclusion from torch's suite has a known category and a reason."""
     exclusions = compare.load_exclusions()
     categories = {e["category"] for e in exclusions.values()}
     assert categories <= {"any source", "gloo internals", "sparse tensors", "cuda"}, categories

@@ -15,5 +15,7 @@ imports only when it runs.
 - :mod:`pccl_py.tools.wan`: the user-space WAN emulator (latency and rate caps on a TCP relay).
 - :mod:`pccl_py.tools.machine_stalls`: measures when the whole machine stood still, so that wall-clock
   bounds in tests and stress runs do not count a hypervisor's pause against the library.
-- :mod:`pccl_py.tools._process`: child processes that die with their parent.
+- :mod:`pccl_py.tools.proof`: all-reduce inputs whose exact sum names its contributors, checked by
+  every self-verifying peer (pccl-stress's workers, pccl-demo --allreduce's peers, the tests' reduce loop).
+- :mod:`pccl_py.tools._process`: child processes that die with their parent, and a process's resources.
 """

@@ -9,10 +9,11 @@ anyone can start with a single command, using real processes and real sockets on
 
 What it does: it starts a master in this process and ``--peers`` peer processes (each is
 ``python -m pccl_py.tools.allreduce_demo --peer ...``), and drives them over socketpairs through ``--steps``
-all-reduce steps. Each step, peer ``i`` contributes ``2**i * w`` (float64), where ``w`` is a vector
-of random integers in [1, 2**20) drawn from (``--seed``, step). The sum is ``mask * w``, where ``mask`` has bit ``i`` set for every peer that
-took part. So each result says exactly who took part, and it is exact in float64 whatever order the
-sum is taken in. About a third of the way through, one peer is killed with SIGKILL while the others
+all-reduce steps. Each step, peer ``i`` contributes the input :mod:`pccl_py.tools.proof` builds for slot
+``i`` (the one pccl-stress's peers use): a bit ``i`` in a membership block, a count lane, and a payload of
+random integers drawn from (``--seed``, step) that depends on ``i``. The sum names the set of peers that
+took part and must then match that set element by element, so each result says exactly who took part,
+and it is exact in float64 whatever order the sum is taken in. About a third of the way through, one peer is killed with SIGKILL while the others
 are inside an all_reduce. About two thirds of the way through, a new peer connects and is admitted.
 
 Each peer sends the parent its decoded mask and the SHA-256 of its result. The parent computes the
@@ -42,14 +43,16 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from ._process import die_with_parent
 from .harness import Children
+from .proof import HEAD, check_exact, exact_contribution
 
 ELEMENTS = 32_768            # 256 KiB of float64: above the 64 KiB STAR limit, so AUTO runs the ring
+DATA_TAG = 0                 # the proof's (seed, step, tag) stream for the demo's inputs
 OP_TIMEOUT = 10.0            # Communicator(timeout=): per all_reduce / update_topology
 HEARTBEAT_TIMEOUT = 3.0      # Communicator(heartbeat_timeout=)
 JOIN_TIMEOUT = 15.0          # Communicator(join_timeout=)
@@ -62,36 +65,23 @@ MAX_ATTEMPTS = 3             # attempts per step before the demo gives up
 # ------------------------------------------------------------------------------------------------
 # The data: what each peer contributes, and what the sum must be.
 
-def step_weights(seed: int, step: int) -> np.ndarray:
-    """Random integers in [1, 2**20), the same on every peer for a given (seed, step).
-
-    Elements differ from one another, so a chunk reduced into the wrong place shows up; and they differ
-    from step to step, so a stale result from an earlier step shows up too.
-    """
-    rng = np.random.default_rng([seed, step])
-    return rng.integers(1, 1 << 20, size=ELEMENTS).astype(np.float64)
-
-
 def contribution(index: int, seed: int, step: int) -> np.ndarray:
-    """Peer ``index``'s input: 2**index * w. It and every sum of them are exact in float64."""
-    return step_weights(seed, step) * float(1 << index)
+    """Peer ``index``'s input (ELEMENTS float64): it and every sum of them are exact in float64."""
+    return exact_contribution(index, seed, step, DATA_TAG, ELEMENTS - HEAD)
 
 
-def expected_result(mask: int, seed: int, step: int) -> np.ndarray:
-    return step_weights(seed, step) * float(mask)
+def expected_result(members: Sequence[int], seed: int, step: int) -> np.ndarray:
+    """The exact sum of the members' inputs (integers below 2**53: the same bits in any order)."""
+    return np.sum([contribution(i, seed, step) for i in members], axis=0)
 
 
 def decode_mask(result: np.ndarray, seed: int, step: int) -> Optional[int]:
-    """Who took part: the mask m with result == m * w exactly, or None if there is no such m."""
-    w = step_weights(seed, step)
-    ratio = float(result[0] / w[0])
-    if not ratio.is_integer() or ratio < 0 or ratio >= 2.0**62:
-        return None
-    mask = int(ratio)
-    return mask if np.array_equal(result, w * float(mask)) else None
+    """Who took part, as a bit mask, if the whole result matches that set; None if it matches no set."""
+    slots, _ = check_exact(result, seed, step, DATA_TAG)
+    return None if slots is None else mask_of(slots)
 
 
-def mask_of(indices: Sequence[int]) -> int:
+def mask_of(indices: Iterable[int]) -> int:
     return sum(1 << i for i in indices)
 
 
@@ -397,8 +387,8 @@ class Demo:
         self.address = self.master.address
         a = self.args
         self.say(f"pccl-demo: master on {self.address}; {a.peers} peers, {a.steps} steps, seed {a.seed}")
-        self.say(f"  each step peer i all-reduces 2**i * w ({ELEMENTS} float64, w drawn from (seed, step)); "
-                 "the sum is mask * w,")
+        self.say(f"  each step peer i all-reduces {ELEMENTS} float64 that carry bit i and a payload drawn from "
+                 "(seed, step, i);")
         self.say("  so every result names exactly who took part. "
                  f"Plan: SIGKILL peer {self.victim} in step {self.kill_step}, admit peer {a.peers} "
                  f"before step {self.join_step}.")
@@ -469,12 +459,11 @@ class Demo:
         raise DemoError(f"step {step} failed {MAX_ATTEMPTS} times in a row")
 
     def verify(self, step: int, attempt: int, replies: dict[int, dict]) -> None:
-        want_mask = mask_of(self.members)
-        want_sha = sha256(expected_result(want_mask, self.args.seed, step))
+        want_sha = sha256(expected_result(self.members, self.args.seed, step))
         problems = []
         for i, r in sorted(replies.items()):
             if r["sha256"] != want_sha:
-                decoded = "not of the form mask * w" if r["mask"] is None else f"contributors {_fmt(members_of(r['mask']))}"
+                decoded = "matching no set of contributors" if r["mask"] is None else f"contributors {_fmt(members_of(r['mask']))}"
                 problems.append(f"peer {i} got a wrong result ({decoded})")
             if r["world_size"] != len(self.members):
                 problems.append(f"peer {i} reports world size {r['world_size']}, expected {len(self.members)}")
@@ -483,7 +472,7 @@ class Demo:
             problems.append(f"results differ across peers ({len(hashes)} distinct hashes)")
         any_reply = replies[min(replies)]
         mask = any_reply["mask"]
-        contributors = _fmt(members_of(mask)) if mask is not None else "?? (result is not mask * w)"
+        contributors = _fmt(members_of(mask)) if mask is not None else "?? (result matches no set of contributors)"
         status = "OK" if not problems else "WRONG"
         retry = f", attempt {attempt}" if attempt > 1 else ""
         digest = (f"sha256 {any_reply['sha256'][:12]} on {len(replies)} peers" if len(hashes) == 1

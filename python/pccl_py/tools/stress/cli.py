@@ -56,8 +56,8 @@ from typing import Any, Optional, Sequence
 
 from ..harness import Children, MasterProcess
 from ..machine_stalls import StallMonitor
+from ..proof import MAX_SLOTS
 from .report import Progress, format_report
-from .worker import MAX_SLOTS
 
 EVENT_KINDS = ("spawn", "kill", "stop", "leave", "master_restart")
 EVENT_WEIGHTS = {"spawn": 3.0, "kill": 2.0, "stop": 1.0, "leave": 1.0, "master_restart": 0.5}

@@ -12,13 +12,10 @@ guarantees that every survivor sees the same outcome for every op, so the retrie
 
 1. header (tag 1, int64 MAX): ``[next_step, peers_pending]``. Everyone adopts the largest step, so a
    newcomer (or a rejoining peer) falls into line with the group, and everyone agrees whether to vote.
-2. ident (tag 2, float64 SUM, small: star). Every exact tensor starts with a membership block: 8
-   lanes of 32 bits, where the peer in slot ``i`` contributes ``2**(i % 32)`` to lane ``i // 32``, and a
-   count lane (each contributes 1). The payload element j is ``w[j] + (slot + 1) * v[j]`` with
-   ``w, v`` drawn from (seed, step, tag), so the sum is ``n * w + S * v`` for the decoded set (n
-   members, S the sum of slot + 1). Any contribution lost, counted twice, reduced into the wrong place
-   or left over from another step breaks that identity. All values are integers below 2**53, so the
-   sums are exact in float64 whatever the order.
+2. ident (tag 2, float64 SUM, small: star). Every exact tensor is built by :mod:`pccl_py.tools.proof`:
+   a membership block names the contributing slots and the payload is a function of that set, so any
+   contribution lost, counted twice, reduced into the wrong place or left over from another step
+   shows. All values are integers below 2**53, so the sums are exact in float64 whatever the order.
 3. some steps (chosen from (seed, step), so every peer agrees): concurrently, an async 1 MiB exact op
    (tag 3: above the star limit, so it runs the ring and is striped over the K connections) and an
    async q8 op (tag 4, float32, every peer contributes the same ``c[j]`` in [0.5, 1]; the result must
@@ -56,11 +53,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .._process import die_with_parent
+from .._process import die_with_parent, process_resources
+from ..proof import HEAD, MAX_SLOTS, check_exact, exact_contribution
 
-SLOT_LANES = 8                      # membership lanes of 32 bits: slots 0..255
-MAX_SLOTS = SLOT_LANES * 32
-HEAD = SLOT_LANES + 1               # membership lanes + the count lane
 IDENT_PAYLOAD = 256                 # small: star
 BIG_PAYLOAD = (1 << 17) - HEAD      # 1 MiB in total: ring, striped over the K connections
 Q8_ELEMENTS = 1 << 16               # 256 KiB of float32
@@ -81,44 +76,6 @@ class Fatal(Exception):
 
 def _rng(seed: int, step: int, tag: int) -> np.random.Generator:
     return np.random.default_rng([seed, step, tag])
-
-
-def payload_bases(seed: int, step: int, tag: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(w, v): integers in [1, 2**16), the same on every peer for (seed, step, tag)."""
-    r = _rng(seed, step, tag)
-    return (r.integers(1, 1 << 16, size=size).astype(np.float64),
-            r.integers(1, 1 << 16, size=size).astype(np.float64))
-
-
-def exact_contribution(slot: int, seed: int, step: int, tag: int, size: int) -> np.ndarray:
-    """Slot's input to an exact op: membership block, count lane, then w + (slot + 1) * v."""
-    w, v = payload_bases(seed, step, tag, size)
-    x = np.empty(HEAD + size, dtype=np.float64)
-    x[:HEAD] = 0.0
-    x[slot // 32] = float(1 << (slot % 32))
-    x[SLOT_LANES] = 1.0
-    np.add(w, (slot + 1) * v, out=x[HEAD:])
-    return x
-
-
-def check_exact(result: np.ndarray, seed: int, step: int, tag: int) -> tuple[Optional[frozenset], str]:
-    """Decodes who took part and checks every element against that set; (slots, "") or (None, why)."""
-    head = result[:HEAD]
-    if not np.all(head == np.floor(head)) or np.any(head < 0) or np.any(head[:SLOT_LANES] >= 2.0**32):
-        return None, f"membership lanes are not 32-bit integers: {head.tolist()}"
-    slots = frozenset(lane * 32 + b for lane in range(SLOT_LANES) for b in range(32)
-                      if int(head[lane]) >> b & 1)
-    n = int(head[SLOT_LANES])
-    if n != len(slots):
-        return None, f"count lane says {n} contributions but the membership lanes name {len(slots)} slots"
-    w, v = payload_bases(seed, step, tag, result.size - HEAD)
-    expected = n * w + float(sum(s + 1 for s in slots)) * v
-    bad = np.flatnonzero(result[HEAD:] != expected)
-    if bad.size:
-        j = int(bad[0])
-        return None, (f"{bad.size} payload element(s) disagree with contributors {sorted(slots)}; "
-                      f"first at {j}: {float(result[HEAD + j])!r} != {float(expected[j])!r}")
-    return slots, ""
 
 
 def q8_contribution(seed: int, step: int) -> np.ndarray:
@@ -197,7 +154,11 @@ class Worker:
             sys.stdout.flush()
 
     def stats(self) -> None:
-        self.emit("stats", **self.c, **resources())
+        try:
+            res = process_resources()
+        except OSError:  # no /proc (not Linux): report the counters without resources
+            res = {}
+        self.emit("stats", **self.c, **res)
 
     def _stats_loop(self) -> None:
         while True:
@@ -473,20 +434,6 @@ class Worker:
             self.stats()
             self.emit("fatal", error=type(exc).__name__, message=str(exc)[:500])
             return 2
-
-
-def resources() -> dict:
-    """Peak RSS (VmHWM, KiB) and open file descriptors of this process."""
-    out = {"hwm_kb": 0, "fds": 0}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    out["hwm_kb"] = int(line.split()[1])
-        out["fds"] = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        pass
-    return out
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
