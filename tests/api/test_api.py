@@ -487,3 +487,25 @@ def test_core_options_defaults_match_the_python_api():
                               "max_pending_per_group": 1024, "max_group_size": 4096}
     with pytest.raises(TypeError):
         _core.CommunicatorOptions("127.0.0.1:1")  # keywords only
+
+
+def test_installed_stub_names_every_core_enum_member_with_its_value():
+    """The shipped _core.pyi (installed beside py.typed) gives every enum exactly the core's members and
+    values (mypy.stubtest in CI catches missing names, not a wrong or extra enum value)."""
+    import ast
+    import enum
+    from pathlib import Path
+
+    from pccl_py import _core
+
+    pkg = Path(pccl_py.__file__).parent
+    assert (pkg / "py.typed").is_file()
+    stub = ast.parse((pkg / "_core.pyi").read_text())
+    declared = {}
+    for node in stub.body:
+        if isinstance(node, ast.ClassDef) and any(getattr(b, "attr", None) == "IntEnum" for b in node.bases):
+            declared[node.name] = {s.targets[0].id: s.value.value for s in node.body
+                                   if isinstance(s, ast.Assign) and isinstance(s.value, ast.Constant)}
+    runtime = {name: {m.name: int(m) for m in cls} for name, cls in vars(_core).items()
+               if isinstance(cls, type) and issubclass(cls, enum.IntEnum)}
+    assert runtime and declared == runtime
