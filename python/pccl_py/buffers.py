@@ -7,17 +7,15 @@ network traffic, and each failure says what was wrong and how to fix it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Dict
 
 import numpy as np
 
+from ._core import DataType
 from .errors import InvalidArgumentError
 
-# Wire codes, shared with csrc/kernels/dtype.hpp.
-DTYPE_CODES = {
-    "int8": 0, "uint8": 1, "int16": 2, "uint16": 3, "int32": 4, "uint32": 5,
-    "int64": 6, "uint64": 7, "float16": 8, "bfloat16": 9, "float32": 10, "float64": 11,
-}
+# numpy/torch dtype name -> the core's element type (its IntEnum, defined in csrc/kernels/dtype.hpp).
+DTYPE_CODES: Dict[str, DataType] = {d.name.lower(): d for d in DataType}
 
 
 @dataclass(frozen=True)

@@ -3,25 +3,37 @@
 This module only validates arguments and converts types; membership, failure handling and the
 collectives themselves live in the C++ core (csrc/peer, csrc/collectives), which releases the GIL
 whenever it waits on the network.
+
+It also defines the communicator's package-internal interface (:class:`Internals`, reached through
+:func:`internals`): what pccl_py's own protocols (shared-state sync, DiLoCo, the torch backend) may do
+and users may not, i.e. ops on the tags reserved in :mod:`pccl_py.tags`. The trap it closes: modules
+reaching into a communicator's private attributes, which nothing checks when those change.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 from . import _core
 from .buffers import DTYPE_CODES, Buffer, check_output, describe
 from .errors import InvalidArgumentError
-from .ops import Algorithm, ReduceInfo, ReduceOp
+from .ops import Algorithm, DataType, Quantization, ReduceInfo, ReduceOp
 from .secret import SecretLike, resolve_encryption, resolve_secret
-from . import shared_state as _shared_state
+from .shared_state import SharedState, SyncInfo, SyncStrategy, sync  # it imports this module only to type-check
 
 from .tags import MAX_USER_TAG  # tags from here up belong to pccl_py's own collectives
 
 _ALGORITHMS = {"auto": Algorithm.AUTO, "ring": Algorithm.RING, "star": Algorithm.STAR}
-# Wire codes, shared with csrc/kernels/codec.hpp.
-_QUANTIZATIONS = {None: 0, "none": 0, "fp16": 1, "bf16": 2, "q8": 3, "q4": 4}
+# The spellings quantization= accepts; the codes are the core's (csrc/kernels/codec.hpp).
+_QUANTIZATIONS: dict[Optional[str], Quantization] = {None: Quantization.NONE,
+                                                      **{q.name.lower(): q for q in Quantization}}
+# The bound on tags of the library's own ops (Internals), which use the reserved range: any 32-bit tag.
+_ANY_TAG = 2**32
+
+# Arguments of the core's all_reduce and p2p, in their order.
+_ReduceArgs = Tuple[int, int, int, DataType, ReduceOp, int, Algorithm, Quantization]
+_P2PArgs = Tuple[bool, int, int, int, DataType, int]
 
 
 def _planned(epoch: Optional[int]) -> int:
@@ -33,7 +45,7 @@ def _planned(epoch: Optional[int]) -> int:
     return epoch
 
 
-def _quantization(value: Optional[str]) -> int:
+def _quantization(value: Optional[str]) -> Quantization:
     try:
         return _QUANTIZATIONS[value.lower() if isinstance(value, str) else value]
     except (KeyError, TypeError):
@@ -70,10 +82,47 @@ def _split_advertise(address: Optional[str]) -> tuple[str, int]:
     return host, int(port)
 
 
+def _reduce_args(x: Any, out: Any, op: Any, tag: Any, algorithm: Any, quantization: Optional[str],
+                 max_tag: int = MAX_USER_TAG) -> Tuple[_ReduceArgs, Tuple[Buffer, Buffer]]:
+    """Validates an all-reduce's arguments; returns the core's arguments and the buffers to keep alive."""
+    src = describe(x, "x")
+    if out is None:
+        if not src.writeable:
+            raise InvalidArgumentError("x is read-only and no out= was given; pass a writeable array or out=")
+        dst = src
+    else:
+        dst = describe(out, "out")
+        check_output(src, dst)
+    if not isinstance(tag, int) or not 0 <= tag < max_tag:
+        raise InvalidArgumentError(f"tag must be an int in [0, 0x{MAX_USER_TAG:X}) (higher tags are reserved), not {tag!r}")
+    quant = _quantization(quantization)
+    if quant and src.dtype not in ("float32", "float64"):
+        raise InvalidArgumentError(
+            f"quantization={quantization!r} applies to float32 and float64 tensors only, not {src.dtype}")
+    args = (src.ptr, dst.ptr, src.count, DTYPE_CODES[src.dtype], _op(op), tag, _algorithm(algorithm), quant)
+    return args, (src, dst)
+
+
+def _p2p_args(send: bool, x: Any, peer: Any, tag: Any, max_tag: int = MAX_USER_TAG) -> Tuple[_P2PArgs, Buffer]:
+    """Validates a send's or recv's arguments; returns the core's arguments and the buffer to keep alive."""
+    what, role = ("send", "dst") if send else ("recv", "src")
+    buf = describe(x, "x" if send else "out")
+    if not send and not buf.writeable:
+        raise InvalidArgumentError("recv: out is read-only; pass a writeable array")
+    if isinstance(peer, bool) or not isinstance(peer, int):
+        raise InvalidArgumentError(f"{what}: {role} must be an int rank, not {peer!r}")
+    if isinstance(tag, bool) or not isinstance(tag, int) or not 0 <= tag < max_tag:
+        raise InvalidArgumentError(
+            f"{what}: tag must be an int in [0, 0x{MAX_USER_TAG:X}) (higher tags are reserved), not {tag!r}")
+    if not -2**31 <= peer < 2**31:
+        raise InvalidArgumentError(f"{what}: {role}={peer} is not a rank of the group")
+    return (send, peer, buf.ptr, buf.count, DTYPE_CODES[buf.dtype], tag), buf
+
+
 class AllReduceHandle:
     """An all-reduce running in the background. Keeps its buffers alive until it is waited for."""
 
-    def __init__(self, core_op: Any, buffers: tuple) -> None:
+    def __init__(self, core_op: _core.AsyncOp, buffers: Tuple[Buffer, ...]) -> None:
         self._op = core_op
         self._buffers = buffers
         self._info: Optional[ReduceInfo] = None
@@ -93,6 +142,49 @@ class AllReduceHandle:
 class P2PHandle(AllReduceHandle):
     """A send or recv running in the background (``send_async`` / ``recv_async``). Keeps its buffer
     alive until it is waited for; wait() returns the op's ReduceInfo (algorithm "p2p") or raises."""
+
+
+class Internals:
+    """The communicator's package-internal interface, for pccl_py's own modules only (not a user API).
+
+    Reach it with :func:`internals`. Its ops accept any 32-bit tag, the ranges reserved in
+    :mod:`pccl_py.tags` included, so a caller must use a tag allocated there. It also keeps the
+    shared-state bookkeeping a sync needs across calls: the last synced revision, and the lock that
+    makes two syncs on one communicator take turns (a sync is several ops on one reserved tag; two
+    interleaved ones would pair each other's steps).
+    """
+
+    def __init__(self, core: _core.Communicator) -> None:
+        self._core = core
+        #: Revision of the last successful shared-state sync (None before the first).
+        self.state_revision: Optional[int] = None
+        self.state_lock = threading.Lock()
+
+    def check_usable(self, what: str) -> None:
+        """Raises the error a call named `what` would raise now (closed, evicted, master lost, not a member)."""
+        self._core.check_usable(what)
+
+    def all_reduce(self, x: Any, *, op: ReduceOp, tag: int) -> ReduceInfo:
+        """all_reduce in place, on any tag."""
+        args, _keep = _reduce_args(x, None, op, tag, "auto", None, max_tag=_ANY_TAG)
+        return ReduceInfo.from_core(self._core.all_reduce(*args))
+
+    def all_reduce_async(self, x: Any, *, op: ReduceOp, tag: int, out: Any = None,
+                         quantization: Optional[str] = None) -> AllReduceHandle:
+        """all_reduce_async on any tag."""
+        args, keep = _reduce_args(x, out, op, tag, "auto", quantization, max_tag=_ANY_TAG)
+        return AllReduceHandle(self._core.all_reduce_async(*args), keep)
+
+    def p2p_async(self, send: bool, x: Any, peer: int, *, tag: int, planned_epoch: int = 0) -> P2PHandle:
+        """send_async (send=True) or recv_async on any tag. With planned_epoch, peer is a rank of that
+        epoch: the op fails with PeerLostError in any other one (and is never re-run in a later one)."""
+        args, keep = _p2p_args(send, x, peer, tag, max_tag=_ANY_TAG)
+        return P2PHandle(self._core.p2p_async(*args, planned_epoch), (keep,))
+
+
+def internals(comm: Communicator) -> Internals:
+    """The package-internal interface of `comm` (see :class:`Internals`)."""
+    return comm._internals
 
 
 class Communicator:
@@ -162,19 +254,18 @@ class Communicator:
         advertise_host, advertise_port = _split_advertise(advertise_address)
         key = resolve_secret(secret)
         self.encrypted = resolve_encryption(encryption, key)
-        self._core = _core.Communicator(
-            master_address, peer_group, connections_per_peer, float(timeout), float(heartbeat_timeout),
-            float(join_timeout), listen_host, listen_port, advertise_host, advertise_port, float(master_grace),
-            swap_result_pages, key, self.encrypted)
+        self._core = _core.Communicator(_core.CommunicatorOptions(
+            master_address=master_address, group=peer_group, connections=connections_per_peer,
+            timeout=float(timeout), heartbeat_timeout=float(heartbeat_timeout), join_timeout=float(join_timeout),
+            listen_host=listen_host, listen_port=listen_port, advertise_host=advertise_host,
+            advertise_port=advertise_port, master_grace=float(master_grace), swap_result_pages=swap_result_pages,
+            secret=key, encrypt=self.encrypted))
+        self._internals = Internals(self._core)
         self.master_address = master_address
         #: Whether a job secret authenticates this communicator's connections (only holders of the
         #: secret can be members). The torch backend's object collectives require it (docs/security.md).
         self.authenticated = bool(key)
         self.peer_group = peer_group
-        self._state_revision: Optional[int] = None  # revision of the last successful shared-state sync
-        # A sync is several collectives on one reserved tag: two syncs from different threads would
-        # interleave their steps, so they take turns.
-        self._state_lock = threading.Lock()
 
     # -- membership -------------------------------------------------------------------------
     def connect(self) -> "Communicator":
@@ -217,7 +308,7 @@ class Communicator:
     @property
     def state_revision(self) -> Optional[int]:
         """Revision of this communicator's last successful shared-state sync (None before the first)."""
-        return self._state_revision
+        return self._internals.state_revision
 
     @property
     def peer_id(self) -> int:
@@ -237,26 +328,6 @@ class Communicator:
         self.close()
 
     # -- collectives --------------------------------------------------------------------------
-    def _prepare(self, x: Any, out: Any, op: Any, tag: int, algorithm: Any, quantization: Optional[str],
-                 max_tag: int = MAX_USER_TAG) -> tuple:
-        src = describe(x, "x")
-        if out is None:
-            if not src.writeable:
-                raise InvalidArgumentError("x is read-only and no out= was given; pass a writeable array or out=")
-            dst = src
-        else:
-            dst = describe(out, "out")
-            check_output(src, dst)
-        if not isinstance(tag, int) or not 0 <= tag < max_tag:
-            raise InvalidArgumentError(f"tag must be an int in [0, 0x{MAX_USER_TAG:X}) (higher tags are reserved), not {tag!r}")
-        quant = _quantization(quantization)
-        if quant and src.dtype not in ("float32", "float64"):
-            raise InvalidArgumentError(
-                f"quantization={quantization!r} applies to float32 and float64 tensors only, not {src.dtype}")
-        args = (src.ptr, dst.ptr, src.count, DTYPE_CODES[src.dtype], int(_op(op)), tag, int(_algorithm(algorithm)),
-                quant)
-        return args, (src, dst)
-
     def all_reduce(self, x: Any, *, op: ReduceOp = ReduceOp.SUM, out: Any = None, tag: int = 0,
                    algorithm: Union[str, Algorithm] = "auto", quantization: Optional[str] = None) -> ReduceInfo:
         """Reduces x element-wise across all members; the result is bitwise identical on every peer.
@@ -272,43 +343,18 @@ class Communicator:
             PeerLostError: a member died mid-op; retry to run among the survivors.
             TimeoutError, MasterLostError, EvictedError, MismatchError, InvalidArgumentError, ClosedError.
         """
-        args, _keep = self._prepare(x, out, op, tag, algorithm, quantization)
+        args, _keep = _reduce_args(x, out, op, tag, algorithm, quantization)
         return ReduceInfo.from_core(self._core.all_reduce(*args))
-
-    def _internal_all_reduce(self, x: Any, op: ReduceOp, tag: int) -> ReduceInfo:
-        """all_reduce on a reserved tag, for pccl_py's own multi-step collectives."""
-        args, _keep = self._prepare(x, None, op, tag, "auto", None, max_tag=2**32)
-        return ReduceInfo.from_core(self._core.all_reduce(*args))
-
-    def _internal_all_reduce_async(self, x: Any, *, op: ReduceOp, tag: int, out: Any = None,
-                                   quantization: Optional[str] = None) -> AllReduceHandle:
-        """all_reduce_async on a reserved tag (pccl_py.tags), for the library's own protocols."""
-        args, keep = self._prepare(x, out, op, tag, "auto", quantization, max_tag=2**32)
-        return AllReduceHandle(self._core.all_reduce_async(*args), keep)
 
     def all_reduce_async(self, x: Any, *, op: ReduceOp = ReduceOp.SUM, out: Any = None, tag: int = 0,
                          algorithm: Union[str, Algorithm] = "auto",
                          quantization: Optional[str] = None) -> AllReduceHandle:
         """Starts all_reduce in the background. Ops on one tag run in submission order; use different
         tags for ops that may run concurrently. Do not touch x or out until wait() returns."""
-        args, keep = self._prepare(x, out, op, tag, algorithm, quantization)
+        args, keep = _reduce_args(x, out, op, tag, algorithm, quantization)
         return AllReduceHandle(self._core.all_reduce_async(*args), keep)
 
     # -- point-to-point -------------------------------------------------------------------------
-    def _p2p_args(self, send: bool, x: Any, peer: Any, tag: Any, max_tag: int = MAX_USER_TAG) -> tuple:
-        what, role = ("send", "dst") if send else ("recv", "src")
-        buf = describe(x, "x" if send else "out")
-        if not send and not buf.writeable:
-            raise InvalidArgumentError("recv: out is read-only; pass a writeable array")
-        if isinstance(peer, bool) or not isinstance(peer, int):
-            raise InvalidArgumentError(f"{what}: {role} must be an int rank, not {peer!r}")
-        if isinstance(tag, bool) or not isinstance(tag, int) or not 0 <= tag < max_tag:
-            raise InvalidArgumentError(
-                f"{what}: tag must be an int in [0, 0x{MAX_USER_TAG:X}) (higher tags are reserved), not {tag!r}")
-        if not -2**31 <= peer < 2**31:
-            raise InvalidArgumentError(f"{what}: {role}={peer} is not a rank of the group")
-        return (send, peer, buf.ptr, buf.count, DTYPE_CODES[buf.dtype], tag), buf
-
     def send(self, x: Any, dst: int, *, tag: int = 0, epoch: Optional[int] = None) -> ReduceInfo:
         """Sends x to the member of rank dst, which receives it with ``recv(out, src=<this rank>, tag=tag)``.
 
@@ -331,37 +377,30 @@ class Communicator:
             MismatchError, InvalidArgumentError (bad rank, own rank, bad tag), MasterLostError, EvictedError,
             ClosedError.
         """
-        args, _keep = self._p2p_args(True, x, dst, tag)
+        args, _keep = _p2p_args(True, x, dst, tag)
         return ReduceInfo.from_core(self._core.p2p(*args, _planned(epoch)))
 
     def recv(self, out: Any, src: int, *, tag: int = 0, epoch: Optional[int] = None) -> ReduceInfo:
         """Receives into out the message that the member of rank src sends with ``send(x, dst=<this rank>,
         tag=tag)``. out is written only once the whole message arrived and both sides agreed; on any
         failure it is unchanged. src and epoch as for ``send``'s dst. Raises what ``send`` raises."""
-        args, _keep = self._p2p_args(False, out, src, tag)
+        args, _keep = _p2p_args(False, out, src, tag)
         return ReduceInfo.from_core(self._core.p2p(*args, _planned(epoch)))
 
     def send_async(self, x: Any, dst: int, *, tag: int = 0, epoch: Optional[int] = None) -> P2PHandle:
         """Starts ``send`` in the background; arguments are checked (and its place on the channel taken)
         before this returns. Do not touch x until wait() returns."""
-        args, keep = self._p2p_args(True, x, dst, tag)
+        args, keep = _p2p_args(True, x, dst, tag)
         return P2PHandle(self._core.p2p_async(*args, _planned(epoch)), (keep,))
 
     def recv_async(self, out: Any, src: int, *, tag: int = 0, epoch: Optional[int] = None) -> P2PHandle:
         """Starts ``recv`` in the background. Do not touch out until wait() returns."""
-        args, keep = self._p2p_args(False, out, src, tag)
+        args, keep = _p2p_args(False, out, src, tag)
         return P2PHandle(self._core.p2p_async(*args, _planned(epoch)), (keep,))
 
-    def _internal_p2p_async(self, send: bool, x: Any, peer: int, tag: int, planned_epoch: int = 0) -> P2PHandle:
-        """send_async/recv_async on any tag (pccl_py.tags), for the library's own protocols. With
-        planned_epoch, peer is a rank of that epoch: the op fails with PeerLostError in any other one
-        (and is never re-run in a later one)."""
-        args, keep = self._p2p_args(send, x, peer, tag, max_tag=2**32)
-        return P2PHandle(self._core.p2p_async(*args, planned_epoch), (keep,))
-
     # -- shared state ---------------------------------------------------------------------------
-    def sync_shared_state(self, state: "_shared_state.SharedState",
-                          strategy: Union[str, "_shared_state.SyncStrategy"] = "enforce_popular") -> "_shared_state.SyncInfo":
+    def sync_shared_state(self, state: SharedState,
+                          strategy: Union[str, SyncStrategy] = "enforce_popular") -> SyncInfo:
         """Makes state bitwise identical across the group at revision previous + 1; every member calls it.
 
         Each entry's 64-bit content hash is compared; the most popular content at the expected revision
@@ -382,5 +421,5 @@ class Communicator:
             MismatchError: members hold different key sets, dtypes or shapes (the message names the key).
             PeerLostError, TimeoutError, MasterLostError, EvictedError, ClosedError, InvalidArgumentError.
         """
-        with self._state_lock:
-            return _shared_state.sync(self, state, strategy)
+        with self._internals.state_lock:
+            return sync(self, self._internals, state, strategy)

@@ -4,12 +4,17 @@ Every failure surfaces as a subclass of :class:`PCCLError`, one class per thing 
 something about: retry (PeerLostError), wait or raise a timeout (TimeoutError), restart the master
 (MasterLostError), rejoin (EvictedError), fix the program (InvalidArgumentError, MismatchError, SharedStateError),
 fix the deployment (AuthenticationError: the job secret differs between this process and the master).
-The C++ core raises these through explicit error codes, never by parsing messages.
+The C++ core raises these through explicit error codes, never by parsing messages: ``ERROR_CLASSES``
+below is the one table from a core ``ErrorCode`` to a class (the trap: a code missing from it would
+raise the bare PCCLError, so every code the core defines is listed).
 """
 
 from __future__ import annotations
 
 import builtins
+from typing import Dict, Type
+
+from ._core import ErrorCode
 
 
 class PCCLError(Exception):
@@ -66,7 +71,25 @@ class ClosedError(PCCLError):
     """The communicator was closed."""
 
 
+#: The exception the core's bindings raise for each error code (csrc/bindings/module.cpp looks it up here).
+#: A protocol violation or an operating-system failure surfaces as the base class: neither has a remedy
+#: of its own beyond what the message says.
+ERROR_CLASSES: Dict[ErrorCode, Type[PCCLError]] = {
+    ErrorCode.INVALID_ARGUMENT: InvalidArgumentError,
+    ErrorCode.PEER_LOST: PeerLostError,
+    ErrorCode.TIMEOUT: TimeoutError,
+    ErrorCode.MASTER_LOST: MasterLostError,
+    ErrorCode.EVICTED: EvictedError,
+    ErrorCode.MISMATCH: MismatchError,
+    ErrorCode.CLOSED: ClosedError,
+    ErrorCode.PROTOCOL: PCCLError,
+    ErrorCode.IO: PCCLError,
+    ErrorCode.AUTH: AuthenticationError,
+}
+
+
 __all__ = [
+    "ERROR_CLASSES",
     "PCCLError",
     "InvalidArgumentError",
     "PeerLostError",

@@ -11,13 +11,14 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Union
 
 from . import _core
+from ._core import LogLevel
 from .errors import InvalidArgumentError
 from .secret import ENCRYPTIONS, ENV_ENCRYPTION, ENV_SECRET, SecretLike, read_secret_file, resolve_encryption, resolve_secret
 
-_LEVELS = {"debug": 0, "info": 1, "warn": 2, "error": 3, "off": 4}
+_LEVELS: Dict[str, LogLevel] = {level.name.lower(): level for level in LogLevel}
 
 
 def set_log_level(level: str) -> None:
@@ -26,18 +27,16 @@ def set_log_level(level: str) -> None:
 
 
 # Resource limits against connections that never join (floods, slowloris) and oversized groups; the
-# defaults and their reasons are in docs/security.md ("Resource limits").
-DEFAULT_LIMITS = {
-    "handshake_timeout": 5.0,
-    "max_unauthenticated": 512,
-    "max_unauthenticated_per_source": 64,
-    "max_preauth_bytes": 16 << 20,
-    "max_pending_per_group": 1024,
-    "max_group_size": 4096,
-}
+# defaults (the core's, csrc/coordinator/master.hpp) and their reasons are in docs/security.md
+# ("Resource limits").
+_LIMIT_NAMES = ("handshake_timeout", "max_unauthenticated", "max_unauthenticated_per_source", "max_preauth_bytes",
+                "max_pending_per_group", "max_group_size")
+_DEFAULTS = _core.MasterLimits()
+DEFAULT_LIMITS: Dict[str, Union[int, float]] = {name: getattr(_DEFAULTS, name) for name in _LIMIT_NAMES}
 
 
-def _check_limits(limits: dict) -> dict:
+def _check_limits(limits: Dict[str, Union[int, float, None]]) -> _core.MasterLimits:
+    """The given limits (None: the default) checked, as the core's options struct."""
     out = dict(DEFAULT_LIMITS)
     for name, value in limits.items():
         if value is None:
@@ -51,7 +50,11 @@ def _check_limits(limits: dict) -> dict:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < top:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
             out[name] = int(value)
-    return out
+    return _core.MasterLimits(
+        handshake_timeout=float(out["handshake_timeout"]), max_unauthenticated=int(out["max_unauthenticated"]),
+        max_unauthenticated_per_source=int(out["max_unauthenticated_per_source"]),
+        max_preauth_bytes=int(out["max_preauth_bytes"]), max_pending_per_group=int(out["max_pending_per_group"]),
+        max_group_size=int(out["max_group_size"]))
 
 
 class Master:
@@ -97,7 +100,7 @@ class Master:
         })
         key = resolve_secret(secret)
         self.encrypted = resolve_encryption(encryption, key)
-        self._core = _core.Master(host, int(port), key, encrypt=self.encrypted, **limits)
+        self._core = _core.Master(host, int(port), secret=key, encrypt=self.encrypted, limits=limits)
         self._started = False
 
     def start(self) -> "Master":

@@ -1,27 +1,17 @@
-"""Small value types of the public API: reduction operators, algorithms, and per-op results."""
+"""Small value types of the public API: reduction operators, algorithms, element types, wire formats,
+and per-op results.
+
+The enums are the C++ core's own (csrc/kernels/dtype.hpp, codec.hpp, collectives/collective.hpp),
+exported by the bindings as ``enum.IntEnum`` classes: their values are the codes the core uses, so
+nothing here repeats a number. The trap this avoids: a second, hand-copied table drifting from the
+core's. ReduceInfo is built from the core's result struct in exactly one place, ``ReduceInfo.from_core``.
+"""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
-
-class ReduceOp(enum.IntEnum):
-    """Element-wise reduction. AVG on integers truncates toward zero after summing."""
-
-    SUM = 0
-    AVG = 1
-    PROD = 2
-    MIN = 3
-    MAX = 4
-
-
-class Algorithm(enum.IntEnum):
-    """All-reduce algorithm. AUTO picks STAR up to 64 KiB and RING above."""
-
-    AUTO = 0
-    RING = 1
-    STAR = 2
+from ._core import Algorithm, DataType, Quantization, ReduceOp, ReduceResult
 
 
 @dataclass(frozen=True)
@@ -41,5 +31,11 @@ class ReduceInfo:
     peers_pending: bool = False
 
     @classmethod
-    def from_core(cls, d: dict) -> "ReduceInfo":
-        return cls(**d)
+    def from_core(cls, r: ReduceResult) -> "ReduceInfo":
+        """The one conversion from the core's result (a bound struct) to the public dataclass."""
+        return cls(world_size=r.world_size, tx_bytes=r.tx_bytes, rx_bytes=r.rx_bytes, algorithm=r.algorithm,
+                   epoch=r.epoch, retries=r.retries, rank=r.rank, swapped_bytes=r.swapped_bytes,
+                   peers_pending=r.peers_pending)
+
+
+__all__ = ["Algorithm", "DataType", "Quantization", "ReduceInfo", "ReduceOp"]

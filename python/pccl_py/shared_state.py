@@ -27,15 +27,18 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
 from . import _core
 from .buffers import Buffer, describe
 from .errors import InvalidArgumentError, MismatchError, PeerLostError, SharedStateError
-from .ops import ReduceOp
+from .ops import ReduceInfo, ReduceOp
 from .tags import STATE_TAG
+
+if TYPE_CHECKING:  # communicator imports this module at run time
+    from .communicator import Communicator, Internals, P2PHandle
 
 _NO_REVISION = (1 << 64) - 1
 _HEADER_WORDS = 9  # valid, epoch, rank, revision, last revision, strategy, table size, table digest, peer id
@@ -197,7 +200,7 @@ class SyncPlan:
     """The outcome of the election, identical on every member."""
 
     revision: int = 0
-    group_error: Optional[Tuple[type, str]] = None
+    group_error: Optional[Tuple[Type[Exception], str]] = None
     peer_errors: Dict[int, str] = field(default_factory=dict)  # rank -> why that peer fails
     target_hash: Dict[str, int] = field(default_factory=dict)
     receives: Dict[int, List[str]] = field(default_factory=dict)  # rank -> keys it receives
@@ -367,13 +370,13 @@ class _Traffic:
     def __init__(self) -> None:
         self.tx = self.rx = 0
 
-    def add(self, info: Any) -> Any:
+    def add(self, info: ReduceInfo) -> ReduceInfo:
         self.tx += info.tx_bytes
         self.rx += info.rx_bytes
         return info
 
 
-def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes,
+def _gather_tables(comm: Communicator, lib: Internals, header_row: np.ndarray[Any, Any], blob: bytes,
                    traffic: _Traffic) -> Tuple[List[PeerMeta], int, int]:
     world = comm.world_size
     header = np.zeros((world, _HEADER_WORDS), dtype=np.uint64)
@@ -383,7 +386,7 @@ def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes,
     header[rank] = header_row
     header[rank, 1] = comm.epoch
     header[rank, 2] = rank
-    info = traffic.add(comm._internal_all_reduce(header, ReduceOp.SUM, STATE_TAG))
+    info = traffic.add(lib.all_reduce(header, op=ReduceOp.SUM, tag=STATE_TAG))
     if info.world_size != world or info.rank != rank:
         raise _Restart()
     for i in range(world):
@@ -399,7 +402,7 @@ def _gather_tables(comm: Any, header_row: np.ndarray, blob: bytes,
         width = int(header[:, 6].max())
         blobs = np.zeros((world, width), dtype=np.uint8)
         blobs[rank, :len(blob)] = np.frombuffer(blob, dtype=np.uint8)
-        info2 = traffic.add(comm._internal_all_reduce(blobs, ReduceOp.SUM, STATE_TAG))
+        info2 = traffic.add(lib.all_reduce(blobs, op=ReduceOp.SUM, tag=STATE_TAG))
         if info2.epoch != info.epoch:
             raise _Restart()
         tables = []
@@ -453,8 +456,10 @@ def _check_announced_size(k: KeyMeta, rank: int, peer_id: int) -> None:
             "or hostile, so this sync is refused on every peer and your tensors are unchanged")
 
 
-def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = SyncStrategy.ENFORCE_POPULAR) -> SyncInfo:
-    """Implementation of Communicator.sync_shared_state (see there)."""
+def sync(comm: Communicator, lib: Internals, state: SharedState,
+         strategy: Union[SyncStrategy, str] = SyncStrategy.ENFORCE_POPULAR) -> SyncInfo:
+    """Implementation of Communicator.sync_shared_state (see there); lib is comm's package-internal
+    interface (ops on STATE_TAG, the last synced revision). The caller holds lib.state_lock."""
     if not isinstance(state, SharedState):
         raise InvalidArgumentError(f"state must be a pccl_py.SharedState, not {type(state).__name__}")
     strategy = SyncStrategy.parse(strategy)
@@ -466,8 +471,8 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
                 raise InvalidArgumentError(
                     f"shared state entry {n!r} is read-only, but strategy {strategy.value} may have to write into it; "
                     "pass writeable arrays or use strategy send_only")
-    comm._core.check_usable("sync_shared_state")
-    last: Optional[int] = getattr(comm, "_state_revision", None)
+    lib.check_usable("sync_shared_state")
+    last = lib.state_revision
     hashes = _hash_buffers(bufs)
     blob = json.dumps({"keys": [
         [n, bufs[n].dtype, list(_shape(state.entries[n].tensor)), bufs[n].nbytes, f"{hashes[n]:016x}",
@@ -484,7 +489,7 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
     traffic = _Traffic()
     for attempt in range(_MAX_ATTEMPTS):
         try:
-            peers, epoch, rank = _gather_tables(comm, row, blob, traffic)
+            peers, epoch, rank = _gather_tables(comm, lib, row, blob, traffic)
         except restart as exc:
             last_error = exc
             continue
@@ -494,7 +499,7 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
             raise cls(msg)
         seen_revision = plan.revision
         try:
-            received, t, r, rounds = _transfer(comm, plan, peers, epoch, rank, bufs, traffic)
+            received, t, r, rounds = _transfer(lib, plan, peers, epoch, rank, bufs, traffic)
         except restart as exc:
             failovers += isinstance(exc, PeerLostError)
             last_error = exc
@@ -510,7 +515,7 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
         for name, staging in received.items():
             _core.copy_bytes(bufs[name].ptr, staging.ctypes.data, bufs[name].nbytes)
         state.revision = plan.revision
-        comm._state_revision = plan.revision
+        lib.state_revision = plan.revision
         return SyncInfo(revision=plan.revision, tx_bytes=tx, rx_bytes=rx, received_keys=sorted(received),
                         retries=attempt, rounds=rounds, failovers=failovers,
                         total_tx_bytes=traffic.tx, total_rx_bytes=traffic.rx)
@@ -521,8 +526,8 @@ def sync(comm: Any, state: SharedState, strategy: Union[SyncStrategy, str] = Syn
 _WINDOW = 16  # point-to-point ops of one sync in flight at once on a peer (each waits on a thread)
 
 
-def _move(comm: Any, transfers: Sequence[TransferPlan], rank: int, epoch: int, bufs: Mapping[str, Buffer],
-          staging: Mapping[str, np.ndarray]) -> Tuple[int, int]:
+def _move(lib: Internals, transfers: Sequence[TransferPlan], rank: int, epoch: int, bufs: Mapping[str, Buffer],
+          staging: Mapping[str, np.ndarray[Any, Any]]) -> Tuple[int, int]:
     """This peer's part of one round: a send or recv (Communicator's point-to-point, on STATE_TAG, only
     valid in `epoch`) per transfer it takes part in, issued in plan order, at most _WINDOW at a time.
 
@@ -530,11 +535,11 @@ def _move(comm: Any, transfers: Sequence[TransferPlan], rank: int, epoch: int, b
     earliest unfinished transfer is always in both its parties' windows: the window cannot deadlock. A
     failure (a lost peer, a membership change) fails the remaining ops at once; the first error is
     raised once none is in flight any more. Returns (tx bytes, rx bytes)."""
-    pending: List[Any] = []
+    pending: List[P2PHandle] = []
     error: Optional[BaseException] = None
     tx = rx = 0
 
-    def settle(handle: Any) -> None:
+    def settle(handle: P2PHandle) -> None:
         nonlocal error, tx, rx
         try:
             info = handle.wait()
@@ -554,10 +559,10 @@ def _move(comm: Any, transfers: Sequence[TransferPlan], rank: int, epoch: int, b
             if t.src == rank:
                 region = np.ctypeslib.as_array((ctypes.c_uint8 * t.nbytes).from_address(bufs[t.key].ptr + t.offset)) \
                     if t.nbytes else np.empty(0, np.uint8)
-                pending.append(comm._internal_p2p_async(True, region, t.dst, STATE_TAG, epoch))
+                pending.append(lib.p2p_async(True, region, t.dst, tag=STATE_TAG, planned_epoch=epoch))
             else:
-                pending.append(comm._internal_p2p_async(False, staging[t.key][t.offset:t.offset + t.nbytes], t.src,
-                                                        STATE_TAG, epoch))
+                pending.append(lib.p2p_async(False, staging[t.key][t.offset:t.offset + t.nbytes], t.src,
+                                             tag=STATE_TAG, planned_epoch=epoch))
         except Exception as exc:  # noqa: BLE001 - raised once the ops in flight ended
             error = exc
     for h in pending:
@@ -571,8 +576,9 @@ def _shape(tensor: Any) -> Tuple[int, ...]:
     return tuple(int(d) for d in tensor.shape)
 
 
-def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, rank: int,
-              bufs: Mapping[str, Buffer], traffic: _Traffic) -> Tuple[Optional[Dict[str, np.ndarray]], int, int, int]:
+def _transfer(lib: Internals, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, rank: int,
+              bufs: Mapping[str, Buffer],
+              traffic: _Traffic) -> Tuple[Optional[Dict[str, np.ndarray[Any, Any]]], int, int, int]:
     """Runs the exchange rounds. Returns (verified staging buffers of this peer, or None if some entry
     could not be verified; tx bytes; rx bytes; rounds run)."""
     sizes = {k.name: k.nbytes for k in peers[0].keys}
@@ -583,7 +589,7 @@ def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, 
                 f"entry has {bufs[name].nbytes}; nothing was received and your tensors are unchanged")
     mine = plan.receives.get(rank, [])
     staging = {name: np.empty(sizes[name], dtype=np.uint8) for name in mine}
-    verified: Dict[str, np.ndarray] = {}
+    verified: Dict[str, np.ndarray[Any, Any]] = {}
     failed: Dict[int, List[str]] = {}
     tx = rx = rounds = 0
     max_rounds = 1 + max((len(s) for s in plan.sources.values()), default=0)
@@ -592,7 +598,7 @@ def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, 
         if not transfers:
             break
         rounds += 1
-        t_bytes, r_bytes = _move(comm, transfers, rank, epoch, bufs, staging)
+        t_bytes, r_bytes = _move(lib, transfers, rank, epoch, bufs, staging)
         tx += t_bytes
         rx += r_bytes
         traffic.tx += t_bytes
@@ -608,7 +614,7 @@ def _transfer(comm: Any, plan: SyncPlan, peers: Sequence[PeerMeta], epoch: int, 
         table = np.zeros((len(peers), len(keys)), dtype=np.uint8)
         for name in bad:
             table[rank, keys.index(name)] = 1
-        info = traffic.add(comm._internal_all_reduce(table, ReduceOp.MAX, STATE_TAG))
+        info = traffic.add(lib.all_reduce(table, op=ReduceOp.MAX, tag=STATE_TAG))
         if info.epoch != epoch:
             raise _Restart()
         failed = {r: [keys[j] for j in np.flatnonzero(table[r])] for r in range(len(peers)) if table[r].any()}

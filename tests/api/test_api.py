@@ -422,3 +422,90 @@ def test_async_error_is_raised_by_wait(master):
         np.testing.assert_array_equal(x, _x())
     finally:
         run_concurrently(a.close, b.close)
+
+
+# -- the typed boundary to the core (csrc/bindings/module.cpp, pccl_py/_core.pyi) ------------------
+
+
+def test_enums_are_the_cores_int_enums():
+    """ReduceOp and Algorithm are the core's own IntEnums (one definition, in C++), with the names and
+    values users had; the dtype, quantization and log level tables are derived from the core's enums."""
+    import enum
+
+    from pccl_py import _core
+    from pccl_py.buffers import DTYPE_CODES
+    from pccl_py.master import _LEVELS
+
+    assert pccl_py.ReduceOp is _core.ReduceOp and issubclass(pccl_py.ReduceOp, enum.IntEnum)
+    assert {m.name: int(m) for m in pccl_py.ReduceOp} == {"SUM": 0, "AVG": 1, "PROD": 2, "MIN": 3, "MAX": 4}
+    assert pccl_py.ReduceOp["MAX"] == 4 and pccl_py.ReduceOp(1) is pccl_py.ReduceOp.AVG
+    with pytest.raises(ValueError):
+        pccl_py.ReduceOp(5)
+    assert pccl_py.Algorithm is _core.Algorithm
+    assert {m.name: int(m) for m in pccl_py.Algorithm} == {"AUTO": 0, "RING": 1, "STAR": 2}
+    assert list(DTYPE_CODES) == ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                                 "float16", "bfloat16", "float32", "float64"]
+    assert [int(c) for c in DTYPE_CODES.values()] == list(range(12))
+    assert list(_LEVELS) == ["debug", "info", "warn", "error", "off"]
+    # The core takes members of its enums only: a bare code is refused before anything happens.
+    with pytest.raises(TypeError):
+        _core.set_log_level(2)
+
+
+def test_every_core_error_code_has_an_exception_class():
+    """The bindings raise the class ERROR_CLASSES names for an error's code; every code has one."""
+    from pccl_py import _core
+    from pccl_py.errors import ERROR_CLASSES
+
+    assert set(ERROR_CLASSES) == set(_core.ErrorCode)
+    assert all(issubclass(cls, pccl_py.PCCLError) for cls in ERROR_CLASSES.values())
+    assert ERROR_CLASSES[_core.ErrorCode.PEER_LOST] is pccl_py.PeerLostError
+    assert ERROR_CLASSES[_core.ErrorCode.AUTH] is pccl_py.AuthenticationError
+    # Through the translator: a code the core raises arrives as its class.
+    x = np.ones(8, dtype=np.float32)
+    with pytest.raises(pccl_py.InvalidArgumentError, match="float32 and float64"):
+        _core.quantize_roundtrip(_core.Quantization.Q8, _core.DataType.INT32, x.ctypes.data, x.ctypes.data, 8)
+
+
+def test_core_options_defaults_match_the_python_api():
+    """The core's option structs and the Python signatures promise the same defaults."""
+    import inspect
+
+    from pccl_py import _core
+    from pccl_py.master import DEFAULT_LIMITS
+
+    opts = _core.CommunicatorOptions(master_address="127.0.0.1:1")
+    params = inspect.signature(pccl_py.Communicator).parameters
+    for py_name, core_name in (("peer_group", "group"), ("connections_per_peer", "connections"),
+                               ("timeout", "timeout"), ("heartbeat_timeout", "heartbeat_timeout"),
+                               ("join_timeout", "join_timeout"), ("listen_host", "listen_host"),
+                               ("listen_port", "listen_port"), ("master_grace", "master_grace"),
+                               ("swap_result_pages", "swap_result_pages")):
+        assert params[py_name].default == getattr(opts, core_name), py_name
+    assert DEFAULT_LIMITS == {"handshake_timeout": 5.0, "max_unauthenticated": 512,
+                              "max_unauthenticated_per_source": 64, "max_preauth_bytes": 16 << 20,
+                              "max_pending_per_group": 1024, "max_group_size": 4096}
+    with pytest.raises(TypeError):
+        _core.CommunicatorOptions("127.0.0.1:1")  # keywords only
+
+
+def test_installed_stub_names_every_core_enum_member_with_its_value():
+    """The shipped _core.pyi (installed beside py.typed) gives every enum exactly the core's members and
+    values (mypy.stubtest in CI catches missing names, not a wrong or extra enum value)."""
+    import ast
+    import enum
+    from pathlib import Path
+
+    from pccl_py import _core
+
+    pkg = Path(pccl_py.__file__).parent
+    assert (pkg / "py.typed").is_file()
+    stub = ast.parse((pkg / "_core.pyi").read_text())
+    declared = {}
+    for node in stub.body:
+        if isinstance(node, ast.ClassDef) and any(getattr(b, "attr", None) == "IntEnum" for b in node.bases):
+            declared[node.name] = {s.targets[0].id: s.value.value for s in node.body
+                                   if isinstance(s, ast.Assign) and isinstance(s.value, ast.Constant)}
+    runtime = {name: {m.name: int(m) for m in cls} for name, cls in vars(_core).items()
+               if isinstance(cls, type) and issubclass(cls, enum.IntEnum)}
+    assert runtime and declared == runtime

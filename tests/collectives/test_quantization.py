@@ -512,7 +512,8 @@ def test_quantize_roundtrip_q4_properties() -> None:
 
 def test_quantize_roundtrip_rejects_bad_arguments() -> None:
     """Unknown formats, other dtypes and mismatched outputs raise InvalidArgumentError (the error names
-    q4 among the formats); the core binding validates its codes itself."""
+    q4 among the formats); the core binding takes only its own enums (TypeError for a bare int code) and
+    refuses a format the element type does not support itself."""
     x = np.ones(100, dtype=np.float32)
     with pytest.raises(pccl_py.InvalidArgumentError, match="'q4'"):
         pccl_py.quantize_roundtrip(x, "q3")
@@ -523,13 +524,17 @@ def test_quantize_roundtrip_rejects_bad_arguments() -> None:
     with pytest.raises(pccl_py.InvalidArgumentError):
         pccl_py.quantize_roundtrip(x, "q4", out=np.ones(100, dtype=np.float64))
     from pccl_py import _core
-    from pccl_py.buffers import DTYPE_CODES
+    from pccl_py.ops import DataType, Quantization
     y = np.empty_like(x)
-    for quant, dtype in ((5, DTYPE_CODES["float32"]), (-1, DTYPE_CODES["float32"]), (4, DTYPE_CODES["int32"]),
-                         (4, 12), (4, -1)):
-        with pytest.raises(pccl_py.InvalidArgumentError):
+    # The binding takes the core's enums only: a bare code (valid or not) is refused before any work...
+    for quant, dtype in ((5, DataType.FLOAT32), (-1, DataType.FLOAT32), (4, DataType.FLOAT32), (Quantization.Q4, 12),
+                         (Quantization.Q4, -1), (Quantization.Q4, 10)):
+        with pytest.raises(TypeError):
             _core.quantize_roundtrip(quant, dtype, x.ctypes.data, y.ctypes.data, x.size)
-    _core.quantize_roundtrip(4, DTYPE_CODES["float32"], x.ctypes.data, y.ctypes.data, x.size)
+    # ...and a format the element type does not support is refused by the core itself.
+    with pytest.raises(pccl_py.InvalidArgumentError, match="float32 and float64"):
+        _core.quantize_roundtrip(Quantization.Q4, DataType.INT32, x.ctypes.data, y.ctypes.data, x.size)
+    _core.quantize_roundtrip(Quantization.Q4, DataType.FLOAT32, x.ctypes.data, y.ctypes.data, x.size)
     assert np.all(y == 1.0)
     assert "quantize_roundtrip" in pccl_py.__all__
 

@@ -21,8 +21,6 @@ import threading
 import time
 from typing import Optional
 
-import pytest
-
 from harness import MasterProcess, _env
 from support import HELPERS_DIR, wait_until
 

@@ -132,7 +132,7 @@ class OuterLoop:
         if result.contributors > 0:
             self._outer.apply(frag, average_into(frag, result))
 
-    def _boundary(self, pending: bool) -> tuple:
+    def _boundary(self, pending: bool) -> tuple[int, int, int, float]:
         """Admission and the shared-state sync, now: (joined, tx, rx, seconds)."""
         t0 = time.monotonic()
         self._snapshot.copy_(self._counters)
@@ -209,7 +209,7 @@ class OuterLoop:
         self.close()
 
     @staticmethod
-    def _report(outer_step: int, result: ReduceResult, *, boundary: tuple, blocked: float,
+    def _report(outer_step: int, result: ReduceResult, *, boundary: tuple[int, int, int, float], blocked: float,
                 fragment: Optional[int] = None) -> OuterStepReport:
         joined, tx, rx, seconds = boundary
         return OuterStepReport(

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
+from ..communicator import Communicator, internals
 from ..errors import InvalidArgumentError, PeerLostError, TimeoutError
 from ..ops import ReduceOp
 from ..shared_state import SharedState, SyncInfo
@@ -35,7 +36,7 @@ log = logging.getLogger("pccl_py.diloco")
 _SYNC_ATTEMPTS = 16
 
 
-def admit_until(comm: Any, world_size: int, timeout: float = 600.0) -> int:
+def admit_until(comm: Communicator, world_size: int, timeout: float = 600.0) -> int:
     """Founders only: admit waiting peers until the group has `world_size` members.
 
     Every peer started together for the first run calls this after ``connect()`` and before creating
@@ -57,7 +58,7 @@ def admit_until(comm: Any, world_size: int, timeout: float = 600.0) -> int:
                                f"after {timeout:.0f} s; start the missing peers or lower world_size")
         flag[0] = 1 if comm.are_peers_pending() else 0
         try:
-            info = comm._internal_all_reduce(flag, ReduceOp.MAX, DILOCO_CONTROL_TAG)
+            info = internals(comm).all_reduce(flag, op=ReduceOp.MAX, tag=DILOCO_CONTROL_TAG)
         except PeerLostError:
             continue
         if flag[0]:
@@ -75,7 +76,7 @@ class GroupState:
     """The shared state of a DiLoCo run: global parameters, outer momentum, and the counters
     (outer step, inner step), synced once per outer step."""
 
-    def __init__(self, comm: Any, entries: Dict[str, torch.Tensor], counters: torch.Tensor) -> None:
+    def __init__(self, comm: Communicator, entries: Dict[str, torch.Tensor], counters: torch.Tensor) -> None:
         entries = dict(entries)
         entries["counters"] = counters
         self._comm = comm

@@ -34,8 +34,9 @@ from typing import Any, Callable, List, Optional
 import numpy as np
 import torch
 
+from ..communicator import AllReduceHandle, Communicator, internals
 from ..errors import PeerLostError, TimeoutError
-from ..ops import ReduceOp
+from ..ops import ReduceInfo, ReduceOp
 from ..tags import DILOCO_CONTROL_TAG, DILOCO_DATA_TAG
 from .params import Fragment
 
@@ -78,7 +79,7 @@ class PseudoGradientReduce:
 
     Don't touch frag.send or frag.recv until wait() returned."""
 
-    def __init__(self, comm: Any, frag: Fragment, weight: int, quantization: Optional[str],
+    def __init__(self, comm: Communicator, frag: Fragment, weight: int, quantization: Optional[str],
                  before: Optional[Callable[[], Any]] = None) -> None:
         self._comm = comm
         self._before = before
@@ -98,13 +99,15 @@ class PseudoGradientReduce:
         assert self._result is not None
         return self._result
 
-    def _attempt(self, ctrl_in: np.ndarray, ctrl_out: np.ndarray) -> tuple:
+    def _attempt(self, ctrl_in: np.ndarray[Any, Any], ctrl_out: np.ndarray[Any, Any]) -> tuple[ReduceInfo, ReduceInfo]:
         comm = self._comm
+        lib = internals(comm)
         ctrl_in[1] = 1 if comm.are_peers_pending() else 0
-        handles = [comm._internal_all_reduce_async(ctrl_in, op=ReduceOp.SUM, tag=DILOCO_CONTROL_TAG, out=ctrl_out),
-                   comm._internal_all_reduce_async(self._frag.send, op=ReduceOp.SUM, tag=DILOCO_DATA_TAG,
-                                                   out=self._frag.recv, quantization=self._quant)]
-        infos: List[Any] = []
+        handles: List[AllReduceHandle] = [
+            lib.all_reduce_async(ctrl_in, op=ReduceOp.SUM, tag=DILOCO_CONTROL_TAG, out=ctrl_out),
+            lib.all_reduce_async(self._frag.send, op=ReduceOp.SUM, tag=DILOCO_DATA_TAG, out=self._frag.recv,
+                                 quantization=self._quant)]
+        infos: List[ReduceInfo] = []
         error: Optional[BaseException] = None
         for h in handles:  # wait for both, so that neither buffer is still in use when we retry
             try:

@@ -84,7 +84,7 @@ class StreamingDiLoCo(OuterLoop):
             self._check_repair(result)
             self._apply(frag, result)
             frag.mix_into_model(frag.global_, keep=self.mixing)
-            boundary: tuple = (0, 0, 0, 0.0)
+            boundary: tuple[int, int, int, float] = (0, 0, 0, 0.0)
             if f == len(self.fragments) - 1:
                 self._counters[_OUTER] += 1
                 if result.pending:

@@ -72,7 +72,8 @@ def contribution(index: int, seed: int, step: int) -> np.ndarray:
 
 def expected_result(members: Sequence[int], seed: int, step: int) -> np.ndarray:
     """The exact sum of the members' inputs (integers below 2**53: the same bits in any order)."""
-    return np.sum([contribution(i, seed, step) for i in members], axis=0)
+    total: np.ndarray = np.sum([contribution(i, seed, step) for i in members], axis=0)
+    return total
 
 
 def decode_mask(result: np.ndarray, seed: int, step: int) -> Optional[int]:
@@ -149,7 +150,7 @@ def peer_main(index: int, master_address: str, conn: Connection, seed: int, log_
     def reply(event: str, **fields: Any) -> None:
         conn.send({"event": event, "index": index, **fields})
 
-    def state() -> dict:
+    def state() -> dict[str, Any]:
         assert comm is not None
         return {"peer_id": comm.peer_id, "rank": comm.rank, "world_size": comm.world_size, "epoch": comm.epoch}
 
@@ -230,7 +231,7 @@ class _Terminated(BaseException):
 @dataclass
 class PeerHandle:
     index: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen[str]
     conn: Connection
     peer_id: int = 0
 
@@ -280,7 +281,7 @@ class Demo:
         self.children = Children()
         self.members: list[int] = []             # indices the parent believes are members, sorted
         self.stats = Stats()
-        self.deadline = time.monotonic() + args.time_limit
+        self.deadline: float = time.monotonic() + args.time_limit
         rng = random.Random(args.seed)
         self.victim = rng.randrange(args.peers)
         self.kill_step = 1 + args.steps // 3
@@ -323,14 +324,14 @@ class Demo:
         except (OSError, EOFError) as exc:
             raise DemoError(f"{p.name} is gone (exit code {p.proc.poll()}): {exc}") from None
 
-    def recv(self, p: PeerHandle, event: str, timeout: float = REPLY_TIMEOUT) -> dict:
+    def recv(self, p: PeerHandle, event: str, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
         """The next message of the given event from p; fails on a timeout, an exit or an error reply."""
         end = time.monotonic() + self.remaining(timeout)
         while True:
             left = end - time.monotonic()
             try:
                 ready = left > 0 and p.conn.poll(left)
-                msg = p.conn.recv() if ready else None
+                msg: Optional[dict[str, Any]] = p.conn.recv() if ready else None
             except (OSError, EOFError):
                 raise DemoError(f"{p.name} exited unexpectedly (exit code {p.proc.poll()})") from None
             if msg is None:
@@ -406,10 +407,10 @@ class Demo:
         self.say(f"  all {a.peers} peers admitted; world size {len(self.members)}")
 
     # -- steps ------------------------------------------------------------------------------------
-    def collect_results(self, indices: list[int]) -> dict[int, dict]:
+    def collect_results(self, indices: list[int]) -> dict[int, dict[str, Any]]:
         return {i: self.recv(self.peers[i], "result", timeout=OP_TIMEOUT + 2 * HEARTBEAT_TIMEOUT + 5) for i in indices}
 
-    def attempt_with_kill(self, step: int) -> dict[int, dict]:
+    def attempt_with_kill(self, step: int) -> dict[int, dict[str, Any]]:
         """The survivors enter step's all_reduce without the victim, which is then SIGKILLed."""
         victim = self.peers[self.victim]
         survivors = [i for i in self.members if i != self.victim]
@@ -458,7 +459,7 @@ class Demo:
             self.say(f"           retrying step {step} among the survivors {_fmt(self.members)}")
         raise DemoError(f"step {step} failed {MAX_ATTEMPTS} times in a row")
 
-    def verify(self, step: int, attempt: int, replies: dict[int, dict]) -> None:
+    def verify(self, step: int, attempt: int, replies: dict[int, dict[str, Any]]) -> None:
         want_sha = sha256(expected_result(self.members, self.args.seed, step))
         problems = []
         for i, r in sorted(replies.items()):

@@ -33,7 +33,7 @@ from typing import IO, Any, Callable, Iterable, List, Optional, Sequence, Union
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def package_env(extra: Optional[dict] = None, base: Optional[dict] = None) -> dict:
+def package_env(extra: Optional[dict[str, Any]] = None, base: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """An environment for a child: ``base`` (default: ours) with this pccl_py first on PYTHONPATH."""
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(x for x in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if x)
@@ -41,7 +41,7 @@ def package_env(extra: Optional[dict] = None, base: Optional[dict] = None) -> di
     return env
 
 
-def _kill(proc: subprocess.Popen, sig: int) -> None:
+def _kill(proc: subprocess.Popen[str], sig: int) -> None:
     if proc.poll() is None:
         try:
             os.kill(proc.pid, sig)
@@ -49,7 +49,7 @@ def _kill(proc: subprocess.Popen, sig: int) -> None:
             pass
 
 
-def _reap(proc: subprocess.Popen, timeout: float) -> bool:
+def _reap(proc: subprocess.Popen[str], timeout: float) -> bool:
     try:
         proc.wait(timeout=timeout)
         return True
@@ -61,14 +61,14 @@ class MasterProcess:
     """``python -m pccl_py.master`` on a loopback port; ``restart()`` brings it back on the same port."""
 
     def __init__(self, log_path: Optional[str] = None, port: int = 0, args: Iterable[str] = (),
-                 env: Optional[dict] = None, host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
+                 env: Optional[dict[str, Any]] = None, host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
         self.log_path = log_path
         self.host = host
         self.port = port
         self.args = list(args)
         self.env = package_env(env)
         self.start_timeout = start_timeout
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional[subprocess.Popen[str]] = None
         self.address = ""
         self.start()
 
@@ -112,7 +112,7 @@ class MasterProcess:
             _reap(self.proc, 10.0)
 
 
-def _first_line(proc: subprocess.Popen, timeout: float) -> str:
+def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
     """The child's first stdout line, or "" if none came within timeout (a hung start stays bounded)."""
     out: "queue.Queue[str]" = queue.Queue()
     assert proc.stdout is not None
@@ -127,7 +127,7 @@ def _first_line(proc: subprocess.Popen, timeout: float) -> str:
 class Child:
     """One child process: JSON messages in on stdin, JSON reports out on stdout (see the module doc)."""
 
-    def __init__(self, argv: Sequence[str], *, key: Any, inbox: Optional["queue.Queue"] = None, env: Optional[dict] = None,
+    def __init__(self, argv: Sequence[str], *, key: Any, inbox: Optional["queue.Queue[Any]"] = None, env: Optional[dict[str, Any]] = None,
                  log_path: Optional[str] = None, stdin: bool = True, marker: str = "",
                  on_other_line: Optional[Callable[[str], None]] = None,
                  on_stderr_line: Optional[Callable[[str], None]] = None, pass_fds: Sequence[int] = (),
@@ -149,7 +149,7 @@ class Child:
                 pass_fds=tuple(pass_fds))
         finally:
             if err not in (None, subprocess.PIPE) and not isinstance(err, int):
-                err.close()  # type: ignore[union-attr]
+                err.close()
         self._inbox = inbox
         self._marker = marker
         self._on_other_line = on_other_line
@@ -189,7 +189,7 @@ class Child:
     def exit_code(self) -> Optional[int]:
         return self.proc.poll()
 
-    def send(self, message: dict) -> bool:
+    def send(self, message: dict[str, Any]) -> bool:
         """Writes one JSON line to the child's stdin; False if the child is gone."""
         try:
             assert self.proc.stdin is not None

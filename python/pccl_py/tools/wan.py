@@ -447,7 +447,10 @@ class WanRelay:
                 self._abort(conn)
                 continue
             self._update(conn)  # waits for EPOLLOUT on upstream: the connect's outcome
-            self._add_timer(time.monotonic() + _CONNECT_TIMEOUT, lambda now, c=conn: self._connect_timeout(c))
+
+            def expire(now: float, c: _Conn = conn) -> None:
+                self._connect_timeout(c)
+            self._add_timer(time.monotonic() + _CONNECT_TIMEOUT, expire)
 
     def _connect_timeout(self, conn: _Conn) -> None:
         if conn.connecting and not conn.closed:
@@ -522,14 +525,17 @@ class WanRelay:
                 self._abort(pipe.conn)
                 return
             n = len(data)
-            item = [None, data or None, pipe.flow.reserve(now, n)]
+            item: list[Any] = [None, data or None, pipe.flow.reserve(now, n)]
             pipe.queue.append(item)
             pipe.queued += n
             if pipe.link.rate == math.inf or (not pipe.waiting_link and item[2] <= now + _EARLY):
                 self._enter_link(pipe, item)  # its turn at the link is now
             else:
                 pipe.waiting_link += 1
-                self._add_timer(item[2], lambda now, p=pipe, it=item: self._link_turn(p, it))
+
+                def turn(now: float, p: _Pipe = pipe, it: list[Any] = item) -> None:
+                    self._link_turn(p, it)
+                self._add_timer(item[2], turn)
             if not data:
                 pipe.eof_read = True
                 break
@@ -558,7 +564,10 @@ class WanRelay:
         if pipe.timer_at is None and pipe.queue and not pipe.blocked and pipe.queue[0][0] is not None:
             at = pipe.queue[0][0]
             pipe.timer_at = at
-            self._add_timer(at, lambda now, p=pipe: self._on_timer(p, now))
+
+            def fire(now: float, p: _Pipe = pipe) -> None:
+                self._on_timer(p, now)
+            self._add_timer(at, fire)
 
     def _on_timer(self, pipe: _Pipe, now: float) -> None:
         pipe.timer_at = None

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from ..communicator import Communicator
 from . import objects, rendezvous, staging
-from .backend import DEFAULT_TAG_BASE, TAGS, ProcessGroupPCCL
+from .backend import DEFAULT_TAG_BASE, ProcessGroupPCCL
 from .work import PcclWork
 
 BACKEND_NAME = "pccl"

@@ -13,29 +13,35 @@ once, in the caller's thread, so their order is the same on every rank.
 
 Rank numbering: results follow torch's group ranks (``slot i`` of an all_gather is group rank i), never
 pccl's ring order, because the derived collectives take the caller's torch rank explicitly.
+
+Typing: torch's stubs give ``ProcessGroup``'s collectives as overloads of the Python-level call forms
+(``allreduce(tensor, op=...)`` and so on); torch's dispatcher calls a Python subclass with the list and
+options form only, which is what the methods here implement. Each override therefore carries a
+``# type: ignore[override]`` (or ``[assignment]`` for aliases), and nothing else in this module does.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import torch
 import torch.distributed as dist
 
 from .. import collectives
 from ..buffers import DTYPE_CODES
-from ..communicator import Communicator
+from ..communicator import Communicator, P2PHandle, internals
 from ..errors import ClosedError, InvalidArgumentError, PeerLostError
 from ..master import Master
 from ..ops import ReduceOp
+from ..tags import TORCH_TAG_BASE, TORCH_TAGS
 from . import objects
 from .errors import for_torch
 from .staging import Staged, empty_cpu, stage, stage_all
 from .work import Completer, PcclWork
 
-TAGS = 8
-DEFAULT_TAG_BASE = 1 << 20
+TAGS = TORCH_TAGS  # operation n of a group runs on tag_base + n % TAGS
+DEFAULT_TAG_BASE = TORCH_TAG_BASE
 
 _OPS = {
     dist.ReduceOp.SUM: ReduceOp.SUM,
@@ -67,7 +73,7 @@ class _Reduction:
         op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
         self.factor: Optional[float] = None
         if op == dist.ReduceOp.PREMUL_SUM:
-            factor = op.factor
+            factor = cast(Any, op).factor  # torch's stubs omit the factor a PREMUL_SUM op carries
             if isinstance(factor, torch.Tensor):
                 if factor.numel() != 1:
                     raise InvalidArgumentError(
@@ -136,7 +142,9 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     def __init__(self, comm: Communicator, rank: int, size: int, *, dynamic: bool = False, owns_comm: bool = True,
                  master: Optional[Master] = None, tag_base: int = DEFAULT_TAG_BASE, name: str = "pccl",
                  timeout: Optional[float] = None, allow_object_collectives: bool = False) -> None:
-        super().__init__(rank, size)
+        # A Python ProcessGroup is built from (rank, size); torch's stubs list only the constructor
+        # that takes a store.
+        super().__init__(rank, size)  # type: ignore[call-arg]
         self._comm = comm
         self._allow_objects = allow_object_collectives
         self._rank = rank
@@ -181,7 +189,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         self._group_name = name
 
     @property
-    def group_name(self) -> str:
+    def group_name(self) -> str:  # type: ignore[override]
         return self._group_name
 
     def _set_group_desc(self, desc: str) -> None:
@@ -246,7 +254,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         return collectives.Pending([self._comm.all_reduce_async(x, op=pop, out=o, tag=tag)])
 
     # -- all_reduce --------------------------------------------------------------------------------
-    def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
+    def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:  # type: ignore[override]
         red = _Reduction(opts)
         staged = stage_all(tensors)
         red.check([s.flat for s in staged])
@@ -258,7 +266,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         return self.allreduce(tensors, opts)
 
     # -- broadcast ---------------------------------------------------------------------------------
-    def broadcast(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
+    def broadcast(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:  # type: ignore[override]
         root = opts.rootRank if opts is not None else 0
         staged = stage_all(tensors, read=True)
         tag, rank, _ = self._begin()
@@ -280,7 +288,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         self._check_gather(src.flat, out_flat, size)
         return collectives.all_gather_async(self._comm, src.flat, out_flat, tag=tag, rank=rank, world_size=size)
 
-    def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
+    def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],  # type: ignore[override]
                   opts: Any = None, what: str = "all_gather") -> PcclWork:
         size = self.getSize()
         if len(output_lists) != len(inputs):
@@ -310,7 +318,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     def all_gather_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> PcclWork:
         return self.all_gather_single_coalesced([output], [inp], opts)
 
-    _allgather_base = all_gather_single
+    _allgather_base = all_gather_single  # type: ignore[assignment]
 
     def all_gather_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                                     opts: Any = None) -> PcclWork:
@@ -324,7 +332,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
                    for out, src in zip(staged, srcs)]
         return self._submit(pending, list(outputs), lambda: _unstage_all(staged), "all_gather_into_tensor")
 
-    allgather_into_tensor_coalesced = all_gather_single_coalesced
+    allgather_into_tensor_coalesced = all_gather_single_coalesced  # type: ignore[assignment]
 
     def allgather_coalesced(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                             opts: Any = None) -> PcclWork:
@@ -374,14 +382,14 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         flats = [stage(i).flat for i in inputs]
         return self._reduce_scatter(staged, flats, red, "reduce_scatter_tensor", list(outputs))
 
-    reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
+    reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced  # type: ignore[assignment]
 
     def reduce_scatter_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> PcclWork:
         return self.reduce_scatter_single_coalesced([output], [inp], opts)
 
-    _reduce_scatter_base = reduce_scatter_single
+    _reduce_scatter_base = reduce_scatter_single  # type: ignore[assignment]
 
-    def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
+    def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],  # type: ignore[override]
                        opts: Any = None) -> PcclWork:
         red = _Reduction(opts)
         size = self.getSize()
@@ -393,7 +401,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         return self._reduce_scatter(staged, flats, red, "reduce_scatter", list(outputs))
 
     # -- rooted collectives, built on the above ------------------------------------------------------
-    def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:
+    def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> PcclWork:  # type: ignore[override]
         red = _Reduction(opts)
         root = opts.rootRank if opts is not None else 0
         staged = stage_all(tensors)
@@ -409,7 +417,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
     # gather, scatter and all_to_all are collectives (every rank issues them in the same order, so their
     # tag from _begin() names them), but each of their bytes travels once, sender to receiver, as a pccl
     # send/recv on that tag (see "point-to-point" below).
-    def gather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
+    def gather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],  # type: ignore[override]
                opts: Any = None) -> PcclWork:
         root = opts.rootRank if opts is not None else 0
         tag, rank, size = self._begin()
@@ -432,7 +440,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
             _unstage_all(staged)
         return self._submit([collectives.Pending(handles)], list(outs), after)
 
-    def scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
+    def scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],  # type: ignore[override]
                 opts: Any = None) -> PcclWork:
         root = opts.rootRank if opts is not None else 0
         tag, rank, size = self._begin()
@@ -503,7 +511,7 @@ class ProcessGroupPCCL(dist.ProcessGroup):
         pending = self._exchange_all(chunks(src.flat, ins, inp), chunks(dst.flat, outs, output), tag, rank, size)
         return self._submit([pending], [output], dst.unstage)
 
-    all_to_all_single = alltoall_base
+    all_to_all_single = alltoall_base  # type: ignore[assignment]
 
     def alltoall(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None) -> PcclWork:
         """all_to_all: inputs[j] goes to rank j and outputs[i] comes from rank i; each byte travels once."""
@@ -547,12 +555,12 @@ class ProcessGroupPCCL(dist.ProcessGroup):
                                 "Create a new group (or use wrap_communicator for dynamic membership)")
         return self._rank, self._size
 
-    def _p2p(self, send: bool, flat: torch.Tensor, peer: int, tag: int) -> Any:
+    def _p2p(self, send: bool, flat: torch.Tensor, peer: int, tag: int) -> P2PHandle:
         """A pccl send/recv of flat: in its own dtype where pccl has it (so a dtype mismatch is
         detected), else as its bytes (bool, complex and other dtypes travel unchanged)."""
         if str(flat.dtype).replace("torch.", "") not in DTYPE_CODES:
             flat = flat.view(torch.uint8)
-        return self._comm._internal_p2p_async(send, flat, peer, tag)
+        return internals(self._comm).p2p_async(send, flat, peer, tag=tag)
 
     def _user_p2p(self, send: bool, tensors: list[torch.Tensor], peer_rank: Any, tag: Any) -> PcclWork:
         what, role = ("send", "dst") if send else ("recv", "src")

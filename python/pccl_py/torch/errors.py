@@ -12,7 +12,7 @@ sent and are not backend failures: they pass through unchanged, as torch's own a
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Type, cast
 
 from torch.distributed import DistBackendError
 
@@ -22,12 +22,12 @@ _PCCL_CLASSES = (errors.PeerLostError, errors.TimeoutError, errors.MasterLostErr
                  errors.MismatchError, errors.SharedStateError, errors.ClosedError, errors.PCCLError)
 
 # One class per pccl error class, defined at module level under the same name (so they pickle).
-_TORCH_CLASSES: dict[type, type] = {}
+_TORCH_CLASSES: dict[Type[errors.PCCLError], Type[errors.PCCLError]] = {}
 for _cls in _PCCL_CLASSES:
-    _TORCH_CLASSES[_cls] = type(_cls.__name__, (_cls, DistBackendError),
+    _TORCH_CLASSES[_cls] = cast(Type[errors.PCCLError], type(_cls.__name__, (_cls, DistBackendError),
                                 {"__module__": __name__, "__qualname__": _cls.__name__,
                                  "__doc__": f"pccl_py.{_cls.__name__} raised by a torch Work; also a "
-                                            "torch.distributed.DistBackendError."})
+                                            "torch.distributed.DistBackendError."}))
     globals()[_cls.__name__] = _TORCH_CLASSES[_cls]
 
 TimeoutError = _TORCH_CLASSES[errors.TimeoutError]  # noqa: A001 - mirrors pccl_py.TimeoutError

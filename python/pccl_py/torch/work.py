@@ -36,7 +36,7 @@ class PcclWork(Work):
     def __init__(self, result: list[torch.Tensor]) -> None:
         super().__init__()
         self._result = result
-        self._future: torch.futures.Future = torch.futures.Future()
+        self._future: torch.futures.Future[list[torch.Tensor]] = torch.futures.Future()
         self._done = threading.Event()
         self._settled = False
         self._error: Optional[BaseException] = None
@@ -50,7 +50,9 @@ class PcclWork(Work):
         if error is None:
             self._future.set_result(self._result)
         else:
-            self._future.set_exception(error)
+            # torch annotates set_exception's argument with the future's result type (a stub defect:
+            # it takes an exception).
+            self._future.set_exception(error)  # type: ignore[arg-type]
         self._done.set()
 
     def wait(self, timeout: Union[timedelta, float, None] = None) -> bool:
@@ -83,7 +85,7 @@ class PcclWork(Work):
         self.wait()
         return self._result
 
-    def get_future(self) -> torch.futures.Future:
+    def get_future(self) -> torch.futures.Future[list[torch.Tensor]]:
         return self._future
 
     def synchronize(self) -> None:

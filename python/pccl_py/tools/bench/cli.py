@@ -209,7 +209,7 @@ def _local_ip_towards(host: str) -> str:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((host, 9))
-            return s.getsockname()[0]
+            return str(s.getsockname()[0])
     except OSError:
         return "127.0.0.1"
 
@@ -425,7 +425,7 @@ def run_local(args: argparse.Namespace, progress: _Progress) -> Dict[str, Any]:
                     argv += ["--tls-master", tls_master.address]
                 workers.spawn_worker(argv, env)
         results: Dict[int, Dict[str, Any]] = {}
-        finished: set = set()
+        finished: set[Any] = set()
         last = time.monotonic()
         while len(finished) < args.peers:
             try:
@@ -477,7 +477,7 @@ def _free_port(host: str) -> int:
     """A port that is free on host right now (the peer binds it moments later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _start_relay(args: argparse.Namespace, master: Any, workers: "_Workers", env: Dict[str, str],

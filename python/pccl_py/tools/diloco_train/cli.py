@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pccl_py.tools.wan import WanProfile
 
 DILOCO_ALGOS = ("diloco", "async", "streaming")
 MODEL_SIZES = ("default", "small", "tiny")  # model.SIZES; not imported from there, which needs torch
 
 
-def _wan(text: str):  # noqa: ANN202 - a WanProfile; pccl_py.tools.wan is pure Python and small
+def _wan(text: str) -> "WanProfile":  # pccl_py.tools.wan is pure Python and small
     from pccl_py.tools.wan import parse_wan  # noqa: PLC0415
 
     try:

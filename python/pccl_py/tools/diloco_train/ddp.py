@@ -43,7 +43,7 @@ ATTEMPTS = 16  # consecutive failures of one op (each a lost peer or a timeout) 
 class _Counted:
     """An AllReduceHandle whose wait() adds the op's bytes to a counter."""
 
-    def __init__(self, handle: Any, counter: "_ByteCounter") -> None:
+    def __init__(self, handle: pccl_py.AllReduceHandle, counter: "_ByteCounter") -> None:
         self._handle, self._counter = handle, counter
 
     def done(self) -> bool:
@@ -103,7 +103,7 @@ class ElasticDDP:
         self._counter = _ByteCounter(comm)
         self._pg: Any = None  # made after the first sync, and again after every admission (see _new_group)
         self._opts = dist.AllreduceOptions()
-        self._opts.reduceOp = dist.ReduceOp.AVG
+        self._opts.reduceOp = dist.ReduceOp(dist.ReduceOp.AVG)
         self._opt = inner_opt
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._flat = torch.zeros(sum(p.numel() for p in self._params) + 1)  # + the "someone is pending" flag

@@ -36,14 +36,14 @@ class Display:
         self.title = title
         self.quiet = mode == "none"
         self.live: Any = None
-        self.recent: deque = deque(maxlen=6)
+        self.recent: deque[Any] = deque(maxlen=6)
         self.last = 0.0
         if mode in ("auto", "rich") and (mode == "rich" or sys.stdout.isatty()):
             try:
                 from rich.live import Live  # noqa: PLC0415
             except ImportError:
-                Live = None
-            if Live is not None:
+                pass  # plain lines instead
+            else:
                 self.live = Live(refresh_per_second=4, transient=False)
                 self.live.start()
 

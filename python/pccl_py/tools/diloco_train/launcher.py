@@ -55,7 +55,7 @@ class PeerProc:
     index: int                 # order of start; slots are reused by newcomers
     slot: int
     role: str                  # "founder" or "newcomer"
-    proc: subprocess.Popen
+    proc: subprocess.Popen[str]
     started_t: float
     status: str = "starting"   # starting -> joining -> training -> done | killed | failed | cut
     joined_t: Optional[float] = None
@@ -68,11 +68,11 @@ class PeerProc:
     eval_loss: Optional[float] = None
     tx_bytes: int = 0
     longest_step_s: float = 0.0
-    eval_curve: list = field(default_factory=list)
-    outer_reports: list = field(default_factory=list)
-    final: dict = field(default_factory=dict)
+    eval_curve: list[Any] = field(default_factory=list)
+    outer_reports: list[Any] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
     error: str = ""
-    stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
+    stderr_tail: deque[Any] = field(default_factory=lambda: deque(maxlen=40))
     child: Optional[Child] = None  # the harness' handle on proc
 
     @property
@@ -86,10 +86,10 @@ class Run:
         self.display = display
         self.rng = random.Random(args.seed)
         self.t0 = time.monotonic()
-        self.events: "queue.Queue[tuple[int, Optional[dict]]]" = queue.Queue()  # None: that peer's output ended
+        self.events: "queue.Queue[tuple[int, Optional[dict[str, Any]]]]" = queue.Queue()  # None: that peer's output ended
         self.children = Children()
         self.peers: list[PeerProc] = []
-        self.churn_events: list[dict] = []
+        self.churn_events: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self.master: Any = None
         self.relay: Any = None
@@ -97,8 +97,8 @@ class Run:
         self.next_kill: Optional[float] = None
         self.first_joined: Optional[float] = None  # when training started (the stop margin needs the step rate)
         self.wall_seconds = 0.0
-        self.relay_stats: Optional[dict] = None  # --wan: what the relay carried
-        self.model_info: dict = {}  # the model's size and the corpus' digest, from the first peer that joined
+        self.relay_stats: Optional[dict[str, Any]] = None  # --wan: what the relay carried
+        self.model_info: dict[str, Any] = {}  # the model's size and the corpus' digest, from the first peer that joined
 
     # -- plumbing ------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -132,14 +132,14 @@ class Run:
         # The harness starts it in a session of its own: a Ctrl-C in the terminal reaches only the
         # launcher, which kills the peers.
         index = len(self.peers)
-        tail: deque = deque(maxlen=40)
+        tail: deque[Any] = deque(maxlen=40)
         child = self.children.spawn(argv, key=index, inbox=self.events, env=env, marker=MARK,
                                     on_stderr_line=lambda line: tail.append(line.rstrip()))
         p = PeerProc(index, slot, role, child.proc, self.now(), stderr_tail=tail, child=child)
         self.peers.append(p)
         return p
 
-    def tell(self, p: PeerProc, msg: dict) -> None:
+    def tell(self, p: PeerProc, msg: dict[str, Any]) -> None:
         assert p.child is not None
         p.child.send(msg)  # False if it died meanwhile; its end is reported by its stdout reader
 
@@ -149,7 +149,7 @@ class Run:
             self.problems.append(f"slot {p.slot} (pid {p.pid}) did not die after SIGKILL")
 
     # -- events from peers ---------------------------------------------------------------------------
-    def handle(self, p: PeerProc, ev: dict) -> None:
+    def handle(self, p: PeerProc, ev: dict[str, Any]) -> None:
         kind, t = ev.get("event"), self.now()
         if kind == "started":
             p.status = "joining" if p.status == "starting" else p.status
@@ -312,7 +312,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def execute(args: argparse.Namespace) -> tuple[dict, bool]:
+def execute(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     """Runs one training run; returns its record and whether it passed. Every child is reaped on the way out."""
     display = Display(args.progress, f"diloco_train --algo {args.algo}")
     run = Run(args, display)

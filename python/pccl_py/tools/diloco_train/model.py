@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from typing import Iterable, Tuple
+from typing import Any, Iterable, Tuple
 
 import torch
 import torch.nn as nn
@@ -55,7 +55,8 @@ class Block(nn.Module):
                    for z in self.qkv(self.ln1(x)).split(d, dim=2))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
         x = x + self.proj(y)
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+        out: torch.Tensor = x + self.out(F.gelu(self.fc(self.ln2(x))))
+        return out
 
 
 class CharTransformer(nn.Module):
@@ -73,7 +74,8 @@ class CharTransformer(nn.Module):
         h = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
         for block in self.blocks:
             h = block(h)
-        return self.head(self.ln(h))
+        logits: torch.Tensor = self.head(self.ln(h))
+        return logits
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the next character, in nats."""
@@ -86,7 +88,7 @@ def build_model(size: str, vocab_size: int, seed: int) -> CharTransformer:
     return CharTransformer(SIZES[size], vocab_size)
 
 
-def describe(model: CharTransformer) -> dict:
+def describe(model: CharTransformer) -> dict[str, Any]:
     return {**asdict(model.config), "vocab_size": model.vocab_size,
             "parameters": sum(p.numel() for p in model.parameters())}
 

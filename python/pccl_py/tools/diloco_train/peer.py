@@ -103,7 +103,8 @@ def make_algorithm(args: argparse.Namespace, model: Any, inner_opt: Any, comm: A
 
 def learning_rate(args: argparse.Namespace, step: int) -> float:
     """Linear warmup, then constant: a function of the group's step, so a newcomer picks up the same value."""
-    return args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
+    lr: float = args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
+    return lr
 
 
 def join_group(args: argparse.Namespace, model: Any, inner_opt: Any, founder: bool) -> tuple[Any, Any]:
@@ -180,7 +181,7 @@ class Meter:
     """Everything the launcher learns about this peer: timing of the distributed calls, bytes sent,
     losses, evals and outer-step reports. Kept out of the training loop above, which stays readable."""
 
-    def __init__(self, out: Reporter, args: argparse.Namespace, comm: Any, eval_batches: list) -> None:
+    def __init__(self, out: Reporter, args: argparse.Namespace, comm: Any, eval_batches: list[Any]) -> None:
         self.out, self.args, self.comm, self.eval_batches = out, args, comm, eval_batches
         self.sent = 0             # bytes this peer sent (DiLoCo: the sum of its reports; the baselines count)
         self.took = 0.0           # this step's time inside the distributed calls
@@ -271,8 +272,8 @@ def global_parameters(algo: Any, model: Any) -> Any:
     return group
 
 
-def _report_dict(report: Any) -> dict:
-    if dataclasses.is_dataclass(report):
+def _report_dict(report: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(report) and not isinstance(report, type):
         d = dataclasses.asdict(report)
     else:
         d = {k: getattr(report, k) for k in dir(report) if not k.startswith("_") and not callable(getattr(report, k))}

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 VERSION = 1
 
 
-def _config(args: Any) -> dict:
+def _config(args: Any) -> dict[str, Any]:
     out = {}
     for k, v in sorted(vars(args).items()):
         if k in ("sources", "progress"):
@@ -31,7 +31,7 @@ def _config(args: Any) -> dict:
     return out
 
 
-def _peer(p: Any) -> dict:
+def _peer(p: Any) -> dict[str, Any]:
     f = p.final
     d = {"index": p.index, "slot": p.slot, "pid": p.pid, "role": p.role, "status": p.status,
          "started_t": round(p.started_t, 3), "joined_t": p.joined_t and round(p.joined_t, 3),
@@ -46,9 +46,9 @@ def _peer(p: Any) -> dict:
     return d
 
 
-def group_curve(peers: Sequence[dict]) -> list[dict]:
+def group_curve(peers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The mean eval loss and mean bytes sent over the peers that evaluated at each inner step."""
-    by_step: dict = defaultdict(list)
+    by_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for p in peers:
         for pt in p["eval_curve"]:
             by_step[pt["inner_step"]].append(pt)
@@ -57,7 +57,7 @@ def group_curve(peers: Sequence[dict]) -> list[dict]:
             for s, pts in sorted(by_step.items())]
 
 
-def build(run: Any) -> dict:
+def build(run: Any) -> dict[str, Any]:
     a = run.args
     peers = [_peer(p) for p in run.peers]
     done = [p for p in peers if p["status"] == "done"]
@@ -99,7 +99,7 @@ def build(run: Any) -> dict:
     return record
 
 
-def label(rec: dict) -> str:
+def label(rec: dict[str, Any]) -> str:
     c = rec["config"]
     parts = [c["algo"]]
     if c["algo"] in ("diloco", "async", "streaming"):
@@ -113,7 +113,7 @@ def label(rec: dict) -> str:
     return " ".join(parts)
 
 
-def summary(rec: dict) -> str:
+def summary(rec: dict[str, Any]) -> str:
     c, f = rec["config"], rec["final"]
     lines = [f"{label(rec)}: {c['peers']} peers, model {c['model']}, {f['inner_steps']} inner steps, seed {c['seed']}, "
              f"{rec['wall_seconds']:.1f} s" + (f"; churn: {f['kills']} kill(s), {f['joins']} join(s)" if c["churn"] else "")]
@@ -137,7 +137,7 @@ def summary(rec: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_records(records: Sequence[dict], path: str) -> int:
+def plot_records(records: Sequence[dict[str, Any]], path: str) -> int:
     """Eval loss against inner steps and against MB sent, one line per record. 0 on success, 2 without matplotlib."""
     try:
         import matplotlib  # noqa: PLC0415

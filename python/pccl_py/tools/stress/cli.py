@@ -76,17 +76,17 @@ class WorkerProc:
     """One worker process as the orchestrator sees it."""
 
     slot: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen[str]
     log_path: str
     spawned_at: float
     state: str = "starting"            # starting -> member -> (stopped <-> member) -> leaving -> gone
     expected_exit: bool = False        # the orchestrator killed it or asked it to leave
     peer_id: int = 0
     joined_at: Optional[float] = None
-    stops: list = field(default_factory=list)        # [t_stop, t_cont or None]
-    members: list = field(default_factory=list)      # (t, frozenset of slots) on every change
-    gaps: list = field(default_factory=list)         # (start, end) between successful ops
-    stats: dict = field(default_factory=dict)
+    stops: list[Any] = field(default_factory=list)        # [t_stop, t_cont or None]
+    members: list[Any] = field(default_factory=list)      # (t, frozenset of slots) on every change
+    gaps: list[Any] = field(default_factory=list)         # (start, end) between successful ops
+    stats: dict[str, Any] = field(default_factory=dict)
     peak_fds: int = 0
     last_progress: Optional[float] = None
     fatal: Optional[str] = None
@@ -123,7 +123,7 @@ def _frozen_during(w: WorkerProc, start: float, end: float) -> bool:
     return any(s <= end and (c is None or c >= start) for s, c in w.stops)
 
 
-def _undetected_freeze_time(workers: list, start: float, end: float, hb: float, exclude: int,
+def _undetected_freeze_time(workers: list[Any], start: float, end: float, hb: float, exclude: int,
                             restarts: Sequence[tuple[float, float]] = ()) -> float:
     """Seconds of [start, end] during which some member other than `exclude` was frozen and not yet
     due for eviction: the union of those intervals, clipped to the gap. A freeze is due `hb` after it
@@ -148,7 +148,7 @@ def _undetected_freeze_time(workers: list, start: float, end: float, hb: float, 
     return covered
 
 
-def _percentiles(values: list) -> dict:
+def _percentiles(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"count": 0}
     v = sorted(values)
@@ -176,14 +176,14 @@ class Stress:
         self._by_key: dict[int, WorkerProc] = {}  # the harness' key of a worker (its spawn number) -> it
         self.workers: dict[int, WorkerProc] = {}     # live or not yet reaped, by slot
         self.finished: list[WorkerProc] = []          # reaped
-        self.free_slots: deque = deque(range(MAX_SLOTS))  # FIFO: a freed slot is reused as late as possible
-        self.inbox: "queue.Queue[tuple[int, Optional[dict]]]" = queue.Queue()
+        self.free_slots: deque[Any] = deque(range(MAX_SLOTS))  # FIFO: a freed slot is reused as late as possible
+        self.inbox: "queue.Queue[tuple[int, Optional[dict[str, Any]]]]" = queue.Queue()
         self.events: list[Event] = []
-        self.counts: Counter = Counter()
+        self.counts: Counter[str] = Counter()
         self.skipped = 0
-        self.wrong: list[dict] = []
-        self.divergences: list[dict] = []
-        self.state_divergences: list[dict] = []
+        self.wrong: list[dict[str, Any]] = []
+        self.divergences: list[dict[str, Any]] = []
+        self.state_divergences: list[dict[str, Any]] = []
         self.crashes: list[str] = []
         self.notes: list[str] = []
         self.pending_cont: list[tuple[float, WorkerProc, Event]] = []
@@ -208,6 +208,7 @@ class Stress:
         a = self.args
         self.spawned += 1
         log_path = os.path.join(self.log_dir, f"worker{self.spawned - 1:04d}-slot{slot}.log")
+        assert self.master is not None, "spawn() runs after the master started"
         cmd = [sys.executable, "-m", "pccl_py.tools.stress.worker", "--master", self.master.address, "--slot", str(slot),
                "--seed", str(a.seed), "--connections", str(a.connections), "--timeout", str(a.timeout),
                "--heartbeat-timeout", str(a.heartbeat_timeout), "--step-sleep", str(a.step_sleep),
@@ -250,7 +251,7 @@ class Stress:
                 timeout = 0.0
                 deadline = _now()
 
-    def handle(self, w: WorkerProc, msg: Optional[dict]) -> None:
+    def handle(self, w: WorkerProc, msg: Optional[dict[str, Any]]) -> None:
         if msg is None:
             self.reap(w)
             return
@@ -454,10 +455,10 @@ class Stress:
         self.drain(0.5)
 
     # -- judgement --------------------------------------------------------------------------------
-    def recovery_times(self) -> dict:
+    def recovery_times(self) -> dict[str, Any]:
         everyone = list(self.finished) + list(self.workers.values())
-        by_kind: dict[str, list] = {}
-        unobserved: Counter = Counter()
+        by_kind: dict[str, list[Any]] = {}
+        unobserved: Counter[str] = Counter()
 
         def first_membership(after: float, slot: int, want_in: bool, before: float = float("inf")) -> Optional[float]:
             best = None
@@ -536,10 +537,10 @@ class Stress:
             consider(slot, self.t_end - gap, self.t_end, f"slot {slot}, no progress for the last {gap:.1f} s of the run")
         return worst, where
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         everyone = list(self.finished) + list(self.workers.values())
-        total: Counter = Counter()
-        errors: Counter = Counter()
+        total: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
         for w in everyone:
             for k in ("ops_ok", "ops_failed", "retries", "steps", "state_syncs", "state_tx", "state_rx", "votes",
                       "vote_failures", "joins", "join_failures", "evictions", "master_losses"):
@@ -639,7 +640,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # The master and the workers read both from the environment they inherit (_package_env).
         os.environ["PCCL_ENCRYPTION"] = args.encryption
     if os.environ.get("PCCL_ENCRYPTION", "").strip().lower() == "tls" and not os.environ.get("PCCL_SECRET"):
-        from .secret import generate_secret  # noqa: PLC0415
+        from ...secret import generate_secret  # noqa: PLC0415
 
         os.environ["PCCL_SECRET"] = generate_secret()
 

@@ -40,10 +40,11 @@ class Progress:
             try:
                 from rich.live import Live
             except ImportError:
-                Live = None
-            if Live is not None and (mode == "rich" or sys.stdout.isatty()):
-                self.live = Live(self._render_text("starting"), refresh_per_second=4)
-                self.live.start()
+                pass  # plain lines instead
+            else:
+                if mode == "rich" or sys.stdout.isatty():
+                    self.live = Live(self._render_text("starting"), refresh_per_second=4)
+                    self.live.start()
 
     @staticmethod
     def _render_text(text: str) -> Any:
@@ -69,7 +70,9 @@ class Progress:
         t.add_column(style="bold")
         t.add_column()
         everyone = list(s.finished) + list(s.workers.values())
-        total = lambda k: sum(int(w.stats.get(k, 0)) for w in everyone)  # noqa: E731
+
+        def total(k: str) -> int:
+            return sum(int(w.stats.get(k, 0)) for w in everyone)
         t.add_row("peers", f"{len(s.active())} members, "
                            f"{len([w for w in s.workers.values() if w.state == 'stopped'])} frozen, "
                            f"{len([w for w in s.workers.values() if w.state == 'starting'])} joining; "
@@ -90,7 +93,7 @@ class Progress:
             self.live = None
 
 
-def format_report(r: dict) -> str:
+def format_report(r: dict[str, Any]) -> str:
     lines = [f"pccl-stress report (seed {r['seed']}, {r['duration_s']} s, {r['initial_peers']} initial peers, "
              f"heartbeat_timeout {r['heartbeat_timeout_s']} s, K={r['connections_per_peer']}"
              + (", TLS" if r.get("encryption") == "tls" else "") + ")"]

@@ -135,8 +135,8 @@ class Worker:
         self.leaving = False
         self.lock = threading.Lock()
         self.next_step = 0
-        self.epoch_members: dict[int, frozenset] = {}
-        self.last_members: Optional[frozenset] = None
+        self.epoch_members: dict[int, frozenset[int]] = {}
+        self.last_members: Optional[frozenset[int]] = None
         self.last_ok: Optional[float] = None
         self.state_revision = 0
         self.state_w = np.zeros(STATE_ELEMENTS, dtype=np.float64)
@@ -264,12 +264,12 @@ class Worker:
                         errors[name] = exc
             for name in list(todo):
                 if name in errors:
-                    exc = errors[name]
-                    self._failed(exc)
-                    if not self._retryable(exc):
-                        raise exc
+                    failure = errors[name]
+                    self._failed(failure)
+                    if not self._retryable(failure):
+                        raise failure
                     if not np.array_equal(todo[name][0], originals[name], equal_nan=True):
-                        self.wrong(step, f"a failed {name} op ({type(exc).__name__}) modified its buffer")
+                        self.wrong(step, f"a failed {name} op ({type(failure).__name__}) modified its buffer")
                         todo[name][0][...] = originals[name]
                     self.c["retries"] += 1
                 else:
@@ -284,7 +284,7 @@ class Worker:
     def _reduce_async(self, buf: np.ndarray, tag: int, **kw: Any) -> Callable[[], Any]:
         return lambda: self.comm.all_reduce_async(buf, tag=tag, **kw)
 
-    def verify_exact(self, step: int, name: str, buf: np.ndarray, tag: int, info: Any) -> Optional[frozenset]:
+    def verify_exact(self, step: int, name: str, buf: np.ndarray, tag: int, info: Any) -> Optional[frozenset[int]]:
         slots, why = check_exact(buf, self.seed, step, tag)
         if slots is None:
             self.wrong(step, f"{name}: {why}")
