@@ -20,6 +20,7 @@
 
 #include "auth/mesh_auth.hpp"
 #include "fuzz/input.hpp"
+#include "protocol/messages.hpp"
 #include "transport/mesh_handshake.hpp"
 
 using namespace pccl;

@@ -336,8 +336,9 @@ void Master::on_hello(Peer& p, const Hello& h) {
         send(p, encode_welcome(Welcome{p.id, 1}));
         PCCL_INFO("master", "peer %llu (%s:%u) joined group %u as its first member; epoch %llu",
                   (unsigned long long)p.id, p.hello.host.c_str(), h.port, h.group, (unsigned long long)g.epoch);
-        EpochMsg m{g.id, g.epoch, EpochCause::kJoin, {MemberInfo{p.id, p.hello.host, h.port, h.connections}}, {}};
-        m.pair_tokens.resize(1);  // its own place: no pair yet
+        // Its own place's token only (all zero): no pair yet.
+        EpochMsg m{g.id, g.epoch, EpochCause::kJoin, {MemberInfo{p.id, p.hello.host, h.port, h.connections}},
+                   {}, 0, std::vector<std::array<uint8_t, 32>>(1)};
         send(p, encode_epoch(m));
         return;
     }
@@ -527,7 +528,7 @@ void Master::finish_recovery(Group& g) {
     const bool vote_ended = std::exchange(g.vote_admission, false);
     if (g.members.empty()) return;
     const uint32_t still_pending = static_cast<uint32_t>(g.pending.size());
-    EpochMsg m{g.id, g.epoch, g.cause, {}, decisions, still_pending};
+    EpochMsg m{g.id, g.epoch, g.cause, {}, decisions, still_pending, {}};  // pair tokens: per member, below
     for (auto id : g.members) {
         Peer* p = find(id);
         m.members.push_back(MemberInfo{id, p->hello.host, p->hello.port, p->hello.connections});
