@@ -26,8 +26,9 @@ Mac hmac_sha256(std::string_view key, const std::vector<std::string_view>& parts
 // AES-256 of `blocks` 16-byte blocks (each on its own, no chaining: EVP's ECB mode) under `key`: a
 // pseudorandom function of each distinct input block. The master derives the mesh pair tokens with it
 // (auth/mesh_auth.hpp) because an epoch of n members needs n*(n-1) of them: 16.7 million at 4096
-// members, 0.2 s at 0.01 us per 32 bytes with AES instructions, against 44 s with one-shot HMAC-SHA256
-// (2.6 us each; both measured on the CI machine). Throws Error(kIo) if OpenSSL fails.
+// members, about 1.1 s in all with AES (0.01 us per 32 bytes plus each row's setup), against 44 s
+// with one-shot HMAC-SHA256 (2.6 us each); both measured on the 2-core development machine under
+// load. Throws Error(kIo) if OpenSSL fails.
 void aes256_blocks(const std::array<uint8_t, 32>& key, const uint8_t* in, uint8_t* out, size_t blocks);
 
 // Constant-time equality (CRYPTO_memcmp): a byte-by-byte early exit would leak how much of a
