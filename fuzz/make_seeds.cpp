@@ -78,7 +78,8 @@ void messages(std::vector<std::vector<uint8_t>>* all) {
     e.members = {member(42, "10.0.0.7", 48000, 4), member(43, "10.0.0.8", 48001, 1)};
     e.decisions = {Decision{0, 4, 1, 0}, Decision{1, 7, 0, 1}};
     e.pending = 2;
-    for (size_t i = 0; i < e.mesh_token.size(); ++i) e.mesh_token[i] = static_cast<uint8_t>(i * 7);
+    e.pair_tokens.resize(2);  // as member 43 gets it: its own place zero
+    for (size_t i = 0; i < e.pair_tokens[0].size(); ++i) e.pair_tokens[0][i] = static_cast<uint8_t>(i * 7);
     add("epoch", "two-members", encode_epoch(e));
     Rejoin rj;
     rj.hello = h;
@@ -123,19 +124,21 @@ void frame_assembler(const std::vector<std::vector<uint8_t>>& frames) {
     }
 }
 
-// fuzz_mesh_handshake: listener state, then the dialer's 104 bytes.
+// fuzz_mesh_handshake: listener state (the epoch's other members 43 and 44), then the dialer's 104 bytes.
 void mesh_handshake() {
-    for (int variant = 0; variant < 3; ++variant) {
-        Handshake hs{kHandshakeMagic, kHandshakeVersion, 2, 3, 0, 13, 43, 42};
+    const char* names[] = {"member", "wrong-proof", "before-welcome", "impostor", "not-a-member"};
+    const uint8_t flags[] = {3, 1, 1, 5, 3};  // 1: keys known; 2: signed by the sender; 4: by another member
+    for (int variant = 0; variant < 5; ++variant) {
+        Handshake hs{kHandshakeMagic, kHandshakeVersion, 2, 3, 0, 13, variant == 4 ? 45u : 43u, 42};
         MeshAuthTail tail{};
         for (auto& b : tail.dial_nonce) b = 0x11;
         Output o;
         o.put<uint32_t>(3).put<uint64_t>(variant == 2 ? 0 : 42).put<uint64_t>(12);
-        o.put<uint8_t>(variant == 0 ? 3 : 1);  // key known; variant 0: signed by a member
+        o.put<uint8_t>(flags[variant]).put<uint8_t>(2).put<uint64_t>(43).put<uint64_t>(44);
         Nonce nl{};
         for (auto& b : nl) b = 0x22;
         o.raw(nl.data(), nl.size()).raw(&hs, sizeof hs).raw(&tail, sizeof tail);
-        write("fuzz_mesh_handshake", variant == 0 ? "member" : variant == 1 ? "wrong-proof" : "before-welcome", o.buf);
+        write("fuzz_mesh_handshake", names[variant], o.buf);
     }
 }
 

@@ -1,5 +1,7 @@
 #include "auth/crypto.hpp"
 
+#include <algorithm>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -41,6 +43,23 @@ Mac hmac_sha256(std::string_view key, const std::vector<std::string_view>& parts
         len != out.size())
         throw Error(ErrorCode::kIo, "OpenSSL's HMAC-SHA256 failed");
     return out;
+}
+
+void aes256_blocks(const std::array<uint8_t, 32>& key, const uint8_t* in, uint8_t* out, size_t blocks) {
+    if (blocks == 0) return;
+    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+    bool ok = ctx != nullptr && EVP_EncryptInit_ex(ctx, EVP_aes_256_ecb(), nullptr, key.data(), nullptr) == 1 &&
+              EVP_CIPHER_CTX_set_padding(ctx, 0) == 1;
+    // EVP takes an int length: feed at most 2^20 blocks per call.
+    for (size_t done = 0; ok && done < blocks;) {
+        const size_t n = std::min<size_t>(blocks - done, size_t{1} << 20);
+        int len = 0;
+        ok = EVP_EncryptUpdate(ctx, out + 16 * done, &len, in + 16 * done, static_cast<int>(16 * n)) == 1 &&
+             len == static_cast<int>(16 * n);
+        done += n;
+    }
+    EVP_CIPHER_CTX_free(ctx);
+    if (!ok) throw Error(ErrorCode::kIo, "OpenSSL's AES-256 failed");
 }
 
 bool mac_equal(const uint8_t* a, const uint8_t* b, size_t len) { return CRYPTO_memcmp(a, b, len) == 0; }

@@ -16,7 +16,7 @@ enum class ErrorCode : int {
     kClosed = 7,           // the communicator was closed
     kProtocol = 8,         // bytes from the network failed validation
     kIo = 9,               // an operating-system call failed
-    kAuth = 10,            // the other end refused this one's credentials (job secret, mesh token), or vice versa
+    kAuth = 10,            // the other end refused this one's credentials (job secret, mesh pair key), or vice versa
 };
 
 class Error : public std::runtime_error {

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <utility>
 
+#include "auth/mesh_auth.hpp"
 #include "common/log.hpp"
 #include "common/thread_name.hpp"
 #include "protocol/p2p_key.hpp"
@@ -335,8 +336,9 @@ void Master::on_hello(Peer& p, const Hello& h) {
         send(p, encode_welcome(Welcome{p.id, 1}));
         PCCL_INFO("master", "peer %llu (%s:%u) joined group %u as its first member; epoch %llu",
                   (unsigned long long)p.id, p.hello.host.c_str(), h.port, h.group, (unsigned long long)g.epoch);
-        EpochMsg m{g.id, g.epoch, EpochCause::kJoin, {MemberInfo{p.id, p.hello.host, h.port, h.connections}}, {}};
-        m.mesh_token = random_nonce();
+        // Its own place's token only (all zero): no pair yet.
+        EpochMsg m{g.id, g.epoch, EpochCause::kJoin, {MemberInfo{p.id, p.hello.host, h.port, h.connections}},
+                   {}, 0, std::vector<std::array<uint8_t, 32>>(1)};
         send(p, encode_epoch(m));
         return;
     }
@@ -526,17 +528,21 @@ void Master::finish_recovery(Group& g) {
     const bool vote_ended = std::exchange(g.vote_admission, false);
     if (g.members.empty()) return;
     const uint32_t still_pending = static_cast<uint32_t>(g.pending.size());
-    EpochMsg m{g.id, g.epoch, g.cause, {}, decisions, still_pending};
-    m.mesh_token = random_nonce();  // a new key for this epoch's mesh handshakes, to its members only
+    EpochMsg m{g.id, g.epoch, g.cause, {}, decisions, still_pending, {}};  // pair tokens: per member, below
     for (auto id : g.members) {
         Peer* p = find(id);
         m.members.push_back(MemberInfo{id, p->hello.host, p->hello.port, p->hello.connections});
     }
     PCCL_INFO("master", "group %u epoch %llu (%s): members [%s], %zu op decision(s)", g.id,
               (unsigned long long)g.epoch, epoch_cause_name(g.cause), ids_to_string(g.members).c_str(), decisions.size());
-    auto frame = encode_epoch(m);
+    // Each member gets its own EPOCH: the same membership and decisions, and the tokens of its own
+    // mesh pairs only (auth/mesh_auth.hpp), derived under a key drawn for this epoch and never sent.
+    const Nonce epoch_key = random_nonce();
     for (auto id : g.members)
-        if (Peer* p = find(id)) send(*p, frame);
+        if (Peer* p = find(id)) {
+            m.pair_tokens = mesh_pair_tokens(epoch_key, id, g.members);
+            send(*p, encode_epoch(m));
+        }
     if (vote_ended) {
         // The pending count goes out first: a member handles frames in order, so once its
         // update_topology() returns, are_peers_pending() no longer counts the peers just admitted

@@ -96,7 +96,8 @@ bool Master::group_has_room(Peer& p, const Hello& h) {
     const Group& g = it->second;
     const size_t size = g.members.size() + g.pending.size() + g.admitting.size();
     // Each member costs its EPOCH entry (id, host, port, connections); half of a control message is
-    // kept for the entries, so the epoch message stays decodable (the rest is for op decisions).
+    // kept for the entries, so the epoch message stays decodable (the rest is for the recipient's mesh
+    // pair tokens, 32 bytes per member: at most 128 KiB, and the op decisions).
     size_t entries = 14 + std::max(h.host.size(), p.remote.size());
     for (const auto* ids : {&g.members, &g.pending, &g.admitting})
         for (uint64_t id : *ids)

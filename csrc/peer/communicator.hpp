@@ -202,7 +202,9 @@ private:
     std::map<uint64_t, Heard> heard_;
     Hello hello_;
     uint64_t failure_reported_epoch_ = 0;
-    Mac mesh_key_{};  // control thread only: the key of the current epoch's mesh handshakes
+    // Control thread only: [rank] the key of the current epoch's mesh connections with that member
+    // (auth/mesh_auth.hpp; nothing at this peer's own rank).
+    std::vector<Mac> mesh_keys_;
     struct Turns {
         uint64_t next = 0, serving = 0;
     };

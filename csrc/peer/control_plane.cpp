@@ -442,8 +442,16 @@ void Communicator::on_epoch(const EpochMsg& m) {
     PCCL_DEBUG("peer", "epoch %llu (%s): rank %d of %zu", (unsigned long long)m.epoch, epoch_cause_name(m.cause),
                my_rank, members.size());
     listener_->forget_before(m.epoch);
-    mesh_key_ = mesh_epoch_key(config_.secret, m.mesh_token, config_.group, m.epoch);
-    listener_->set_epoch_key(m.epoch, mesh_key_);
+    // The keys of this peer's own pairs (the decoder checked there is one token per member).
+    const uint64_t me = members[static_cast<size_t>(my_rank)].peer_id;
+    mesh_keys_.assign(members.size(), Mac{});
+    std::map<uint64_t, Mac> by_peer;
+    for (size_t k = 0; k < members.size(); ++k) {
+        if (static_cast<int>(k) == my_rank) continue;
+        mesh_keys_[k] = mesh_pair_key(config_.secret, m.pair_tokens[k], config_.group, m.epoch, me, members[k].peer_id);
+        by_peer.emplace(members[k].peer_id, mesh_keys_[k]);
+    }
+    listener_->set_epoch_keys(m.epoch, std::move(by_peer));
     build_mesh(m.epoch, members, my_rank);
 }
 
@@ -471,7 +479,7 @@ void Communicator::build_mesh(uint64_t epoch, const std::vector<MemberInfo>& mem
             int k = std::min<int>(config_.connections, members[j].connections);
             for (int i = 0; i < k; ++i) {
                 Handshake hs{kHandshakeMagic, kHandshakeVersion, static_cast<uint16_t>(i), config_.group, 0, epoch, me, members[j].peer_id};
-                dialed.emplace_back(j, dial_mesh(members[j].host, members[j].port, hs, mesh_key_, deadline));
+                dialed.emplace_back(j, dial_mesh(members[j].host, members[j].port, hs, mesh_keys_[static_cast<size_t>(j)], deadline));
             }
         }
         for (int j = 0; j < my_rank; ++j) {
@@ -503,7 +511,9 @@ void Communicator::build_mesh(uint64_t epoch, const std::vector<MemberInfo>& mem
         std::unique_ptr<MeshTls> tls;
         if (config_.encrypt) {
             tls = std::make_unique<MeshTls>();
-            tls->key = mesh_tls_key(mesh_key_);
+            tls->keys.assign(static_cast<size_t>(n), TlsKey{});
+            for (int j = 0; j < n; ++j)
+                if (j != my_rank) tls->keys[static_cast<size_t>(j)] = mesh_tls_key(mesh_keys_[static_cast<size_t>(j)]);
             tls->dialed.assign(static_cast<size_t>(n), false);
             for (int j = my_rank + 1; j < n; ++j) tls->dialed[static_cast<size_t>(j)] = true;
         }

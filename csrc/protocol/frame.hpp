@@ -1,5 +1,5 @@
 // Peer-to-peer wire format: a handshake that binds a connection to (group, epoch, from, to, index)
-// and is authenticated by the epoch's mesh token (auth/mesh_auth.hpp), then a stream of fixed-size frame headers, each optionally followed by payload bytes.
+// and is authenticated by the key of that pair of members in that epoch (auth/mesh_auth.hpp), then a stream of fixed-size frame headers, each optionally followed by payload bytes.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -10,7 +10,10 @@ namespace pccl {
 
 constexpr uint32_t kFrameMagic = 0x46434350;      // "PCCF"
 constexpr uint32_t kHandshakeMagic = 0x48434350;  // "PCCH"
-constexpr uint16_t kHandshakeVersion = 2;          // 2: followed by the dialer's nonce and proof
+// 2: followed by the dialer's nonce and proof. (The proofs use the pair's key since control protocol
+// 4; the version here stays: two members of one epoch joined the same master, so they speak the same
+// control protocol, and a master refuses a peer of another one at its first message.)
+constexpr uint16_t kHandshakeVersion = 2;
 constexpr uint32_t kMaxFramePayload = 4u << 20;
 
 enum class FrameType : uint8_t { kData = 1, kDone = 2, kKeepalive = 3 };

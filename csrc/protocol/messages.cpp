@@ -304,7 +304,8 @@ std::vector<uint8_t> encode_epoch(const EpochMsg& m) {
         w.put<uint8_t>(d.pending);
     }
     w.put<uint32_t>(m.pending);
-    w.put_bytes(m.mesh_token.data(), m.mesh_token.size());
+    w.put<uint32_t>(static_cast<uint32_t>(m.pair_tokens.size()));
+    for (auto& t : m.pair_tokens) w.put_bytes(t.data(), t.size());
     return finish(w);
 }
 
@@ -327,7 +328,10 @@ EpochMsg decode_epoch(Reader& r) {
         dec.pending = r.get_enum(2, "pending flag");
     }
     m.pending = r.get_count(kMaxPending, "pending");
-    r.get_bytes(m.mesh_token.data(), m.mesh_token.size());
+    const uint32_t t = r.get_count(kMaxMembers, "mesh pair token", 32);
+    if (t != n) throw ProtocolError("epoch message: " + std::to_string(t) + " mesh pair tokens for " + std::to_string(n) + " members");
+    m.pair_tokens.resize(t);
+    for (auto& tok : m.pair_tokens) r.get_bytes(tok.data(), tok.size());
     r.expect_end();
     return m;
 }

@@ -13,8 +13,9 @@ namespace pccl {
 
 constexpr uint32_t kProtocolMagic = 0x4C434350;  // "PCCL"
 // 2: pending flags in votes, reports, decisions and epochs; last-heard evidence in rejoins.
-// 3: every control connection opens with the AUTH_* exchange; EPOCH carries the epoch's mesh token.
-constexpr uint16_t kProtocolVersion = 3;
+// 3: every control connection opens with the AUTH_* exchange; EPOCH carries the epoch's mesh token (shared).
+// 4: EPOCH carries the recipient's own mesh pair tokens (one per member) instead of one shared token.
+constexpr uint16_t kProtocolVersion = 4;
 constexpr uint32_t kMaxControlMessage = 1 << 20;
 constexpr uint32_t kMaxMembers = 4096;
 constexpr uint32_t kMaxReportedOps = 65536;
@@ -137,9 +138,12 @@ struct EpochMsg {
     std::vector<MemberInfo> members;
     std::vector<Decision> decisions;
     uint32_t pending = 0;  // peers pending once this epoch starts: a newcomer's and an aborted op's flag
-    // Random per epoch, sent only to the epoch's members: the key of its mesh handshakes
-    // (auth/mesh_auth.hpp).
-    std::array<uint8_t, 32> mesh_token{};
+    // The recipient's mesh pair tokens (auth/mesh_auth.hpp): pair_tokens[k] is its token with
+    // members[k], all zero at its own place. Each member gets its own EPOCH, with its own tokens only,
+    // so a member never learns the key of a connection between two others. The decoder requires one
+    // per member: at most kMaxMembers * 32 = 128 KiB, beside the members' entries, which the master
+    // keeps under half of kMaxControlMessage (docs/security.md, "Resource limits").
+    std::vector<std::array<uint8_t, 32>> pair_tokens;
 };
 
 // What a rejoining member last heard from another member of its claimed epoch over their data links.

@@ -61,7 +61,7 @@ Mesh::Mesh(uint64_t epoch, std::vector<std::vector<Fd>> conns, std::shared_ptr<M
             if (tls != nullptr) {
                 const bool client = r < tls->dialed.size() && tls->dialed[r];
                 c->tls = std::make_unique<TlsSession>(c->fd.get(), client ? TlsSession::Role::kClient : TlsSession::Role::kServer,
-                                                      tls->key);
+                                                      tls->keys.at(r));
                 c->tls->coalesce_output(kTlsSendBuffer);
             }
             c->id = conns_.size();
@@ -208,7 +208,7 @@ bool Mesh::step_handshake(Conn& c) {
     int rc = c.tls->handshake();
     if (rc < 0) {
         fail(c, "TLS handshake failed: " + c.tls->error() +
-                    (c.tls->key_mismatch() ? " (the member holds another key for this epoch)" : ""));
+                    (c.tls->key_mismatch() ? " (the member holds another key for this pair in this epoch)" : ""));
         return false;
     }
     if (rc == 0) {

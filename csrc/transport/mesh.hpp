@@ -50,10 +50,11 @@ public:
     virtual void on_failure(int from, const std::string& reason) = 0;
 };
 
-// Encryption of a mesh: every connection runs TLS with this pre-shared key (mesh_tls_key); the end
-// that dialed a connection is its TLS client.
+// Encryption of a mesh: every connection runs TLS with the pre-shared key of its pair of members
+// (mesh_tls_key of their mesh pair key, auth/mesh_auth.hpp); the end that dialed a connection is its
+// TLS client.
 struct MeshTls {
-    TlsKey key{};
+    std::vector<TlsKey> keys;  // [rank]: for the connections with that member
     std::vector<bool> dialed;  // [rank]: this peer dialed that member's connections
 };
 

@@ -65,9 +65,9 @@ void MeshListener::set_identity(uint32_t group, uint64_t peer_id) {
     peer_id_ = peer_id;
 }
 
-void MeshListener::set_epoch_key(uint64_t epoch, const Mac& key) {
+void MeshListener::set_epoch_keys(uint64_t epoch, std::map<uint64_t, Mac> keys) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (epoch >= min_epoch_) keys_[epoch] = key;
+    if (epoch >= min_epoch_) keys_[epoch] = std::move(keys);
 }
 
 void MeshListener::forget_before(uint64_t epoch) {
@@ -80,12 +80,22 @@ void MeshListener::forget_before(uint64_t epoch) {
 
 std::string MeshListener::verify(Parked& p, bool blocking) {
     if (p.verified) return {};
-    auto key = keys_.find(uint64_t{p.hs.epoch});  // a copy: the packed field may be misaligned
-    if (key == keys_.end()) return "no mesh key for its epoch";
-    Mac want = mesh_dial_proof(key->second, p.hs, p.listener_nonce, p.tail.dial_nonce);
-    if (!mac_equal(want.data(), p.tail.proof.data(), want.size()))
-        return "mesh handshake with a wrong token (not a member of epoch " + std::to_string(p.hs.epoch) + ")";
-    Mac mine = mesh_accept_proof(key->second, p.hs, p.listener_nonce, p.tail.dial_nonce);
+    // Copies: the packed fields may be misaligned.
+    const uint64_t epoch = p.hs.epoch, from = p.hs.from_peer;
+    auto keys = keys_.find(epoch);
+    if (keys == keys_.end()) return "no mesh key for its epoch";
+    // Only the member named as the sender holds its key with this peer: the slot is bound to it.
+    const Mac* key = nullptr;
+    switch (check_dial_proof(keys->second, p.hs, p.listener_nonce, p.tail, &key)) {
+        case ProofCheck::kNotMember:
+            return "mesh handshake from peer " + std::to_string(from) + ", not a member of epoch " + std::to_string(epoch);
+        case ProofCheck::kWrongKey:
+            return "mesh handshake without the key of its slot (it claims peer " + std::to_string(from) + " of epoch " +
+                   std::to_string(epoch) + ")";
+        case ProofCheck::kOk:
+            break;
+    }
+    Mac mine = mesh_accept_proof(*key, p.hs, p.listener_nonce, p.tail.dial_nonce);
     bool sent = false;
     try {
         sent = blocking ? send_all(p.fd.get(), mine.data(), mine.size(), deadline_after(1.0))
@@ -247,7 +257,7 @@ void MeshListener::loop() {
                     std::memcpy(&park.tail, p.buf + sizeof(Handshake), sizeof park.tail);
                     // Copies of the packed fields: binding a reference to a misaligned one is undefined.
                     const uint64_t epoch = h.epoch;
-                    // Checked now when this epoch's key is known (a wrong token is refused at once);
+                    // Checked now when this epoch's keys are known (a wrong key is refused at once);
                     // otherwise when taken.
                     if (keys_.count(epoch)) reject = verify(park, false);
                     if (reject.empty()) {
@@ -290,7 +300,7 @@ Fd confirm_mesh_dial(MeshDial& d, TimePoint deadline) {
     if (!recv_all(d.fd.get(), got.data(), got.size(), deadline))
         throw Error(ErrorCode::kTimeout, "the member did not confirm the mesh handshake in time");
     if (!mac_equal(got.data(), d.expect.data(), got.size()))
-        throw Error(ErrorCode::kAuth, "the member's listener could not prove it holds this epoch's mesh token");
+        throw Error(ErrorCode::kAuth, "the member's listener could not prove it holds our pair's mesh key for this epoch");
     return std::move(d.fd);
 }
 

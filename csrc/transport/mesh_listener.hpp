@@ -1,7 +1,7 @@
 // Accepts peer-to-peer connections, authenticates and validates their handshake (auth/mesh_auth.hpp),
 // and parks them until the epoch they belong to is being built. A connection that sends garbage,
-// nothing, or a handshake without the epoch's token is closed with a logged reason; it can never
-// reach the data path.
+// nothing, or a handshake without the key of the slot it claims (only the member named as its
+// sender and this peer hold it) is closed with a logged reason; it can never reach the data path.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -25,9 +25,10 @@ public:
     uint16_t port() const { return port_; }
     // Connections are accepted only once this peer knows who it is.
     void set_identity(uint32_t group, uint64_t peer_id);
-    // The key of `epoch`'s mesh handshakes (mesh_epoch_key). Set before that epoch's mesh is built;
-    // handshakes of an epoch whose key is not known yet are parked and checked when taken.
-    void set_epoch_key(uint64_t epoch, const Mac& key);
+    // The keys of `epoch`'s mesh handshakes, by the other member's id (mesh_pair_key): a handshake
+    // from member F is checked against F's key only. Set before that epoch's mesh is built;
+    // handshakes of an epoch whose keys are not known yet are parked and checked when taken.
+    void set_epoch_keys(uint64_t epoch, std::map<uint64_t, Mac> keys);
     // Waits for an authenticated connection (epoch, from, index); returns an invalid Fd at the deadline.
     Fd take(uint64_t epoch, uint64_t from, uint16_t index, TimePoint deadline);
     // Drops parked connections (and keys) of epochs before `epoch`.
@@ -57,7 +58,7 @@ private:
     std::mutex mutex_;
     std::condition_variable cv_;
     std::multimap<Key, Parked> parked_;  // several candidates per slot: an impostor cannot displace the member
-    std::map<uint64_t, Mac> keys_;
+    std::map<uint64_t, std::map<uint64_t, Mac>> keys_;  // by epoch, then by the other member's id
     uint32_t group_ = 0;
     uint64_t peer_id_ = 0;
     uint64_t min_epoch_ = 0;
@@ -69,7 +70,8 @@ struct MeshDial {
     Mac expect;  // the listener's proof
 };
 
-// Connects to a member's listener and sends the authenticated handshake (key: mesh_epoch_key).
+// Connects to a member's listener and sends the authenticated handshake (key: the pair's
+// mesh_pair_key).
 MeshDial dial_mesh(const std::string& host, uint16_t port, const Handshake& hs, const Mac& key, TimePoint deadline);
 // Reads and checks the listener's proof; throws Error(kAuth) when it is wrong, kTimeout at the deadline.
 // Separate from dial_mesh so a peer dials all its connections before it waits for any answer (the

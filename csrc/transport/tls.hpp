@@ -9,7 +9,8 @@
 // Authentication: no certificates. Both ends hold the job secret, so each handshake uses an external
 // pre-shared key (RFC 8446, section 4.2.11) derived from it:
 //   control connections (peer <-> master):  K = HMAC(secret, "pccl/3 tls control psk")
-//   mesh connections of an epoch:           K = HMAC(Ke, "pccl/3 tls mesh psk"), Ke = mesh_epoch_key
+//   mesh connections of a pair in an epoch: K = HMAC(Kab, "pccl/3 tls mesh psk"), Kab = mesh_pair_key
+//                                           (auth/mesh_auth.hpp: only the pair's two members hold it)
 // A handshake completes only when both ends hold the same K, so TLS itself refuses a wrong secret
 // (the client sees a decrypt_error alert, the server a binder that does not verify), before a byte of
 // the protocol is exchanged. Each handshake also runs an X25519 exchange (psk_dhe_ke, OpenSSL's only

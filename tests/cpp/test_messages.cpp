@@ -2,6 +2,7 @@
 // fields; hostile lengths and field values are refused with ProtocolError, never read past the end.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 
 #include "common/error.hpp"
@@ -64,7 +65,8 @@ TEST(Messages, EpochRoundTrip) {
     m.members = {{11, "a", 1000, 2}, {12, "b", 1001, 2}, {13, "c", 1002, 2}};
     m.decisions = {{5, 17, 1, 1}, {6, 2, 0, 0}};
     m.pending = 2;
-    for (size_t i = 0; i < m.mesh_token.size(); ++i) m.mesh_token[i] = static_cast<uint8_t>(i * 7);
+    m.pair_tokens.resize(3);
+    for (size_t i = 0; i < m.pair_tokens[1].size(); ++i) m.pair_tokens[1][i] = static_cast<uint8_t>(i * 7);
     std::vector<uint8_t> body;
     Reader r = body_of(encode_epoch(m), MsgType::kEpoch, body);
     EpochMsg d = decode_epoch(r);
@@ -80,7 +82,33 @@ TEST(Messages, EpochRoundTrip) {
     EXPECT_EQ(d.decisions[0].commit, 1);
     EXPECT_EQ(d.decisions[0].pending, 1);
     EXPECT_EQ(d.pending, 2u);
-    EXPECT_EQ(d.mesh_token, m.mesh_token);
+    EXPECT_EQ(d.pair_tokens, m.pair_tokens);
+}
+
+TEST(Messages, EpochNeedsOnePairTokenPerMember) {
+    // One token per member, no more, no less: a peer indexes the tokens by rank.
+    EpochMsg m;
+    m.group = 1;
+    m.epoch = 2;
+    m.members = {{11, "a", 1000, 1}, {12, "b", 1001, 1}};
+    for (size_t tokens : {0, 1, 3}) {
+        m.pair_tokens.assign(tokens, {});
+        std::vector<uint8_t> body;
+        Reader r = body_of(encode_epoch(m), MsgType::kEpoch, body);
+        EXPECT_THROW(decode_epoch(r), ProtocolError) << tokens << " tokens";
+    }
+    // A count over kMaxMembers, or more than the message holds, is refused before anything is allocated.
+    m.pair_tokens.assign(2, {});
+    auto frame = encode_epoch(m);
+    std::vector<uint8_t> body(frame.begin() + 4, frame.end());
+    const size_t at = body.size() - 2 * 32 - 4;  // the token count
+    for (uint32_t count : {kMaxMembers + 1, 0xFFFFFFFFu, 3u}) {
+        auto bad = body;
+        std::memcpy(&bad[at], &count, 4);
+        Reader r(bad.data(), bad.size());
+        r.get<uint8_t>();
+        EXPECT_THROW(decode_epoch(r), ProtocolError) << count;
+    }
 }
 
 TEST(Messages, StatusAndRejoinRoundTrip) {
@@ -137,8 +165,10 @@ TEST(Messages, SmallMessagesRoundTrip) {
 TEST(Messages, TruncatedBodiesNeverDecode) {
     // Every strict prefix of a valid body must be refused: decoders check each read against the end.
     EpochMsg m;
+    m.epoch = 1;
     m.members = {{1, "h", 1, 1}, {2, "i", 2, 1}};
     m.decisions = {{1, 1, 1, 0}};
+    m.pair_tokens.resize(2);
     auto frame = encode_epoch(m);
     std::vector<uint8_t> body(frame.begin() + 4, frame.end());
     for (size_t cut = 1; cut < body.size(); ++cut) {

@@ -16,7 +16,7 @@ import struct
 import time
 
 PROTOCOL_MAGIC = 0x4C434350
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 AUTH_HELLO, AUTH_CHALLENGE, AUTH_PROOF, AUTH_OK, AUTH_REFUSED = 15, 16, 17, 18, 19
 PEER_LABEL = b"pccl/3 peer->master"
 MASTER_LABEL = b"pccl/3 master->peer"
@@ -124,3 +124,41 @@ def auth_socket(port: int, join: bytes, secret: bytes = b"", *, wait_ok: bool = 
         assert t == AUTH_OK, f"expected auth-ok, got type {t}: {body!r}"
         assert body == mac(secret, MASTER_LABEL, nonce, master_nonce, join[4:]), "the master's proof is wrong"
     return s
+
+
+# -- a member spoken by hand (tests/security/test_mesh_identity.py) -------------------------------
+WELCOME, PENDING, RECOVER, EPOCH = 2, 6, 8, 10
+HANDSHAKE_MAGIC = 0x48434350
+HANDSHAKE_VERSION = 2
+
+
+def vote(epoch: int, timeout_ms: int = 20_000) -> bytes:
+    return frame(4, struct.pack("<QI", epoch, timeout_ms))
+
+
+def status(epoch: int) -> bytes:
+    """A STATUS with no op in flight and no tag committed (a member that never ran an op)."""
+    return frame(9, struct.pack("<QII", epoch, 0, 0))
+
+
+def parse_epoch(body: bytes) -> dict:
+    """The fields of an EPOCH body (csrc/protocol/messages.cpp, decode_epoch). "mesh" is what follows
+    the pending count: the material of the epoch's mesh keys."""
+    group, epoch, cause, n = struct.unpack_from("<IQBI", body, 0)
+    i, members = 17, []
+    for _ in range(n):
+        (pid, hl) = struct.unpack_from("<QH", body, i)
+        host = body[i + 10:i + 10 + hl].decode()
+        port, conns = struct.unpack_from("<HH", body, i + 10 + hl)
+        members.append((pid, host, port, conns))
+        i += 14 + hl
+    (d,) = struct.unpack_from("<I", body, i)
+    i += 4 + 14 * d
+    (pending,) = struct.unpack_from("<I", body, i)
+    return dict(group=group, epoch=epoch, cause=cause, members=members, pending=pending, mesh=body[i + 4:])
+
+
+def mesh_handshake(group: int, epoch: int, from_peer: int, to_peer: int, conn_index: int = 0,
+                   version: int = HANDSHAKE_VERSION) -> bytes:
+    """The fixed fields a mesh dialer sends first (csrc/protocol/frame.hpp, Handshake)."""
+    return struct.pack("<IHHIIQQQ", HANDSHAKE_MAGIC, version, conn_index, group, 0, epoch, from_peer, to_peer)

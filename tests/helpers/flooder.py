@@ -32,6 +32,8 @@ import socket
 import struct
 import time
 
+from control_frames import PROTOCOL_VERSION  # this script's directory is on sys.path when run by path
+
 MODES = ("idle", "slowloris", "garbage", "churn", "bad-auth")
 WEIGHTS = (40, 25, 20, 10, 5)
 
@@ -44,10 +46,10 @@ def _frame(msg_type: int, body: bytes) -> bytes:
 def _bad_auth(rng: random.Random) -> bytes:
     """AUTH_HELLO (claims a secret), a random proof, and a REJOIN for group 0 listing one member."""
     nonce = rng.randbytes(32)
-    hello = _frame(15, struct.pack("<IHB", 0x4C434350, 3, 1) + nonce)
+    hello = _frame(15, struct.pack("<IHB", 0x4C434350, PROTOCOL_VERSION, 1) + nonce)
     proof = _frame(17, rng.randbytes(32))
     host = b"127.0.0.1"
-    fields = (struct.pack("<IHII", 0x4C434350, 3, 0, 5000) + struct.pack("<H", len(host)) + host
+    fields = (struct.pack("<IHII", 0x4C434350, PROTOCOL_VERSION, 0, 5000) + struct.pack("<H", len(host)) + host
               + struct.pack("<HH", 1, 1))
     peer_id = rng.randrange(1, 1 << 62)
     member = struct.pack("<Q", peer_id) + struct.pack("<H", len(host)) + host + struct.pack("<HH", 1, 1)

@@ -3,7 +3,7 @@
 Real processes and sockets. A master started with a job secret admits only peers that prove they know
 it; a wrong or missing secret is refused at once (AuthenticationError from connect(), a log line at the
 master naming the remote address) while the members keep running ops; a recorded handshake replayed on
-a new connection is refused; a raw mesh connection without the epoch's token (wrong, or for a stale
+a new connection is refused; a raw mesh connection without its slot's mesh key (wrong, or for a stale
 epoch) is refused by the member's listener. The secret comes from secret=, PCCL_SECRET or
 pccl-master --secret-file, and --require-secret refuses to start without one.
 """
@@ -284,7 +284,7 @@ def test_raw_mesh_connection_without_the_token_is_refused(secret_cluster):
     assert port
     log = secret_cluster._log(f"peer{target.index}.log")
     _ops_in_background(secret_cluster, members)
-    for epoch, reason in ((st["epoch"], "mesh handshake with a wrong token"), (st["epoch"] - 1, "stale epoch")):
+    for epoch, reason in ((st["epoch"], "mesh handshake without the key of its slot"), (st["epoch"] - 1, "stale epoch")):
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
         try:
             s.settimeout(5)
@@ -301,13 +301,13 @@ def test_raw_mesh_connection_without_the_token_is_refused(secret_cluster):
                 if not chunk:
                     break
                 rest += chunk
-            assert rest == b"", "the listener answered a handshake without the token"
+            assert rest == b"", "the listener answered a handshake without the key"
             assert_within(t0, time.time(), 1.0, "refusing a mesh handshake")
         finally:
             s.close()
         wait_until(lambda: reason in read_text(log), 3.0, what=f"the listener's log line '{reason}'")
     _collect(members)
-    # A legitimate newcomer still gets a mesh, built with the new epoch's token.
+    # A legitimate newcomer still gets a mesh, built with the new epoch's keys.
     newcomer = secret_cluster.spawn()
     everyone = admit(secret_cluster, members, [newcomer], COMM)
     res = secret_cluster.all_reduce(everyone, seed=12, **SPEC)

@@ -16,7 +16,7 @@ import socket
 import struct
 import time
 
-from control_frames import auth_hello, auth_socket, frame, hello, hello_body, read_frames, recv_frames
+from control_frames import PROTOCOL_VERSION, auth_hello, auth_socket, frame, hello, hello_body, read_frames, recv_frames
 from fault_helpers import listen_port_from_master_log, read_text
 from support import admit, join, wait_until
 
@@ -126,9 +126,9 @@ def test_garbage_to_master_port(cluster):
         "bad message type": (frame(200, b"\x00" * 8), "invalid message type value 200"),
         "bad auth magic": (auth_hello(False, b"\x00" * 32, magic=0xDEADBEEF), "bad magic in auth-hello"),
         "bad auth version": (auth_hello(False, b"\x00" * 32, version=99), "protocol version 99 is not supported"),
-        "bad has-secret flag": (frame(15, struct.pack("<IHB", 0x4C434350, 3, 7) + b"\x00" * 32),
+        "bad has-secret flag": (frame(15, struct.pack("<IHB", 0x4C434350, PROTOCOL_VERSION, 7) + b"\x00" * 32),
                                 "invalid has-secret flag value 7"),
-        "short nonce": (frame(15, struct.pack("<IHB", 0x4C434350, 3, 0) + b"\x00" * 5), "message truncated"),
+        "short nonce": (frame(15, struct.pack("<IHB", 0x4C434350, PROTOCOL_VERSION, 0) + b"\x00" * 5), "message truncated"),
         "hello before authentication": (hello(), "message 'hello' before authentication"),
         "bad hello magic": (after_auth(hello(magic=0xDEADBEEF)), "bad magic in hello"),
         "bad hello version": (after_auth(hello(version=99)), "protocol version 99 is not supported"),
@@ -182,7 +182,7 @@ def test_garbage_to_peer_mesh_listener(cluster):
         "addressed to another peer": (handshake(**dict(good, to_peer=me + 1000)), "handshake addressed to another peer"),
         "connection index out of range": (handshake(conn_index=999, **good), "connection index out of range"),
         "stale epoch": (handshake(**dict(good, epoch=0)), "stale epoch"),
-        "wrong mesh token": (handshake(**good), "mesh handshake with a wrong token"),
+        "wrong mesh key": (handshake(**good), "mesh handshake without the key of its slot"),
     }
     log = cluster._log(f"peer{target.index}.log")
     # A connection that closes before sending anything is logged too.
