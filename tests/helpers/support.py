@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -269,10 +270,30 @@ def assert_within(t0: float, t1: float, bound: float, what: str) -> float:
 
 
 def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago (another process may take it meanwhile)."""
-    with socket.socket() as s:
+    """A TCP port on loopback that was free a moment ago, for a listener a child process opens later.
+
+    Drawn at random below the kernel's ephemeral range: a port from bind(0) is an ephemeral one, which any
+    outgoing connection on the machine may take before the child listens on it (CI once lost a torch
+    rendezvous to EADDRINUSE that way). Another test picking the same random port meanwhile is the
+    remaining, much smaller, chance."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything below the range is taken: fall back to an ephemeral port
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def run_torch_ranks(script: str, world: int, out_dir: str, env: dict, timeout: float) -> list[dict]:

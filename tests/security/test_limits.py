@@ -18,8 +18,8 @@ import pytest
 
 import pccl_py
 from control_frames import AUTH_CHALLENGE, auth_hello, frame, recv_one_frame
-from support import (Background, admit_pending, assert_within, connect_group, new_comm, run_concurrently,
-                     wait_until)
+from support import (Background, admit_pending, assert_within, connect_group, free_port, new_comm,
+                     run_concurrently, wait_until)
 
 
 def _dial(port: int, source: str = "127.0.0.2") -> socket.socket:
@@ -209,18 +209,12 @@ def test_limits_are_validated_with_clear_errors():
             pccl_py.Master(**kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_idle_sockets_at_a_peer_listener_do_not_block_a_mesh_rebuild():
     """1100 idle sockets at a member's mesh listener used to fill all 1024 handshake slots, so no mesh
     could be built again (the next epoch's connections were refused). Now one address holds at most 256
     slots, its oldest go first, and a newcomer's epoch builds its mesh as usual."""
     with pccl_py.Master() as m:
-        port = _free_port()
+        port = free_port()
         a = new_comm(m.address).connect()
         b = new_comm(m.address, listen_port=port)
         run = Background(b.connect)
@@ -293,7 +287,7 @@ def test_handshakes_parked_for_unknown_epochs_do_not_keep_members_out():
     members' own handshakes used to be refused ("too many parked connections") until those expired.
     Now the oldest unverified one makes room, and a newcomer's epoch builds its mesh at once."""
     with pccl_py.Master() as m:
-        port = _free_port()
+        port = free_port()
         a = new_comm(m.address, listen_port=port).connect()
         b = new_comm(m.address)
         run = Background(b.connect)

@@ -21,7 +21,7 @@ import pytest
 
 import pccl_py
 from pccl_py.tools.wan import WanProfile, WanRelay, parse_mapping, parse_wan
-from support import REPO_ROOT, wait_until
+from support import REPO_ROOT, free_port, wait_until
 
 _ROOT = REPO_ROOT
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pccl_py.__file__)))
@@ -258,12 +258,6 @@ def test_parsers():
 # pccl through the relay
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_all_reduce_through_the_relay_is_correct():
     """Two peers advertise relay ports; the result is exact and every data byte crossed the relay."""
     count, k = 1 << 20, 2
@@ -275,7 +269,7 @@ def test_all_reduce_through_the_relay_is_correct():
     comms: List[Any] = []
     try:
         for _ in range(2):
-            port = _free_port()
+            port = free_port()
             host, rport = relay.add_mapping(("127.0.0.1", 0), ("127.0.0.1", port))
             comms.append(pccl_py.Communicator(master.address, connections_per_peer=k, timeout=20,
                                               join_timeout=20, listen_host="127.0.0.1", listen_port=port,

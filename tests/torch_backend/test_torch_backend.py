@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,10 @@ dist = pytest.importorskip("torch.distributed")
 
 import pccl_py  # noqa: E402
 import pccl_py.torch as pccl_torch  # noqa: E402
-from support import HELPERS_DIR, REPO_ROOT, assert_within, connect_group, run_concurrently  # noqa: E402
+from support import HELPERS_DIR, REPO_ROOT, assert_within, connect_group, free_port, run_concurrently  # noqa: E402
 
 ROOT = REPO_ROOT
 WORKER = os.path.join(HELPERS_DIR, "torch_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -59,7 +52,7 @@ def _kill(procs: list) -> None:
 
 def run_ranks(scenario: str, world: int, tmp_path, timeout: float = 45.0) -> dict[int, dict]:
     """Runs every rank of scenario; returns {rank: result} for the ranks that wrote one."""
-    port = _free_port()
+    port = free_port()
     outs = [str(tmp_path / f"{scenario}{r}.json") for r in range(world)]
     logs = [open(tmp_path / f"{scenario}{r}.log", "wb") for r in range(world)]
     procs = [subprocess.Popen([sys.executable, WORKER, scenario, str(r), str(world), str(port), outs[r]],
@@ -178,7 +171,7 @@ def test_torchrun_example(tmp_path):
     """examples/torch_backend.py runs under torchrun with three ranks, each printing example OK."""
     torchrun = shutil.which("torchrun")
     cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]) + [
-        "--nproc-per-node", "3", "--master-port", str(_free_port()), os.path.join(ROOT, "examples", "torch_backend.py")]
+        "--nproc-per-node", "3", "--master-port", str(free_port()), os.path.join(ROOT, "examples", "torch_backend.py")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), text=True,
                             start_new_session=True)
     try:
