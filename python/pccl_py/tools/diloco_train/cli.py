@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantization", choices=["none", "fp16", "bf16", "q8", "q4"], default="none",
                    help="DiLoCo's pseudo-gradient wire format; none is float32 (default %(default)s)")
     g.add_argument("--no-error-feedback", action="store_true", help="do not carry quantization error into the next round")
-    g.add_argument("--outer-lr", type=float, default=0.7, help="outer SGD learning rate (default %(default)s)")
+    g.add_argument("--outer-lr", type=float, default=0.5,
+                   help="outer SGD learning rate (default %(default)s: the best of 0.3-1.0 on this task, see docs/diloco.md)")
     g.add_argument("--outer-momentum", type=float, default=0.9, help="outer Nesterov momentum; 0: plain SGD (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="initialisation, data order, churn victims (default %(default)s)")
     g.add_argument("--model", choices=MODEL_SIZES, default="default",
