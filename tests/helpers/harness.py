@@ -7,12 +7,13 @@ has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
 import signal
 import sys
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from pccl_py.tools.harness import Child, Children, package_env
 from pccl_py.tools.harness import MasterProcess as _MasterProcess
@@ -129,3 +130,18 @@ class Cluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def keyed_cluster(tmp_path: Any, secret: Optional[str], comm: dict) -> Iterator[Cluster]:
+    """A Cluster whose master runs with job secret `secret` (None: without one). The cluster carries
+    c.comm (the Communicator options, `secret` added) and c.key (the secret's bytes, b"" without one),
+    which tests that play a member by hand need for their handshakes."""
+    args: list[str] = []
+    if secret is not None:
+        path = tmp_path / "job.secret"
+        path.write_text(secret)
+        args, comm = ["--secret-file", str(path)], dict(comm, secret=secret)
+    with Cluster(log_dir=str(tmp_path), master_args=args) as c:
+        c.comm, c.key = dict(comm), (secret or "").encode()
+        yield c

@@ -22,7 +22,7 @@ import pytest
 from control_frames import auth_socket, frame, hello, hello_body, recv_control
 from fault_helpers import read_text
 from support import join, wait_until
-from harness import Cluster, MasterProcess
+from harness import Cluster, MasterProcess, keyed_cluster
 
 SECRET = "hostile tests secret"
 HB = 2.0
@@ -47,13 +47,7 @@ def rejoin(peer_id: int, epoch: int, members: list[int], group: int = 0, hb_ms: 
 @pytest.fixture(params=["secret", "no-secret"])
 def hostile_cluster(request, tmp_path):
     """A cluster with a job secret (the hostile client knows it: a malicious member) or without one."""
-    args, comm, key = [], dict(COMM), b""
-    if request.param == "secret":
-        path = tmp_path / "job.secret"
-        path.write_text(SECRET)
-        args, comm, key = ["--secret-file", str(path)], dict(COMM, secret=SECRET), SECRET.encode()
-    with Cluster(log_dir=str(tmp_path), master_args=args) as c:
-        c.comm, c.key = comm, key
+    with keyed_cluster(tmp_path, SECRET if request.param == "secret" else None, COMM) as c:
         yield c
 
 

@@ -23,7 +23,7 @@ from control_frames import (EPOCH, PENDING, RECOVER, WELCOME, auth_socket, hello
                             parse_epoch, recv_control, status, vote)
 from fault_helpers import read_text
 from support import wait_until
-from harness import Cluster
+from harness import Cluster, keyed_cluster
 
 SECRET = "mesh identity tests secret"
 COMM = dict(heartbeat_timeout=3.0, timeout=10.0)
@@ -31,13 +31,7 @@ COMM = dict(heartbeat_timeout=3.0, timeout=10.0)
 
 @pytest.fixture(params=["secret", "no-secret"])
 def id_cluster(request, tmp_path):
-    args, comm, key = [], dict(COMM), b""
-    if request.param == "secret":
-        path = tmp_path / "job.secret"
-        path.write_text(SECRET)
-        args, comm, key = ["--secret-file", str(path)], dict(COMM, secret=SECRET), SECRET.encode()
-    with Cluster(log_dir=str(tmp_path), master_args=args) as c:
-        c.comm, c.key = comm, key
+    with keyed_cluster(tmp_path, SECRET if request.param == "secret" else None, COMM) as c:
         yield c
 
 
