@@ -134,7 +134,8 @@ void Communicator::control_loop() {
             // messages are heartbeats (4 a second), one of many; a lost vote result fails
             // update_topology() at its vote timeout; a lost epoch change leaves this peer at the old
             // epoch, where its ops fail at their deadlines until a later epoch change reaches it.
-            // (tests/faults/test_failpoints.py covers a lost heartbeat.)
+            // A lost welcome or first epoch fails connect() within its join_timeout.
+            // (tests/faults/test_failpoints.py covers a lost heartbeat, welcome and first epoch.)
             PCCL_LOG(LogLevel::kError, "peer", "internal error handling a message from the master: %s; serving on",
                      e.what());
         } catch (...) {

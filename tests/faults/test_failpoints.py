@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -81,6 +82,24 @@ def test_control_thread_survives(tmp_path):
                    15.0, "the peer's control thread to log the exception it caught")
         _reduce_until_ok(peers)
         assert all(p.call("state")["ok"] for p in peers)
+
+
+@pytest.mark.parametrize("skip,lost", [(0, "welcome"), (1, "first epoch")])
+def test_control_thread_losing_a_join_message_fails_connect_clearly(tmp_path, skip, lost):
+    """The message the control thread lost is one connect() waits for (the welcome, or the epoch that makes
+    the founder a member): connect() fails with a clear error within its join_timeout, never hangs, and
+    the master goes on admitting others."""
+    with Cluster(log_dir=str(tmp_path)) as cluster:
+        victim = cluster.spawn(env={"PCCL_FAILPOINTS": f"control_loop=runtime_error:1@{skip}"})
+        t0 = time.monotonic()
+        r = call(victim, "connect", timeout=30.0, master=cluster.master.address, kwargs={"join_timeout": 3.0})
+        assert not r["ok"] and r["error"].endswith("Error") and r["message"], f"lost the {lost}, yet: {r}"
+        assert time.monotonic() - t0 < 3.0 + 10.0, f"connect() outlived its join_timeout by far: {r}"
+        assert _log_has(os.path.join(str(tmp_path), "peer0.log"), "control_loop: throwing",
+                        "internal error handling a message from the master: failpoint control_loop; serving on")
+        victim.call("close", timeout=10.0)
+        peers = join(cluster, 2, timeout=30.0)
+        _reduce_until_ok(peers, tries=1)
 
 
 def test_mesh_io_thread_survives(tmp_path):
