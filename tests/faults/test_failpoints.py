@@ -34,7 +34,7 @@ def _log_has(path: str, *needles: str):
 def _reduce_until_ok(peers, tries: int = 3, timeout: float = 30.0) -> tuple[list[dict], list[dict]]:
     """Issues the same all_reduce on every peer until one round succeeds everywhere (at most `tries`
     rounds). Returns (the failed rounds' replies, the successful round's replies). A failed round must
-    have failed with a clear library error on every peer that failed, its input untouched."""
+    have failed on every peer, each with a clear library error and its input untouched."""
     failed: list[dict] = []
     for attempt in range(tries):
         ids = [p.send("all_reduce", dtype="float32", count=COUNT, seed=attempt, expect_from=[q.index for q in peers])
@@ -43,6 +43,7 @@ def _reduce_until_ok(peers, tries: int = 3, timeout: float = 30.0) -> tuple[list
         if all(r["ok"] for r in replies):
             check_replies(replies, world_size=len(peers))
             return failed, replies
+        assert not any(r["ok"] for r in replies), f"an op failed on some members only: {replies}"
         for r in replies:
             if not r["ok"]:
                 assert r["error"].endswith("Error") and r["message"], f"an op failed without a clear error: {r}"
