@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "auth/mesh_auth.hpp"
+#include "common/failpoint.hpp"
 #include "common/log.hpp"
 #include "common/thread_name.hpp"
 #include "protocol/p2p_key.hpp"
@@ -225,6 +226,7 @@ void Master::read_from(Peer& p) {
             while (!p.dead && p.in.next(body)) {
                 Reader r(body.data(), body.size());
                 auto type = static_cast<MsgType>(r.get_enum(static_cast<uint8_t>(MsgType::kCount), "message type"));
+                failpoint::check(failpoint::Site::kMasterLoop);
                 handle(p, type, r);
             }
         } catch (const ProtocolError& e) {

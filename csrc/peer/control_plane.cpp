@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "auth/mesh_auth.hpp"
+#include "common/failpoint.hpp"
 #include "common/log.hpp"
 #include "protocol/p2p_key.hpp"
 
@@ -120,12 +121,25 @@ void Communicator::control_loop() {
             while (in.next(body)) {
                 Reader r(body.data(), body.size());
                 MsgType type = next_type(r);
+                failpoint::check(failpoint::Site::kControlLoop);
                 handle_message(type, r);
             }
-        } catch (const std::exception& e) {  // a bad message, or a failure handling it
+        } catch (const Error& e) {  // a bad message from the master
             PCCL_WARN("peer", "invalid message from the master: %s", e.what());
             enter_terminal(State::kMasterLost, std::string("the master sent an invalid message: ") + e.what());
             return;
+        } catch (const std::exception& e) {
+            // Not the master's fault (out of memory, say): the message is lost, the thread serves on.
+            // Ending the peer instead would turn one failed allocation into an eviction. Most
+            // messages are heartbeats (4 a second), one of many; a lost vote result fails
+            // update_topology() at its vote timeout; a lost epoch change leaves this peer at the old
+            // epoch, where its ops fail at their deadlines until a later epoch change reaches it.
+            // A lost welcome or first epoch fails connect() within its join_timeout.
+            // (tests/faults/test_failpoints.py covers a lost heartbeat, welcome and first epoch.)
+            PCCL_LOG(LogLevel::kError, "peer", "internal error handling a message from the master: %s; serving on",
+                     e.what());
+        } catch (...) {
+            PCCL_LOG(LogLevel::kError, "peer", "unknown internal error handling a message from the master; serving on");
         }
         if (closed && leaving_) {
             std::lock_guard<std::mutex> lock(mutex_);

@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "common/failpoint.hpp"
 #include "common/log.hpp"
 #include "common/thread_name.hpp"
 
@@ -88,14 +89,15 @@ void Mesh::start() {
     thread_ = std::thread([this] {
         io_thread_.store(std::this_thread::get_id());
         name_this_thread("pccl-mesh");
-        // Clients send their ClientHello now; every handshake then advances with its socket's events.
-        for (auto& c : conns_)
-            if (c->tls && !failed_ && !step_handshake(*c)) break;
         // Anything the loop lets escape (an allocation failure, say) ends this epoch's mesh like a
         // broken link: every op on it fails with this reason and the master starts a new epoch. It must
         // not end the process, nor leave the ops waiting for their timeout.
         std::string why;
         try {
+            // Clients send their ClientHello now; every handshake then advances with its socket's
+            // events. Inside the guard: a handshake step may read a whole frame (and throw).
+            for (auto& c : conns_)
+                if (c->tls && !failed_ && !step_handshake(*c)) break;
             loop();
         } catch (const std::exception& e) {
             why = std::string("internal error in the mesh I/O thread: ") + e.what();
@@ -245,6 +247,7 @@ bool Mesh::handle_read(Conn& c) {
             budget -= std::min(budget, static_cast<size_t>(n));
             if (c.rx_header_got < kHeaderBytes) continue;
             c.rx_header_got = 0;
+            failpoint::check(failpoint::Site::kMeshIo);  // outside the handlers' guards: ends the loop
             try {
                 validate_frame_header(c.rx_header, epoch_);
                 if (c.rx_header.type == static_cast<uint8_t>(FrameType::kKeepalive)) continue;

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <vector>
 
+#include "common/failpoint.hpp"
 #include "common/log.hpp"
 #include "common/thread_name.hpp"
 #include "transport/mesh_handshake.hpp"
@@ -253,6 +254,7 @@ void MeshListener::loop() {
                 } else if (parked_.size() >= kMaxParked && !evict_unverified_parked()) {
                     reject = "too many parked connections";
                 } else {
+                    failpoint::check(failpoint::Site::kMeshListener);
                     Parked park{std::move(p.fd), Clock::now(), false, h, p.nonce, {}, p.remote};
                     std::memcpy(&park.tail, p.buf + sizeof(Handshake), sizeof park.tail);
                     // Copies of the packed fields: binding a reference to a misaligned one is undefined.
