@@ -3,7 +3,8 @@
 An out-of-memory error or a standard-library exception thrown inside the master's event loop, a peer's
 control thread, its mesh I/O thread or its mesh listener must be logged and survived: the process keeps
 serving, an op it was serving fails with a clear error on every member (or is retried), and the next op
-succeeds. Nothing on the network can make those loops throw such an exception, so the tests arm the
+succeeds. The one message a peer cannot lose and serve on is a membership change (welcome, recover,
+epoch): it then leaves its group with an EvictedError naming the cause, and the others go on without it. Nothing on the network can make those loops throw such an exception, so the tests arm the
 core's failpoints (PCCL_FAILPOINTS, read when the core loads) in real master and peer processes.
 
 The trap: a failpoint that never fired proves nothing. Each test first waits for the failpoint's own
