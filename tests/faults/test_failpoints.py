@@ -98,11 +98,13 @@ def test_control_thread_losing_a_join_message_fails_connect_clearly(tmp_path, sk
         t0 = time.monotonic()
         r = call(victim, "connect", timeout=30.0, master=cluster.master.address, kwargs={"join_timeout": 3.0})
         took = time.monotonic() - t0
-        assert _log_has(os.path.join(str(tmp_path), "peer0.log"), f"control_loop: throwing std::runtime_error on {lost}",
-                        f"internal error handling the master's {lost} message: failpoint control_loop; leaving the group")
+        plog = os.path.join(str(tmp_path), "peer0.log")
+        assert _log_has(plog, f"control_loop: throwing std::runtime_error on {lost}"), read_text(plog)[-2000:]
         assert not r["ok"] and r["error"] == "EvictedError", f"lost the {lost}, yet: {r}"
         assert "was not admitted" in r["message"] and "connect a new one to try again" in r["message"], r
         assert took < 2.0, f"connect() waited {took:.1f} s for an admission it knew was lost (join_timeout 3 s)"
+        assert _log_has(plog, f"internal error handling the master's {lost} message: failpoint control_loop; "
+                              "leaving the group"), read_text(plog)[-2000:]
         victim.call("close", timeout=10.0)
         peers = join(cluster, 2, timeout=30.0)
         _reduce_until_ok(peers, tries=1)
@@ -142,12 +144,12 @@ def test_member_losing_an_epoch_change_leaves_clearly(tmp_path):
         members = admit(cluster, members, [victim], EPOCH_COMM)
         newcomer = cluster.spawn()
         votes, joined, took = _vote_with_newcomer(cluster, members, newcomer)
-        wait_until(lambda: _log_has(vlog, "control_epoch: throwing std::runtime_error on epoch",
-                                    "internal error handling the master's epoch message: failpoint control_epoch; "
-                                    "leaving the group"), 10.0, "the victim to lose the epoch change and leave")
+        wait_until(lambda: _log_has(vlog, "control_epoch: throwing std::runtime_error on epoch"), 10.0,
+                   "the victim's control thread to throw on the epoch change")
         lost = votes[[m.index for m in members].index(victim.index)]
         assert not lost["ok"] and lost["error"] == "EvictedError", f"the member that lost the change: {lost}"
         assert "lost a membership change" in lost["message"] and "failpoint control_epoch" in lost["message"], lost
+        assert _log_has(vlog, "internal error handling the master's epoch message: failpoint control_epoch; leaving the group")
         survivors = [m for m in members if m is not victim] + [newcomer]
         for r in [v for v in votes if v is not lost] + [joined]:
             assert r["ok"] and r["world_size"] == 3, f"a survivor or the newcomer: {r}"
@@ -178,12 +180,12 @@ def test_newcomer_losing_its_first_epoch_fails_connect_clearly(tmp_path):
         newcomer = cluster.spawn(env={"PCCL_FAILPOINTS": "control_epoch=runtime_error:1"})
         nlog = os.path.join(str(tmp_path), f"peer{newcomer.index}.log")
         votes, joined, took = _vote_with_newcomer(cluster, members, newcomer)
-        wait_until(lambda: _log_has(nlog, "control_epoch: throwing std::runtime_error on epoch",
-                                    "internal error handling the master's epoch message: failpoint control_epoch; "
-                                    "leaving the group"), 10.0, "the newcomer to lose its first epoch and leave")
+        wait_until(lambda: _log_has(nlog, "control_epoch: throwing std::runtime_error on epoch"), 10.0,
+                   "the newcomer's control thread to throw on its first epoch")
         assert not joined["ok"] and joined["error"] == "EvictedError", f"connect() after losing its admission: {joined}"
         assert "was not admitted" in joined["message"] and "connect a new one to try again" in joined["message"], joined
         assert "failpoint control_epoch" in joined["message"], joined
+        assert _log_has(nlog, "internal error handling the master's epoch message: failpoint control_epoch; leaving the group")
         for r in votes:
             assert r["ok"] and r["world_size"] == 3, f"a member's vote: {r}"
         assert took < HB / 2 + 1.5, f"the members' vote took {took:.2f} s (bound HB / 2 + 1.5 s)"
