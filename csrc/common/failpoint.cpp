@@ -10,7 +10,7 @@ namespace pccl::failpoint {
 namespace {
 
 constexpr int kMaxCount = 1000000;
-const char* const kNames[] = {"master_loop", "control_loop", "mesh_io", "mesh_listener"};
+const char* const kNames[] = {"master_loop", "control_loop", "mesh_io", "mesh_listener", "control_epoch"};
 
 // A non-negative decimal integer of at most kMaxCount, the whole of `s`.
 bool parse_int(const std::string& s, int* out) {
@@ -41,7 +41,7 @@ bool parse_entry(const std::string& e, Spec* spec, std::string* error) {
     for (int i = 0; i < static_cast<int>(Site::kCount); ++i)
         if (name == kNames[i]) site = i;
     if (site < 0) {
-        *error = "unknown failpoint '" + name + "' (known: master_loop, control_loop, mesh_io, mesh_listener)";
+        *error = "unknown failpoint '" + name + "' (known: master_loop, control_loop, mesh_io, mesh_listener, control_epoch)";
         return false;
     }
     if (kind == "bad_alloc") spec->kind = Kind::kBadAlloc;
@@ -112,13 +112,13 @@ bool parse(const std::string& text, std::vector<Spec>* out, std::string* error) 
     return true;
 }
 
-void fire(Site site) {
+void fire(Site site, const char* what) {
     Slot& slot = g_slots[static_cast<int>(site)];
     if (slot.skip.load() > 0 && slot.skip.fetch_sub(1) > 0) return;
     if (slot.remaining.fetch_sub(1) <= 0) return;  // another thread took the last one
     const bool bad_alloc = slot.kind.load() == static_cast<int>(Kind::kBadAlloc);
-    log_message(LogLevel::kWarn, "failpoint", "%s: throwing %s", kNames[static_cast<int>(site)],
-                bad_alloc ? "std::bad_alloc" : "std::runtime_error");
+    log_message(LogLevel::kWarn, "failpoint", "%s: throwing %s%s%s", kNames[static_cast<int>(site)],
+                bad_alloc ? "std::bad_alloc" : "std::runtime_error", what ? " on " : "", what ? what : "");
     if (bad_alloc) throw std::bad_alloc();
     throw std::runtime_error(std::string("failpoint ") + kNames[static_cast<int>(site)]);
 }

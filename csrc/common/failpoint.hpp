@@ -22,7 +22,11 @@ enum class Site : int {
     kControlLoop = 1,   // "control_loop": a peer's control thread, per message from the master
     kMeshIo = 2,        // "mesh_io": a peer's mesh I/O thread, per frame header received
     kMeshListener = 3,  // "mesh_listener": a peer's mesh listener, per complete handshake received
-    kCount = 4,
+    // "control_epoch": a peer's control thread, per EPOCH message (a membership change) from the master,
+    // before it is decoded, so the whole change is lost. Apart from control_loop because the master's
+    // heartbeats (4 a second) make a control_loop skip count land on an EPOCH only by chance.
+    kControlEpoch = 4,
+    kCount = 5,
 };
 
 enum class Kind : int { kBadAlloc = 0, kRuntimeError = 1 };
@@ -47,11 +51,12 @@ struct Slot {
 };
 extern Slot g_slots[static_cast<int>(Site::kCount)];
 
-// The slow path: counts the skip down, then throws (and logs that it does).
-void fire(Site site);
+// The slow path: counts the skip down, then throws (and logs that it does, with `what`, e.g. the type of
+// the message being handled, when given: a test reads that line to know what the throw hit).
+void fire(Site site, const char* what);
 
-inline void check(Site site) {
-    if (__builtin_expect(g_slots[static_cast<int>(site)].remaining.load(std::memory_order_relaxed) > 0, 0)) fire(site);
+inline void check(Site site, const char* what = nullptr) {
+    if (__builtin_expect(g_slots[static_cast<int>(site)].remaining.load(std::memory_order_relaxed) > 0, 0)) fire(site, what);
 }
 
 }  // namespace pccl::failpoint

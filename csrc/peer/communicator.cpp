@@ -238,6 +238,7 @@ void Communicator::throw_state_error(const char* what) {
         case State::kMember:
             throw Error(ErrorCode::kInvalidArgument, std::string(what) + ": unexpected state");
         case State::kEvicted:
+            if (left_on_error_) throw Error(ErrorCode::kEvicted, std::string(what) + ": " + terminal_reason_);
             throw Error(ErrorCode::kEvicted, std::string(what) + ": this peer was evicted by the master (" + terminal_reason_ +
                                                  "); the others continue without it. Create a new Communicator to rejoin as a new peer");
         case State::kMasterLost:

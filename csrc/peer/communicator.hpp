@@ -110,6 +110,9 @@ private:
     void on_recover(const Recover& m);
     void build_mesh(uint64_t epoch, const std::vector<MemberInfo>& members, int my_rank);
     void enter_terminal(State state, const std::string& reason);
+    // A non-library exception while handling a welcome, recover or epoch message: this peer leaves
+    // (control_plane.cpp says why). Returns false for other messages, which are safe to lose.
+    bool leave_after_lost_change(MsgType type, const char* what);
     // The master connection is gone: rejoin a master at the same address within master_grace.
     // Returns false once the communicator is terminal.
     bool reconnect_master(const std::string& why, FrameAssembler& in);
@@ -164,6 +167,7 @@ private:
     std::condition_variable cv_;
     State state_ = State::kIdle;
     std::string terminal_reason_;
+    bool left_on_error_ = false;  // kEvicted by leave_after_lost_change, not by the master: terminal_reason_ says all
     uint64_t peer_id_ = 0;
     uint64_t epoch_ = 0;
     std::vector<MemberInfo> members_;

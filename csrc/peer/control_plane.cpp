@@ -117,28 +117,34 @@ void Communicator::control_loop() {
             closed = !read_master(master_, in, &why);
             last_rx = Clock::now();
         }
+        MsgType handling = MsgType::kCount;  // the message being handled when an exception escapes
         try {
             while (in.next(body)) {
                 Reader r(body.data(), body.size());
                 MsgType type = next_type(r);
-                failpoint::check(failpoint::Site::kControlLoop);
+                handling = type;
+                failpoint::check(failpoint::Site::kControlLoop, msg_type_name(type));
+                if (type == MsgType::kEpoch) failpoint::check(failpoint::Site::kControlEpoch, msg_type_name(type));
                 handle_message(type, r);
+                handling = MsgType::kCount;
             }
         } catch (const Error& e) {  // a bad message from the master
             PCCL_WARN("peer", "invalid message from the master: %s", e.what());
             enter_terminal(State::kMasterLost, std::string("the master sent an invalid message: ") + e.what());
             return;
         } catch (const std::exception& e) {
-            // Not the master's fault (out of memory, say): the message is lost, the thread serves on.
-            // Ending the peer instead would turn one failed allocation into an eviction. Most
-            // messages are heartbeats (4 a second), one of many; a lost vote result fails
-            // update_topology() at its vote timeout; a lost epoch change leaves this peer at the old
-            // epoch, where its ops fail at their deadlines until a later epoch change reaches it.
-            // A lost welcome or first epoch fails connect() within its join_timeout.
-            // (tests/faults/test_failpoints.py covers a lost heartbeat, welcome and first epoch.)
+            // Not the master's fault (out of memory, say): the message is lost. A lost welcome,
+            // recover or epoch ends this peer's membership (leave_after_lost_change says why); any other
+            // is survived and the thread serves on, since ending the peer would turn one failed
+            // allocation into an eviction: most messages are heartbeats (4 a second), one of many, and
+            // a lost vote result fails update_topology() at its vote timeout.
+            // (tests/faults/test_failpoints.py covers a lost heartbeat, welcome, first epoch and a
+            // running member's epoch change.)
+            if (leave_after_lost_change(handling, e.what())) return;
             PCCL_LOG(LogLevel::kError, "peer", "internal error handling a message from the master: %s; serving on",
                      e.what());
         } catch (...) {
+            if (leave_after_lost_change(handling, "unknown exception")) return;
             PCCL_LOG(LogLevel::kError, "peer", "unknown internal error handling a message from the master; serving on");
         }
         if (closed && leaving_) {
@@ -166,6 +172,46 @@ void Communicator::control_loop() {
             last_tx = Clock::now();
         }
     }
+}
+
+// A welcome, recover or epoch message whose handling failed with a non-library exception (out of
+// memory, say) may be lost or half applied, and with it a membership change and the master's decisions
+// on this peer's ops. Serving on from there is what the control thread did before, and it went wrong
+// (measured with the control_epoch failpoint, tests/faults/test_failpoints.py): a running member
+// stayed at the old epoch until the others' mesh builds timed out on it (half a heartbeat timeout) and
+// reported its links broken, which the master remembers, so a second lost change evicted it together
+// with an innocent newcomer, named as a broken link; a newcomer that lost its first epoch was then
+// sent a recover request it refused, and connect() raised MasterLostError("the master sent an invalid
+// message") while the members stalled a whole heartbeat timeout more until the master evicted it. It
+// cannot get back in step on its own either: the master does not send an epoch's decisions again, and
+// without them its in-flight ops and the failures it owes could disagree with the others'. So it leaves
+// now, with an EvictedError naming the cause on every call, and closes its master connection so that
+// the master drops it at once instead of at its heartbeat timeout: the others' next epoch forms without
+// it as soon as their mesh build gives up on it (half a heartbeat timeout), and no broken link is
+// recorded against anyone. Called on the control thread; returns true when it left (the loop ends).
+bool Communicator::leave_after_lost_change(MsgType type, const char* what) {
+    if (type != MsgType::kWelcome && type != MsgType::kRecover && type != MsgType::kEpoch) return false;
+    bool joining;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (is_terminal(static_cast<int>(state_))) return true;
+        joining = state_ == State::kJoining;
+        left_on_error_ = true;
+    }
+    const std::string msg = std::string("the master's ") + msg_type_name(type) + " message";
+    const std::string group = "peer group " + std::to_string(config_.group);
+    const std::string why =
+        joining ? "this peer was not admitted to " + group + ": an internal error (" + what + ") while handling " + msg +
+                      " lost the admission, and the members go on without it; close() this communicator and connect "
+                      "a new one to try again (the members admit it at their next update_topology())"
+                : "this peer left " + group + ": an internal error (" + what + ") while handling " + msg +
+                      " lost a membership change, so it no longer knows the membership or the master's decisions on "
+                      "its operations; the others go on without it. Create a new Communicator to rejoin as a new peer";
+    PCCL_LOG(LogLevel::kError, "peer", "internal error handling %s: %s; leaving the group", msg.c_str(), what);
+    enter_terminal(State::kEvicted, why);
+    std::lock_guard<std::mutex> lock(send_mutex_);
+    master_.reset();  // the master drops this peer now (only the control thread reads master_)
+    return true;
 }
 
 void Communicator::wait_for_master(std::unique_lock<std::mutex>& lock) {

@@ -42,7 +42,8 @@ class MasterLostError(PCCLError):
 
 
 class EvictedError(PCCLError):
-    """The master removed this peer (it was frozen, silent, or its links broke).
+    """This peer is out of its group: the master removed it (it was frozen, silent, or its links broke), or
+    it left on its own after an internal error lost a membership change (the message says which).
 
     Create a new Communicator to rejoin as a new peer.
     """

@@ -25,6 +25,10 @@ TEST(Failpoint, ParsesEntries) {
     EXPECT_EQ(specs[1].kind, Kind::kRuntimeError);
     EXPECT_EQ(specs[1].count, 3);
     EXPECT_EQ(specs[1].skip, 7);
+    ASSERT_TRUE(parse("control_epoch=runtime_error:1@2", &specs, &error)) << error;
+    ASSERT_EQ(specs.size(), 1u);
+    EXPECT_EQ(specs[0].site, Site::kControlEpoch);
+    EXPECT_STREQ(site_name(Site::kControlEpoch), "control_epoch");
 }
 
 TEST(Failpoint, RefusesMalformedValues) {

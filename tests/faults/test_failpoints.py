@@ -3,7 +3,8 @@
 An out-of-memory error or a standard-library exception thrown inside the master's event loop, a peer's
 control thread, its mesh I/O thread or its mesh listener must be logged and survived: the process keeps
 serving, an op it was serving fails with a clear error on every member (or is retried), and the next op
-succeeds. Nothing on the network can make those loops throw such an exception, so the tests arm the
+succeeds. The one message a peer cannot lose and serve on is a membership change (welcome, recover,
+epoch): it then leaves its group with an EvictedError naming the cause, and the others go on without it. Nothing on the network can make those loops throw such an exception, so the tests arm the
 core's failpoints (PCCL_FAILPOINTS, read when the core loads) in real master and peer processes.
 
 The trap: a failpoint that never fired proves nothing. Each test first waits for the failpoint's own
@@ -85,22 +86,113 @@ def test_control_thread_survives(tmp_path):
         assert all(p.call("state")["ok"] for p in peers)
 
 
-@pytest.mark.parametrize("skip,lost", [(0, "welcome"), (1, "first epoch")])
+@pytest.mark.parametrize("skip,lost", [(0, "welcome"), (1, "epoch")])
 def test_control_thread_losing_a_join_message_fails_connect_clearly(tmp_path, skip, lost):
     """The message the control thread lost is one connect() waits for (the welcome, or the epoch that makes
-    the founder a member): connect() fails with a clear error within its join_timeout, never hangs, and
-    the master goes on admitting others."""
+    the founder a member): connect() fails at once with an EvictedError saying the admission was lost and
+    to connect again (before: the welcome's loss was reported as "not part of the new membership", the
+    epoch's as a TimeoutError blaming the members after the whole join_timeout), and the master goes on
+    admitting others."""
     with Cluster(log_dir=str(tmp_path)) as cluster:
         victim = cluster.spawn(env={"PCCL_FAILPOINTS": f"control_loop=runtime_error:1@{skip}"})
         t0 = time.monotonic()
         r = call(victim, "connect", timeout=30.0, master=cluster.master.address, kwargs={"join_timeout": 3.0})
-        assert not r["ok"] and r["error"].endswith("Error") and r["message"], f"lost the {lost}, yet: {r}"
-        assert time.monotonic() - t0 < 3.0 + 10.0, f"connect() outlived its join_timeout by far: {r}"
-        assert _log_has(os.path.join(str(tmp_path), "peer0.log"), "control_loop: throwing",
-                        "internal error handling a message from the master: failpoint control_loop; serving on")
+        took = time.monotonic() - t0
+        plog = os.path.join(str(tmp_path), "peer0.log")
+        assert _log_has(plog, f"control_loop: throwing std::runtime_error on {lost}"), read_text(plog)[-2000:]
+        assert not r["ok"] and r["error"] == "EvictedError", f"lost the {lost}, yet: {r}"
+        assert "was not admitted" in r["message"] and "connect a new one to try again" in r["message"], r
+        assert took < 2.0, f"connect() waited {took:.1f} s for an admission it knew was lost (join_timeout 3 s)"
+        assert _log_has(plog, f"internal error handling the master's {lost} message: failpoint control_loop; "
+                              "leaving the group"), read_text(plog)[-2000:]
         victim.call("close", timeout=10.0)
         peers = join(cluster, 2, timeout=30.0)
         _reduce_until_ok(peers, tries=1)
+
+
+# The control_epoch failpoint fires on EPOCH messages only: a control_loop skip count would land on one
+# only by chance, among the master's heartbeats (4 a second).
+HB = 2.0  # heartbeat_timeout of the epoch-loss tests: the bound on the survivors' stall is HB / 2 + margin
+EPOCH_COMM = {"heartbeat_timeout": HB, "timeout": 10.0, "join_timeout": 30.0}
+
+
+def _vote_with_newcomer(cluster, members, newcomer):
+    """newcomer connects, every member votes it in; returns (vote replies, connect reply, seconds the
+    vote took)."""
+    nid = newcomer.send("connect", master=cluster.master.address, kwargs=EPOCH_COMM)
+    wait_until(lambda: call(members[0], "pending", timeout=10.0)["pending"], 15.0, "the newcomer to be pending")
+    t0 = time.monotonic()
+    ids = [m.send("update_topology") for m in members]
+    votes = [reply_to(m, i, 30.0) for m, i in zip(members, ids)]
+    took = time.monotonic() - t0
+    return votes, reply_to(newcomer, nid, 30.0), took
+
+
+def test_member_losing_an_epoch_change_leaves_clearly(tmp_path):
+    """A running member's control thread throws on the EPOCH that admits a 4th peer. The member cannot
+    know the new membership or the master's decisions on its ops, so it leaves at once with an
+    EvictedError naming the cause; the two other members and the newcomer form the next epoch within
+    HB / 2 + margin (their mesh build giving up on it), without accusing anyone, and all_reduce correctly.
+    Before: the member stayed in at the old epoch; the others' failure reports were remembered against
+    the link to it, so a second lost change evicted it together with the innocent newcomer."""
+    with Cluster(log_dir=str(tmp_path)) as cluster:
+        a, b = cluster.spawn(), cluster.spawn()
+        victim = cluster.spawn(env={"PCCL_FAILPOINTS": "control_epoch=runtime_error:1@1"})  # passes its own admission
+        vlog, mlog = os.path.join(str(tmp_path), "peer2.log"), os.path.join(str(tmp_path), "master.log")
+        members = admit(cluster, [], [a], EPOCH_COMM)
+        members = admit(cluster, members, [b], EPOCH_COMM)  # one at a time: the victim sees one EPOCH
+        members = admit(cluster, members, [victim], EPOCH_COMM)
+        newcomer = cluster.spawn()
+        votes, joined, took = _vote_with_newcomer(cluster, members, newcomer)
+        wait_until(lambda: _log_has(vlog, "control_epoch: throwing std::runtime_error on epoch"), 10.0,
+                   "the victim's control thread to throw on the epoch change")
+        lost = votes[[m.index for m in members].index(victim.index)]
+        assert not lost["ok"] and lost["error"] == "EvictedError", f"the member that lost the change: {lost}"
+        assert "lost a membership change" in lost["message"] and "failpoint control_epoch" in lost["message"], lost
+        assert _log_has(vlog, "internal error handling the master's epoch message: failpoint control_epoch; leaving the group")
+        survivors = [m for m in members if m is not victim] + [newcomer]
+        for r in [v for v in votes if v is not lost] + [joined]:
+            assert r["ok"] and r["world_size"] == 3, f"a survivor or the newcomer: {r}"
+        assert took < HB / 2 + 1.5, f"the survivors' vote took {took:.2f} s (bound HB / 2 + 1.5 s)"
+        _, ok = _reduce_until_ok(cluster.ranked(survivors), tries=1)
+        assert {r["epoch"] for r in ok} == {joined["epoch"]}
+        r = call(victim, "all_reduce", dtype="float32", count=COUNT, seed=0, expect_from=[victim.index])
+        assert not r["ok"] and r["error"] == "EvictedError" and "lost a membership change" in r["message"], r
+        master_log = read_text(mlog)
+        # Dropped when it closed its connection, not evicted later, and nobody was accused of a broken link.
+        assert f"peer {victim.peer_id} lost from group" in master_log, master_log[-3000:]
+        assert "evicting" not in master_log and "looks alive" not in master_log, master_log[-3000:]
+        # The process stays usable: a new Communicator in it is admitted and reduces with the others.
+        assert victim.call("close", timeout=10.0)["ok"]
+        group = admit(cluster, survivors, [victim], EPOCH_COMM, timeout=30.0)
+        _reduce_until_ok(group, tries=1)
+
+
+def test_newcomer_losing_its_first_epoch_fails_connect_clearly(tmp_path):
+    """A newcomer's control thread throws on the EPOCH that admits it into a running group of 3: connect()
+    raises at once an EvictedError saying the admission was lost and to connect again (before: a
+    MasterLostError claiming the master sent an invalid message, raised when the master's next recovery
+    request reached it); the members' vote returns within HB / 2 + margin (before: HB / 2 + HB, until the
+    master evicted the silent newcomer) and their all_reduce succeeds; a new Communicator in the same
+    process is then admitted."""
+    with Cluster(log_dir=str(tmp_path)) as cluster:
+        members = join(cluster, 3, comm=EPOCH_COMM, timeout=30.0)
+        newcomer = cluster.spawn(env={"PCCL_FAILPOINTS": "control_epoch=runtime_error:1"})
+        nlog = os.path.join(str(tmp_path), f"peer{newcomer.index}.log")
+        votes, joined, took = _vote_with_newcomer(cluster, members, newcomer)
+        wait_until(lambda: _log_has(nlog, "control_epoch: throwing std::runtime_error on epoch"), 10.0,
+                   "the newcomer's control thread to throw on its first epoch")
+        assert not joined["ok"] and joined["error"] == "EvictedError", f"connect() after losing its admission: {joined}"
+        assert "was not admitted" in joined["message"] and "connect a new one to try again" in joined["message"], joined
+        assert "failpoint control_epoch" in joined["message"], joined
+        assert _log_has(nlog, "internal error handling the master's epoch message: failpoint control_epoch; leaving the group")
+        for r in votes:
+            assert r["ok"] and r["world_size"] == 3, f"a member's vote: {r}"
+        assert took < HB / 2 + 1.5, f"the members' vote took {took:.2f} s (bound HB / 2 + 1.5 s)"
+        _reduce_until_ok(members, tries=1)
+        assert newcomer.call("close", timeout=10.0)["ok"]
+        group = admit(cluster, members, [newcomer], EPOCH_COMM, timeout=30.0)
+        _reduce_until_ok(group, tries=1)
 
 
 def test_mesh_io_thread_survives(tmp_path):
