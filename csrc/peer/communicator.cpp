@@ -119,51 +119,48 @@ void Communicator::check_usable(const char* what) {
 }
 
 void Communicator::update_topology() {
+    check_usable("update_topology");
+    // A vote sent while the master is away would be lost with the dead connection: wait (bounded by
+    // master_grace) for a restarted master first. Going on after the wait is safe either way: a vote in
+    // flight is sent again to a master that comes back (reconnect_master), and a terminal state ends
+    // the wait for its answer below.
+    presence_.wait_present(deadline_after(config_.master_grace + 1.0));
     Vote vote;
     {
-        std::unique_lock<std::mutex> lock(mutex_);
-        if (state_ != State::kMember) throw_state_error("update_topology");
-        wait_for_master(lock);
-        vote_result_.reset();
+        // The epoch as it is after the wait: a master that came back may have moved it on.
+        std::lock_guard<std::mutex> lock(mutex_);
         vote = Vote{epoch_, static_cast<uint32_t>(config_.timeout * 1000)};
-        vote_outstanding_ = vote;
     }
-    send_to_master(encode_vote(vote));
-    std::unique_lock<std::mutex> lock(mutex_);
+    presence_.start_vote(vote);
     // However this call ends, its vote must not be re-sent to a restarted master later.
-    struct ClearVote {
-        std::optional<Vote>& v;
-        ~ClearVote() { v.reset(); }  // runs with mutex_ held: `lock` is destroyed after it
-    } clear_vote{vote_outstanding_};
+    struct EndVote {
+        MasterPresence& presence;
+        ~EndVote() { presence.end_vote(); }
+    } end_vote{presence_};
+    send_to_master(encode_vote(vote));
     auto deadline = deadline_after(config_.timeout + config_.heartbeat_timeout + 1.0 + config_.master_grace);
-    cv_.wait_until(lock, deadline, [&] { return vote_result_.has_value() || is_terminal(static_cast<int>(state_)); });
+    std::optional<VoteResult> result = presence_.wait_vote_result(deadline);
+    std::unique_lock<std::mutex> lock(mutex_);
     if (is_terminal(static_cast<int>(state_))) throw_state_error("update_topology");
-    if (!vote_result_) throw Error(ErrorCode::kTimeout, "update_topology(): the master did not answer in time");
-    if (vote_result_->timed_out) throw Error(ErrorCode::kTimeout, vote_result_->message);
+    if (!result) throw Error(ErrorCode::kTimeout, "update_topology(): the master did not answer in time");
+    if (result->timed_out) throw Error(ErrorCode::kTimeout, result->message);
     bool ok = cv_.wait_until(lock, deadline_after(config_.timeout),
                              [&] { return ready_ || is_terminal(static_cast<int>(state_)); });
     if (is_terminal(static_cast<int>(state_))) throw_state_error("update_topology");
     if (!ok) throw Error(ErrorCode::kTimeout, "update_topology(): the new membership did not become usable in time");
     // Every voter gets the same result, and a newcomer admitted by it gets the same count in its epoch.
-    agreed_pending_ = vote_result_->pending > 0;
-    agreed_fresh_ = true;
+    agreement_.adopt(result->pending > 0);
 }
 
 bool Communicator::peers_pending() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (state_ != State::kMember) throw_state_error("are_peers_pending");
-    // Alone, nobody can disagree; polled with no op in between, nobody is inside an op to be stranded
-    // by a vote (and the agreed value could never change).
-    if (members_.size() == 1 || !agreed_fresh_) return pending_.load() > 0;
-    agreed_fresh_ = false;
-    return agreed_pending_;
+    return agreement_.answer(members_.size() == 1, pending_.load());
 }
 
 void Communicator::adopt_agreed_pending(const std::optional<bool>& agreed) {
     if (!agreed) return;  // the op never ran (bad arguments, wrong state): nothing was agreed
-    std::lock_guard<std::mutex> lock(mutex_);
-    agreed_pending_ = *agreed;
-    agreed_fresh_ = true;
+    agreement_.adopt(*agreed);
 }
 
 int Communicator::world_size() {
@@ -207,10 +204,7 @@ void Communicator::close() {
     std::set<std::shared_ptr<Collective>> ops;
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (state_ != State::kEvicted && state_ != State::kMasterLost) {
-            state_ = State::kClosed;
-            terminal_reason_ = "closed";
-        }
+        if (state_ != State::kEvicted && state_ != State::kMasterLost) set_terminal_locked(State::kClosed, "closed");
         ready_ = false;
         mesh = std::move(mesh_);
         ops = inflight_;
@@ -225,8 +219,18 @@ void Communicator::close() {
     if (listener_) listener_->stop();
     master_.reset();
     std::lock_guard<std::mutex> lock(mutex_);
-    state_ = State::kClosed;
+    state_ = State::kClosed;  // the leaves were closed above, with the first terminal state
     if (terminal_reason_.empty()) terminal_reason_ = "closed";
+}
+
+void Communicator::set_terminal_locked(State state, const std::string& reason) {
+    state_ = state;
+    terminal_reason_ = reason;
+    // Terminal is for good: the turn and vote waits end now, in the same step as the membership's
+    // (their callers then find the terminal state under mutex_ and raise it). cv_'s waiters are
+    // notified by the caller, which may change more of the membership first.
+    turns_.close();
+    presence_.close();
 }
 
 void Communicator::throw_state_error(const char* what) {
@@ -250,16 +254,7 @@ void Communicator::throw_state_error(const char* what) {
     throw Error(ErrorCode::kInvalidArgument, "bad state");
 }
 
-uint64_t Communicator::reserve_turn(uint32_t tag, uint64_t lane) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return turns_[{tag, lane}].next++;
-}
-
-void Communicator::release_turn(uint32_t tag, uint64_t lane) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    turns_[{tag, lane}].serving++;
-    cv_.notify_all();
-}
+uint64_t Communicator::reserve_turn(uint32_t tag, uint64_t lane) { return turns_.reserve({tag, lane}); }
 
 // Adopts an op's agreed pending flag when its outcome, result or error, leaves for the caller.
 struct AdoptOnReturn {
@@ -294,18 +289,18 @@ ReduceResult Communicator::all_reduce_in_turn(const CollectiveSpec& requested, u
 }
 
 ReduceResult Communicator::run_in_turn(const OpCall& call, uint64_t ticket) {
-    {
-        // Ops on one tag run one at a time, in the order they were submitted. Every earlier op is
-        // bounded by its own deadline, so this wait is bounded too.
-        std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait(lock, [&] { return turns_[{call.tag, call.lane}].serving == ticket; });
+    // Ops on one tag (or channel) run one at a time, in the order they were submitted. Every earlier
+    // op is bounded by its own deadline, so this wait is bounded too; a terminal state ends it at once.
+    const TurnQueue::Key key{call.tag, call.lane};
+    if (!turns_.wait(key, ticket)) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        throw_state_error(call.name);  // the queue closes only once the state is terminal
     }
     struct TurnGuard {
-        Communicator* c;
-        uint32_t tag;
-        uint64_t lane;
-        ~TurnGuard() { c->release_turn(tag, lane); }
-    } guard{this, call.tag, call.lane};
+        TurnQueue& turns;
+        TurnQueue::Key key;
+        ~TurnGuard() { turns.release(key); }
+    } guard{turns_, key};
     for (int attempt = 0;; ++attempt) {
         bool retry = false;
         ReduceResult r = run_once(call, &retry);

@@ -1,6 +1,36 @@
 // A peer: its control connection to the master, the membership epoch it is in, the mesh of that
 // epoch, and the collectives running on it. The control thread owns every epoch transition
 // (freeze -> report -> new membership -> new mesh); caller threads run collectives and only wait.
+//
+// The peer's state is four state machines, each under its own lock:
+// - the membership (this class, mutex_ + cv_): the connection state (joining, member, terminal), the
+//   epoch, its members and this peer's rank, its mesh and router, the ops in flight, and the per-tag
+//   and per-channel bookkeeping of the epoch (sequence numbers, commits, failures owed). These stay
+//   together because an epoch transition must change all of them in one step: on_epoch decides the
+//   closing epoch's ops, owes the failures they imply against the commits counted so far and installs
+//   the new members, router and sequence numbers, while run_once reads the members, rank, mesh and
+//   router, numbers its op and registers it, and either must see all of the other's work or none.
+// - turn-taking (TurnQueue, peer/turns.hpp): the order of the ops on one tag or channel;
+// - the master's presence and the vote in flight with it (MasterPresence, peer/master_presence.hpp);
+// - the agreed pending flag (PendingAgreement, peer/pending_agreement.hpp).
+// send_mutex_ guards only writes to the master connection.
+//
+// Lock order (a lock may be taken while holding one above it, never one below it while holding it):
+//   1. mutex_ (the membership)
+//   2. the leaves: TurnQueue::mutex_, MasterPresence::mutex_, PendingAgreement::mutex_, and the locks
+//      of the layers below that mutex_'s holders call into (an op's, the mesh's, the listener's; none
+//      of them calls back into this class while holding its own lock)
+// The leaves never call out while holding their lock, so no two leaves are ever held together; the
+// communicator takes a leaf with mutex_ held only where the step must be atomic with the membership
+// (a terminal state closes the turn queue and the master's presence with it; a lost master is marked
+// away while its rejoin claim is built). send_mutex_ is taken with no other lock of this class held,
+// and nothing is taken under it.
+//
+// Waits: cv_ wakes the waiters on the membership (connect, update_topology's wait for the new mesh,
+// run_once's wait for a usable epoch, close's wait for the leave), each with a deadline, each also
+// woken by a terminal state. The leaves' waits are woken by their own state and by their close(),
+// which every terminal transition calls under mutex_ (set_terminal_locked), so no wait outlives the
+// communicator's end.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -18,7 +48,10 @@
 
 #include "collectives/collective.hpp"
 #include "collectives/p2p.hpp"
+#include "peer/master_presence.hpp"
 #include "peer/op_router.hpp"
+#include "peer/pending_agreement.hpp"
+#include "peer/turns.hpp"
 #include "protocol/messages.hpp"
 #include "transport/mesh.hpp"
 #include "transport/mesh_listener.hpp"
@@ -113,11 +146,12 @@ private:
     // A non-library exception while handling a welcome, recover or epoch message: this peer leaves
     // (control_plane.cpp says why). Returns false for other messages, which are safe to lose.
     bool leave_after_lost_change(MsgType type, const char* what);
+    // mutex_ held: state_ turns terminal (evicted, master lost, closed) for good; the other state
+    // machines' waits end with it.
+    void set_terminal_locked(State state, const std::string& reason);
     // The master connection is gone: rejoin a master at the same address within master_grace.
     // Returns false once the communicator is terminal.
     bool reconnect_master(const std::string& why, FrameAssembler& in);
-    // Waits (bounded by master_grace) while the master is away; mutex_ held through lock.
-    void wait_for_master(std::unique_lock<std::mutex>& lock);
     // Folds what a mesh of epoch_ heard from each member into heard_; mutex_ held.
     void absorb_heard(const Mesh& mesh);
     // heard_ as the rejoin claim reports it, for the other members of `members`; mutex_ held.
@@ -131,7 +165,6 @@ private:
     void send_to_master(const std::vector<uint8_t>& frame);
     void report_failure(uint64_t epoch, FailureKind kind, int suspect_rank);
     [[noreturn]] void throw_state_error(const char* what);  // mutex_ held
-    void release_turn(uint32_t tag, uint64_t lane = 0);
     // What run_once needs to know about one collective call, whatever its kind.
     struct OpCall {
         uint32_t tag = 0;
@@ -163,6 +196,12 @@ private:
     std::atomic<bool> stop_{false};
     std::atomic<bool> leaving_{false};
 
+    // The other state machines (see the top of this file); each has its own lock, a leaf below mutex_.
+    TurnQueue turns_;
+    MasterPresence presence_;
+    PendingAgreement agreement_;
+
+    // The membership: every member below is guarded by mutex_ unless its comment says otherwise.
     std::mutex mutex_;
     std::condition_variable cv_;
     State state_ = State::kIdle;
@@ -186,14 +225,9 @@ private:
     };
     std::map<uint32_t, std::deque<OwedFailure>> owed_failures_;
     std::map<uint32_t, bool> committed_pending_;  // per tag: the agreed flag of its last committed op
-    // The master's live count (PENDING messages). Atomic: ops read it, without mutex_, when they send
-    // their completion notices.
+    // The master's live count (PENDING messages). Atomic, under no lock: ops read it when they send
+    // their completion notices, peers_pending() when nothing was agreed since it last answered.
     std::atomic<uint32_t> pending_{0};
-    bool agreed_pending_ = false;  // see peers_pending()
-    bool agreed_fresh_ = false;    // agreed_pending_ was set since peers_pending() last returned it
-    std::optional<VoteResult> vote_result_;
-    std::optional<Vote> vote_outstanding_;  // sent, no result yet: re-sent to a restarted master
-    bool master_away_ = false;
     // When this peer last heard from each other member of epoch_ (by peer id) over their data links, and
     // whether a link to it closed or failed. Starts at the moment the epoch's membership arrives (the
     // master vouched for every member then) and takes in each mesh as it is retired or when the master
@@ -204,15 +238,11 @@ private:
         bool lost = false;
     };
     std::map<uint64_t, Heard> heard_;
-    Hello hello_;
+    Hello hello_;  // written by connect() before the control thread starts, read under mutex_
     uint64_t failure_reported_epoch_ = 0;
     // Control thread only: [rank] the key of the current epoch's mesh connections with that member
     // (auth/mesh_auth.hpp; nothing at this peer's own rank).
     std::vector<Mac> mesh_keys_;
-    struct Turns {
-        uint64_t next = 0, serving = 0;
-    };
-    std::map<std::pair<uint32_t, uint64_t>, Turns> turns_;  // by (tag, lane): lane 0 for collectives
     // Point-to-point channels of the current epoch, by (tag, p2p_stream(key)): ops issued, ops committed.
     std::map<std::pair<uint32_t, uint64_t>, uint64_t> p2p_next_, p2p_done_;
     // By (tag, lane): ops that failed on the partner before this peer started them (see owed_failures_).

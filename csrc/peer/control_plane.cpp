@@ -55,8 +55,7 @@ void Communicator::enter_terminal(State state, const std::string& reason) {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (is_terminal(static_cast<int>(state_))) return;
-        state_ = state;
-        terminal_reason_ = reason;
+        set_terminal_locked(state, reason);
         ops = inflight_;
         if (state != State::kMasterLost) {
             // An evicted peer's mesh is dead weight; with only the master gone, running ops may finish.
@@ -149,7 +148,7 @@ void Communicator::control_loop() {
         }
         if (closed && leaving_) {
             std::lock_guard<std::mutex> lock(mutex_);
-            if (!is_terminal(static_cast<int>(state_))) state_ = State::kClosed;
+            if (!is_terminal(static_cast<int>(state_))) set_terminal_locked(State::kClosed, "closed");
             terminal_reason_ = "closed";
             cv_.notify_all();
             return;
@@ -214,11 +213,6 @@ bool Communicator::leave_after_lost_change(MsgType type, const char* what) {
     return true;
 }
 
-void Communicator::wait_for_master(std::unique_lock<std::mutex>& lock) {
-    cv_.wait_until(lock, deadline_after(config_.master_grace + 1.0),
-                   [&] { return !master_away_ || is_terminal(static_cast<int>(state_)); });
-}
-
 void Communicator::absorb_heard(const Mesh& mesh) {
     auto links = mesh.heard();
     for (size_t r = 0; r < links.size() && r < members_.size(); ++r) {
@@ -247,7 +241,7 @@ bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) 
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (config_.master_grace > 0 && state_ == State::kMember) {
-            master_away_ = true;
+            presence_.away();  // with the claim, under mutex_: the master is away from this epoch on
             // heard: filled in at each send
             claim = Rejoin{hello_, peer_id_, epoch_, static_cast<uint8_t>(ready_ ? 1 : 0), members_, {}};
         }
@@ -316,17 +310,16 @@ bool Communicator::reconnect_master(const std::string& why, FrameAssembler& in) 
                     auto w = decode_welcome(r);
                     if (w.peer_id != claim.peer_id || !w.admitted) throw ProtocolError("the restarted master answered the rejoin with another identity");
                     PCCL_WARN("peer", "rejoined the restarted master as peer %llu", (unsigned long long)w.peer_id);
-                    std::optional<Vote> vote;
                     std::shared_ptr<Collective> failed;
                     {
                         std::lock_guard<std::mutex> lock(mutex_);
-                        master_away_ = false;
-                        vote = vote_outstanding_;
                         for (auto& op : inflight_)
                             if (op->failure().failed) failed = op;
                         failure_reported_epoch_ = 0;  // reports sent to the dead master are lost
-                        cv_.notify_all();
                     }
+                    // The master is back: a caller waiting to vote goes on, and the vote in flight, if
+                    // any, goes to the new master (the old one's answer is lost with it).
+                    std::optional<Vote> vote = presence_.back();
                     if (vote) send_to_master(encode_vote(*vote));
                     if (failed) {
                         auto f = failed->failure();
@@ -370,11 +363,7 @@ void Communicator::handle_message(MsgType type, Reader& r) {
             return;
         }
         case MsgType::kVoteResult: {
-            auto v = decode_vote_result(r);
-            std::lock_guard<std::mutex> lock(mutex_);
-            vote_result_ = v;
-            vote_outstanding_.reset();
-            cv_.notify_all();
+            presence_.vote_answered(decode_vote_result(r));
             return;
         }
         case MsgType::kRecover:
@@ -475,8 +464,7 @@ void Communicator::on_epoch(const EpochMsg& m) {
         if (my_rank >= 0) {
             if (state_ == State::kJoining) {
                 // The voters' update_topology() returns this same count (VoteResult::pending).
-                agreed_pending_ = m.pending > 0;
-                agreed_fresh_ = true;
+                agreement_.adopt(m.pending > 0);
             }
             p2p_next_.clear();
             p2p_done_.clear();
