@@ -72,7 +72,10 @@ std::vector<Decision> decide(const std::map<uint64_t, Status>& statuses) {
 
 std::string ids_to_string(const std::vector<uint64_t>& ids) {
     std::string s;
-    for (auto id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);
+    for (auto id : ids) {
+        if (!s.empty()) s += ',';
+        s += std::to_string(id);
+    }
     return s.empty() ? "-" : s;
 }
 

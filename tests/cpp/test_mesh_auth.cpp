@@ -42,7 +42,9 @@ TEST(MeshAuth, PairTokensAreSymmetricDistinctAndOwnPlaceZero) {
                 continue;
             }
             EXPECT_EQ(t, rows[kIds[b]][a]) << kIds[a] << "-" << kIds[b];
-            if (a < b) EXPECT_TRUE(seen.insert(t).second) << "two pairs share a token";
+            if (a < b) {
+                EXPECT_TRUE(seen.insert(t).second) << "two pairs share a token";
+            }
         }
     // Another epoch key: other tokens.
     EXPECT_NE(mesh_pair_tokens(key_of(10), 7, kIds)[1], rows[7][1]);
