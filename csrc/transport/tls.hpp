@@ -99,7 +99,8 @@ private:
     SSL* ssl_ = nullptr;
     int fd_;
     TlsKey key_;
-    int sys_errno_ = 0;  // errno of the socket call that failed last (the BIO's)
+    int sys_errno_ = 0;  // errno of the BIO's socket call that failed during the current SSL call (0: none)
+    bool eof_ = false;   // the BIO's recv() returned 0: the other end closed (BIO_CTRL_EOF reports it)
     std::mutex mutex_;
     bool established_ = false;
     bool want_write_ = false;

@@ -85,8 +85,7 @@ def _workload(cluster: Cluster, comm: dict) -> dict:
 
 
 def test_results_are_bitwise_identical_with_and_without_tls(tmp_path):
-    """The same workload gives bitwise the same results with and without TLS, and nothing is refused under TLS.
-    The same workload gives bitwise the same results with and without TLS, and nothing is refused under TLS."""
+    """The same workload gives bitwise the same results with and without TLS, and nothing is refused under TLS."""
     (tmp_path / "plain").mkdir()
     (tmp_path / "tls").mkdir()
     with _cluster(tmp_path / "plain", encrypted=False) as plain:
@@ -162,6 +161,31 @@ def test_members_rejoin_a_restarted_tls_master(tmp_path):
         assert all(r["ok"] and r["correct"] and r["world_size"] == 2 for r in res), res
         assert sorted(m.call("state")["peer_id"] for m in members) == ids
         assert "refused" not in read_text(c.master.log_path)
+
+
+def test_a_closed_tls_connection_is_noticed_at_once_not_after_the_heartbeat_timeout(tmp_path):
+    """A TLS connection that the other end closes reads as closed, as a plaintext one does, not as "no data
+    yet": a kill -9 is noticed by the master and the survivors from the dead peer's closed connections, so
+    their next all_reduce completes between the two of them within seconds although heartbeat_timeout
+    (silence) is 30 s; and close() sees its leave confirmed when the master closes the connection, instead
+    of waiting out its 2 s leave deadline. (OpenSSL learns of EOF only by asking the socket BIO, which must
+    answer; otherwise every closed connection looked like a would-block read, and the reader spun on it.)"""
+    with _cluster(tmp_path, encrypted=True) as c:
+        members = join(c, 3, dict(TLS, heartbeat_timeout=30.0, timeout=60.0))
+        t_kill = members[2].kill()
+        survivors = members[:2]
+        for attempt in range(3):  # a reduce that met the dead peer's links fails on both, then runs again
+            res = c.all_reduce(survivors, seed=30 + attempt, dtype="float32", count=10_000, timeout=60)
+            if all(r["ok"] for r in res):
+                break
+            assert all(not r["ok"] and r["error"] == "PeerLostError" for r in res), res
+        assert all(r["ok"] and r["correct"] and r["world_size"] == 2 for r in res), res
+        assert_within(t_kill, time.time(), 8.0, "the survivors' first all_reduce after a kill -9 under TLS")
+        comm = new_comm(c.master.address, peer_group=7, **dict(TLS, heartbeat_timeout=30.0)).connect()  # founds group 7
+        t0 = time.monotonic()
+        comm.close()
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.8, f"close() took {elapsed:.2f} s: the master's closing of the connection went unnoticed"
 
 
 def test_tls_without_a_secret_is_refused_before_connecting(monkeypatch):
