@@ -4,13 +4,13 @@ The test drives it over stdin/stdout with one JSON object per line, so every tes
 and real sockets while still choosing exactly when each peer calls what. Inputs are generated from
 (seed, index) so the test and the worker can both compute the reference result.
 
-Why this is not pccl-stress's peer loop (pccl_py.tools.stress.worker): that loop runs on its own and
-must find out who took part in each op, so its inputs encode their authors and it can only check
-exact float64 sums. Here the test decides every call and its timing (start times, retries, kills in
-between) and knows the contributors, so it can check any dtype, op, quantization, point-to-point or
-shared-state call against a numpy reference. What both need is shared from the package: the inputs
-that prove their contributors (pccl_py.tools.proof, used by reduce_loop, the one command that runs
-on its own like the stress loop) and the reading of a process's resources (pccl_py.tools._process).
+Why most commands are not the package's self-verifying peer (pccl_py.tools.verified_peer, which
+pccl-stress's and the demo's peers are): that peer must find out who took part in each op, so its inputs
+encode their authors and it can only check exact float64 sums. Here the test decides every call and its
+timing (start times, retries, kills in between) and knows the contributors, so it can check any dtype,
+op, quantization, point-to-point or shared-state call against a numpy reference. The one command that
+runs on its own, reduce_loop, is that peer's loop; the reading of a process's resources is shared too
+(pccl_py.tools._process).
 """
 
 from __future__ import annotations
@@ -184,48 +184,14 @@ class Worker:
         return {"ok": True, "rank": c.rank, "world_size": c.world_size, "peer_id": c.peer_id, "epoch": c.epoch}
 
     def reduce_loop(self, cmd: dict) -> dict:
-        """All-reduces back to back, as a training loop would, until the members agree that cmd["until"]
-        (time.time()) has passed: each op carries a last lane in which a member past `until` puts 1, and
-        everyone stops after the first result in which it is set (a loop that stopped on its own clock
-        would leave the others waiting in one more op). An op that raises PeerLostError or TimeoutError is
-        retried at once (every survivor sees the same outcome, so the retries line up); any other error
-        ends the loop and is reported. Each op is an exact float64 SUM whose result names its contributors
-        (pccl_py.tools.proof, as in pccl-stress's ident op), so every result is checked against the members that made it.
-        Reports the longest wait between two successful ops (from the loop's start) and every wait over
-        0.25 s, with time.time() stamps."""
-        from pccl_py.tools.proof import check_exact, exact_contribution
+        """Runs the package's self-verifying loop (VerifiedPeer.reduce_until, as pccl-stress's peers and the demo
+        use it) until the members agree that cmd["until"] (time.time()) has passed; its report, stamped with
+        time.time() so that the test can line it up with the faults it injected."""
+        from pccl_py.tools.verified_peer import VerifiedPeer
 
-        until, size, seed = float(cmd["until"]), int(cmd.get("count", 256)), int(cmd.get("seed", 0))
-        step, ok, failed, wrong, end = 0, 0, [], [], None
-        worlds: set = set()
-        last_ok = t0 = time.time()
-        longest, gaps = [0.0, t0, t0], []
-        stop = False
-        while not stop:
-            x = np.append(exact_contribution(self.index, seed, step, 2, size), 0.0)
-            x[-1] = 1.0 if time.time() >= until else 0.0
-            original = x.tobytes()
-            try:
-                info = self.comm.all_reduce(x, op=pccl_py.ReduceOp.SUM, tag=int(cmd.get("tag", 0)))
-            except (pccl_py.PeerLostError, pccl_py.TimeoutError) as exc:
-                failed.append({"t": time.time(), "error": type(exc).__name__, "unchanged": x.tobytes() == original})
-                continue  # the same step again
-            except pccl_py.PCCLError as exc:
-                end = {"t": time.time(), "error": type(exc).__name__, "message": str(exc)}
-                break
-            now = time.time()
-            slots, why = check_exact(x[:-1], seed, step, 2)
-            if slots is None or len(slots) != info.world_size:
-                wrong.append({"step": step, "world_size": info.world_size, "why": why or f"contributors {sorted(slots)}"})
-            else:
-                worlds.add(len(slots))
-            if now - last_ok > longest[0]:
-                longest = [now - last_ok, last_ok, now]
-            if now - last_ok > 0.25:
-                gaps.append([last_ok, now])
-            last_ok, ok, step, stop = now, ok + 1, step + 1, x[-1] > 0
-        return {"ok": True, "ops_ok": ok, "failed": failed, "wrong": wrong, "end": end, "longest": longest,
-                "gaps": gaps, "worlds": sorted(worlds), "t0": t0, "t": time.time()}
+        peer = VerifiedPeer(self.index, int(cmd.get("seed", 0)), clock=time.time)
+        peer.comm = self.comm
+        return peer.reduce_until(float(cmd["until"]), size=int(cmd.get("count", 256)), tag=int(cmd.get("tag", 0)))
 
     def all_reduce(self, cmd: dict) -> dict:
         """Runs cmd["repeat"] all-reduces on generated inputs and reports outcome, timing and correctness.

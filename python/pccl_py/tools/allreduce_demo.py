@@ -16,8 +16,10 @@ took part and must then match that set element by element, so each result says e
 and it is exact in float64 whatever order the sum is taken in. About a third of the way through, one peer is killed with SIGKILL while the others
 are inside an all_reduce. About two thirds of the way through, a new peer connects and is admitted.
 
-Each peer sends the parent its decoded mask and the SHA-256 of its result. The parent computes the
-expected result itself and checks each hash against it. It prints "every result stayed correct"
+Each peer runs its op through :class:`pccl_py.tools.verified_peer.VerifiedPeer` (the peer pccl-stress
+runs), which checks the result against the contributors it names and, after a failure, that the buffer
+was left alone; it sends the parent what it found, its decoded mask and the SHA-256 of its result. The
+parent computes the expected result itself and checks each hash against it. It prints "every result stayed correct"
 only if every result of every peer matched the expected array, byte for byte. Exit code 0 means
 that, and that the kill and the admission went as described; anything else exits 1.
 
@@ -49,7 +51,8 @@ import numpy as np
 
 from ._process import die_with_parent
 from .harness import Children
-from .proof import HEAD, check_exact, exact_contribution
+from .proof import HEAD, exact_contribution
+from .verified_peer import VerifiedPeer
 
 ELEMENTS = 32_768            # 256 KiB of float64: above the 64 KiB STAR limit, so AUTO runs the ring
 DATA_TAG = 0                 # the proof's (seed, step, tag) stream for the demo's inputs
@@ -74,12 +77,6 @@ def expected_result(members: Sequence[int], seed: int, step: int) -> np.ndarray:
     """The exact sum of the members' inputs (integers below 2**53: the same bits in any order)."""
     total: np.ndarray = np.sum([contribution(i, seed, step) for i in members], axis=0)
     return total
-
-
-def decode_mask(result: np.ndarray, seed: int, step: int) -> Optional[int]:
-    """Who took part, as a bit mask, if the whole result matches that set; None if it matches no set."""
-    slots, _ = check_exact(result, seed, step, DATA_TAG)
-    return None if slots is None else mask_of(slots)
 
 
 def mask_of(indices: Iterable[int]) -> int:
@@ -145,7 +142,7 @@ def peer_main(index: int, master_address: str, conn: Connection, seed: int, log_
 
     pccl_py.set_log_level(log_level)
     comm: Optional[pccl_py.Communicator] = None
-    inputs: dict[int, np.ndarray] = {}  # step -> the buffer we all-reduce in place (kept across retries)
+    peer = VerifiedPeer(index, seed)  # runs and checks each step's op (the loop pccl-stress's peers use)
 
     def reply(event: str, **fields: Any) -> None:
         conn.send({"event": event, "index": index, **fields})
@@ -181,20 +178,19 @@ def peer_main(index: int, master_address: str, conn: Connection, seed: int, log_
                 elif cmd == "step":
                     assert comm is not None
                     step = msg["step"]
-                    x = inputs.setdefault(step, contribution(index, seed, step))
+                    peer.comm = comm
                     reply("started", step=step)
-                    try:
-                        info = comm.all_reduce(x)  # in place, SUM
-                    except pccl_py.PeerLostError as exc:
+                    try:  # one attempt: the parent decides about retries, so that it can show the failure
+                        x, info, slots = peer.exact_op(step, ELEMENTS - HEAD, data_tag=DATA_TAG, retry=False)
+                    except pccl_py.PCCLError as exc:
                         # The guarantee under test: the op was aborted everywhere and x is still our input.
-                        unchanged = bool(np.array_equal(x, contribution(index, seed, step)))
                         reply("result", ok=False, error=type(exc).__name__, message=str(exc),
-                              buffer_unchanged=unchanged, **state())
+                              buffer_unchanged=peer.failures[-1]["unchanged"], **state())
                         continue
-                    mask = decode_mask(x, seed, step)
-                    inputs.pop(step, None)
-                    reply("result", ok=True, step=step, sha256=sha256(x), mask=mask, world_size=info.world_size,
-                          epoch=info.epoch, algorithm=info.algorithm, rank=comm.rank)
+                    wrong, peer.wrongs = [w["what"] for w in peer.wrongs], []
+                    reply("result", ok=True, step=step, sha256=sha256(x), mask=None if slots is None else mask_of(slots),
+                          world_size=info.world_size, epoch=info.epoch, algorithm=info.algorithm, rank=comm.rank,
+                          wrong=wrong)
                 elif cmd == "exit":
                     if comm is not None:
                         comm.close()
@@ -461,8 +457,9 @@ class Demo:
 
     def verify(self, step: int, attempt: int, replies: dict[int, dict[str, Any]]) -> None:
         want_sha = sha256(expected_result(self.members, self.args.seed, step))
-        problems = []
+        problems: list[str] = []
         for i, r in sorted(replies.items()):
+            problems.extend(f"peer {i} found its result wrong: {what}" for what in r["wrong"])
             if r["sha256"] != want_sha:
                 decoded = "matching no set of contributors" if r["mask"] is None else f"contributors {_fmt(members_of(r['mask']))}"
                 problems.append(f"peer {i} got a wrong result ({decoded})")

@@ -7,6 +7,10 @@ itself, and reports counters and findings to the orchestrator as JSON lines on s
 module of the package (``python -m pccl_py.tools.stress.worker``) so that ``pccl-stress`` works after
 ``pip install``.
 
+Running, retrying and checking each op is :class:`pccl_py.tools.verified_peer.VerifiedPeer`'s, shared with
+the demo's peers and the tests' workers; this module adds the step: what runs, in which order, and the
+shared state, the digest and the votes.
+
 The loop, per step (every op is retried at once after PeerLostError or TimeoutError; the core
 guarantees that every survivor sees the same outcome for every op, so the retries line up):
 
@@ -54,7 +58,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .._process import die_with_parent, process_resources
-from ..proof import HEAD, MAX_SLOTS, check_exact, exact_contribution
+from ..proof import HEAD, MAX_SLOTS, exact_contribution
+from ..verified_peer import Op, VerifiedPeer
 
 IDENT_PAYLOAD = 256                 # small: star
 BIG_PAYLOAD = (1 << 17) - HEAD      # 1 MiB in total: ring, striped over the K connections
@@ -62,9 +67,7 @@ Q8_ELEMENTS = 1 << 16               # 256 KiB of float32
 STATE_ELEMENTS = 512                # shared state: 4 KiB of float64 plus a small int64 key
 TAG_HEADER, TAG_IDENT, TAG_BIG, TAG_Q8, TAG_DIGEST = 1, 2, 3, 4, 5
 CORRUPT_FROM_STEP = 3
-GAP_REPORT = 0.25                   # gaps between successful ops longer than this are reported
 STATS_INTERVAL = 0.5
-WRONG_DETAILS = 20                  # wrong results reported one by one; the counter has them all
 
 
 class Fatal(Exception):
@@ -119,32 +122,22 @@ def _hash64(*arrays: np.ndarray) -> int:
 # ------------------------------------------------------------------------------------------------
 # The peer.
 
-class Worker:
-    """The peer loop; see the module docstring."""
+class Worker(VerifiedPeer):
+    """The peer loop; see the module docstring. Running, retrying and checking each op is VerifiedPeer's."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        import pccl_py
-
-        self.pccl = pccl_py
+        super().__init__(args.slot, args.seed, on_event=self.emit)
         self.args = args
-        self.slot: int = args.slot
-        self.seed: int = args.seed
         corrupt = os.environ.get("PCCL_STRESS_CORRUPT", "")
         self.corrupt = corrupt.strip().isdigit() and int(corrupt) == self.slot
-        self.comm: Any = None
         self.leaving = False
         self.lock = threading.Lock()
         self.next_step = 0
-        self.epoch_members: dict[int, frozenset[int]] = {}
-        self.last_members: Optional[frozenset[int]] = None
-        self.last_ok: Optional[float] = None
         self.state_revision = 0
         self.state_w = np.zeros(STATE_ELEMENTS, dtype=np.float64)
         self.state_meta = np.zeros(4, dtype=np.int64)
-        self.c: dict[str, Any] = dict(ops_ok=0, ops_failed=0, retries=0, errors={}, steps=0, wrong=0,
-                                      divergences=0, state_syncs=0, state_divergences=0, state_tx=0, state_rx=0,
-                                      votes=0, vote_failures=0, joins=0, join_failures=0, evictions=0,
-                                      master_losses=0, max_gap=0.0)
+        self.c.update(steps=0, divergences=0, state_syncs=0, state_divergences=0, state_tx=0, state_rx=0,
+                      votes=0, vote_failures=0, joins=0, join_failures=0, evictions=0, master_losses=0)
 
     # -- reporting ----------------------------------------------------------------------------
     def emit(self, ev: str, **fields: Any) -> None:
@@ -168,22 +161,6 @@ class Worker:
             except (OSError, ValueError):
                 return
 
-    def wrong(self, step: int, what: str) -> None:
-        self.c["wrong"] += 1
-        if self.c["wrong"] <= WRONG_DETAILS:  # a systematic bug would flood the pipe; counters carry the rest
-            self.emit("wrong", step=step, epoch=self.comm.epoch if self.comm else -1, what=what)
-
-    def op_ok(self) -> None:
-        now = time.monotonic()
-        if self.last_ok is not None:
-            gap = now - self.last_ok
-            if gap > self.c["max_gap"]:
-                self.c["max_gap"] = gap
-            if gap > GAP_REPORT:
-                self.emit("gap", start=self.last_ok, end=now)
-        self.last_ok = now
-        self.c["ops_ok"] += 1
-
     # -- membership -----------------------------------------------------------------------------
     def _new_comm(self) -> Any:
         a = self.args
@@ -202,8 +179,7 @@ class Worker:
         """
         if not stall:
             self.last_ok = None
-        self.epoch_members.clear()
-        self.last_members = None
+        self.forget_membership()
         for attempt in range(20):
             if self.leaving:
                 return
@@ -230,77 +206,11 @@ class Worker:
                 pass
 
     # -- ops --------------------------------------------------------------------------------------
-    def _retryable(self, exc: BaseException) -> bool:
-        return isinstance(exc, (self.pccl.PeerLostError, self.pccl.TimeoutError))
-
-    def _failed(self, exc: BaseException) -> None:
-        name = type(exc).__name__
-        self.c["ops_failed"] += 1
-        self.c["errors"][name] = self.c["errors"].get(name, 0) + 1
-
-    def run_ops(self, step: int, ops: dict[str, tuple[np.ndarray, Callable[[], Any]]]) -> dict[str, Any]:
-        """Runs named ops (buffer, start() -> handle or info), retrying each failed one until it succeeds.
-
-        start() for async ops returns an AllReduceHandle; sync ones run inside start() and return
-        their ReduceInfo. A failed op must leave its buffer unchanged (checked), so it is retried
-        with the same buffer.
-        """
-        infos: dict[str, Any] = {}
-        todo = dict(ops)
-        originals = {k: buf.copy() for k, (buf, _) in ops.items()}
-        while todo:
-            started: dict[str, Any] = {}
-            errors: dict[str, BaseException] = {}
-            for name, (_, start) in todo.items():
-                try:
-                    started[name] = start()
-                except self.pccl.PCCLError as exc:
-                    errors[name] = exc
-            for name, h in started.items():
-                if isinstance(h, self.pccl.AllReduceHandle):
-                    try:
-                        started[name] = h.wait()
-                    except self.pccl.PCCLError as exc:
-                        errors[name] = exc
-            for name in list(todo):
-                if name in errors:
-                    failure = errors[name]
-                    self._failed(failure)
-                    if not self._retryable(failure):
-                        raise failure
-                    if not np.array_equal(todo[name][0], originals[name], equal_nan=True):
-                        self.wrong(step, f"a failed {name} op ({type(failure).__name__}) modified its buffer")
-                        todo[name][0][...] = originals[name]
-                    self.c["retries"] += 1
-                else:
-                    infos[name] = started[name]
-                    self.op_ok()
-                    del todo[name]
-        return infos
-
     def _reduce(self, buf: np.ndarray, tag: int, op: Any, **kw: Any) -> Callable[[], Any]:
         return lambda: self.comm.all_reduce(buf, op=op, tag=tag, **kw)
 
     def _reduce_async(self, buf: np.ndarray, tag: int, **kw: Any) -> Callable[[], Any]:
         return lambda: self.comm.all_reduce_async(buf, tag=tag, **kw)
-
-    def verify_exact(self, step: int, name: str, buf: np.ndarray, tag: int, info: Any) -> Optional[frozenset[int]]:
-        slots, why = check_exact(buf, self.seed, step, tag)
-        if slots is None:
-            self.wrong(step, f"{name}: {why}")
-            return None
-        if self.slot not in slots:
-            self.wrong(step, f"{name}: own slot {self.slot} missing from contributors {sorted(slots)}")
-        if len(slots) != info.world_size:
-            self.wrong(step, f"{name}: {len(slots)} contributors but world_size {info.world_size}")
-        known = self.epoch_members.setdefault(info.epoch, slots)
-        if known != slots:
-            self.wrong(step, f"{name}: contributors {sorted(slots)} in epoch {info.epoch}, "
-                             f"which earlier had {sorted(known)}")
-        if slots != self.last_members:
-            self.last_members = slots
-            self.emit("members", step=step, epoch=info.epoch, slots=sorted(slots))
-        return slots
 
     def step(self) -> None:
         ReduceOp = self.pccl.ReduceOp
@@ -313,7 +223,7 @@ class Worker:
         ident = exact_contribution(self.slot, seed, step, TAG_IDENT, IDENT_PAYLOAD)
         if self.corrupt and step >= CORRUPT_FROM_STEP:
             ident[HEAD] += 1.0
-        ops: dict[str, tuple[np.ndarray, Callable[[], Any]]] = {}
+        ops: dict[str, Op] = {}
         kind = step_kind(seed, step)
         if kind == "async":
             big = exact_contribution(self.slot, seed, step, TAG_BIG, BIG_PAYLOAD)
@@ -359,11 +269,11 @@ class Worker:
         try:
             self.comm.update_topology()
         except self.pccl.PCCLError as exc:
-            if not self._retryable(exc):
+            if not self.retryable(exc):
                 raise
             # Nobody was admitted; the newcomer stays pending and the next header triggers another vote.
             self.c["vote_failures"] += 1
-            self._failed(exc)
+            self.record_failure(exc)
 
     def sync_state(self, step: int) -> int:
         """Shared-state step: sync, check the content against the revision, hash, then advance."""
@@ -374,8 +284,8 @@ class Worker:
                 info = self.comm.sync_shared_state(state)
                 break
             except pccl.PCCLError as exc:
-                self._failed(exc)
-                if not self._retryable(exc):
+                self.record_failure(exc)
+                if not self.retryable(exc):
                     raise
                 self.c["retries"] += 1
         self.op_ok()
