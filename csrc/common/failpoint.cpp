@@ -10,7 +10,9 @@ namespace pccl::failpoint {
 namespace {
 
 constexpr int kMaxCount = 1000000;
-const char* const kNames[] = {"master_loop", "control_loop", "mesh_io", "mesh_listener", "control_epoch"};
+const char* const kNames[] = {"master_loop", "control_loop", "mesh_io", "mesh_listener", "control_epoch",
+                             "control_recover"};
+static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(Site::kCount), "a name for every site");
 
 // A non-negative decimal integer of at most kMaxCount, the whole of `s`.
 bool parse_int(const std::string& s, int* out) {
@@ -41,7 +43,8 @@ bool parse_entry(const std::string& e, Spec* spec, std::string* error) {
     for (int i = 0; i < static_cast<int>(Site::kCount); ++i)
         if (name == kNames[i]) site = i;
     if (site < 0) {
-        *error = "unknown failpoint '" + name + "' (known: master_loop, control_loop, mesh_io, mesh_listener, control_epoch)";
+        *error = "unknown failpoint '" + name + "' (known: master_loop, control_loop, mesh_io, mesh_listener, control_epoch, "
+                 "control_recover)";
         return false;
     }
     if (kind == "bad_alloc") spec->kind = Kind::kBadAlloc;

@@ -26,7 +26,10 @@ enum class Site : int {
     // before it is decoded, so the whole change is lost. Apart from control_loop because the master's
     // heartbeats (4 a second) make a control_loop skip count land on an EPOCH only by chance.
     kControlEpoch = 4,
-    kCount = 5,
+    // "control_recover": a peer's control thread, per RECOVER message (the master's request, after a member
+    // was lost, to freeze in-flight ops and report them), before it is decoded. Apart for the same reason.
+    kControlRecover = 5,
+    kCount = 6,
 };
 
 enum class Kind : int { kBadAlloc = 0, kRuntimeError = 1 };

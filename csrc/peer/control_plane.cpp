@@ -124,6 +124,7 @@ void Communicator::control_loop() {
                 handling = type;
                 failpoint::check(failpoint::Site::kControlLoop, msg_type_name(type));
                 if (type == MsgType::kEpoch) failpoint::check(failpoint::Site::kControlEpoch, msg_type_name(type));
+                if (type == MsgType::kRecover) failpoint::check(failpoint::Site::kControlRecover, msg_type_name(type));
                 handle_message(type, r);
                 handling = MsgType::kCount;
             }
@@ -137,8 +138,8 @@ void Communicator::control_loop() {
             // is survived and the thread serves on, since ending the peer would turn one failed
             // allocation into an eviction: most messages are heartbeats (4 a second), one of many, and
             // a lost vote result fails update_topology() at its vote timeout.
-            // (tests/faults/test_failpoints.py covers a lost heartbeat, welcome, first epoch and a
-            // running member's epoch change.)
+            // (tests/faults/test_failpoints.py covers a lost heartbeat, welcome, first epoch, a
+            // running member's epoch change and a recover request after a kill.)
             if (leave_after_lost_change(handling, e.what())) return;
             PCCL_LOG(LogLevel::kError, "peer", "internal error handling a message from the master: %s; serving on",
                      e.what());

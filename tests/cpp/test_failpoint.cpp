@@ -29,6 +29,10 @@ TEST(Failpoint, ParsesEntries) {
     ASSERT_EQ(specs.size(), 1u);
     EXPECT_EQ(specs[0].site, Site::kControlEpoch);
     EXPECT_STREQ(site_name(Site::kControlEpoch), "control_epoch");
+    ASSERT_TRUE(parse("control_recover=bad_alloc:1", &specs, &error)) << error;
+    ASSERT_EQ(specs.size(), 1u);
+    EXPECT_EQ(specs[0].site, Site::kControlRecover);
+    EXPECT_STREQ(site_name(Site::kControlRecover), "control_recover");
 }
 
 TEST(Failpoint, RefusesMalformedValues) {

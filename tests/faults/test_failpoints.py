@@ -195,6 +195,50 @@ def test_newcomer_losing_its_first_epoch_fails_connect_clearly(tmp_path):
         _reduce_until_ok(group, tries=1)
 
 
+def test_member_losing_the_recover_request_after_a_kill_leaves_clearly(tmp_path):
+    """Four members all-reduce back to back (the self-verifying reduce_loop); one is killed with SIGKILL and
+    another's control thread throws on the master's recover request that follows. That member cannot tell
+    which of its ops the master will count, so its loop ends with an EvictedError naming the cause; the two
+    others lose no result (every one checked against its contributors, every failed op left its buffer
+    alone), wait at most HB / 2 + margin, and end in a group of 2. The process that left can join again."""
+    with Cluster(log_dir=str(tmp_path)) as cluster:
+        members = admit(cluster, [], [cluster.spawn() for _ in range(3)], EPOCH_COMM)
+        # Admitted last and alone: a recover request goes to the members only, so it sees none before the kill.
+        victim = cluster.spawn(env={"PCCL_FAILPOINTS": "control_recover=runtime_error:1"})
+        members = admit(cluster, members, [victim], EPOCH_COMM)
+        vlog, mlog = os.path.join(str(tmp_path), f"peer{victim.index}.log"), os.path.join(str(tmp_path), "master.log")
+        killed = next(m for m in members if m is not victim and m is not members[0])
+        survivors = [m for m in members if m is not victim and m is not killed]
+        until = time.time() + 6.0
+        for m in members:
+            m.send("reduce_loop", until=until, count=256, seed=3)
+        time.sleep(1.5)  # every loop is running
+        t_kill = killed.kill()
+        wait_until(lambda: _log_has(vlog, "control_recover: throwing std::runtime_error on recover"), 10.0,
+                   "the victim's control thread to throw on the recover request")
+        lost = victim.recv(30.0)
+        assert lost["end"] is not None and lost["end"]["error"] == "EvictedError", f"the member that lost it: {lost}"
+        assert "lost a membership change" in lost["end"]["message"], lost["end"]
+        assert "failpoint control_recover" in lost["end"]["message"], lost["end"]
+        assert _log_has(vlog, "internal error handling the master's recover message: failpoint control_recover; "
+                              "leaving the group"), read_text(vlog)[-2000:]
+        replies = [s.recv(until - time.time() + 40) for s in survivors]
+        for r in replies + [lost]:
+            assert r["ok"] and not r["wrong"] and all(f["unchanged"] for f in r["failed"]), r
+        for r in replies:
+            assert r["end"] is None and set(r["worlds"]) <= {2, 4} and 2 in r["worlds"], r
+            start, end = next(([g0, g1] for g0, g1 in r["gaps"] if g0 <= t_kill + 0.1 <= g1 + 0.1), [0.0, 0.0])
+            assert end - start < HB / 2 + 1.5, f"a survivor waited {end - start:.2f} s after the kill: {r['gaps']}"
+        assert replies[0]["ops_ok"] == replies[1]["ops_ok"], replies
+        states = [s.call("state", timeout=10) for s in survivors]
+        assert [st["world_size"] for st in states] == [2, 2] and states[0]["epoch"] == states[1]["epoch"], states
+        # Dropped when it closed its master connection, not evicted as silent later.
+        assert f"peer {victim.peer_id} lost from group" in read_text(mlog), read_text(mlog)[-3000:]
+        assert victim.call("close", timeout=10.0)["ok"]
+        group = admit(cluster, cluster.ranked(survivors), [victim], EPOCH_COMM, timeout=30.0)
+        _reduce_until_ok(group, tries=1)
+
+
 def test_mesh_io_thread_survives(tmp_path):
     """A peer's mesh I/O thread throws on a frame: that epoch's mesh ends like a broken link, the op on it
     fails with a clear error on every member or is retried, and the next all_reduce succeeds."""
