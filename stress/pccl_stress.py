@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 
 if __name__ == "__main__":
     # Prefer this checkout's package when its compiled core is built in place, so that the tool
     # matches the code next to it; otherwise use the installed package (`pip install .`).
+    # (Only a compiled module counts: the type stub _core.pyi is always there.)
     package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python", "pccl_py")
-    if any(name.startswith("_core") for name in os.listdir(package)):
+    if any(name.startswith("_core") and name.endswith(tuple(EXTENSION_SUFFIXES)) for name in os.listdir(package)):
         sys.path.insert(0, os.path.dirname(package))
     from pccl_py.tools.stress.cli import main
 

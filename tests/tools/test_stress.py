@@ -115,3 +115,16 @@ def test_overlapping_freezes_are_excused_beyond_the_first_detection():
     assert abs(_undetected_freeze_time(frozen, 10.0, 20.0, hb, 0, [(11.0, 11.3)]) - 2.0) < 1e-9
     assert abs(_undetected_freeze_time(frozen, 10.0, 20.0, hb, 0, [(11.8, 12.3)]) - (2.3 + MASTER_REDIAL)) < 1e-9
     assert abs(_undetected_freeze_time(frozen, 10.0, 20.0, hb, 0, [(12.5, 13.0)]) - 2.0) < 1e-9
+
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("script", sorted(f for f in os.listdir(os.path.join(CHECKOUT, "stress")) if f.endswith(".py")))
+def test_checkout_wrappers_start(script):
+    """Every stress/*.py wrapper starts from a checkout and imports a working pccl_py: with the package installed
+    and no core built in place, the checkout's python/pccl_py (whose type stub _core.pyi is not a core) must not
+    shadow the installed one."""
+    proc = subprocess.run([sys.executable, os.path.join(CHECKOUT, "stress", script), "--help"], cwd=CHECKOUT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stdout + proc.stderr
