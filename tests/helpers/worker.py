@@ -184,8 +184,8 @@ class Worker:
         return {"ok": True, "rank": c.rank, "world_size": c.world_size, "peer_id": c.peer_id, "epoch": c.epoch}
 
     def reduce_loop(self, cmd: dict) -> dict:
-        """Runs the package's self-verifying loop (VerifiedPeer.reduce_until, as pccl-stress's peers and the demo
-        use it) until the members agree that cmd["until"] (time.time()) has passed; its report, stamped with
+        """Runs the package's self-verifying peer (VerifiedPeer, which pccl-stress's and the demo's peers are) in its
+        own loop, reduce_until, until the members agree that cmd["until"] (time.time()) has passed; its report, stamped with
         time.time() so that the test can line it up with the faults it injected."""
         from pccl_py.tools.verified_peer import VerifiedPeer
 

@@ -179,6 +179,7 @@ def peer_main(index: int, master_address: str, conn: Connection, seed: int, log_
                     assert comm is not None
                     step = msg["step"]
                     peer.comm = comm
+                    peer.failures, peer.wrongs = [], []  # this step's findings only
                     reply("started", step=step)
                     try:  # one attempt: the parent decides about retries, so that it can show the failure
                         x, info, slots = peer.exact_op(step, ELEMENTS - HEAD, data_tag=DATA_TAG, retry=False)
@@ -187,10 +188,9 @@ def peer_main(index: int, master_address: str, conn: Connection, seed: int, log_
                         reply("result", ok=False, error=type(exc).__name__, message=str(exc),
                               buffer_unchanged=peer.failures[-1]["unchanged"], **state())
                         continue
-                    wrong, peer.wrongs = [w["what"] for w in peer.wrongs], []
                     reply("result", ok=True, step=step, sha256=sha256(x), mask=None if slots is None else mask_of(slots),
                           world_size=info.world_size, epoch=info.epoch, algorithm=info.algorithm, rank=comm.rank,
-                          wrong=wrong)
+                          wrong=[w["what"] for w in peer.wrongs])
                 elif cmd == "exit":
                     if comm is not None:
                         comm.close()

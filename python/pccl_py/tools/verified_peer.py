@@ -26,7 +26,8 @@ from .proof import check_exact, exact_contribution
 
 GAP_REPORT = 0.25       # waits between successful ops longer than this are reported
 WRONG_DETAILS = 20      # wrong results reported one by one; the counter has them all
-MAX_RECORDS = 1000      # failures and gaps kept for a report; the counters have them all
+MAX_RECORDS = 1000      # failures and gaps kept for a report (c counts every failure; c["max_gap"] the longest)
+LOOP_DATA_TAG = 2       # the proof's (seed, step, tag) stream of reduce_until's inputs
 
 # An op: the buffer it reduces in place, and start() -> an AllReduceHandle (async) or a ReduceInfo.
 Op = tuple[np.ndarray, Callable[[], Any]]
@@ -38,7 +39,9 @@ class VerifiedPeer:
     on_event(ev, **fields) hears "gap" (start, end), "wrong" (step, epoch, what) and "members" (step,
     epoch, slots) as they happen; ``clock`` stamps them (time.monotonic, or time.time when another
     process compares the stamps). The counters in ``c`` hold everything so far; ``failures``, ``gaps``,
-    ``wrongs`` and ``longest`` hold the details since the start or since :meth:`reduce_until` began.
+    ``wrongs`` and ``longest`` hold the details since the start, since :meth:`reduce_until` began, or since
+    the driver last emptied them (the demo does, per step). ``failures`` and ``gaps`` keep MAX_RECORDS
+    entries, ``wrongs`` WRONG_DETAILS.
     """
 
     def __init__(self, slot: int, seed: int, *, clock: Callable[[], float] = time.monotonic,
@@ -179,29 +182,34 @@ class VerifiedPeer:
 
     def reduce_until(self, until: float, *, size: int = 256, tag: int = 0) -> dict[str, Any]:
         """Exact ops back to back, as a training loop would, until the members agree that ``until`` (on
-        ``clock``) has passed: the first result whose stop lane is set ends every member's loop.
+        ``clock``) has passed: the first result whose stop lane is set ends every member's loop. (A retry
+        repeats the failed attempt's input, stop vote included, so a deadline passed during a retry costs
+        one more op, on every member alike.)
 
-        Failed ops are retried at once; any other error ends the loop and is reported as "end". The
-        report: ops_ok, failed (stamp, error, whether the buffer was unchanged), wrong, end, longest
-        ([seconds, start, end], counted from the loop's start), gaps over GAP_REPORT, worlds seen, t0, t.
+        An op that fails with PeerLostError or TimeoutError is retried at once; any other error ends the
+        loop and is reported as "end" (and, like every failure, in "failed"). The report: ops_ok, failed
+        (stamp, error, whether the buffer was unchanged), wrong (the first WRONG_DETAILS) and wrong_count,
+        end, longest ([seconds, start, end], counted from the loop's start), gaps over GAP_REPORT, the
+        world sizes of the results that checked out, t0, t.
         """
         t0 = self.last_ok = self.clock()
         self.failures, self.gaps, self.wrongs, self.longest = [], [], [], [0.0, t0, t0]
-        ok_before = self.c["ops_ok"]
+        ok_before, wrong_before = self.c["ops_ok"], self.c["wrong"]
         worlds: set[int] = set()
         end: Optional[dict[str, Any]] = None
         step = 0
         while True:
+            wrong_so_far = self.c["wrong"]
             try:
-                x, _, slots = self.exact_op(step, size, data_tag=2, tag=tag, stop=self.clock() >= until)
+                x, _, slots = self.exact_op(step, size, data_tag=LOOP_DATA_TAG, tag=tag, stop=self.clock() >= until)
             except self.pccl.PCCLError as exc:
                 end = {"t": self.clock(), "error": type(exc).__name__, "message": str(exc)}
                 break
-            if slots is not None:
+            if slots is not None and self.c["wrong"] == wrong_so_far:
                 worlds.add(len(slots))
             step += 1
             if x[-1] > 0:
                 break
         return {"ok": True, "ops_ok": self.c["ops_ok"] - ok_before, "failed": self.failures, "wrong": self.wrongs,
-                "end": end, "longest": self.longest, "gaps": self.gaps, "worlds": sorted(worlds), "t0": t0,
-                "t": self.clock()}
+                "wrong_count": self.c["wrong"] - wrong_before, "end": end, "longest": self.longest, "gaps": self.gaps,
+                "worlds": sorted(worlds), "t0": t0, "t": self.clock()}
