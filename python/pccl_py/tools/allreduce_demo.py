@@ -19,9 +19,9 @@ are inside an all_reduce. About two thirds of the way through, a new peer connec
 Each peer runs its op through :class:`pccl_py.tools.verified_peer.VerifiedPeer` (the peer pccl-stress
 runs), which checks the result against the contributors it names and, after a failure, that the buffer
 was left alone; it sends the parent what it found, its decoded mask and the SHA-256 of its result. The
-parent computes the expected result itself and checks each hash against it. It prints "every result stayed correct"
-only if every result of every peer matched the expected array, byte for byte. Exit code 0 means
-that, and that the kill and the admission went as described; anything else exits 1.
+parent computes the expected result itself and checks each hash against it. It prints "every result
+stayed correct" only if every result of every peer matched the expected array, byte for byte. Exit code 0
+means that, and that the kill and the admission went as described; anything else exits 1.
 
 Every child is tracked by PID and SIGKILLed and reaped in a ``finally`` block, including on
 Ctrl-C, SIGTERM or an error. Children run in sessions of their own, so a Ctrl-C in the terminal
