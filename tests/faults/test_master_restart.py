@@ -11,7 +11,7 @@ import signal
 import time
 
 from harness import Cluster, MasterProcess
-from support import admit, join, wait_until
+from support import admit, assert_within, join, wait_until
 
 GRACE = 12.0
 CONNECT = dict(master_grace=GRACE, heartbeat_timeout=2.0, timeout=30.0)
@@ -96,8 +96,11 @@ def test_while_the_master_is_away_reduces_run_and_master_calls_wait_out_the_grac
         for r in replies:
             assert not r["ok"] and r["error"] == "MasterLostError", r
             assert "master_grace" in r["message"]
-            # The grace runs from the loss of the master, not from the call.
-            assert GRACE - 0.5 <= r["t"] - t_kill <= GRACE + 5.0, r["t"] - t_kill
+            # The grace runs from the loss of the master, not from the call. (A CI run once saw both peers give
+            # up 8.7 s late in the same millisecond, which points at the whole machine standing still rather
+            # than at either peer: time the machine stood still is excused, no other.)
+            assert GRACE - 0.5 <= r["t"] - t_kill, r["t"] - t_kill
+            assert_within(t_kill, r["t"], GRACE + 5.0, "giving up on the master")
 
 
 def test_peer_killed_while_the_master_is_away_is_resolved_by_the_restarted_master():
