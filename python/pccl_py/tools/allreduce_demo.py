@@ -179,7 +179,7 @@ def peer_main(index: int, master_address: str, conn: Connection, seed: int, log_
                     assert comm is not None
                     step = msg["step"]
                     peer.comm = comm
-                    peer.failures, peer.wrongs = [], []  # this step's findings only
+                    peer.clear_details()  # this step's findings only
                     reply("started", step=step)
                     try:  # one attempt: the parent decides about retries, so that it can show the failure
                         x, info, slots = peer.exact_op(step, ELEMENTS - HEAD, data_tag=DATA_TAG, retry=False)

@@ -40,8 +40,8 @@ class VerifiedPeer:
     epoch, slots) as they happen; ``clock`` stamps them (time.monotonic, or time.time when another
     process compares the stamps). The counters in ``c`` hold everything so far; ``failures``, ``gaps``,
     ``wrongs`` and ``longest`` hold the details since the start, since :meth:`reduce_until` began, or since
-    the driver last emptied them (the demo does, per step). ``failures`` and ``gaps`` keep MAX_RECORDS
-    entries, ``wrongs`` WRONG_DETAILS.
+    the driver last called :meth:`clear_details` (the demo does, per step). ``failures`` and ``gaps`` keep
+    MAX_RECORDS entries, ``wrongs`` WRONG_DETAILS.
     """
 
     def __init__(self, slot: int, seed: int, *, clock: Callable[[], float] = time.monotonic,
@@ -180,6 +180,13 @@ class VerifiedPeer:
         slots = self.verify_exact(step, "exact", x if stop is None else x[:-1], data_tag, info)
         return x, info, slots
 
+    def clear_details(self) -> float:
+        """Empties failures, gaps, wrongs and longest (the counters in ``c`` keep counting); returns the
+        clock's time, from which ``longest`` now counts."""
+        now = self.clock()
+        self.failures, self.gaps, self.wrongs, self.longest = [], [], [], [0.0, now, now]
+        return now
+
     def reduce_until(self, until: float, *, size: int = 256, tag: int = 0) -> dict[str, Any]:
         """Exact ops back to back, as a training loop would, until the members agree that ``until`` (on
         ``clock``) has passed: the first result whose stop lane is set ends every member's loop. (A retry
@@ -192,8 +199,7 @@ class VerifiedPeer:
         end, longest ([seconds, start, end], counted from the loop's start), gaps over GAP_REPORT, the
         world sizes of the results that checked out, t0, t.
         """
-        t0 = self.last_ok = self.clock()
-        self.failures, self.gaps, self.wrongs, self.longest = [], [], [], [0.0, t0, t0]
+        t0 = self.last_ok = self.clear_details()
         ok_before, wrong_before = self.c["ops_ok"], self.c["wrong"]
         worlds: set[int] = set()
         end: Optional[dict[str, Any]] = None
