@@ -17,10 +17,11 @@ of the peers' previous round, one round late.
 
 The traps:
 - The lag costs loss, and more the longer the round: every round starts from global parameters that
-  lack the previous round's progress. On the example's transformer (1000 inner steps) it ended 9-11%
-  behind DiLoCo at H = 50 and 4.0% behind at H = 10, and level with DiLoCo over 2400 steps at H = 10
-  (docs/diloco.md). Use the smallest H whose reduce still fits in one round of compute, or
-  StreamingDiLoCo, which lags only ``overlap`` inner steps.
+  lack the previous round's progress. On the example's default model (1000 inner steps) it ended
+  9-11% behind DiLoCo at H = 50 and 4.0% behind at H = 10 (DiLoCo at the same H), and level with
+  DiLoCo over 2400 steps at H = 10 (docs/diloco.md). Use a small H whose reduce still fits in one
+  round of compute (below 10, retune the outer lr), or StreamingDiLoCo, which lags only ``overlap``
+  inner steps.
 - Admission must not change the membership under a reduce in flight: the in-flight reduce is
   finished first, then the group votes and syncs, then the next reduce starts, with the newcomer.
 - The newcomer trained nothing for the reduce that starts right after its admission: it joins it
